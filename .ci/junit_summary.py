@@ -1,0 +1,27 @@
+"""Print a JUnit XML report's counts; with --no-skips, fail when any test was skipped."""
+
+import sys
+import xml.etree.ElementTree as ET
+
+
+def main() -> int:
+    path = sys.argv[1]
+    suites = ET.parse(path).getroot()
+    suite = suites if suites.tag == "testsuite" else suites.find("testsuite")
+    assert suite is not None, "no testsuite in report"
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    print(f"{path}: {counts}")
+    if counts["tests"] == 0:
+        print("no test ran")
+        return 1
+    if "--no-skips" in sys.argv and counts["skipped"]:
+        for case in suite.iter("testcase"):
+            skipped = case.find("skipped")
+            if skipped is not None:
+                print(f"skipped: {case.get('classname')}.{case.get('name')}: {skipped.get('message')}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Local validation of Keycloak access tokens against the realm's cached JWKS.
+
+The JWKS is fetched through python-keycloak's async client: once at start-up, and again
+only when a token names a key id the cache does not know, at most once per
+``jwks_refresh_min_interval_seconds`` (so a flood of forged ``kid`` values cannot turn
+into a flood of requests to Keycloak). Signature checks run in-process with the cached
+keys; no request waits on Keycloak unless its key is new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jwcrypto import jwk
+from jwcrypto.common import JWException
+from jwcrypto.jwt import JWTExpired
+
+from flyswatter.auth.scopes import ADMIN_ROLE
+from flyswatter.config import Settings
+from keycloak import KeycloakOpenID
+
+logger = logging.getLogger("flyswatter.auth")
+
+SERVICE_ACCOUNT_PREFIX = "service-account-"
+MAX_TOKEN_LENGTH = 16_384
+
+
+class TokenRejected(Exception):
+    """A token that does not authenticate anyone; ``reason`` is a stable metrics label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as the validated token says."""
+
+    subject: str
+    username: str
+    email: str | None
+    name: str | None
+    client_id: str | None
+    is_service_account: bool
+    scopes: frozenset[str]
+    realm_roles: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_ROLE in self.realm_roles
+
+    @classmethod
+    def from_claims(cls, claims: dict[str, Any]) -> Principal:
+        username = str(claims.get("preferred_username") or claims["sub"])
+        client_id = claims.get("client_id") or claims.get("azp")
+        realm_access = claims.get("realm_access")
+        roles = realm_access.get("roles", []) if isinstance(realm_access, dict) else []
+        scope = claims.get("scope", "")
+        return cls(
+            subject=str(claims["sub"]),
+            username=username,
+            email=claims.get("email") if isinstance(claims.get("email"), str) else None,
+            name=claims.get("name") if isinstance(claims.get("name"), str) else None,
+            client_id=str(client_id) if client_id else None,
+            is_service_account=username.startswith(SERVICE_ACCOUNT_PREFIX),
+            scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
+            realm_roles=frozenset(r for r in roles if isinstance(r, str)),
+        )
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    try:
+        segment = token.split(".", 1)[0]
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise TokenRejected("malformed", "the token is not a JWT") from None
+    if not isinstance(header, dict):
+        raise TokenRejected("malformed", "the token is not a JWT")
+    return header
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_refresh: Callable[[str], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._openid = KeycloakOpenID(
+            server_url=settings.keycloak_url or "",
+            realm_name=settings.keycloak_realm,
+            client_id=settings.audience,
+            timeout=5,
+        )
+        self._keys: jwk.JWKSet | None = None
+        self._kids: frozenset[str] = frozenset()
+        self._last_fetch = float("-inf")
+        self._lock = asyncio.Lock()
+        self._on_refresh = on_refresh or (lambda _outcome: None)
+
+    @property
+    def has_keys(self) -> bool:
+        return self._keys is not None
+
+    async def refresh_keys(self, *, force: bool = False) -> bool:
+        """Fetch the JWKS unless it was fetched very recently; True when keys changed."""
+        async with self._lock:
+            now = time.monotonic()
+            interval = self._settings.jwks_refresh_min_interval_seconds
+            if not force and now - self._last_fetch < interval:
+                return False
+            self._last_fetch = now
+            try:
+                certs = await self._openid.a_certs()
+                keys = jwk.JWKSet()
+                kids = set()
+                for cert in certs.get("keys", []):
+                    # Keycloak publishes encryption keys in the same set; only signing keys count.
+                    if cert.get("use", "sig") != "sig":
+                        continue
+                    keys.add(jwk.JWK(**cert))
+                    if "kid" in cert:
+                        kids.add(cert["kid"])
+            except Exception as exc:
+                # The message of a connection error can carry URLs with credentials; log the kind.
+                logger.warning("JWKS fetch failed: %s", type(exc).__name__)
+                self._on_refresh("error")
+                return False
+            changed = frozenset(kids) != self._kids
+            self._keys, self._kids = keys, frozenset(kids)
+            self._on_refresh("success")
+            logger.info("JWKS loaded with %d signing key(s)", len(kids))
+            return changed
+
+    async def verify(self, token: str) -> Principal:
+        if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+            raise TokenRejected("malformed", "the token is not a signed JWT")
+        header = _unverified_header(token)
+        if header.get("alg") not in self._settings.token_algorithms:
+            raise TokenRejected("unsupported_algorithm", "the token's algorithm is not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TokenRejected("malformed", "the token names no signing key")
+        if kid not in self._kids:
+            await self.refresh_keys()
+            if kid not in self._kids:
+                reason = "keys_unavailable" if self._keys is None else "unknown_key"
+                raise TokenRejected(reason, "the token's signing key is not known")
+        assert self._keys is not None
+        try:
+            claims = self._openid.decode_token(
+                token,
+                validate=True,
+                key=self._keys,
+                algs=self._settings.token_algorithms,
+                expected_type="JWS",
+                # jwcrypto checks ``exp`` only when check_claims names it; None means "now".
+                check_claims={"exp": None, "sub": None},
+                leeway=self._settings.token_leeway_seconds,
+            )
+        except JWTExpired:
+            raise TokenRejected("expired", "the token has expired") from None
+        except (JWException, ValueError, TypeError, KeyError):
+            raise TokenRejected("bad_signature", "the token could not be verified") from None
+        self._check_claims(claims)
+        return Principal.from_claims(claims)
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        settings = self._settings
+        now = time.time()
+        nbf = claims.get("nbf")
+        if nbf is not None and (
+            not isinstance(nbf, int | float) or nbf > now + settings.token_leeway_seconds
+        ):
+            raise TokenRejected("not_yet_valid", "the token is not valid yet")
+        if claims.get("iss") != settings.expected_issuer:
+            raise TokenRejected("wrong_issuer", "the token was issued by another realm")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if settings.audience not in audiences:
+            raise TokenRejected("wrong_audience", "the token is not meant for this service")
+        # Keycloak marks access tokens "Bearer"; ID ("ID") and refresh ("Refresh") tokens
+        # are signed by the same key and must not open the API.
+        if claims.get("typ") != "Bearer":
+            raise TokenRejected("wrong_type", "only access tokens are accepted")
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise TokenRejected("malformed", "the token has no subject")
+
+    async def close(self) -> None:
+        await self._openid.connection.aclose()

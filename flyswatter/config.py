@@ -1,0 +1,151 @@
+"""Typed settings, read from ``FLYSWATTER_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from ipaddress import ip_address
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SQLITE_URL = "sqlite:///./flyswatter.db"
+
+
+class UnsafeSettings(ValueError):
+    """Settings that must not run in production; the message is one line for the operator."""
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_database_url(url: str) -> str:
+    """Map the URL forms operators type onto the drivers Flyswatter ships with (psycopg 3)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYSWATTER_", extra="ignore", frozen=True)
+
+    database_url: str = DEFAULT_SQLITE_URL
+    # SQLAlchemy pool per worker process; PostgreSQL only.
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_max_overflow: int = Field(default=10, ge=0, le=200)
+    # A query that cannot get a connection within this time fails with 503 instead of hanging.
+    database_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+
+    keycloak_url: str | None = None
+    keycloak_realm: str = "flyswatter"
+    # The resource-server client id that must appear in a token's ``aud``.
+    audience: str = "flyswatter-api"
+    # The issuer tokens carry; defaults to ``{keycloak_url}/realms/{realm}``. Set it when the
+    # service reaches Keycloak by another name than the one users' browsers use.
+    issuer: str | None = None
+    # Client ids offered in Swagger UI's Authorize dialog.
+    swagger_client_id: str = "flyswatter-web"
+    token_algorithms: list[str] = ["RS256"]
+    token_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    # An unknown ``kid`` triggers at most one JWKS refetch per this many seconds.
+    jwks_refresh_min_interval_seconds: float = Field(default=10.0, ge=0)
+
+    redis_url: str | None = None
+    rate_limit_writes: str = "120/minute"
+    rate_limit_reads: str = "1200/minute"
+    rate_limit_enabled: bool = True
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    forwarded_allow_ips: str | None = None
+    cors_origins: list[str] = []
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        value = normalise_database_url(value)
+        if not value.startswith(("sqlite://", "sqlite+aiosqlite://", "postgresql+psycopg://")):
+            raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
+        return value
+
+    @field_validator("keycloak_url", "issuer")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.rstrip("/")
+        if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname:
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("token_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        allowed = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+        bad = [alg for alg in value if alg not in allowed]
+        if bad or not value:
+            raise ValueError(f"token_algorithms must be asymmetric algorithms, got {bad or value}")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @cached_property
+    def async_database_url(self) -> str:
+        if self.database_url.startswith("sqlite://"):
+            return "sqlite+aiosqlite://" + self.database_url[len("sqlite://") :]
+        return self.database_url
+
+    @cached_property
+    def sync_database_url(self) -> str:
+        """The URL Alembic runs on: same database, synchronous driver."""
+        if self.database_url.startswith("sqlite+aiosqlite://"):
+            return "sqlite://" + self.database_url[len("sqlite+aiosqlite://") :]
+        return self.database_url
+
+    @property
+    def realm_url(self) -> str:
+        if self.keycloak_url is None:
+            raise UnsafeSettings("FLYSWATTER_KEYCLOAK_URL is not set")
+        return f"{self.keycloak_url}/realms/{self.keycloak_realm}"
+
+    @property
+    def expected_issuer(self) -> str:
+        return self.issuer or self.realm_url
+
+    def check_production(self) -> None:
+        """Refuse settings that are fine for ``flyswatter dev`` but unsafe for ``serve``."""
+        if self.keycloak_url is None:
+            raise UnsafeSettings(
+                "FLYSWATTER_KEYCLOAK_URL is not set: serve validates Keycloak tokens and needs "
+                "the Keycloak base URL (e.g. https://sso.example.org)"
+            )
+        if not self.audience:
+            raise UnsafeSettings("FLYSWATTER_AUDIENCE is empty: tokens for any client would pass")
+        if self.is_sqlite and self.workers > 1:
+            raise UnsafeSettings(
+                "SQLite cannot be shared by several workers: set FLYSWATTER_DATABASE_URL to "
+                "PostgreSQL or FLYSWATTER_WORKERS=1"
+            )
+        if self.workers > 1 and self.rate_limit_enabled and self.redis_url is None:
+            raise UnsafeSettings(
+                "several workers need shared rate limits: set FLYSWATTER_REDIS_URL "
+                "(or FLYSWATTER_RATE_LIMIT_ENABLED=false)"
+            )
+        if "*" in self.cors_origins:
+            raise UnsafeSettings("FLYSWATTER_CORS_ORIGINS must list origins, not '*'")

@@ -1,0 +1,252 @@
+"""The RFC 9457 problem+json error family and its handlers, registered in one place.
+
+Domain code raises a ``Problem`` subclass; nothing builds error bodies by hand. Every
+response carries the request id so a client's report can be matched with the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("flyswatter.errors")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:flyswatter:problem:"
+
+
+class FieldError(BaseModel):
+    """One invalid input: where it is and what is wrong with it."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details, as every error response of this service is shaped."""
+
+    type: str = Field(examples=[PROBLEM_TYPE_PREFIX + "not-found"])
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_CONTENT_TYPE
+
+
+class Problem(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+class BadRequest(Problem):
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class Unauthorized(Problem):
+    status, slug, title = 401, "invalid-token", "Authentication required"
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        # The reason is for metrics and logs; clients see the RFC 6750 challenge.
+        challenge = f'Bearer error="invalid_token", error_description="{detail}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+        self.reason = reason
+
+
+class InsufficientScope(Problem):
+    status, slug, title = 403, "insufficient-scope", "Insufficient scope"
+
+    def __init__(self, missing: Sequence[str]) -> None:
+        scopes = " ".join(missing)
+        super().__init__(
+            f"this route needs the scope(s): {scopes}",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scopes}"'},
+            extra={"required_scopes": list(missing)},
+        )
+
+
+class Forbidden(Problem):
+    status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(Problem):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(Problem):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PreconditionFailed(Problem):
+    status, slug, title = 412, "precondition-failed", "Precondition failed"
+
+
+class PreconditionRequired(Problem):
+    status, slug, title = 428, "precondition-required", "Precondition required"
+
+
+class UnprocessableEntity(Problem):
+    status, slug, title = 422, "validation-error", "Invalid request"
+
+    def __init__(self, detail: str, *, loc: Sequence[str | int] = ("body",)) -> None:
+        super().__init__(
+            detail,
+            extra={"errors": [{"loc": list(loc), "msg": detail, "type": "value_error"}]},
+        )
+
+
+class ServiceUnavailable(Problem):
+    status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    detail: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ProblemResponse:
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + (slug or phrase.lower().replace(" ", "-")),
+        "title": title or phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "request_id": request.scope.get("state", {}).get("request_id"),
+    }
+    body.update(extra or {})
+    return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+async def _handle_problem(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, Problem)
+    if isinstance(exc, Unauthorized):
+        request.scope.setdefault("state", {})["auth_failure"] = exc.reason
+    return problem_response(
+        request,
+        exc.status,
+        slug=exc.slug,
+        title=exc.title,
+        detail=exc.detail,
+        headers=exc.headers,
+        extra=exc.extra,
+    )
+
+
+def _jsonable_loc(loc: Sequence[Any]) -> list[str | int]:
+    return [part if isinstance(part, int) else str(part) for part in loc]
+
+
+async def _handle_validation(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Echoing the rejected input back could reflect secrets a client sent by mistake.
+    errors = [
+        {"loc": _jsonable_loc(err.get("loc", ())), "msg": err.get("msg", ""), "type": err["type"]}
+        for err in exc.errors()
+    ]
+    return problem_response(
+        request,
+        422,
+        slug="validation-error",
+        title="Invalid request",
+        detail=f"{len(errors)} invalid field(s)",
+        extra={"errors": errors},
+    )
+
+
+async def _handle_http(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem_response(
+        request,
+        exc.status_code,
+        detail=exc.detail if exc.status_code != 404 else "no such resource",
+        headers=exc.headers,
+    )
+
+
+def database_error_summary(exc: BaseException) -> str:
+    """What may be logged of a database error: classes and SQLSTATE, never SQL or parameters."""
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None)
+    return f"{type(exc).__name__}({type(orig).__name__ if orig else '-'}, sqlstate={sqlstate})"
+
+
+async def _handle_database_error(request: Request, exc: Exception) -> ProblemResponse:
+    request.scope.setdefault("state", {})["database_error"] = True
+    if isinstance(exc, IntegrityError):
+        # Services check what they can up front; what is left is a race with another writer.
+        logger.warning("integrity conflict: %s", database_error_summary(exc))
+        return problem_response(
+            request,
+            409,
+            slug="conflict",
+            title="Conflict",
+            detail="the change conflicts with the current state; reload and retry",
+        )
+    if isinstance(exc, OperationalError | PoolTimeoutError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        logger.error("database unavailable: %s", database_error_summary(exc))
+        return problem_response(
+            request,
+            503,
+            slug="database-unavailable",
+            title="Service unavailable",
+            detail="the database is unavailable; retry later",
+            headers={"Retry-After": "5"},
+        )
+    logger.error("database error: %s", database_error_summary(exc))
+    return problem_response(request, 500, slug="internal-error", detail="unexpected error")
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Everything but unexpected exceptions; those are caught by the request middleware."""
+    app.add_exception_handler(Problem, _handle_problem)
+    app.add_exception_handler(RequestValidationError, _handle_validation)
+    app.add_exception_handler(StarletteHTTPException, _handle_http)
+    app.add_exception_handler(DBAPIError, _handle_database_error)
+    app.add_exception_handler(PoolTimeoutError, _handle_database_error)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries documenting the problem+json errors a route can return."""
+    return {
+        status: {
+            "model": ProblemDetails,
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_CONTENT_TYPE: {}},
+        }
+        for status in statuses
+    }

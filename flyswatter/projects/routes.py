@@ -1,0 +1,268 @@
+"""``/api/v1/projects``: projects and their members."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from flyswatter.auth.dependencies import ProjectsRead, ProjectsWrite
+from flyswatter.auth.scopes import Scope
+from flyswatter.db import SessionDep, utcnow
+from flyswatter.errors import Conflict, NotFound, problem_responses
+from flyswatter.pagination import (
+    DEFAULT_LIMIT,
+    CountParam,
+    CursorParam,
+    LimitParam,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    set_next_link,
+)
+from flyswatter.projects.models import (
+    MemberPublic,
+    MemberUpsert,
+    Project,
+    ProjectCreate,
+    ProjectMember,
+    ProjectPublic,
+    ProjectUpdate,
+    Role,
+)
+from flyswatter.projects.service import (
+    ProjectAccess,
+    ProjectKeyPath,
+    count_maintainers,
+    load_project_access,
+    project_access,
+)
+from flyswatter.users.models import User
+
+router = APIRouter(prefix="/projects", tags=["projects"])
+
+ProjectForReading = Annotated[
+    ProjectAccess, Depends(project_access(Role.viewer, Scope.projects_read, "reading the project"))
+]
+ProjectForManaging = Annotated[
+    ProjectAccess,
+    Depends(project_access(Role.maintainer, Scope.projects_write, "managing the project")),
+]
+UserIdPath = Annotated[str, Path(min_length=1, max_length=255)]
+
+# Every route here can answer these; each route adds its own on top.
+AUTH_ERRORS = problem_responses(401, 403, 422, 429)
+
+
+def to_public(project: Project, role: Role | None) -> ProjectPublic:
+    return ProjectPublic.model_validate(project, update={"role": role})
+
+
+def member_public(member: ProjectMember, user: User) -> MemberPublic:
+    return MemberPublic(
+        user_id=user.id,
+        username=user.username,
+        name=user.name,
+        is_service_account=user.is_service_account,
+        role=member.role,
+        created_at=member.created_at,
+    )
+
+
+@router.get("", response_model=Page[ProjectPublic], responses=problem_responses(400) | AUTH_ERRORS)
+async def list_projects(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: ProjectsRead,
+    cursor: CursorParam = None,
+    limit: LimitParam = DEFAULT_LIMIT,
+    count: CountParam = False,
+    include_archived: Annotated[bool, Query(description="Also list archived projects.")] = False,
+) -> Page[ProjectPublic]:
+    """Projects the caller is a member of (all projects for admins), ordered by key."""
+    statement = select(Project, ProjectMember.role)
+    if principal.is_admin:
+        statement = statement.outerjoin(
+            ProjectMember,
+            (col(ProjectMember.project_id) == Project.id)
+            & (col(ProjectMember.user_id) == principal.subject),
+        )
+    else:
+        statement = statement.join(
+            ProjectMember, col(ProjectMember.project_id) == Project.id
+        ).where(ProjectMember.user_id == principal.subject)
+    if not include_archived:
+        statement = statement.where(col(Project.archived).is_(False))
+    total = None
+    if count:
+        total = (await session.exec(select(func.count()).select_from(statement.subquery()))).one()
+    if cursor is not None:
+        (after_key,) = decode_cursor(cursor, "key", (str,))
+        statement = statement.where(Project.key > after_key)
+    rows = (await session.exec(statement.order_by(Project.key).limit(limit + 1))).all()
+    items = [to_public(project, Role(role) if role else None) for project, role in rows[:limit]]
+    next_cursor = encode_cursor("key", [items[-1].key]) if len(rows) > limit else None
+    set_next_link(request, response, next_cursor)
+    return Page(items=items, next_cursor=next_cursor, total=total)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProjectPublic,
+    responses=problem_responses(409) | AUTH_ERRORS,
+)
+async def create_project(
+    body: ProjectCreate, response: Response, session: SessionDep, principal: ProjectsWrite
+) -> ProjectPublic:
+    """Create a project; the caller becomes its maintainer."""
+    project = Project.model_validate(body, update={"created_by": principal.subject})
+    session.add(project)
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(f"project key {body.key} is taken") from None
+    assert project.id is not None
+    session.add(
+        ProjectMember(project_id=project.id, user_id=principal.subject, role=Role.maintainer)
+    )
+    await session.commit()
+    response.headers["Location"] = f"/api/v1/projects/{project.key}"
+    return to_public(project, Role.maintainer)
+
+
+@router.get("/{key}", response_model=ProjectPublic, responses=problem_responses(404) | AUTH_ERRORS)
+async def get_project(access: ProjectForReading) -> ProjectPublic:
+    return to_public(access.project, access.membership_role)
+
+
+@router.patch(
+    "/{key}", response_model=ProjectPublic, responses=problem_responses(404) | AUTH_ERRORS
+)
+async def update_project(
+    body: ProjectUpdate, session: SessionDep, access: ProjectForManaging
+) -> ProjectPublic:
+    """Change name, description or the archived flag (maintainers)."""
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    project = access.project
+    if changes:
+        project.sqlmodel_update(changes)
+        project.updated_at = utcnow()
+        session.add(project)
+        await session.commit()
+    return to_public(project, access.membership_role)
+
+
+@router.delete(
+    "/{key}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(404) | AUTH_ERRORS,
+)
+async def archive_project(session: SessionDep, access: ProjectForManaging) -> None:
+    """Archive the project: it stays readable and can be unarchived with PATCH."""
+    project = access.project
+    if not project.archived:
+        project.archived = True
+        project.updated_at = utcnow()
+        session.add(project)
+        await session.commit()
+
+
+@router.get(
+    "/{key}/members",
+    response_model=Page[MemberPublic],
+    responses=problem_responses(400, 404) | AUTH_ERRORS,
+)
+async def list_members(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    access: ProjectForReading,
+    cursor: CursorParam = None,
+    limit: LimitParam = DEFAULT_LIMIT,
+) -> Page[MemberPublic]:
+    statement = (
+        select(ProjectMember, User)
+        .join(User, col(User.id) == ProjectMember.user_id)
+        .where(ProjectMember.project_id == access.project_id)
+    )
+    if cursor is not None:
+        (after_user,) = decode_cursor(cursor, "user", (str,))
+        statement = statement.where(ProjectMember.user_id > after_user)
+    rows = (
+        await session.exec(statement.order_by(col(ProjectMember.user_id)).limit(limit + 1))
+    ).all()
+    items = [member_public(member, user) for member, user in rows[:limit]]
+    next_cursor = encode_cursor("user", [items[-1].user_id]) if len(rows) > limit else None
+    set_next_link(request, response, next_cursor)
+    return Page(items=items, next_cursor=next_cursor)
+
+
+@router.put(
+    "/{key}/members/{user_id}",
+    response_model=MemberPublic,
+    responses={201: {"model": MemberPublic, "description": "Member added"}}
+    | problem_responses(404, 409)
+    | AUTH_ERRORS,
+)
+async def put_member(
+    user_id: UserIdPath,
+    body: MemberUpsert,
+    response: Response,
+    session: SessionDep,
+    principal: ProjectsWrite,
+    key: ProjectKeyPath,
+) -> MemberPublic:
+    """Add a member or change a member's role (maintainers).
+
+    The user must have signed in to Flyswatter once, so that its identity is known here.
+    """
+    access = await load_project_access(session, principal, key, for_update=True)
+    access.require(Role.maintainer, "managing members")
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} has never signed in to Flyswatter")
+    member = await session.get(ProjectMember, (access.project_id, user_id))
+    if member is None:
+        member = ProjectMember(project_id=access.project_id, user_id=user_id, role=body.role)
+        response.status_code = status.HTTP_201_CREATED
+        response.headers["Location"] = f"/api/v1/projects/{access.project.key}/members/{user_id}"
+    else:
+        if member.role == Role.maintainer and body.role != Role.maintainer:
+            await _keep_a_maintainer(session, access)
+        member.role = body.role
+    session.add(member)
+    await session.commit()
+    return member_public(member, user)
+
+
+@router.delete(
+    "/{key}/members/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(404, 409) | AUTH_ERRORS,
+)
+async def remove_member(
+    user_id: UserIdPath, session: SessionDep, principal: ProjectsWrite, key: ProjectKeyPath
+) -> None:
+    """Remove a member (maintainers), or leave a project yourself."""
+    access = await load_project_access(session, principal, key, for_update=True)
+    if user_id != principal.subject:
+        access.require(Role.maintainer, "managing members")
+    member = await session.get(ProjectMember, (access.project_id, user_id))
+    if member is None:
+        raise NotFound(f"user {user_id} is not a member of {access.project.key}")
+    if member.role == Role.maintainer:
+        await _keep_a_maintainer(session, access)
+    await session.delete(member)
+    await session.commit()
+
+
+async def _keep_a_maintainer(session: SessionDep, access: ProjectAccess) -> None:
+    # The project row is locked (for_update), so two concurrent demotions cannot both pass.
+    if await count_maintainers(session, access.project_id) <= 1:
+        raise Conflict(f"{access.project.key} must keep at least one maintainer")

@@ -1,0 +1,113 @@
+"""Who may do what in a project: membership lookups and the project-or-404 dependency."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Path
+from sqlalchemy import and_
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.auth.dependencies import require_scopes
+from flyswatter.auth.scopes import Scope
+from flyswatter.auth.tokens import Principal
+from flyswatter.db import SessionDep
+from flyswatter.errors import Conflict, Forbidden, NotFound
+from flyswatter.projects.models import Project, ProjectMember, Role
+
+ProjectKeyPath = Annotated[
+    str, Path(min_length=2, max_length=10, pattern=r"^[A-Za-z][A-Za-z0-9]{1,9}$")
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectAccess:
+    """A project the caller may see, and the caller's standing in it."""
+
+    project: Project
+    membership_role: Role | None
+    principal: Principal
+
+    @property
+    def role(self) -> Role:
+        """Effective role: admins act as maintainers everywhere."""
+        if self.principal.is_admin:
+            return Role.maintainer
+        assert self.membership_role is not None
+        return self.membership_role
+
+    @property
+    def project_id(self) -> int:
+        assert self.project.id is not None
+        return self.project.id
+
+    def require(self, role: Role, action: str) -> None:
+        if not self.role.includes(role):
+            raise Forbidden(f"{action} needs the {role.value} role in {self.project.key}")
+
+    def require_active(self) -> None:
+        if self.project.archived:
+            raise Conflict(f"project {self.project.key} is archived; unarchive it first")
+
+
+def project_not_found(key: str) -> NotFound:
+    # The same answer whether the project is missing or hidden, so keys cannot be probed.
+    return NotFound(f"project {key} not found")
+
+
+async def load_project_access(
+    session: AsyncSession, principal: Principal, key: str, *, for_update: bool = False
+) -> ProjectAccess:
+    """The project with the caller's membership, in one query; 404 when it may not be seen."""
+    statement = (
+        select(Project, ProjectMember.role)
+        .outerjoin(
+            ProjectMember,
+            and_(
+                col(ProjectMember.project_id) == Project.id,
+                col(ProjectMember.user_id) == principal.subject,
+            ),
+        )
+        .where(Project.key == key.upper())
+    )
+    if for_update:
+        statement = statement.with_for_update(of=Project)
+    row = (await session.exec(statement)).first()
+    if row is None:
+        raise project_not_found(key.upper())
+    project, role = row
+    if role is None and not principal.is_admin:
+        raise project_not_found(key.upper())
+    return ProjectAccess(
+        project=project, membership_role=Role(role) if role else None, principal=principal
+    )
+
+
+def project_access(
+    min_role: Role, scope: Scope, action: str
+) -> Callable[..., Awaitable[ProjectAccess]]:
+    """Dependency: the ``{key}`` project, requiring ``scope`` of the client and ``min_role``
+    of the person."""
+
+    async def dependency(
+        key: ProjectKeyPath,
+        session: SessionDep,
+        principal: Annotated[Principal, require_scopes(scope)],
+    ) -> ProjectAccess:
+        access = await load_project_access(session, principal, key)
+        access.require(min_role, action)
+        return access
+
+    return dependency
+
+
+async def count_maintainers(session: AsyncSession, project_id: int) -> int:
+    rows = await session.exec(
+        select(ProjectMember.user_id).where(
+            ProjectMember.project_id == project_id, ProjectMember.role == Role.maintainer
+        )
+    )
+    return len(rows.all())
