@@ -1,0 +1,56 @@
+"""Prometheus metrics. Names start with ``flyswatter_``; HTTP metrics use route templates.
+
+In ``serve`` with several workers, ``PROMETHEUS_MULTIPROC_DIR`` is set before any worker
+imports prometheus_client, so every metric here is written to the shared directory and
+``/metrics`` aggregates all workers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "flyswatter_http_requests",
+    "HTTP requests handled, by method, route template and status",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "flyswatter_http_request_duration_seconds",
+    "Time to handle an HTTP request, by method, route template and status",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+HTTP_IN_PROGRESS = Gauge(
+    "flyswatter_http_requests_in_progress",
+    "HTTP requests being handled now",
+    ["method", "route"],
+    # Summed over live workers; a dead worker's share disappears with it.
+    multiprocess_mode="livesum",
+)
+RATE_LIMITED = Counter(
+    "flyswatter_rate_limited_requests",
+    "Requests refused with 429, by limit kind (read/write)",
+    ["kind"],
+)
+AUTH_FAILURES = Counter(
+    "flyswatter_auth_failures",
+    "Requests refused for authentication, by reason",
+    ["reason"],
+)
+JWKS_REFRESHES = Counter(
+    "flyswatter_jwks_refreshes",
+    "Fetches of the realm's signing keys, by outcome",
+    ["outcome"],
+)
+ISSUES_CREATED = Counter("flyswatter_issues_created", "Issues created")
+ISSUE_TRANSITIONS = Counter(
+    "flyswatter_issue_transitions",
+    "Issue status transitions, by target status",
+    ["to"],
+)
+COMMENTS_CREATED = Counter("flyswatter_comments_created", "Comments created")
+DATABASE_ERRORS = Counter(
+    "flyswatter_database_errors",
+    "Requests that failed on a database error, by kind",
+    ["kind"],
+)
