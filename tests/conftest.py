@@ -28,11 +28,12 @@ from tests.identity import ALL_SCOPES, JwksServer, TokenFactory
 TEST_DATABASE_ENV = "FLYSWATTER_TEST_DATABASE_URL"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every coroutine test runs on asyncio through anyio's plugin (shipped with anyio).
-    for item in items:
-        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.function):
-            item.add_marker(pytest.mark.anyio)
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    # Every coroutine test runs on asyncio through anyio's pytest plugin (anyio ships with
+    # httpx); marking here, before collection, keeps parametrize working alongside it.
+    if name.startswith("test") and inspect.iscoroutinefunction(obj):
+        pytest.mark.anyio(obj)
 
 
 @pytest.fixture(scope="session")

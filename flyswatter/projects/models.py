@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, StringConstraints
 from sqlalchemy import CheckConstraint, Index, String
 from sqlmodel import Field, SQLModel
 
@@ -53,8 +54,8 @@ class Project(ProjectBase, table=True):
 class ProjectCreate(ProjectBase):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
-    key: str = Field(
-        regex=PROJECT_KEY_PATTERN,
+    # SQLModel's Field drops ``regex=``; the pattern has to ride on the type to be enforced.
+    key: Annotated[str, StringConstraints(pattern=PROJECT_KEY_PATTERN)] = Field(
         description="2-10 capital letters or digits, starting with a letter; issue keys "
         "start with it.",
         schema_extra={"examples": ["FLY"]},

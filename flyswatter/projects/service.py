@@ -95,7 +95,9 @@ def project_access(
     async def dependency(
         key: ProjectKeyPath,
         session: SessionDep,
-        principal: Annotated[Principal, require_scopes(scope)],
+        # A default rather than Annotated: the scope is a closure variable, which string
+        # annotations (PEP 563) could not resolve.
+        principal: Principal = require_scopes(scope),
     ) -> ProjectAccess:
         access = await load_project_access(session, principal, key)
         access.require(min_role, action)
