@@ -27,7 +27,8 @@ def subject_of(username: str) -> str:
 
 
 def new_signing_key(kid: str | None = None) -> jwk.JWK:
-    return jwk.JWK.generate(kty="RSA", size=2048, kid=kid or uuid.uuid4().hex, use="sig", alg="RS256")
+    kid = kid or uuid.uuid4().hex
+    return jwk.JWK.generate(kty="RSA", size=2048, kid=kid, use="sig", alg="RS256")
 
 
 class JwksServer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,4 +76,4 @@ def test_revision_files_are_dated(project_root: Path) -> None:
     names = [path.name for path in versions.glob("*.py")]
     assert names
     for name in names:
-        assert name[:4].isdigit() and name[4] == "-" and name[10] == "_", name
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_[a-z0-9_]+\.py", name), name
