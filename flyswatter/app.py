@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from flyswatter.auth.scopes import SCOPE_DESCRIPTIONS
 from flyswatter.auth.tokens import TokenVerifier
+from flyswatter.body_limit import BodySizeLimitMiddleware
 from flyswatter.config import Settings
 from flyswatter.db import create_engine
 from flyswatter.errors import ProblemDetails, ServiceUnavailable, register_error_handlers
@@ -126,5 +128,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Health(status="ready")
 
     app.openapi = lambda: _openapi_with_keycloak(app, settings)  # type: ignore[method-assign]
+    # Middleware runs outermost-last: the request context wraps everything, so even a 413
+    # or a CORS preflight answer carries the request id.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "If-None-Match",
+                "Idempotency-Key",
+                "X-Request-ID",
+            ],
+            expose_headers=[
+                "ETag",
+                "Link",
+                "Location",
+                "Retry-After",
+                "X-Request-ID",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+            ],
+            max_age=600,
+        )
     app.add_middleware(RequestContextMiddleware)
     return app

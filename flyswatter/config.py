@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     rate_limit_reads: str = "1200/minute"
     rate_limit_enabled: bool = True
 
+    # How long a POST's Idempotency-Key is remembered (and its response replayed).
+    idempotency_window_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)

@@ -59,6 +59,15 @@ def is_postgres(database_url: str) -> bool:
     return database_url.startswith(("postgres", "postgresql"))
 
 
+@pytest.fixture(autouse=True)
+def _postgres_only(request: pytest.FixtureRequest) -> None:
+    """``@pytest.mark.postgres_only`` tests need PostgreSQL; CI's PostgreSQL run allows no skip."""
+    if request.node.get_closest_marker("postgres_only") and not request.getfixturevalue(
+        "is_postgres"
+    ):
+        pytest.skip("PostgreSQL only (set FLYSWATTER_TEST_DATABASE_URL)")
+
+
 @pytest.fixture(scope="session")
 def jwks_server() -> Iterator[JwksServer]:
     server = JwksServer()

@@ -1,0 +1,82 @@
+"""Request body size cap: 413 before a large body reaches a route.
+
+Pure ASGI. A declared ``Content-Length`` over the cap is refused at once. A body without
+one (chunked) is read here up to the cap and handed on from memory; crossing the cap is a
+413. Reading ahead, rather than failing mid-stream, matters because FastAPI turns any
+error raised while it reads a body into a generic 400.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flyswatter.errors import problem_response
+
+
+class BodySizeLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = self._declared_length(scope)
+        if declared is not None:
+            if declared < 0 or declared > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away; let the app see the same
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    def _declared_length(scope: Scope) -> int | None:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return -1
+        return None
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            Request(scope),
+            413,
+            slug="payload-too-large",
+            title="Payload too large",
+            detail=f"request bodies are limited to {self.max_bytes} bytes",
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)

@@ -1,0 +1,104 @@
+"""Hostile or sloppy input and headers: body caps, CORS, security headers, secrets in logs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from flyswatter.app import create_app
+from flyswatter.config import Settings
+from tests.conftest import Api
+
+
+async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
+        yield client
+
+
+class TestBodySize:
+    async def test_declared_oversized_body_is_a_413_and_creates_nothing(self, api: Api) -> None:
+        alice = api.as_user("alice")
+        huge = '{"key": "FLY", "name": "x", "description": "' + "a" * 2_000_000 + '"}'
+        response = await alice.post(
+            "/api/v1/projects", content=huge, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 413
+        assert response.headers["content-type"] == "application/problem+json"
+        assert (await alice.get("/api/v1/projects")).json()["items"] == []
+
+    async def test_streamed_oversized_body_is_a_413(self, api: Api) -> None:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"key": "FLY", "name": "x", "description": "'
+            for _ in range(40):
+                yield b"a" * 65_536
+            yield b'"}'
+
+        alice = api.as_user("alice")
+        response = await alice.post(
+            "/api/v1/projects", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 413
+        assert (await alice.get("/api/v1/projects")).json()["items"] == []
+
+    async def test_body_under_the_cap_passes(self, api: Api) -> None:
+        response = await api.as_user("alice").post(
+            "/api/v1/projects", json={"key": "FLY", "name": "x", "description": "a" * 9_000}
+        )
+        assert response.status_code == 201
+
+
+class TestCors:
+    async def test_no_origin_is_allowed_by_default(self, client: httpx.AsyncClient) -> None:
+        response = await client.options(
+            "/api/v1/projects",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+        )
+        assert "access-control-allow-origin" not in response.headers
+
+    async def test_configured_origin_is_allowed_and_others_are_not(
+        self, settings: Settings
+    ) -> None:
+        configured = settings.model_copy(update={"cors_origins": ["https://tracker.example"]})
+        async for client in client_for(configured):
+            preflight = {"Access-Control-Request-Method": "POST"}
+            allowed = await client.options(
+                "/api/v1/projects", headers={"Origin": "https://tracker.example", **preflight}
+            )
+            assert allowed.headers["access-control-allow-origin"] == "https://tracker.example"
+            refused = await client.options(
+                "/api/v1/projects", headers={"Origin": "https://evil.example", **preflight}
+            )
+            assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_security_headers_on_every_response(client: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/api/v1/projects", "/nowhere"):
+        response = await client.get(path)
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert "server" not in response.headers
+
+
+async def test_tokens_never_reach_the_logs(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    alice = api.as_user("alice")
+    await alice.post("/api/v1/projects", json={"key": "FLY", "name": "x"})
+    await alice.get("/api/v1/projects/FLY")
+    forged = alice.token[:-10] + "AAAAAAAAAA"
+    await api.client.get("/api/v1/projects", headers={"Authorization": f"Bearer {forged}"})
+    await api.client.get("/api/v1/projects", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert caplog.records, "the requests were logged"
+    signature = alice.token.rsplit(".", 1)[1]
+    payload = alice.token.split(".")[1]
+    for text in (caplog.text, *(str(r.__dict__) for r in caplog.records)):
+        assert signature not in text
+        assert payload not in text
+        assert "dXNlcjpwYXNz" not in text
