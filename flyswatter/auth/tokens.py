@@ -21,10 +21,10 @@ from typing import Any
 from jwcrypto import jwk
 from jwcrypto.common import JWException
 from jwcrypto.jwt import JWTExpired
+from keycloak import KeycloakOpenID
 
 from flyswatter.auth.scopes import ADMIN_ROLE
 from flyswatter.config import Settings
-from keycloak import KeycloakOpenID
 
 logger = logging.getLogger("flyswatter.auth")
 
