@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from ipaddress import ip_address
 from typing import Literal
 from urllib.parse import urlsplit
@@ -108,18 +107,21 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
-    @cached_property
+    # Plain properties, not cached: ``model_copy(update=...)`` copies cached values along.
+    @property
     def async_database_url(self) -> str:
-        if self.database_url.startswith("sqlite://"):
-            return "sqlite+aiosqlite://" + self.database_url[len("sqlite://") :]
-        return self.database_url
+        url = normalise_database_url(self.database_url)
+        if url.startswith("sqlite://"):
+            return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+        return url
 
-    @cached_property
+    @property
     def sync_database_url(self) -> str:
         """The URL Alembic runs on: same database, synchronous driver."""
-        if self.database_url.startswith("sqlite+aiosqlite://"):
-            return "sqlite://" + self.database_url[len("sqlite+aiosqlite://") :]
-        return self.database_url
+        url = normalise_database_url(self.database_url)
+        if url.startswith("sqlite+aiosqlite://"):
+            return "sqlite://" + url[len("sqlite+aiosqlite://") :]
+        return url
 
     @property
     def realm_url(self) -> str:
