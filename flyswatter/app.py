@@ -16,9 +16,12 @@ from sqlalchemy import text
 from flyswatter.auth.scopes import SCOPE_DESCRIPTIONS
 from flyswatter.auth.tokens import TokenVerifier
 from flyswatter.body_limit import BodySizeLimitMiddleware
+from flyswatter.comments.routes import router as comments_router
 from flyswatter.config import Settings
 from flyswatter.db import create_engine
 from flyswatter.errors import ProblemDetails, ServiceUnavailable, register_error_handlers
+from flyswatter.issues.routes import router as issues_router
+from flyswatter.labels.routes import router as labels_router
 from flyswatter.observability.requests import RequestContextMiddleware
 from flyswatter.projects.routes import router as projects_router
 from flyswatter.users.routes import router as users_router
@@ -37,6 +40,9 @@ def api_router() -> APIRouter:
     router = APIRouter(prefix=API_PREFIX)
     router.include_router(users_router)
     router.include_router(projects_router)
+    router.include_router(labels_router)
+    router.include_router(issues_router)
+    router.include_router(comments_router)
     return router
 
 

@@ -66,13 +66,16 @@ class TestProblemDetails:
         app = create_app(settings)
         boom = APIRouter()
 
+        # Built at run time: the log keeps source lines of frames, never exception messages.
+        password, token = "hunter" + "2", "eyJhbG" + "ciOi"
+
         @boom.get("/boom")
         async def explode() -> None:
-            raise ProgrammingError("SELECT secret FROM vault WHERE pw = 'hunter2'", {}, Exception())
+            raise ProgrammingError(f"SELECT * FROM vault WHERE pw = '{password}'", {}, Exception())
 
         @boom.get("/crash")
         async def crash() -> None:
-            raise RuntimeError("token eyJhbGciOi leaked?")
+            raise RuntimeError(f"token {token} leaked?")
 
         app.include_router(boom)
         transport = httpx.ASGITransport(app=app)

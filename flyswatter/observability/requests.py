@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import traceback
 import uuid
 
 from starlette.datastructures import MutableHeaders
@@ -72,8 +73,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:
-            # Log where it happened, not the message: driver errors can carry SQL and values.
-            logger.error("unhandled %s", type(exc).__name__, exc_info=False)
+            # Where it happened (frames) but not the message: driver errors carry SQL and values.
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            logger.error("unhandled %s\n%s", type(exc).__name__, frames)
             if response_started:
                 raise
             response = problem_response(

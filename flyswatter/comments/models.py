@@ -1,0 +1,53 @@
+"""Comments on issues."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import ConfigDict, StringConstraints
+from sqlalchemy import Index, Text
+from sqlmodel import Field, SQLModel
+
+from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.issues.models import UserSummary
+
+MAX_BODY = 65_536
+
+Body = Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY)]
+
+
+class CommentBase(SQLModel):
+    body: Body = Field(sa_type=Text, description="Markdown text.")
+
+
+class Comment(CommentBase, table=True):
+    __table_args__ = (Index("ix_comment_issue_id_id", "issue_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(foreign_key="issue.id", ondelete="CASCADE")
+    author_id: str = Field(foreign_key="user.id", max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    edited_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    version: int = Field(default=1)
+
+
+class CommentCreate(CommentBase):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+class CommentUpdate(CommentBase):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+class CommentPublic(CommentBase):
+    id: int
+    issue_key: str
+    author_id: str
+    author: UserSummary
+    created_at: datetime
+    updated_at: datetime
+    edited: bool
+    edited_at: datetime | None
+    version: int

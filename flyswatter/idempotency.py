@@ -1,0 +1,167 @@
+"""``Idempotency-Key`` for POSTs that create things, so a retried request creates nothing new.
+
+The key's record is inserted in the same transaction as what the request creates, holding
+the response it produced. A retry within the window replays that response; the same key
+with another body (or on another route) is a 422. Two concurrent requests with one key
+race on the record's primary key: the loser's whole transaction rolls back and it replays
+the winner's response, so exactly one thing is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import Text, delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.errors import UnprocessableEntity
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    __tablename__ = "idempotency_record"
+
+    principal_key: str = Field(primary_key=True, max_length=300)
+    key: str = Field(primary_key=True, max_length=255)
+    method: str = Field(max_length=10)
+    path: str = Field(max_length=500)
+    request_hash: str = Field(max_length=64)
+    status_code: int
+    response_body: str = Field(sa_type=Text)
+    location: str | None = Field(default=None, max_length=500)
+    etag: str | None = Field(default=None, max_length=100)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True
+    )
+
+
+def canonical_body(body: bytes) -> bytes:
+    """A JSON body in one canonical spelling, so a retry that re-serialises still matches."""
+    try:
+        return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        return body
+
+
+class Idempotency:
+    """The request's idempotency context; inert when the client sent no key."""
+
+    def __init__(self, request: Request, key: str | None, body: bytes) -> None:
+        self.key = key
+        self.principal_key: str = request.scope.get("state", {}).get("principal_key", "")
+        self.method = request.method
+        self.path = request.url.path
+        self.request_hash = hashlib.sha256(canonical_body(body)).hexdigest()
+        window = request.app.state.settings.idempotency_window_seconds
+        self.cutoff = utcnow() - timedelta(seconds=window)
+
+    async def replay(self, session: AsyncSession) -> JSONResponse | None:
+        """The stored response for a retry, or None when this request is the first."""
+        if self.key is None:
+            return None
+        record = (
+            await session.exec(
+                select(IdempotencyRecord).where(
+                    IdempotencyRecord.principal_key == self.principal_key,
+                    IdempotencyRecord.key == self.key,
+                    col(IdempotencyRecord.created_at) >= self.cutoff,
+                )
+            )
+        ).first()
+        if record is None:
+            return None
+        if (record.method, record.path, record.request_hash) != (
+            self.method,
+            self.path,
+            self.request_hash,
+        ):
+            raise UnprocessableEntity(
+                "this Idempotency-Key was used for a different request; use a new key",
+                loc=("header", "Idempotency-Key"),
+            )
+        headers = {REPLAYED_HEADER: "true"}
+        if record.location:
+            headers["Location"] = record.location
+        if record.etag:
+            headers["ETag"] = record.etag
+        return JSONResponse(
+            json.loads(record.response_body), status_code=record.status_code, headers=headers
+        )
+
+    async def record(
+        self,
+        session: AsyncSession,
+        status_code: int,
+        body: BaseModel,
+        *,
+        location: str | None = None,
+        etag: str | None = None,
+    ) -> None:
+        """Stage the response in the request's transaction (before its commit)."""
+        if self.key is None:
+            return
+        # An expired record under the same key makes way for the new one.
+        await session.exec(
+            delete(IdempotencyRecord).where(
+                col(IdempotencyRecord.principal_key) == self.principal_key,
+                col(IdempotencyRecord.key) == self.key,
+                col(IdempotencyRecord.created_at) < self.cutoff,
+            )
+        )
+        session.add(
+            IdempotencyRecord(
+                principal_key=self.principal_key,
+                key=self.key,
+                method=self.method,
+                path=self.path,
+                request_hash=self.request_hash,
+                status_code=status_code,
+                response_body=body.model_dump_json(),
+                location=location,
+                etag=etag,
+            )
+        )
+
+    async def commit(self, session: AsyncSession) -> JSONResponse | None:
+        """Commit; when a concurrent twin won the race, roll back and return its response."""
+        try:
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            if self.key is None:
+                raise
+            replayed = await self.replay(session)
+            if replayed is None:
+                raise
+            return replayed
+        return None
+
+
+async def idempotency(
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Makes a retried POST safe: the same key within the window replays "
+            "the first response and creates nothing new.",
+        ),
+    ] = None,
+) -> Idempotency:
+    body = await request.body() if idempotency_key is not None else b""
+    return Idempotency(request, idempotency_key, body)
+
+
+IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]

@@ -1,0 +1,192 @@
+"""Issues, their workflow and their append-only history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, StringConstraints
+from sqlalchemy import CheckConstraint, Index, SmallInteger, String, Text, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.labels.models import LabelName, LabelPublic
+
+MAX_DESCRIPTION = 65_536
+MAX_LABELS = 50
+
+
+class IssueType(StrEnum):
+    bug = "bug"
+    feature = "feature"
+    task = "task"
+
+
+class IssueStatus(StrEnum):
+    open = "open"
+    in_progress = "in_progress"
+    resolved = "resolved"
+    closed = "closed"
+
+
+class Priority(StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+    @property
+    def rank(self) -> int:
+        return list(Priority).index(self)
+
+
+# The workflow: forward along open -> in_progress -> resolved -> closed, back to work from
+# in progress, reopen from resolved or closed, and close straight from open (won't fix).
+TRANSITIONS: dict[IssueStatus, tuple[IssueStatus, ...]] = {
+    IssueStatus.open: (IssueStatus.in_progress, IssueStatus.closed),
+    IssueStatus.in_progress: (IssueStatus.open, IssueStatus.resolved),
+    IssueStatus.resolved: (IssueStatus.closed, IssueStatus.open),
+    IssueStatus.closed: (IssueStatus.open,),
+}
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+def _in(column: str, enum: type[StrEnum]) -> CheckConstraint:
+    values = ", ".join(f"'{member.value}'" for member in enum)
+    return CheckConstraint(f"{column} IN ({values})", name=f"{column}_known")
+
+
+class IssueBase(SQLModel):
+    title: Title = Field(max_length=200)
+    description: str = Field(default="", max_length=MAX_DESCRIPTION, sa_type=Text)
+    type: IssueType = Field(default=IssueType.bug, sa_type=String(10))
+    priority: Priority = Field(default=Priority.medium, sa_type=String(10))
+
+
+class Issue(IssueBase, table=True):
+    __table_args__ = (
+        UniqueConstraint("project_id", "number"),
+        _in("type", IssueType),
+        _in("priority", Priority),
+        _in("status", IssueStatus),
+        # One index per filter the list offers, each ending in the sort key and id so that
+        # keyset pages are index range scans (see issues.service.list_issues).
+        Index("ix_issue_project_updated", "project_id", "updated_at", "id"),
+        Index("ix_issue_project_created", "project_id", "created_at", "id"),
+        Index("ix_issue_project_priority", "project_id", "priority_rank", "id"),
+        Index("ix_issue_project_status_updated", "project_id", "status", "updated_at", "id"),
+        Index("ix_issue_project_assignee_updated", "project_id", "assignee_id", "updated_at", "id"),
+        Index("ix_issue_project_reporter_updated", "project_id", "reporter_id", "updated_at", "id"),
+        # Full-text search over title and description (PostgreSQL; SQLite uses LIKE).
+        Index(
+            "ix_issue_search",
+            text("to_tsvector('english', title || ' ' || description)"),
+            postgresql_using="gin",
+        ).ddl_if(dialect="postgresql"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", ondelete="CASCADE")
+    number: int
+    status: IssueStatus = Field(default=IssueStatus.open, sa_type=String(12))
+    # Priority as a number, so "sort by priority" is an index order.
+    priority_rank: int = Field(sa_type=SmallInteger)
+    reporter_id: str = Field(foreign_key="user.id", max_length=255)
+    assignee_id: str | None = Field(default=None, foreign_key="user.id", max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Optimistic locking: bumped by every change; the ETag is built from it.
+    version: int = Field(default=1)
+
+
+class IssueCreate(IssueBase):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    assignee_id: str | None = Field(default=None, max_length=255)
+    labels: list[LabelName] = Field(default_factory=list, max_length=MAX_LABELS)
+
+
+class IssueUpdate(SQLModel):
+    """Fields to change; absent fields stay. ``assignee_id: null`` unassigns."""
+
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    title: Title | None = None
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
+    type: IssueType | None = None
+    priority: Priority | None = None
+    assignee_id: str | None = Field(default=None, max_length=255)
+    labels: list[LabelName] | None = Field(default=None, max_length=MAX_LABELS)
+
+
+class TransitionRequest(SQLModel):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    to: IssueStatus
+
+
+class UserSummary(SQLModel):
+    id: str
+    username: str
+    name: str | None
+    is_service_account: bool
+
+
+class IssuePublic(IssueBase):
+    key: str = Field(schema_extra={"examples": ["FLY-42"]})
+    number: int
+    project_key: str
+    status: IssueStatus
+    reporter: UserSummary
+    assignee: UserSummary | None
+    labels: list[LabelPublic]
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None
+    version: int
+
+
+class ActivityAction(StrEnum):
+    created = "created"
+    updated = "updated"
+    transitioned = "transitioned"
+    assigned = "assigned"
+    labeled = "labeled"
+    unlabeled = "unlabeled"
+    commented = "commented"
+    comment_edited = "comment_edited"
+    comment_deleted = "comment_deleted"
+
+
+class Activity(SQLModel, table=True):
+    """One change to an issue. Rows are only ever inserted, in the changing transaction."""
+
+    __table_args__ = (Index("ix_activity_issue_id_id", "issue_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(foreign_key="issue.id", ondelete="CASCADE")
+    actor_id: str = Field(foreign_key="user.id", max_length=255)
+    # The Keycloak client that made the call, for service accounts.
+    client_id: str | None = Field(default=None, max_length=255)
+    action: ActivityAction = Field(sa_type=String(20))
+    field: str | None = Field(default=None, max_length=50)
+    # JSON texts, so every value keeps its type (null, string, list of labels).
+    old_value: str | None = Field(default=None, sa_type=Text)
+    new_value: str | None = Field(default=None, sa_type=Text)
+    request_id: str | None = Field(default=None, max_length=128)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class ActivityPublic(SQLModel):
+    id: int
+    action: ActivityAction
+    field: str | None
+    old_value: Any = Field(description="The value before the change (JSON), if any.")
+    new_value: Any = Field(description="The value after the change (JSON), if any.")
+    actor: UserSummary
+    client_id: str | None
+    request_id: str | None
+    created_at: datetime

@@ -1,0 +1,69 @@
+"""Labels: per-project names with a colour, attached to issues."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import ConfigDict, StringConstraints
+from sqlalchemy import Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from flyswatter.db import UTCDateTime, utcnow
+
+COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
+LABEL_NAME_PATTERN = r"^[^\s/][^/]{0,48}[^\s/]$|^[^\s/]$"
+
+LabelName = Annotated[
+    str, StringConstraints(min_length=1, max_length=50, pattern=LABEL_NAME_PATTERN)
+]
+Color = Annotated[str, StringConstraints(pattern=COLOR_PATTERN)]
+
+
+class LabelBase(SQLModel):
+    # No slashes or outer spaces: names appear in URLs (``/labels/{name}``).
+    name: LabelName = Field(max_length=50)
+    color: Color = Field(max_length=7, schema_extra={"examples": ["#d73a4a"]})
+    description: str = Field(default="", max_length=500)
+
+
+class Label(LabelBase, table=True):
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id", ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+def label_id(label: Label) -> int:
+    assert label.id is not None, "a stored label has an id"
+    return label.id
+
+
+class LabelCreate(LabelBase):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+class LabelUpdate(SQLModel):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+    name: LabelName | None = None
+    color: Color | None = None
+    description: str | None = Field(default=None, max_length=500)
+
+
+class LabelPublic(SQLModel):
+    name: str
+    color: str
+    description: str
+
+
+class IssueLabel(SQLModel, table=True):
+    __tablename__ = "issue_label"
+    __table_args__ = (
+        # "Issues with this label": the label filter starts from the label.
+        Index("ix_issue_label_label_id_issue_id", "label_id", "issue_id"),
+    )
+
+    issue_id: int = Field(foreign_key="issue.id", primary_key=True, ondelete="CASCADE")
+    label_id: int = Field(foreign_key="label.id", primary_key=True, ondelete="CASCADE")

@@ -1,0 +1,129 @@
+"""Label routes: each project's label set, managed by its maintainers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response, status
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.auth.scopes import Scope
+from flyswatter.db import SessionDep
+from flyswatter.errors import Conflict, NotFound, problem_responses
+from flyswatter.labels.models import Label, LabelCreate, LabelPublic, LabelUpdate
+from flyswatter.pagination import (
+    DEFAULT_LIMIT,
+    CursorParam,
+    LimitParam,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    set_next_link,
+)
+from flyswatter.projects.models import Role
+from flyswatter.projects.service import ProjectAccess, project_access
+
+router = APIRouter(prefix="/projects/{key}/labels", tags=["labels"])
+
+ProjectForReading = Annotated[
+    ProjectAccess, Depends(project_access(Role.viewer, Scope.projects_read, "reading labels"))
+]
+ProjectForLabelling = Annotated[
+    ProjectAccess,
+    Depends(project_access(Role.maintainer, Scope.projects_write, "managing labels")),
+]
+LabelNamePath = Annotated[str, Path(min_length=1, max_length=50, description="Label name.")]
+AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
+
+
+def to_public(label: Label) -> LabelPublic:
+    return LabelPublic(name=label.name, color=label.color, description=label.description)
+
+
+async def _label(session: AsyncSession, access: ProjectAccess, name: str) -> Label:
+    label = (
+        await session.exec(
+            select(Label).where(Label.project_id == access.project_id, Label.name == name)
+        )
+    ).first()
+    if label is None:
+        raise NotFound(f"label {name} not found in {access.project.key}")
+    return label
+
+
+async def _commit_or_conflict(session: AsyncSession, name: str) -> None:
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(f"a label named {name} already exists in this project") from None
+
+
+@router.get("", response_model=Page[LabelPublic], responses=problem_responses(400) | AUTH_ERRORS)
+async def list_labels(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    access: ProjectForReading,
+    cursor: CursorParam = None,
+    limit: LimitParam = DEFAULT_LIMIT,
+) -> Page[LabelPublic]:
+    """The project's labels, by name."""
+    statement = select(Label).where(Label.project_id == access.project_id)
+    if cursor is not None:
+        (after,) = decode_cursor(cursor, "name", (str,))
+        statement = statement.where(col(Label.name) > after)
+    rows = list((await session.exec(statement.order_by(col(Label.name)).limit(limit + 1))).all())
+    page = rows[:limit]
+    cursor_out = encode_cursor("name", [page[-1].name]) if len(rows) > limit else None
+    set_next_link(request, response, cursor_out)
+    return Page(items=[to_public(label) for label in page], next_cursor=cursor_out)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=LabelPublic,
+    responses=problem_responses(409) | AUTH_ERRORS,
+)
+async def create_label(
+    body: LabelCreate, response: Response, session: SessionDep, access: ProjectForLabelling
+) -> LabelPublic:
+    """Add a label to the project (maintainers)."""
+    access.require_active()
+    label = Label.model_validate(body, update={"project_id": access.project_id})
+    session.add(label)
+    await _commit_or_conflict(session, body.name)
+    response.headers["Location"] = f"/api/v1/projects/{access.project.key}/labels/{label.name}"
+    return to_public(label)
+
+
+@router.patch("/{name}", response_model=LabelPublic, responses=problem_responses(409) | AUTH_ERRORS)
+async def update_label(
+    name: LabelNamePath, body: LabelUpdate, session: SessionDep, access: ProjectForLabelling
+) -> LabelPublic:
+    """Rename or recolour a label (maintainers); issues keep it."""
+    access.require_active()
+    label = await _label(session, access, name)
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    if changes:
+        label.sqlmodel_update(changes)
+        session.add(label)
+        await _commit_or_conflict(session, label.name)
+    return to_public(label)
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(409) | AUTH_ERRORS,
+)
+async def delete_label(
+    name: LabelNamePath, session: SessionDep, access: ProjectForLabelling
+) -> None:
+    """Delete a label (maintainers); it is removed from every issue that had it."""
+    access.require_active()
+    await session.delete(await _label(session, access, name))
+    await session.commit()
