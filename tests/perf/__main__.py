@@ -1,0 +1,3 @@
+from tests.perf.bench import main
+
+main()

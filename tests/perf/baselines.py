@@ -1,0 +1,86 @@
+"""The benchmark's baselines, run under the same server (uvicorn, one process) as the service.
+
+B1 is the transport limit: a bare Starlette JSON endpoint. B2 is the database limit: a
+minimal Starlette endpoint that verifies the token exactly as Flyswatter does, then runs
+exactly the SQL Flyswatter ran for the same request (recorded from the service, see
+``bench.record_service_sql``) through a psycopg pool, and returns the rows as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from flyswatter.auth.tokens import TokenRejected, TokenVerifier
+from flyswatter.config import Settings
+
+
+async def bare_json(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "items": [], "next_cursor": None})
+
+
+b1_app = Starlette(routes=[Route("/json", bare_json)])
+
+
+def _b2_app() -> Starlette:
+    recorded: dict[str, dict[str, Any]] = {}
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        settings = Settings()
+        sql_file = Path(os.environ["BENCH_B2_SQL"])
+        recorded.update(json.loads(await asyncio.to_thread(sql_file.read_text)))
+        url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+        pool = AsyncConnectionPool(url, min_size=4, max_size=10, open=False)
+        await pool.open()
+        verifier = TokenVerifier(settings)
+        await verifier.refresh_keys(force=True)
+        state.update(pool=pool, verifier=verifier)
+        yield
+        await pool.close()
+        await verifier.close()
+
+    async def replay(request: Request) -> Response:
+        authorization = request.headers.get("authorization", "")
+        try:
+            await state["verifier"].verify(authorization.removeprefix("Bearer "))
+        except TokenRejected:
+            return JSONResponse({"detail": "invalid token"}, status_code=401)
+        scenario = recorded[request.path_params["scenario"]]
+        rows: list[Any] = []
+        allocated: int | None = None
+        async with state["pool"].connection() as connection:
+            for statement, parameters in scenario["statements"]:
+                if allocated is not None and "number" in parameters:
+                    # The issue number the replayed UPDATE ... RETURNING just handed out.
+                    parameters = {**parameters, "number": allocated}
+                cursor = await connection.execute(statement, parameters)
+                if cursor.description is not None:
+                    fetched = await cursor.fetchall()
+                    rows.append(fetched)
+                    if statement.lstrip().upper().startswith("UPDATE PROJECT"):
+                        allocated = fetched[0][0]
+            if scenario["rollback"]:
+                # Writes are replayed with the service's own values (its issue number, ...),
+                # so they are rolled back rather than committed twice.
+                await connection.rollback()
+        return Response(json.dumps(rows, default=str), media_type="application/json")
+
+    return Starlette(
+        routes=[Route("/b2/{scenario}", replay, methods=["GET", "POST"])], lifespan=lifespan
+    )
+
+
+b2_app = _b2_app()

@@ -1,0 +1,444 @@
+"""Flyswatter against its physical limits, measured in one run on this machine.
+
+``python -m tests.perf`` seeds PostgreSQL (reused between runs), starts the service and the
+baselines B1 (bare Starlette JSON) and B2 (the service's own SQL behind the same token
+check, through a psycopg pool) under uvicorn with one worker each, then drives each
+endpoint with wrk over loopback: keep-alive, fixed connections, a discarded warm-up, and
+several rounds in which the service and its baseline alternate. It reports medians and
+spreads of throughput and latency, the server's CPU time per request (steadier than
+requests per second on a shared machine), and writes ``tests/perf/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from flyswatter.app import create_app
+from flyswatter.config import Settings
+from flyswatter.pagination import encode_cursor
+from tests.identity import JwksServer, TokenFactory
+from tests.perf.seed import BENCH_USER, COMMON_TERM, RARE_TERM, ensure_database, seed
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+PYTHON = sys.executable
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DEEP_ROWS = 100_000
+
+WRK_SCRIPT = r"""
+local method, body, pace_ms = "%(method)s", %(body)s, %(pace_ms)d
+wrk.method = method
+wrk.headers["Authorization"] = "Bearer %(token)s"
+wrk.headers["Content-Type"] = "application/json"
+if body ~= nil then wrk.body = body end
+function delay() return pace_ms end
+function done(summary, latency, requests)
+  io.write(string.format(
+    '{"requests": %%d, "errors": %%d, "non2xx": %%d, "seconds": %%f, ' ..
+    '"p50_ms": %%f, "p95_ms": %%f, "p99_ms": %%f}\n',
+    summary.requests, summary.errors.connect + summary.errors.read + summary.errors.write +
+    summary.errors.timeout, summary.errors.status, summary.duration / 1e6,
+    latency:percentile(50) / 1e3, latency:percentile(95) / 1e3, latency:percentile(99) / 1e3))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+@contextmanager
+def uvicorn_server(
+    name: str, target: str, env: dict[str, str], factory: bool = False
+) -> Iterator[Server]:
+    port = free_port()
+    command = [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--no-server-header",
+    ]
+    if factory:
+        command.append("--factory")
+    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT)
+    server = Server(name, process, port)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{name} did not start")
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@dataclass
+class Scenario:
+    name: str
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    reads: bool = True
+
+    @property
+    def b2_path(self) -> str:
+        return f"/b2/{self.name}"
+
+
+@dataclass
+class Measurement:
+    rps: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p95: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    def add(self, result: dict[str, Any], cpu_seconds: float) -> None:
+        requests = max(1, result["requests"])
+        self.rps.append(result["requests"] / result["seconds"])
+        self.p50.append(result["p50_ms"])
+        self.p95.append(result["p95_ms"])
+        self.p99.append(result["p99_ms"])
+        self.cpu_us.append(cpu_seconds / requests * 1e6)
+        self.errors += result["errors"] + result["non2xx"]
+
+    @staticmethod
+    def summary(values: list[float]) -> str:
+        if not values:
+            return "-"
+        median = statistics.median(values)
+        spread = (max(values) - min(values)) / median * 100 if median else 0
+        return f"{median:,.1f} (±{spread / 2:.0f}%)"
+
+    def median(self, attribute: str) -> float:
+        return statistics.median(getattr(self, attribute))
+
+
+def wrk(
+    server: Server,
+    path: str,
+    scenario: Scenario,
+    token: str,
+    seconds: int,
+    connections: int,
+    pace_ms: int = 0,
+) -> tuple[dict[str, Any], float]:
+    body = "nil" if scenario.body is None else json.dumps(json.dumps(scenario.body))
+    script = WRK_SCRIPT % {
+        "method": scenario.method,
+        "body": body,
+        "token": token,
+        "pace_ms": pace_ms,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    before = server.cpu_seconds()
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", handle.name, server.base + path],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    cpu = server.cpu_seconds() - before
+    os.unlink(handle.name)
+    return json.loads(output.strip().splitlines()[-1]), cpu
+
+
+def deep_cursor(url: str) -> str:
+    """The cursor of the default sort, 100,000 rows into project P001."""
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        in_project = connection.execute(
+            sa.text("SELECT last_issue_number FROM project WHERE key = 'P001'")
+        ).scalar_one()
+        row = connection.execute(
+            sa.text(
+                "SELECT i.updated_at, i.id FROM issue i JOIN project p ON p.id = i.project_id "
+                "WHERE p.key = 'P001' ORDER BY i.updated_at DESC, i.id DESC OFFSET :n LIMIT 1"
+            ),
+            {"n": min(DEEP_ROWS, in_project - 100) - 1},
+        ).one()
+    engine.dispose()
+    return encode_cursor("-updated_at", [row[0].isoformat(), row[1]])
+
+
+def scenarios(url: str) -> list[Scenario]:
+    deep = deep_cursor(url)
+    return [
+        Scenario("get_issue", "GET", "/api/v1/issues/P002-5"),
+        Scenario(
+            "list_filtered",
+            "GET",
+            "/api/v1/projects/P001/issues?status=open&priority=high&sort=-updated_at&limit=50",
+        ),
+        Scenario("list_page1", "GET", "/api/v1/projects/P001/issues?limit=50"),
+        Scenario("list_deep", "GET", f"/api/v1/projects/P001/issues?limit=50&cursor={deep}"),
+        Scenario("search_rare", "GET", f"/api/v1/projects/P001/issues?q={RARE_TERM}&limit=50"),
+        Scenario("search_common", "GET", f"/api/v1/projects/P001/issues?q={COMMON_TERM}&limit=50"),
+        Scenario(
+            "create_issue",
+            "POST",
+            "/api/v1/projects/P003/issues",
+            {"title": "Benchmark issue", "description": "made by the benchmark"},
+            reads=False,
+        ),
+        Scenario(
+            "add_comment",
+            "POST",
+            "/api/v1/issues/P003-1/comments",
+            {"body": "A comment from the benchmark"},
+            reads=False,
+        ),
+    ]
+
+
+async def record_service_sql(
+    settings: Settings, token: str, cases: list[Scenario]
+) -> dict[str, Any]:
+    """The statements the service runs for each scenario, captured from its own engine."""
+    app = create_app(settings)
+    recorded: dict[str, Any] = {}
+    current: list[tuple[str, Any]] = []
+
+    def capture(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        current.append((statement, parameters))
+
+    headers = {"Authorization": f"Bearer {token}"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            await client.get("/api/v1/users/me", headers=headers)  # mirror the caller first
+            sa.event.listen(app.state.engine.sync_engine, "before_cursor_execute", capture)
+            for case in cases:
+                current.clear()
+                response = await client.request(
+                    case.method, case.path, json=case.body, headers=headers
+                )
+                assert response.status_code < 300, (case.name, response.status_code, response.text)
+                recorded[case.name] = {
+                    "statements": [[s, json.loads(json.dumps(p, default=str))] for s, p in current],
+                    "rollback": not case.reads,
+                }
+    return recorded
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    server_url = args.database_server
+    jwks = JwksServer()
+    jwks.start()
+    tokens = TokenFactory(jwks)
+    now = int(time.time())
+    token = tokens.sign(
+        tokens.claims(
+            sub=BENCH_USER,
+            preferred_username="user1",
+            exp=now + 6 * 3600,
+            realm_access={"roles": []},
+        )
+    )
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "connections": args.connections,
+        "sizes": {},
+    }
+    for size in args.sizes:
+        name = f"flyswatter_bench_{size}"
+        url = ensure_database(server_url, name)
+        seeded = seed(url, size)
+        report["sizes"][str(size)] = measure_size(args, url, jwks, token, size, seeded)
+    jwks.stop()
+    return report
+
+
+def measure_size(
+    args: argparse.Namespace, url: str, jwks: JwksServer, token: str, size: int, seeded: float
+) -> dict[str, Any]:
+    env = {
+        "FLYSWATTER_DATABASE_URL": url,
+        "FLYSWATTER_KEYCLOAK_URL": jwks.base_url,
+        "FLYSWATTER_LOG_LEVEL": "warning",
+        "FLYSWATTER_RATE_LIMIT_READS": "100000000/minute",
+        "FLYSWATTER_RATE_LIMIT_WRITES": "100000000/minute",
+        "FLYSWATTER_DATABASE_POOL_SIZE": "10",
+    }
+    settings = Settings(database_url=url, keycloak_url=jwks.base_url, rate_limit_enabled=False)
+    cases = scenarios(url)
+    if size != max(args.sizes):
+        cases = [case for case in cases if case.reads]  # scaling: reads only
+    recorded = asyncio.run(record_service_sql(settings, token, cases))
+    sql_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    sql_file.write_text(json.dumps(recorded))
+    results: dict[str, Any] = {"seed_seconds": round(seeded, 1), "scenarios": {}}
+    with (
+        uvicorn_server("service", "flyswatter.app:create_app", env, factory=True) as service,
+        uvicorn_server("B1", "tests.perf.baselines:b1_app", env) as b1,
+        uvicorn_server(
+            "B2", "tests.perf.baselines:b2_app", {**env, "BENCH_B2_SQL": str(sql_file)}
+        ) as b2,
+    ):
+        bare = Scenario("bare", "GET", "/json")
+        me = Scenario("stack", "GET", "/api/v1/users/me")
+        pairs: list[tuple[Scenario, Server, str, Server, str]] = [
+            (me, service, me.path, b1, bare.path)
+        ] + [(case, service, case.path, b2, case.b2_path) for case in cases]
+        # Warm-up, discarded: imports, pools, plans and caches.
+        for case, left, left_path, right, right_path in pairs:
+            wrk(left, left_path, case, token, 2, args.connections)
+            wrk(right, right_path, case, token, 2, args.connections)
+        measured = {case.name: (Measurement(), Measurement()) for case, *_ in pairs}
+        for round_number in range(args.rounds):
+            print(f"size {size:,}: round {round_number + 1}/{args.rounds}", flush=True)
+            for case, left, left_path, right, right_path in pairs:
+                ours, base = measured[case.name]
+                for server, path, target in ((left, left_path, ours), (right, right_path, base)):
+                    result, cpu = wrk(server, path, case, token, args.seconds, args.connections)
+                    target.add(result, cpu)
+        for case, *_ in pairs:
+            ours, base = measured[case.name]
+            results["scenarios"][case.name] = {
+                "baseline": "B1" if case is me else "B2",
+                "service": ours.__dict__,
+                "base": base.__dict__,
+                "throughput_ratio": ours.median("rps") / base.median("rps"),
+                "cpu_ratio": ours.median("cpu_us") / base.median("cpu_us"),
+            }
+        # Tail latency at 70% of the service's peak on the main list.
+        peak = statistics.median(measured["list_filtered"][0].rps)
+        pace_connections = 8
+        pace_ms = int(pace_connections * 1000 / (0.7 * peak))
+        paced, _ = wrk(
+            service, cases[1].path, cases[1], token, args.seconds, pace_connections, pace_ms
+        )
+        results["paced_70pct"] = {"target_rps": 0.7 * peak, **paced}
+        results["rss_mib"] = {"service": service.rss_mib(), "B1": b1.rss_mib(), "B2": b2.rss_mib()}
+    sql_file.unlink()
+    return results
+
+
+def write_results(report: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {report['date']} at commit `{report['commit']}` on {report['machine']};",
+        f"{report['rounds']} rounds of {report['seconds']} s per endpoint, wrk with one thread and "
+        f"{report['connections']} keep-alive connections on loopback, one uvicorn process per server.",
+        "Figures are medians over rounds (± half the spread). CPU is the server process's user+system",
+        "time per request. B1: bare Starlette JSON; B2: the service's SQL behind the same token check.",
+        "",
+    ]
+    for size, result in report["sizes"].items():
+        lines += [
+            f"## {int(size):,} issues (seeded in {result['seed_seconds']} s; 0 = reused)",
+            "",
+            "| endpoint | req/s | base req/s | ratio | p50 ms | p95 ms | p99 ms | CPU µs/req | base CPU µs/req |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, scenario in result["scenarios"].items():
+            ours, base = Measurement(**scenario["service"]), Measurement(**scenario["base"])
+            lines.append(
+                f"| {name} (vs {scenario['baseline']}) | {Measurement.summary(ours.rps)} | "
+                f"{Measurement.summary(base.rps)} | {scenario['throughput_ratio']:.2f} | "
+                f"{Measurement.summary(ours.p50)} | {Measurement.summary(ours.p95)} | "
+                f"{Measurement.summary(ours.p99)} | {Measurement.summary(ours.cpu_us)} | "
+                f"{Measurement.summary(base.cpu_us)} |"
+            )
+        paced = result["paced_70pct"]
+        lines += [
+            "",
+            f"At 70% of peak on list_filtered ({paced['target_rps']:.0f} req/s target, "
+            f"{paced['requests'] / paced['seconds']:.0f} achieved): p50 {paced['p50_ms']:.2f} ms, "
+            f"p99 {paced['p99_ms']:.2f} ms (p99/p50 = {paced['p99_ms'] / paced['p50_ms']:.1f}).",
+            f"Resident memory (MiB): {json.dumps({k: round(v, 1) for k, v in result['rss_mib'].items()})}.",
+            "",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.perf", description=__doc__)
+    parser.add_argument(
+        "--database-server",
+        default=os.environ.get(
+            "FLYSWATTER_BENCH_DATABASE", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--output", type=Path, default=HERE / "results.json")
+    args = parser.parse_args(argv)
+    args.sizes = sorted(args.sizes)
+    report = run_benchmark(args)
+    args.output.write_text(json.dumps(report, indent=2))
+    write_results(report, HERE / "RESULTS.md")
+    print((HERE / "RESULTS.md").read_text())
