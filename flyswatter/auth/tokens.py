@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ logger = logging.getLogger("flyswatter.auth")
 
 SERVICE_ACCOUNT_PREFIX = "service-account-"
 MAX_TOKEN_LENGTH = 16_384
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class TokenRejected(Exception):
@@ -103,6 +105,7 @@ class TokenVerifier:
             timeout=5,
         )
         self._keys: jwk.JWKSet | None = None
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._kids: frozenset[str] = frozenset()
         self._last_fetch = float("-inf")
         self._lock = asyncio.Lock()
@@ -113,13 +116,17 @@ class TokenVerifier:
         return self._keys is not None
 
     async def refresh_keys(self, *, force: bool = False) -> bool:
-        """Fetch the JWKS unless it was fetched very recently; True when keys changed."""
+        """Fetch the JWKS; True when the keys changed.
+
+        Only refetches for unknown key ids are throttled: a forced load (start-up) leaves the
+        throttle alone, so a key rotated right after start is still picked up by its first token.
+        """
         async with self._lock:
-            now = time.monotonic()
-            interval = self._settings.jwks_refresh_min_interval_seconds
-            if not force and now - self._last_fetch < interval:
-                return False
-            self._last_fetch = now
+            if not force:
+                now = time.monotonic()
+                if now - self._last_fetch < self._settings.jwks_refresh_min_interval_seconds:
+                    return False
+                self._last_fetch = now
             try:
                 certs = await self._openid.a_certs()
                 keys = jwk.JWKSet()
@@ -137,12 +144,33 @@ class TokenVerifier:
                 self._on_refresh("error")
                 return False
             changed = frozenset(kids) != self._kids
+            if changed:
+                # A key may have been withdrawn: tokens it signed must be checked again.
+                self._verified.clear()
             self._keys, self._kids = keys, frozenset(kids)
             self._on_refresh("success")
             logger.info("JWKS loaded with %d signing key(s)", len(kids))
             return changed
 
     async def verify(self, token: str) -> Principal:
+        """The caller a token authenticates; raises TokenRejected.
+
+        A token verified once is remembered until it expires (or the keys change), so a
+        client reusing its token costs a dictionary lookup instead of a signature check.
+        """
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            principal, expires_at = remembered
+            if time.time() < expires_at:
+                return principal
+            del self._verified[token]
+        principal, expires_at = await self._verify_signed(token)
+        self._verified[token] = (principal, expires_at)
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify_signed(self, token: str) -> tuple[Principal, float]:
         if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
             raise TokenRejected("malformed", "the token is not a signed JWT")
         header = _unverified_header(token)
@@ -173,7 +201,7 @@ class TokenVerifier:
         except (JWException, ValueError, TypeError, KeyError):
             raise TokenRejected("bad_signature", "the token could not be verified") from None
         self._check_claims(claims)
-        return Principal.from_claims(claims)
+        return Principal.from_claims(claims), float(claims["exp"])
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         settings = self._settings
