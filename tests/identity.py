@@ -13,7 +13,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from jwcrypto import jwk, jws, jwt
+from jwcrypto import jwk, jwt
 
 REALM = "flyswatter"
 AUDIENCE = "flyswatter-api"
@@ -171,10 +171,3 @@ class TokenFactory:
             realm_access={"roles": ["default-roles-flyswatter"]},
         )
         return self.sign(claims)
-
-    def unsigned(self, claims: dict[str, Any]) -> str:
-        """``alg: none``: a token anybody can write."""
-        token = jws.JWS(json.dumps(claims).encode())
-        token.allowed_algs = ["none"]
-        token.add_signature(None, alg="none", protected={"alg": "none", "typ": "JWT"})
-        return str(token.serialize(compact=True))
