@@ -13,12 +13,23 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 
 
+def find_alembic_ini() -> Path:
+    """alembic.ini beside the package (a source tree), else in the working directory.
+
+    The container image installs the package into a virtualenv and keeps ``alembic.ini`` and
+    ``alembic/`` in its working directory, where the plain ``alembic`` command finds them too.
+    """
+    for candidate in (ALEMBIC_INI, Path.cwd() / "alembic.ini"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        "alembic.ini is missing: run Flyswatter from its source tree, or from the directory "
+        "holding alembic.ini and alembic/ (the image's working directory)"
+    )
+
+
 def alembic_config(settings: Settings) -> Config:
-    if not ALEMBIC_INI.exists():
-        raise FileNotFoundError(
-            f"{ALEMBIC_INI} is missing: run Flyswatter from its source tree or image"
-        )
-    config = Config(str(ALEMBIC_INI))
+    config = Config(str(find_alembic_ini()))
     config.attributes["database_url"] = settings.sync_database_url
     # The service has configured logging already; alembic.ini's would replace it.
     config.attributes["configure_logger"] = False

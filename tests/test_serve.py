@@ -1,0 +1,320 @@
+"""``flyswatter serve`` as operators run it: real processes, real sockets, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from flyswatter import migrations
+from flyswatter.cli import serve_options
+from flyswatter.config import Settings, UnsafeSettings
+from tests.identity import JwksServer, TokenFactory
+
+FLYSWATTER = Path(sys.executable).with_name("flyswatter")
+# Where CI and the developers' machines run PostgreSQL (see .ci/run); the SQLite run borrows
+# it for a database of this test's own, as several workers cannot share SQLite.
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+IN_FLIGHT = 12
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve_environment(**settings: object) -> dict[str, str]:
+    """The process environment with exactly these FLYSWATTER_* settings."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("FLYSWATTER_") and name != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env.update({f"FLYSWATTER_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+# --- refusing unsafe settings -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        pytest.param({}, "FLYSWATTER_KEYCLOAK_URL is not set", id="no-keycloak"),
+        pytest.param(
+            {"keycloak_url": "http://127.0.0.1:8081"},
+            "FLYSWATTER_ALLOW_LOOPBACK_KEYCLOAK=true",
+            id="development-provider-url",
+        ),
+        pytest.param(
+            {"keycloak_url": "http://localhost:8081"},
+            "points at loopback",
+            id="development-provider-by-name",
+        ),
+        pytest.param(
+            {"keycloak_url": "https://sso.example.org", "audience": ""},
+            "FLYSWATTER_AUDIENCE is empty",
+            id="no-audience",
+        ),
+        pytest.param(
+            {
+                "keycloak_url": "https://sso.example.org",
+                "workers": 2,
+                "redis_url": "redis://127.0.0.1:6379/0",
+            },
+            "SQLite cannot be shared by several workers",
+            id="sqlite-with-workers",
+        ),
+        pytest.param(
+            {
+                "keycloak_url": "https://sso.example.org",
+                "database_url": "postgresql://flyswatter@db.example.org/flyswatter",
+                "workers": 2,
+            },
+            "FLYSWATTER_REDIS_URL",
+            id="workers-without-shared-limits",
+        ),
+    ],
+)
+def test_serve_refuses_unsafe_settings_with_one_line_and_a_failing_exit(
+    settings: dict[str, object], reason: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [FLYSWATTER, "serve"],
+        env=serve_environment(port=free_port(), **settings),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    message = result.stderr.strip()
+    assert "\n" not in message, message
+    assert message.startswith("flyswatter: refusing to start: ")
+    assert reason in message
+    # Refused before anything was created or bound.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loopback_keycloak_is_accepted_when_explicitly_allowed() -> None:
+    settings = Settings(keycloak_url="http://127.0.0.1:8080", allow_loopback_keycloak=True)
+    settings.check_production()
+    with pytest.raises(UnsafeSettings, match="loopback"):
+        settings.model_copy(update={"allow_loopback_keycloak": False}).check_production()
+
+
+def test_forwarded_headers_are_trusted_only_when_proxies_are_configured() -> None:
+    direct = serve_options(Settings())
+    assert direct["proxy_headers"] is False
+    behind_proxy = serve_options(Settings(forwarded_allow_ips="10.0.0.5"))
+    assert behind_proxy["proxy_headers"] is True
+    assert behind_proxy["forwarded_allow_ips"] == "10.0.0.5"
+
+
+# --- a real server with two workers -------------------------------------------------------
+
+
+@pytest.fixture
+def serve_database_url(is_postgres: bool, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated PostgreSQL database the server may write to."""
+    if is_postgres:
+        yield str(request.getfixturevalue("clean_database"))
+        return
+    name = f"flyswatter_serve_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(LOCAL_POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        pytest.skip(f"needs PostgreSQL at {LOCAL_POSTGRES} or FLYSWATTER_TEST_DATABASE_URL")
+    url = LOCAL_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            migrations.upgrade(Settings(database_url=url))
+            yield url
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class ServeProcess:
+    """``flyswatter serve`` in its own process, its log lines kept in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [FLYSWATTER, "serve"],
+            env=env,
+            cwd=log_path.parent,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def lines(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines()]
+
+    def wait_for_records(
+        self, predicate: Callable[[dict[str, Any]], bool], count: int, timeout: float
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(1 for record in self.records() if predicate(record)) >= count:
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError("the server did not get there:\n" + "\n".join(self.lines()[-30:]))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self._log.close()
+
+
+def http_request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    if method != "GET":
+        head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    status_line, *header_lines = head.strip().split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.slow
+async def test_sigterm_lets_every_in_flight_request_finish_then_exits_0(
+    serve_database_url: str, jwks_server: JwksServer, tokens: TokenFactory, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = ServeProcess(
+        serve_environment(
+            database_url=serve_database_url,
+            keycloak_url=jwks_server.base_url,
+            keycloak_realm=jwks_server.realm,
+            allow_loopback_keycloak="true",
+            host="127.0.0.1",
+            port=port,
+            workers=2,
+            rate_limit_enabled="false",
+            forwarded_allow_ips="127.0.0.1",
+            graceful_shutdown_seconds=20,
+            log_format="json",
+        ),
+        tmp_path / "serve.log",
+    )
+    try:
+        server.wait_for_records(
+            lambda record: record["message"] == "Application startup complete.", 2, timeout=90
+        )
+        token = tokens.user_token("alice")
+        auth = {"Authorization": f"Bearer {token}"}
+        base_url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=base_url, headers=auth, timeout=30) as client:
+            assert (await client.get("/api/v1/users/me")).status_code == 200
+            for key in ("PRE1", "PRE2"):
+                created = await client.post("/api/v1/projects", json={"key": key, "name": key})
+                assert created.status_code == 201, created.text
+            # From a trusted proxy, X-Forwarded-Proto makes the links the client follows https.
+            page = await client.get(
+                "/api/v1/projects", params={"limit": 1}, headers={"X-Forwarded-Proto": "https"}
+            )
+            assert page.headers["link"].startswith(f"<https://127.0.0.1:{port}/api/v1/projects")
+            burst = await asyncio.gather(*(client.get("/api/v1/projects") for _ in range(40)))
+            assert {response.status_code for response in burst} == {200}
+
+        async def start_in_flight(number: int) -> tuple[Any, Any, bytes]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            # A complete exchange first: a worker has accepted this connection.
+            writer.write(http_request("GET", "/healthz", {}))
+            status, _, _ = await read_response(reader)
+            assert status == 200
+            body = json.dumps({"key": f"INF{number:02d}", "name": "in flight"}).encode()
+            headers = {
+                **auth,
+                "Content-Type": "application/json",
+                "X-Request-ID": f"in-flight-{number}",
+            }
+            request = http_request("POST", "/api/v1/projects", headers, body)
+            # Head and half the body now, the rest after SIGTERM: the request is in flight.
+            split = len(request) - len(body) // 2
+            writer.write(request[:split])
+            await writer.drain()
+            return reader, writer, request[split:]
+
+        in_flight = await asyncio.gather(*(start_in_flight(n) for n in range(IN_FLIGHT)))
+        # Both workers have read the heads and are inside the app, waiting for the bodies.
+        await asyncio.sleep(1.0)
+
+        server.process.send_signal(signal.SIGTERM)
+        server.wait_for_records(lambda record: record["message"] == "Shutting down", 2, 30)
+        await asyncio.sleep(0.5)
+        assert server.process.poll() is None, "the server exited with requests in flight"
+
+        async def finish(reader: Any, writer: Any, rest: bytes) -> tuple[int, dict[str, str], Any]:
+            writer.write(rest)
+            await writer.drain()
+            status, headers, body = await asyncio.wait_for(read_response(reader), 30)
+            # The server closes the connection after the response: it was shutting down.
+            assert await asyncio.wait_for(reader.read(), 30) == b""
+            writer.close()
+            return status, headers, json.loads(body)
+
+        finished = await asyncio.gather(*(finish(*connection) for connection in in_flight))
+        for number, (status, headers, body) in enumerate(finished):
+            assert status == 201, body
+            assert headers["connection"] == "close"
+            assert headers["x-request-id"] == f"in-flight-{number}"
+            assert body["key"] == f"INF{number:02d}"
+
+        assert server.process.wait(timeout=60) == 0
+    finally:
+        server.stop()
+
+    # Every worker logged JSON with the request id, and ran its shutdown (the pool is closed).
+    records = server.records()
+    logged = {
+        record["request_id"]
+        for record in records
+        if record.get("status") == 201 and record.get("request_id", "").startswith("in-flight-")
+    }
+    assert logged == {f"in-flight-{number}" for number in range(IN_FLIGHT)}
+    shutdowns = [r for r in records if r["message"] == "Application shutdown complete."]
+    assert len(shutdowns) == 2
+
+    engine = sa.create_engine(Settings(database_url=serve_database_url).sync_database_url)
+    try:
+        with engine.connect() as connection:
+            stored = connection.execute(
+                sa.text("SELECT count(*) FROM project WHERE key LIKE 'INF%'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert stored == IN_FLIGHT
