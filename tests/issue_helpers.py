@@ -49,3 +49,29 @@ async def make_team(api: Api, key: str = "FLY") -> Team:
     outsider = api.as_user("outsider")
     ids["outsider"] = await outsider.sign_in()
     return Team(api=api, members=members, ids=ids, outsider=outsider)
+
+
+async def walk_pages(client: AuthedClient, url: str, *, max_pages: int = 100) -> list[dict]:
+    """Every item of a list, following ``Link: rel="next"`` until the last page.
+
+    Checks on the way that ``next_cursor`` and the ``Link`` header agree on every page.
+    """
+    items: list[dict] = []
+    next_url: str | None = url
+    for _ in range(max_pages):
+        if next_url is None:
+            return items
+        response = await client.get(next_url)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        items.extend(page["items"])
+        link = response.headers.get("Link")
+        if page["next_cursor"] is None:
+            assert link is None
+            next_url = None
+        else:
+            assert link is not None
+            assert link.endswith('>; rel="next"')
+            next_url = link[1 : link.index(">")]
+            assert f"cursor={page['next_cursor']}" in next_url
+    raise AssertionError(f"more than {max_pages} pages")

@@ -103,8 +103,13 @@ async def build_public_comments(
 
 def _may_moderate(access: CommentAccess, principal: Principal, action: str) -> None:
     project = access.issue_access.project_access
-    if access.comment.author_id != principal.subject and not project.role.includes(Role.maintainer):
-        raise Forbidden(f"{action} someone else's comment needs the maintainer role")
+    if access.comment.author_id != principal.subject:
+        if not project.role.includes(Role.maintainer):
+            raise Forbidden(f"{action} someone else's comment needs the maintainer role")
+    else:
+        # Authorship grants nothing beyond one's role: an author since demoted to viewer
+        # may no longer change what they wrote.
+        project.require(Role.reporter, f"{action} comments")
 
 
 @router.get(

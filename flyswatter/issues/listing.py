@@ -11,8 +11,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, literal, or_, tuple_
-from sqlalchemy.dialects.postgresql import REGCONFIG
+from sqlalchemy import (
+    ColumnClause,
+    ColumnElement,
+    and_,
+    exists,
+    func,
+    literal,
+    literal_column,
+    or_,
+    tuple_,
+)
 from sqlmodel import col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -65,15 +74,17 @@ class IssueFilters:
 
 def search_condition(query: str, dialect: str) -> ColumnElement[bool]:
     if dialect == "postgresql":
-        # The expression matches ix_issue_search exactly, so the GIN index serves it;
-        # websearch syntax accepts what people type ("crash -android", quoted phrases).
+        # The document must be spelt exactly as ix_issue_search's expression for the GIN
+        # index to serve it. The configuration is an SQL constant, not a bound parameter:
+        # a parameter cast to regconfig is a run-time conversion the planner cannot match
+        # against the index, and every search would then read the whole project.
+        config: ColumnClause[Any] = literal_column(f"'{SEARCH_CONFIG}'::regconfig")
         document = func.to_tsvector(
-            literal(SEARCH_CONFIG).cast(REGCONFIG),
-            col(Issue.title) + " " + col(Issue.description),
+            config,
+            col(Issue.title).op("||")(literal_column("' '")).op("||")(col(Issue.description)),
         )
-        return document.op("@@")(
-            func.websearch_to_tsquery(literal(SEARCH_CONFIG).cast(REGCONFIG), query)
-        )
+        # Websearch syntax accepts what people type ("crash -android", quoted phrases).
+        return document.op("@@")(func.websearch_to_tsquery(config, query))
     # SQLite: every word must appear in the title or the description (case-insensitive).
     conditions = []
     for word in query.split()[:10]:

@@ -246,7 +246,11 @@ async def update_issue(
     own_text_only = set(changes) <= {"title", "description"} and issue.reporter_id == (
         principal.subject
     )
-    if not own_text_only:
+    # Having reported an issue grants nothing beyond one's role: a reporter since demoted
+    # to viewer may no longer edit it.
+    if own_text_only:
+        access.project_access.require(Role.reporter, "editing issues")
+    else:
         access.project_access.require(Role.developer, "editing this issue")
     assert issue.id is not None
     changed = False

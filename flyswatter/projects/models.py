@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import ConfigDict, StringConstraints
+from pydantic import ConfigDict, StrictBool, StringConstraints
 from sqlalchemy import CheckConstraint, Index, String
 from sqlmodel import Field, SQLModel
 
@@ -67,7 +67,8 @@ class ProjectUpdate(SQLModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=10_000)
-    archived: bool | None = None
+    # Strict: a JSON 0 or "yes" is a client bug, not a request to unarchive.
+    archived: StrictBool | None = None
 
 
 class ProjectPublic(ProjectBase):

@@ -19,7 +19,14 @@ from flyswatter.errors import Conflict, Forbidden, NotFound
 from flyswatter.projects.models import Project, ProjectMember, Role
 
 ProjectKeyPath = Annotated[
-    str, Path(min_length=2, max_length=10, pattern=r"^[A-Za-z][A-Za-z0-9]{1,9}$")
+    str,
+    Path(
+        min_length=2,
+        max_length=10,
+        pattern=r"^[A-Za-z][A-Za-z0-9]{1,9}$",
+        description="Project key, e.g. `FLY` (case-insensitive).",
+        examples=["FLY"],
+    ),
 ]
 
 

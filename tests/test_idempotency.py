@@ -1,0 +1,149 @@
+"""``Idempotency-Key`` on creating POSTs: a retry replays the first answer and creates nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import httpx
+import pytest
+
+from tests.conftest import Api, AuthedClient
+from tests.issue_helpers import Team, make_team
+
+ISSUES = "/api/v1/projects/FLY/issues"
+COMMENTS = "/api/v1/issues/FLY-1/comments"
+REPLAYED = "Idempotent-Replayed"
+PARALLEL = 10
+
+
+@pytest.fixture
+async def team(api: Api) -> Team:
+    return await make_team(api)
+
+
+async def post(
+    client: AuthedClient, url: str, body: Mapping[str, object], key: str
+) -> httpx.Response:
+    return await client.post(url, json=body, headers={"Idempotency-Key": key})
+
+
+async def issue_count(team: Team) -> int:
+    response = await team["viewer"].get(f"{ISSUES}?count=true&limit=1")
+    return int(response.json()["total"])
+
+
+async def comment_count(team: Team) -> int:
+    return len((await team["viewer"].get(f"{COMMENTS}?limit=200")).json()["items"])
+
+
+class TestIssues:
+    async def test_retry_replays_the_first_response_and_creates_nothing(self, team: Team) -> None:
+        body = {"title": "Crash on save", "priority": "high"}
+        first = await post(team["reporter"], ISSUES, body, "key-1")
+        assert first.status_code == 201
+        assert REPLAYED not in first.headers
+        retry = await post(team["reporter"], ISSUES, body, "key-1")
+        assert retry.status_code == 201
+        assert retry.headers[REPLAYED] == "true"
+        assert retry.json() == first.json()
+        assert retry.headers["Location"] == first.headers["Location"] == "/api/v1/issues/FLY-1"
+        assert retry.headers["ETag"] == first.headers["ETag"]
+        assert await issue_count(team) == 1
+        history = (await team["viewer"].get("/api/v1/issues/FLY-1/activity")).json()["items"]
+        assert [entry["action"] for entry in history] == ["created"]
+
+    async def test_retry_with_a_reordered_body_still_replays(self, team: Team) -> None:
+        first = await team["reporter"].post(
+            ISSUES,
+            content=b'{"title": "x", "priority": "low"}',
+            headers={"Idempotency-Key": "k", "Content-Type": "application/json"},
+        )
+        retry = await team["reporter"].post(
+            ISSUES,
+            content=b'{"priority":"low","title":"x"}',
+            headers={"Idempotency-Key": "k", "Content-Type": "application/json"},
+        )
+        assert retry.headers[REPLAYED] == "true"
+        assert retry.json() == first.json()
+
+    async def test_same_key_with_another_body_is_a_422(self, team: Team) -> None:
+        await post(team["reporter"], ISSUES, {"title": "one"}, "key-1")
+        response = await post(team["reporter"], ISSUES, {"title": "two"}, "key-1")
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["loc"] == ["header", "Idempotency-Key"]
+        assert await issue_count(team) == 1
+
+    async def test_same_key_on_another_route_is_a_422(self, team: Team) -> None:
+        await post(team["reporter"], ISSUES, {"title": "one"}, "key-1")
+        response = await post(team["reporter"], COMMENTS, {"title": "one"}, "key-1")
+        assert response.status_code == 422
+
+    async def test_keys_are_per_principal(self, team: Team) -> None:
+        body = {"title": "same"}
+        mine = await post(team["reporter"], ISSUES, body, "shared-key")
+        theirs = await post(team["developer"], ISSUES, body, "shared-key")
+        assert (mine.status_code, theirs.status_code) == (201, 201)
+        assert REPLAYED not in theirs.headers
+        assert mine.json()["key"] != theirs.json()["key"]
+        assert theirs.json()["reporter"]["username"] == "developer"
+        assert await issue_count(team) == 2
+
+    async def test_without_a_key_every_post_creates(self, team: Team) -> None:
+        for _ in range(2):
+            assert (await team["reporter"].post(ISSUES, json={"title": "x"})).status_code == 201
+        assert await issue_count(team) == 2
+
+    async def test_a_failed_request_stores_nothing_under_its_key(self, team: Team) -> None:
+        invalid = await post(team["reporter"], ISSUES, {"title": "x", "labels": ["nope"]}, "k")
+        assert invalid.status_code == 422
+        await team.label("nope")
+        retry = await post(team["reporter"], ISSUES, {"title": "x", "labels": ["nope"]}, "k")
+        assert retry.status_code == 201
+        assert REPLAYED not in retry.headers
+
+    @pytest.mark.parametrize("key", ["", "x" * 256, "has space", "tab\there"])
+    async def test_malformed_key_is_a_422(self, team: Team, key: str) -> None:
+        response = await post(team["reporter"], ISSUES, {"title": "x"}, key)
+        assert response.status_code == 422
+        assert await issue_count(team) == 0
+
+    async def test_concurrent_duplicates_create_exactly_one_issue(self, team: Team) -> None:
+        body = {"title": "filed by a retrying bot"}
+        responses = await asyncio.gather(
+            *(post(team["reporter"], ISSUES, body, "burst") for _ in range(PARALLEL))
+        )
+        assert [r.status_code for r in responses] == [201] * PARALLEL
+        assert {r.json()["key"] for r in responses} == {"FLY-1"}
+        assert sum(REPLAYED not in r.headers for r in responses) == 1
+        assert await issue_count(team) == 1
+
+
+class TestComments:
+    @pytest.fixture
+    async def issue(self, team: Team) -> Team:
+        await team.issue()
+        return team
+
+    async def test_retry_replays_the_first_comment(self, issue: Team) -> None:
+        first = await post(issue["reporter"], COMMENTS, {"body": "me too"}, "c-1")
+        retry = await post(issue["reporter"], COMMENTS, {"body": "me too"}, "c-1")
+        assert (first.status_code, retry.status_code) == (201, 201)
+        assert retry.headers[REPLAYED] == "true"
+        assert retry.json() == first.json()
+        assert retry.headers["Location"] == first.headers["Location"]
+        assert await comment_count(issue) == 1
+
+    async def test_same_key_with_another_comment_is_a_422(self, issue: Team) -> None:
+        await post(issue["reporter"], COMMENTS, {"body": "one"}, "c-1")
+        response = await post(issue["reporter"], COMMENTS, {"body": "two"}, "c-1")
+        assert response.status_code == 422
+        assert await comment_count(issue) == 1
+
+    async def test_concurrent_duplicates_add_exactly_one_comment(self, issue: Team) -> None:
+        responses = await asyncio.gather(
+            *(post(issue["reporter"], COMMENTS, {"body": "once"}, "burst") for _ in range(PARALLEL))
+        )
+        assert [r.status_code for r in responses] == [201] * PARALLEL
+        assert len({r.json()["id"] for r in responses}) == 1
+        assert await comment_count(issue) == 1

@@ -1,0 +1,155 @@
+"""Listing issues costs a fixed number of statements, however many issues, labels and people
+are on the page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event, insert, select
+from sqlmodel import col
+
+from flyswatter.issues.models import Issue
+from flyswatter.labels.models import IssueLabel, Label
+from flyswatter.projects.models import Project
+from tests.conftest import Api
+from tests.issue_helpers import ROLES, Team, make_team
+
+LIST = "/api/v1/projects/FLY/issues"
+LABELS = ("ui", "backend", "urgent", "docs")
+# Project and membership, the page of issues, their people, their labels: nothing per issue.
+STATEMENTS_PER_LIST = 4
+
+
+@pytest.fixture
+async def team(api: Api) -> Team:
+    return await make_team(api)
+
+
+@contextmanager
+def counted_statements(app: FastAPI) -> Iterator[list[str]]:
+    """The SQL statements the app's engine runs inside the block (transaction control aside)."""
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.split(None, 1)[0].upper() not in {"BEGIN", "COMMIT", "ROLLBACK"}:
+            statements.append(statement)
+
+    engine = app.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def seed_issues(app: FastAPI, team: Team, count: int) -> None:
+    """``count`` issues with labels, reporters and assignees spread over every member."""
+    for name in LABELS:
+        await team.label(name)
+    people = [team.ids[role] for role in ROLES]
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    async with app.state.engine.begin() as connection:
+        project_id = (
+            await connection.execute(select(col(Project.id)).where(col(Project.key) == "FLY"))
+        ).scalar_one()
+        label_ids = (
+            (
+                await connection.execute(
+                    select(col(Label.id))
+                    .where(col(Label.project_id) == project_id)
+                    .order_by(col(Label.id))
+                )
+            )
+            .scalars()
+            .all()
+        )
+        await connection.execute(
+            insert(Issue),
+            [
+                {
+                    "project_id": project_id,
+                    "number": n,
+                    "title": f"issue {n}",
+                    "description": "",
+                    "type": "bug",
+                    "priority": "medium",
+                    "priority_rank": 1,
+                    "status": "open",
+                    "reporter_id": people[n % len(people)],
+                    "assignee_id": people[(n + 1) % len(people)] if n % 3 else None,
+                    "created_at": start,
+                    "updated_at": start + timedelta(seconds=n),
+                    "version": 1,
+                }
+                for n in range(1, count + 1)
+            ],
+        )
+        issue_ids = (
+            (
+                await connection.execute(
+                    select(col(Issue.id)).where(col(Issue.project_id) == project_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        await connection.execute(
+            insert(IssueLabel),
+            [
+                {"issue_id": issue_id, "label_id": label_id}
+                for issue_id in issue_ids
+                for label_id in label_ids[: 1 + issue_id % len(label_ids)]
+            ],
+        )
+
+
+async def test_listing_10_or_200_issues_runs_the_same_few_statements(
+    team: Team, app: FastAPI
+) -> None:
+    await seed_issues(app, team, 200)
+    viewer = team["viewer"]
+    # The first call mirrors the caller's identity (a write); measure the steady state.
+    assert (await viewer.get(f"{LIST}?limit=1")).status_code == 200
+
+    counts = {}
+    for limit in (10, 200):
+        with counted_statements(app) as statements:
+            response = await viewer.get(f"{LIST}?limit={limit}")
+        assert response.status_code == 200
+        page = response.json()["items"]
+        assert len(page) == limit
+        # The page really carries what would otherwise be loaded lazily, one issue at a time.
+        assert all(issue["labels"] for issue in page)
+        assert {issue["reporter"]["username"] for issue in page} == set(ROLES)
+        assert any(issue["assignee"] is None for issue in page)
+        assert {issue["assignee"]["username"] for issue in page if issue["assignee"]} == set(ROLES)
+        counts[limit] = len(statements)
+    assert counts == {10: STATEMENTS_PER_LIST, 200: STATEMENTS_PER_LIST}
+
+
+async def test_counting_adds_exactly_one_statement(team: Team, app: FastAPI) -> None:
+    await seed_issues(app, team, 30)
+    viewer = team["viewer"]
+    assert (await viewer.get(f"{LIST}?limit=1")).status_code == 200
+    with counted_statements(app) as statements:
+        response = await viewer.get(f"{LIST}?limit=30&count=true&label=ui")
+    assert response.json()["total"] == 30
+    assert len(statements) == STATEMENTS_PER_LIST + 1
+
+
+async def test_reading_one_issue_runs_a_fixed_number_of_statements(
+    team: Team, app: FastAPI
+) -> None:
+    await seed_issues(app, team, 3)
+    viewer = team["viewer"]
+    assert (await viewer.get("/api/v1/issues/FLY-3")).status_code == 200
+    with counted_statements(app) as statements:
+        response = await viewer.get("/api/v1/issues/FLY-3")
+    assert len(response.json()["labels"]) == 4
+    # Project and membership, the issue, its people, its labels.
+    assert len(statements) == 4

@@ -1,0 +1,237 @@
+"""What each project role may do with issues, comments and labels, as one explicit table.
+
+Scopes (checked in test_scope_matrix) gate what the client may do; these membership roles
+gate what the person may do. Every caller here holds every scope. A target is made afresh
+for each caller, by a bystander member, so that no cell depends on another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import Api, AuthedClient
+from tests.issue_helpers import Team, make_team
+
+CALLERS = ("viewer", "reporter", "developer", "maintainer", "outsider")
+
+# action -> expected status for viewer, reporter, developer, maintainer, outsider
+MATRIX: dict[str, tuple[int, int, int, int, int]] = {
+    "read issue": (200, 200, 200, 200, 404),
+    "list issues": (200, 200, 200, 200, 404),
+    "read history": (200, 200, 200, 200, 404),
+    "read comments": (200, 200, 200, 200, 404),
+    "create issue": (403, 201, 201, 201, 404),
+    "comment": (403, 201, 201, 201, 404),
+    "edit own issue text": (403, 200, 200, 200, 404),
+    "edit any issue": (403, 403, 200, 200, 404),
+    "assign": (403, 403, 200, 200, 404),
+    "transition": (403, 403, 200, 200, 404),
+    "attach label": (403, 403, 200, 200, 404),
+    "detach label": (403, 403, 200, 200, 404),
+    "delete issue": (403, 403, 403, 204, 404),
+    "create label": (403, 403, 403, 201, 404),
+    "edit label": (403, 403, 403, 200, 404),
+    "delete label": (403, 403, 403, 204, 404),
+    "edit own comment": (403, 200, 200, 200, 404),
+    "edit others' comment": (403, 403, 403, 200, 404),
+    "delete others' comment": (403, 403, 403, 204, 404),
+}
+
+
+@dataclass
+class Stage:
+    """The team plus a bystander reporter who owns every target."""
+
+    team: Team
+    bystander: AuthedClient
+    counter: int = 0
+
+    async def issue(self, **fields: object) -> str:
+        response = await self.bystander.post(
+            "/api/v1/projects/FLY/issues", json={"title": "target", **fields}
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["key"])
+
+    async def comment(self, author: AuthedClient | None = None) -> int:
+        key = await self.issue()
+        response = await (author or self.bystander).post(
+            f"/api/v1/issues/{key}/comments", json={"body": "target"}
+        )
+        assert response.status_code == 201, response.text
+        return int(response.json()["id"])
+
+    async def label(self) -> str:
+        self.counter += 1
+        name = f"label-{self.counter}"
+        await self.team.label(name)
+        return name
+
+    async def set_role(self, caller: str, role: str | None) -> None:
+        owner, user_id = self.team["maintainer"], self.team.ids[caller]
+        url = f"/api/v1/projects/FLY/members/{user_id}"
+        response = await (owner.put(url, json={"role": role}) if role else owner.delete(url))
+        assert response.status_code in (200, 201, 204), response.text
+
+
+Action = Callable[[Stage, str, AuthedClient], Awaitable[int]]
+
+
+async def read_issue(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.get(f"/api/v1/issues/{await stage.issue()}")).status_code
+
+
+async def list_issues(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.get("/api/v1/projects/FLY/issues")).status_code
+
+
+async def read_history(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.get(f"/api/v1/issues/{await stage.issue()}/activity")).status_code
+
+
+async def read_comments(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.get(f"/api/v1/issues/{await stage.issue()}/comments")).status_code
+
+
+async def create_issue(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.post("/api/v1/projects/FLY/issues", json={"title": "x"})).status_code
+
+
+async def comment(stage: Stage, caller: str, client: AuthedClient) -> int:
+    key = await stage.issue()
+    return (await client.post(f"/api/v1/issues/{key}/comments", json={"body": "x"})).status_code
+
+
+async def edit_own_issue_text(stage: Stage, caller: str, client: AuthedClient) -> int:
+    # The viewer and the outsider reported it while they were reporters, and were then
+    # demoted or removed: having reported an issue grants nothing beyond one's role.
+    original = {"viewer": "viewer", "outsider": None}
+    if caller in original:
+        await stage.set_role(caller, "reporter")
+    response = await client.post("/api/v1/projects/FLY/issues", json={"title": "mine"})
+    assert response.status_code == 201, response.text
+    if caller in original:
+        await stage.set_role(caller, original[caller])
+    key = response.json()["key"]
+    edit = await client.patch(f"/api/v1/issues/{key}", json={"title": "mine, clearer"})
+    return edit.status_code
+
+
+async def edit_any_issue(stage: Stage, caller: str, client: AuthedClient) -> int:
+    key = await stage.issue()
+    return (await client.patch(f"/api/v1/issues/{key}", json={"priority": "high"})).status_code
+
+
+async def assign(stage: Stage, caller: str, client: AuthedClient) -> int:
+    key = await stage.issue()
+    body = {"assignee_id": stage.team.ids["developer"]}
+    return (await client.patch(f"/api/v1/issues/{key}", json=body)).status_code
+
+
+async def transition(stage: Stage, caller: str, client: AuthedClient) -> int:
+    key = await stage.issue()
+    body = {"to": "in_progress"}
+    return (await client.post(f"/api/v1/issues/{key}/transitions", json=body)).status_code
+
+
+async def attach_label(stage: Stage, caller: str, client: AuthedClient) -> int:
+    key, name = await stage.issue(), await stage.label()
+    return (await client.post(f"/api/v1/issues/{key}/labels/{name}")).status_code
+
+
+async def detach_label(stage: Stage, caller: str, client: AuthedClient) -> int:
+    name = await stage.label()
+    key = await stage.issue(labels=[name])
+    return (await client.delete(f"/api/v1/issues/{key}/labels/{name}")).status_code
+
+
+async def delete_issue(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.delete(f"/api/v1/issues/{await stage.issue()}")).status_code
+
+
+async def create_label(stage: Stage, caller: str, client: AuthedClient) -> int:
+    body = {"name": f"new-{caller}", "color": "#123456"}
+    return (await client.post("/api/v1/projects/FLY/labels", json=body)).status_code
+
+
+async def edit_label(stage: Stage, caller: str, client: AuthedClient) -> int:
+    name = await stage.label()
+    body = {"color": "#654321"}
+    return (await client.patch(f"/api/v1/projects/FLY/labels/{name}", json=body)).status_code
+
+
+async def delete_label(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.delete(f"/api/v1/projects/FLY/labels/{await stage.label()}")).status_code
+
+
+async def edit_own_comment(stage: Stage, caller: str, client: AuthedClient) -> int:
+    # As above: the viewer and the outsider wrote it while they were reporters.
+    original = {"viewer": "viewer", "outsider": None}
+    if caller in original:
+        await stage.set_role(caller, "reporter")
+    comment_id = await stage.comment(author=client)
+    if caller in original:
+        await stage.set_role(caller, original[caller])
+    edit = await client.patch(f"/api/v1/comments/{comment_id}", json={"body": "clearer"})
+    return edit.status_code
+
+
+async def edit_others_comment(stage: Stage, caller: str, client: AuthedClient) -> int:
+    comment_id = await stage.comment()
+    edit = await client.patch(f"/api/v1/comments/{comment_id}", json={"body": "moderated"})
+    return edit.status_code
+
+
+async def delete_others_comment(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.delete(f"/api/v1/comments/{await stage.comment()}")).status_code
+
+
+ACTIONS: dict[str, Action] = {
+    "read issue": read_issue,
+    "list issues": list_issues,
+    "read history": read_history,
+    "read comments": read_comments,
+    "create issue": create_issue,
+    "comment": comment,
+    "edit own issue text": edit_own_issue_text,
+    "edit any issue": edit_any_issue,
+    "assign": assign,
+    "transition": transition,
+    "attach label": attach_label,
+    "detach label": detach_label,
+    "delete issue": delete_issue,
+    "create label": create_label,
+    "edit label": edit_label,
+    "delete label": delete_label,
+    "edit own comment": edit_own_comment,
+    "edit others' comment": edit_others_comment,
+    "delete others' comment": delete_others_comment,
+}
+
+
+def test_the_table_covers_every_action() -> None:
+    assert set(ACTIONS) == set(MATRIX)
+
+
+@pytest.fixture
+async def stage(api: Api) -> Stage:
+    team = await make_team(api)
+    bystander = api.as_user("bystander")
+    bystander_id = await bystander.sign_in()
+    response = await team["maintainer"].put(
+        f"/api/v1/projects/FLY/members/{bystander_id}", json={"role": "reporter"}
+    )
+    assert response.status_code == 201
+    return Stage(team=team, bystander=bystander)
+
+
+@pytest.mark.parametrize("action", list(MATRIX))
+async def test_role_may_do_exactly_what_the_table_says(stage: Stage, action: str) -> None:
+    actual = {}
+    for caller in CALLERS:
+        client = stage.team.outsider if caller == "outsider" else stage.team[caller]
+        actual[caller] = await ACTIONS[action](stage, caller, client)
+    assert actual == dict(zip(CALLERS, MATRIX[action], strict=True))
