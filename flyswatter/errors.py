@@ -186,13 +186,27 @@ async def _handle_validation(request: Request, exc: Exception) -> ProblemRespons
     )
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (routing names only the last one tried)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        path_regex = getattr(route, "path_regex", None)
+        route_methods = getattr(route, "methods", None)
+        if path_regex is not None and route_methods and path_regex.match(request.url.path):
+            methods |= route_methods
+    return ", ".join(sorted(methods))
+
+
 async def _handle_http(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
     return problem_response(
         request,
         exc.status_code,
         detail=exc.detail if exc.status_code != 404 else "no such resource",
-        headers=exc.headers,
+        headers=headers,
     )
 
 

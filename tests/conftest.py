@@ -130,9 +130,16 @@ def tokens(jwks_server: JwksServer) -> TokenFactory:
     return TokenFactory(jwks_server)
 
 
+@pytest.fixture(scope="session")
+def shared_app(base_settings: Settings) -> FastAPI:
+    """Building the app (routes, models) costs about 0.1 s: once per run is enough. Its
+    lifespan, which holds every piece of per-run state, still starts afresh for each test."""
+    return create_app(base_settings)
+
+
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(settings)
+async def app(settings: Settings, shared_app: FastAPI) -> AsyncIterator[FastAPI]:
+    application = shared_app if settings is shared_app.state.settings else create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
 

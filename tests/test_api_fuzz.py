@@ -1,0 +1,108 @@
+"""Schemathesis against the service's own OpenAPI: no 5xx, and every response is documented.
+
+A real server (uvicorn on loopback, the test database, real tokens) answers generated
+requests for every operation, as a maintainer, as a service account and with a read-only
+token. Hypothesis is derandomised with a fixed number of examples, so a run is bounded
+and reproducible.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import schemathesis
+import uvicorn
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from flyswatter.app import create_app
+from flyswatter.config import Settings
+from tests.conftest import _empty_all_tables
+from tests.identity import JwksServer, TokenFactory
+
+schema = schemathesis.openapi.from_dict(
+    create_app(Settings(keycloak_url="http://127.0.0.1:9")).openapi()
+)
+
+EXAMPLES = 12
+
+
+@dataclass
+class LiveService:
+    url: str
+    tokens: dict[str, str]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def live(
+    base_settings: Settings, migrated_database: str, jwks_server: JwksServer
+) -> Iterator[LiveService]:
+    _empty_all_tables(migrated_database)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(base_settings), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    factory = TokenFactory(jwks_server)
+    tokens = {
+        "maintainer": factory.user_token("fuzz-owner"),
+        "service": factory.service_token("fuzz-bot"),
+        "read-only": factory.user_token("fuzz-owner", scopes=["projects:read", "issues:read"]),
+    }
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=10) as client:
+        owner = {"Authorization": f"Bearer {tokens['maintainer']}"}
+        bot = {"Authorization": f"Bearer {tokens['service']}"}
+        bot_id = client.get("/api/v1/users/me", headers=bot).json()["id"]
+        # The OpenAPI examples name FLY and FLY-42: make them exist so fuzzing reaches past 404.
+        client.post("/api/v1/projects", json={"key": "FLY", "name": "Fuzz"}, headers=owner)
+        client.put(
+            f"/api/v1/projects/FLY/members/{bot_id}", json={"role": "developer"}, headers=owner
+        )
+        client.post(
+            "/api/v1/projects/FLY/labels", json={"name": "bug", "color": "#d73a4a"}, headers=owner
+        )
+        for number in range(42):
+            client.post(
+                "/api/v1/projects/FLY/issues", json={"title": f"Issue {number}"}, headers=owner
+            )
+        client.post("/api/v1/issues/FLY-1/comments", json={"body": "first"}, headers=owner)
+    yield LiveService(url=url, tokens=tokens)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@pytest.mark.parametrize("who", ["maintainer", "service", "read-only"])
+def test_every_operation_conforms_to_its_schema(
+    case: schemathesis.Case, who: str, live: LiveService
+) -> None:
+    response = case.call(
+        base_url=live.url, headers={"Authorization": f"Bearer {live.tokens[who]}"}, timeout=10
+    )
+    # Opaque cursors and cross-field rules (a known label, a member as assignee) cannot be
+    # written in a schema, so schema-valid requests may rightly get 400/422; every other
+    # check stays on, including that a 4xx is documented and shaped as documented.
+    case.validate_response(response, excluded_checks=[positive_data_acceptance])
