@@ -19,9 +19,18 @@ from flyswatter.body_limit import BodySizeLimitMiddleware
 from flyswatter.comments.routes import router as comments_router
 from flyswatter.config import Settings
 from flyswatter.db import create_engine
-from flyswatter.errors import ProblemDetails, ServiceUnavailable, register_error_handlers
+from flyswatter.errors import (
+    ProblemDetails,
+    ServiceUnavailable,
+    problem_responses,
+    register_error_handlers,
+)
 from flyswatter.issues.routes import router as issues_router
 from flyswatter.labels.routes import router as labels_router
+from flyswatter.observability.exposition import router as metrics_router
+from flyswatter.observability.http_metrics import HttpMetricsMiddleware
+from flyswatter.observability.metrics import count_jwks_refresh
+from flyswatter.observability.ratelimit import RateLimiter, RateLimitMiddleware
 from flyswatter.observability.requests import RequestContextMiddleware
 from flyswatter.projects.routes import router as projects_router
 from flyswatter.users.routes import router as users_router
@@ -54,7 +63,9 @@ def _openapi_with_keycloak(app: FastAPI, settings: Settings) -> dict[str, Any]:
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     if settings.keycloak_url:
-        endpoints = f"{settings.realm_url}/protocol/openid-connect"
+        # The browser follows these URLs: use the issuer's name for Keycloak, which is the one
+        # browsers reach (FLYSWATTER_KEYCLOAK_URL may be an in-cluster name such as keycloak:8080).
+        endpoints = f"{settings.expected_issuer}/protocol/openid-connect"
         scopes = dict(SCOPE_DESCRIPTIONS)
         schema.setdefault("components", {}).setdefault("securitySchemes", {})["keycloak"] = {
             "type": "oauth2",
@@ -79,9 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = create_engine(settings)
-        verifier = TokenVerifier(settings)
+        verifier = TokenVerifier(settings, on_refresh=count_jwks_refresh)
         app.state.token_verifier = verifier
         app.state.user_mirror = UserMirror()
+        app.state.rate_limiter = RateLimiter(settings)
         # Not fatal: the service starts, reports not-ready, and loads keys on the first token.
         if settings.keycloak_url:
             await verifier.refresh_keys(force=True)
@@ -89,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await verifier.close()
+            await app.state.rate_limiter.close()
             await app.state.engine.dispose()
 
     app = FastAPI(
@@ -96,7 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Bug tracker for organisations that sign in with Keycloak.",
         lifespan=lifespan,
-        responses={500: {"model": ProblemDetails, "description": "Unexpected error"}},
+        # Any operation can meet these: a body that is not JSON (400), one over the size cap
+        # (413), or a fault (500).
+        responses=problem_responses(400, 413, 500),
         swagger_ui_init_oauth={
             "clientId": settings.swagger_client_id,
             "usePkceWithAuthorizationCodeGrant": True,
@@ -106,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     register_error_handlers(app)
     app.include_router(api_router())
+    app.include_router(metrics_router)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
@@ -162,5 +178,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             max_age=600,
         )
+    # Inside the request context (a 429 carries the request id); outside it, the request
+    # metrics see every final status, the 500 of an unhandled error included.
+    app.add_middleware(RateLimitMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(HttpMetricsMiddleware)
     return app

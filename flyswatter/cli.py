@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -21,47 +22,84 @@ def _settings_or_exit(**overrides: object) -> Settings:
         sys.exit(f"flyswatter: refusing to start: {name}: {first['msg']}")
 
 
+def serve_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for ``serve``: every worker builds its app from the same environment."""
+    from flyswatter.observability.logs import logging_config
+
+    return {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        # X-Forwarded-For/-Proto are believed only from the listed proxies: from anyone else
+        # they would let a client pick its own address (and so its rate-limit bucket).
+        "proxy_headers": settings.forwarded_allow_ips is not None,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "server_header": False,
+        # A dictConfig, not a call here: uvicorn applies it again in each spawned worker.
+        "log_config": logging_config(settings.log_format, settings.log_level),
+        "access_log": False,
+        # On SIGTERM: stop accepting, let in-flight requests finish (up to this long), then
+        # run the lifespan shutdown, which closes the database pool.
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
+    }
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from flyswatter.observability.logs import configure_logging
+    from flyswatter.observability.multiprocess import prepare_multiprocess_dir
 
+    if args.workers is not None:
+        # Through the environment, so the worker processes read the same settings.
+        os.environ["FLYSWATTER_WORKERS"] = str(args.workers)
     settings = _settings_or_exit()
     try:
         settings.check_production()
     except UnsafeSettings as unsafe:
         sys.exit(f"flyswatter: refusing to start: {unsafe}")
-    configure_logging(settings.log_format, settings.log_level)
-    uvicorn.run(
-        "flyswatter.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        proxy_headers=settings.forwarded_allow_ips is not None,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        server_header=False,
-        date_header=True,
-        log_config=None,
-        timeout_graceful_shutdown=30,
-    )
+    # Before any worker imports prometheus_client, which picks its storage at import.
+    prepare_multiprocess_dir(settings.workers)
+    uvicorn.run("flyswatter.app:create_app", **serve_options(settings))
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
+    import asyncio
+
     import uvicorn
 
     from flyswatter import migrations
     from flyswatter.app import create_app
+    from flyswatter.auth.devidp import start_dev_identity_provider
+    from flyswatter.demo import dev_banner, seed_demo_project
     from flyswatter.observability.logs import configure_logging
 
     if not is_loopback_host(args.host):
         sys.exit("flyswatter: dev binds to loopback only (it trusts its development identities)")
-    settings = _settings_or_exit(host=args.host, port=args.port, log_format="text")
-    configure_logging(settings.log_format, settings.log_level)
-    migrations.upgrade(settings)
-    app = create_app(settings)
-    print(f"Flyswatter (dev) on http://{args.host}:{args.port}/docs", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, server_header=False)
+    try:
+        provider, idp_server = start_dev_identity_provider(args.host, args.idp_port)
+    except OSError as exc:
+        sys.exit(f"flyswatter: the development identity provider cannot bind: {exc.strerror}")
+    try:
+        # The service trusts exactly this provider, whatever FLYSWATTER_KEYCLOAK_* says.
+        settings = _settings_or_exit(
+            host=args.host,
+            port=args.port,
+            log_format="text",
+            keycloak_url=provider.base_url,
+            keycloak_realm=provider.realm.name,
+            audience="flyswatter-api",
+            issuer=None,
+        )
+        configure_logging(settings.log_format, settings.log_level)
+        migrations.upgrade(settings)
+        asyncio.run(seed_demo_project(settings, provider.realm))
+        api_url = f"http://{args.host}:{args.port}"
+        print(dev_banner(api_url, provider), flush=True)
+        app = create_app(settings)
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, server_header=False)
+    finally:
+        idp_server.stop()
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -87,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="production server; settings from FLYSWATTER_*")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes (overrides FLYSWATTER_WORKERS)"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     dev = commands.add_parser(
@@ -94,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=int(os.environ.get("FLYSWATTER_PORT", "8000")))
+    dev.add_argument(
+        "--idp-port", type=int, default=8081, help="port of the development identity provider"
+    )
     dev.set_defaults(handler=cmd_dev)
 
     migrate = commands.add_parser("migrate", help="database migrations (Alembic)")

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
 
     keycloak_url: str | None = None
+    # ``serve`` refuses a loopback Keycloak URL: that is where ``flyswatter dev``'s development
+    # identity provider listens, and it signs tokens for anyone. Set this when Keycloak really
+    # runs on the same host (or in the same network namespace) as the service.
+    allow_loopback_keycloak: bool = False
     keycloak_realm: str = "flyswatter"
     # The resource-server client id that must appear in a token's ``aud``.
     audience: str = "flyswatter-api"
@@ -71,6 +75,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     forwarded_allow_ips: str | None = None
+    # On SIGTERM, in-flight requests get this long to finish before they are cancelled; keep
+    # it below the orchestrator's kill timeout (compose's ``stop_grace_period``).
+    graceful_shutdown_seconds: int = Field(default=20, ge=1, le=600)
     cors_origins: list[str] = []
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -140,7 +147,14 @@ class Settings(BaseSettings):
                 "FLYSWATTER_KEYCLOAK_URL is not set: serve validates Keycloak tokens and needs "
                 "the Keycloak base URL (e.g. https://sso.example.org)"
             )
-        if not self.audience:
+        keycloak_host = urlsplit(self.keycloak_url).hostname
+        if is_loopback_host(keycloak_host) and not self.allow_loopback_keycloak:
+            raise UnsafeSettings(
+                f"FLYSWATTER_KEYCLOAK_URL points at loopback ({keycloak_host}), where the "
+                "development identity provider runs: point it at Keycloak, or set "
+                "FLYSWATTER_ALLOW_LOOPBACK_KEYCLOAK=true if Keycloak really runs on this host"
+            )
+        if not self.audience.strip():
             raise UnsafeSettings("FLYSWATTER_AUDIENCE is empty: tokens for any client would pass")
         if self.is_sqlite and self.workers > 1:
             raise UnsafeSettings(

@@ -26,6 +26,10 @@ SQLModel.metadata.naming_convention = {
 }
 
 
+# Integer primary keys and issue numbers are 32-bit columns on PostgreSQL.
+MAX_ROW_ID = 2**31 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

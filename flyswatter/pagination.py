@@ -65,6 +65,8 @@ def decode_cursor(cursor: str, sort: str, types: tuple[type, ...]) -> list[Any]:
             (isinstance(value, kind) and not isinstance(value, bool)) or value is None
             for value, kind in zip(decoded[1:], types, strict=True)
         )
+        # Row ids and ranks are 32-bit columns: a forged larger number is a bad cursor.
+        or any(isinstance(value, int) and not 0 <= value <= 2**31 - 1 for value in decoded[1:])
     ):
         raise BadRequest("invalid cursor, or made for another sort order")
     return decoded[1:]

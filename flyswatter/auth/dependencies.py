@@ -12,6 +12,7 @@ from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal, TokenRejected, TokenVerifier
 from flyswatter.db import SessionDep
 from flyswatter.errors import InsufficientScope, Unauthorized
+from flyswatter.observability.ratelimit import enforce_rate_limit
 
 # The flows (Keycloak's URLs) are filled in per deployment by ``app.custom_openapi``.
 oauth2_scheme = OAuth2(
@@ -44,6 +45,7 @@ async def authenticate(
         if principal.is_service_account
         else f"user:{principal.subject}"
     )
+    await enforce_rate_limit(request)
     missing = [scope for scope in security_scopes.scopes if scope not in principal.scopes]
     if missing:
         raise InsufficientScope(missing)

@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.auth.dependencies import IssuesRead, IssuesWrite
 from flyswatter.auth.tokens import Principal
 from flyswatter.comments.models import Comment, CommentCreate, CommentPublic, CommentUpdate
-from flyswatter.db import SessionDep, utcnow
+from flyswatter.db import MAX_ROW_ID, SessionDep, utcnow
 from flyswatter.errors import Forbidden, NotFound, problem_responses
 from flyswatter.idempotency import IdempotencyDep
 from flyswatter.issues.models import ActivityAction, Issue
@@ -46,7 +46,8 @@ from flyswatter.projects.models import Project, Role
 router = APIRouter(tags=["comments"])
 
 AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
-CommentIdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="Comment id.")]
+# Ids are 32-bit columns; a larger one would fail in the driver instead of missing.
+CommentIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Comment id.")]
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.auth.dependencies import require_scopes
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
-from flyswatter.db import SessionDep
+from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import NotFound, PreconditionFailed, UnprocessableEntity
 from flyswatter.issues.models import (
     Activity,
@@ -63,6 +63,8 @@ def parse_issue_key(issue_key: str) -> tuple[str, int]:
     if not _ISSUE_KEY.match(issue_key):
         raise NotFound(f"issue {issue_key} not found")
     project_key, _, number = issue_key.rpartition("-")
+    if int(number) > MAX_ROW_ID:
+        raise NotFound(f"issue {issue_key} not found")
     return project_key.upper(), int(number)
 
 

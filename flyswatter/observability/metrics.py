@@ -7,7 +7,10 @@ imports prometheus_client, so every metric here is written to the shared directo
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# ``*_created`` series double the series count and no dashboard or alert reads them.
+disable_created_metrics()
 
 HTTP_REQUESTS = Counter(
     "flyswatter_http_requests",
@@ -32,6 +35,10 @@ RATE_LIMITED = Counter(
     "Requests refused with 429, by limit kind (read/write)",
     ["kind"],
 )
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "flyswatter_rate_limit_storage_errors",
+    "Rate-limit checks that could not reach the shared storage (Redis) and used local limits",
+)
 AUTH_FAILURES = Counter(
     "flyswatter_auth_failures",
     "Requests refused for authentication, by reason",
@@ -54,3 +61,8 @@ DATABASE_ERRORS = Counter(
     "Requests that failed on a database error, by kind",
     ["kind"],
 )
+
+
+def count_jwks_refresh(outcome: str) -> None:
+    """``TokenVerifier``'s ``on_refresh`` hook."""
+    JWKS_REFRESHES.labels(outcome).inc()

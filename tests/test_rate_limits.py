@@ -1,0 +1,341 @@
+"""Rate limits: per-principal write and read budgets, shared through Redis, failing open."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from flyswatter.app import create_app
+from flyswatter.config import Settings
+from flyswatter.observability import ratelimit
+from flyswatter.observability.ratelimit import RateLimiter
+from tests.conftest import Api
+from tests.identity import JwksServer, TokenFactory
+from tests.served import REDIS_URL, ServedFlyswatter, free_port, redis_is_up, served_database
+
+PROJECTS = "/api/v1/projects"
+
+AppFactory = Callable[..., AbstractAsyncContextManager[Api]]
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def unique(name: str) -> str:
+    """A username no other test (or earlier run sharing the Redis) has spent budget for."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def project_body(index: int) -> dict[str, str]:
+    return {"key": f"RL{index}", "name": f"Limited {index}"}
+
+
+@pytest.fixture
+def limited_app(settings: Settings, tokens: TokenFactory) -> AppFactory:
+    """An app with rate limits on (the suite's default is off), with its own client."""
+
+    @asynccontextmanager
+    async def start(**overrides: object) -> AsyncIterator[Api]:
+        limited = settings.model_copy(
+            update={
+                "rate_limit_enabled": True,
+                "rate_limit_writes": "3/minute",
+                "rate_limit_reads": "5/minute",
+                **overrides,
+            }
+        )
+        app = create_app(limited)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                yield Api(c, tokens)
+
+    return start
+
+
+async def test_write_budget_used_up_is_a_429_problem_with_retry_after(
+    limited_app: AppFactory,
+) -> None:
+    async with limited_app() as api:
+        alice = api.as_user(unique("alice"))
+        for index in range(3):
+            assert (await alice.post(PROJECTS, json=project_body(index))).status_code == 201
+        before = counter("flyswatter_rate_limited_requests_total", kind="write")
+
+        refused = await alice.post(PROJECTS, json=project_body(9))
+
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/problem+json"
+    problem = refused.json()
+    assert problem["type"] == "urn:flyswatter:problem:rate-limited"
+    assert problem["status"] == 429
+    assert problem["request_id"] == refused.headers["x-request-id"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["x-ratelimit-limit"] == "3"
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert int(refused.headers["x-ratelimit-reset"]) >= int(time.time())
+    assert counter("flyswatter_rate_limited_requests_total", kind="write") == before + 1
+
+
+async def test_successful_responses_count_down_the_remaining_budget(
+    limited_app: AppFactory,
+) -> None:
+    async with limited_app() as api:
+        alice = api.as_user(unique("alice"))
+        remaining = [(await alice.get(PROJECTS)).headers["x-ratelimit-remaining"] for _ in range(3)]
+    assert remaining == ["4", "3", "2"]
+
+
+async def test_one_principal_exhausting_its_budget_does_not_affect_another(
+    limited_app: AppFactory,
+) -> None:
+    async with limited_app() as api:
+        alice, bob = api.as_user(unique("alice")), api.as_user(unique("bob"))
+        robot = api.as_service(unique("robot"))
+        for index in range(3):
+            assert (await alice.post(PROJECTS, json=project_body(index))).status_code == 201
+        assert (await alice.post(PROJECTS, json=project_body(3))).status_code == 429
+
+        assert (await bob.post(PROJECTS, json=project_body(4))).status_code == 201
+        assert (await robot.post(PROJECTS, json=project_body(5))).status_code == 201
+
+
+async def test_a_service_account_is_limited_by_client_id_across_its_tokens(
+    limited_app: AppFactory, tokens: TokenFactory
+) -> None:
+    async with limited_app() as api:
+        client_id = unique("robot")
+        for index in range(3):
+            fresh = api.as_service(client_id)  # a new token each time, same client
+            assert (await fresh.post(PROJECTS, json=project_body(index))).status_code == 201
+        assert (
+            await api.as_service(client_id).post(PROJECTS, json=project_body(3))
+        ).status_code == 429
+
+
+async def test_reads_are_not_counted_against_writes(limited_app: AppFactory) -> None:
+    async with limited_app() as api:
+        alice = api.as_user(unique("alice"))
+        for _ in range(5):
+            assert (await alice.get(PROJECTS)).status_code == 200
+        assert (await alice.get(PROJECTS)).status_code == 429
+
+        created = await alice.post(PROJECTS, json=project_body(1))
+        assert created.status_code == 201
+        assert created.headers["x-ratelimit-limit"] == "3"
+        assert created.headers["x-ratelimit-remaining"] == "2"
+
+
+async def test_writes_are_not_counted_against_reads(limited_app: AppFactory) -> None:
+    async with limited_app() as api:
+        alice = api.as_user(unique("alice"))
+        for index in range(3):
+            assert (await alice.post(PROJECTS, json=project_body(index))).status_code == 201
+        assert (await alice.post(PROJECTS, json=project_body(3))).status_code == 429
+        assert (await alice.get(PROJECTS)).status_code == 200
+
+
+async def test_failed_authentication_is_limited_by_client_address(
+    limited_app: AppFactory, tokens: TokenFactory
+) -> None:
+    async with limited_app() as api:
+        garbage = {"Authorization": "Bearer not-a-token"}
+        for _ in range(5):
+            assert (await api.client.get(PROJECTS, headers=garbage)).status_code == 401
+        before = counter("flyswatter_rate_limited_requests_total", kind="read")
+
+        flood = await api.client.get(PROJECTS, headers=garbage)
+        no_token = await api.client.get(PROJECTS)
+        # A valid token from the same address spends its own budget, not the address's.
+        alice = await api.as_user(unique("alice")).get(PROJECTS)
+
+    assert flood.status_code == 429
+    assert flood.headers["content-type"] == "application/problem+json"
+    assert flood.json()["type"] == "urn:flyswatter:problem:rate-limited"
+    assert "retry-after" in flood.headers
+    assert "www-authenticate" not in flood.headers
+    assert no_token.status_code == 429
+    assert alice.status_code == 200
+    assert counter("flyswatter_rate_limited_requests_total", kind="read") == before + 2
+
+
+async def test_limits_off_leave_requests_and_headers_alone(limited_app: AppFactory) -> None:
+    async with limited_app(rate_limit_enabled=False) as api:
+        alice = api.as_user(unique("alice"))
+        responses = [await alice.get(PROJECTS) for _ in range(8)]
+    assert {response.status_code for response in responses} == {200}
+    assert "x-ratelimit-limit" not in responses[-1].headers
+
+
+async def test_two_app_instances_sharing_redis_spend_one_budget(
+    limited_app: AppFactory,
+) -> None:
+    assert redis_is_up(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
+    alice_name = unique("alice")
+    async with limited_app(redis_url=REDIS_URL) as one, limited_app(redis_url=REDIS_URL) as two:
+        statuses = []
+        for index, api in enumerate([one, two, one, two, one]):
+            response = await api.as_user(alice_name).post(PROJECTS, json=project_body(index))
+            statuses.append(response.status_code)
+    assert statuses == [201, 201, 201, 429, 429]
+
+
+async def test_unreachable_redis_fails_open_to_per_process_limits(
+    limited_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    errors_before = counter("flyswatter_rate_limit_storage_errors_total")
+    with caplog.at_level(logging.WARNING, logger="flyswatter.ratelimit"):
+        async with limited_app(redis_url=closed) as api:
+            alice = api.as_user(unique("alice"))
+            started = time.monotonic()
+            statuses = [
+                (await alice.post(PROJECTS, json=project_body(index))).status_code
+                for index in range(4)
+            ]
+            elapsed = time.monotonic() - started
+
+    # Requests are served, the budget still holds in this process, and the outage is visible.
+    assert statuses == [201, 201, 201, 429]
+    assert elapsed < 5
+    # One failed round trip, then local limits until the retry interval has passed.
+    assert counter("flyswatter_rate_limit_storage_errors_total") == errors_before + 1
+    warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert closed not in caplog.text
+
+
+def _requests_per_worker(metrics_dir: Path) -> dict[str, float]:
+    """POSTs each worker process has answered, read from its own sample file."""
+    per_worker = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        total = 0.0
+        for metric in MultiProcessCollector.merge([str(path)]):
+            for sample in metric.samples:
+                if sample.name == "flyswatter_http_requests_total" and (
+                    sample.labels.get("method") == "POST"
+                ):
+                    total += sample.value
+        per_worker[path.stem] = total
+    return per_worker
+
+
+@pytest.mark.slow
+async def test_write_limit_holds_across_two_worker_processes_sharing_redis(
+    settings: Settings,
+    database_url: str,
+    jwks_server: JwksServer,
+    tokens: TokenFactory,
+    tmp_path: Path,
+) -> None:
+    assert redis_is_up(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    budget, sent = 5, 16
+    with (
+        served_database(database_url) as served_url,
+        ServedFlyswatter(
+            database_url=served_url,
+            jwks_server=jwks_server,
+            log_path=tmp_path / "serve.log",
+            metrics_dir=metrics_dir,
+            rate_limit_writes=f"{budget}/minute",
+        ) as served,
+    ):
+        split_rounds = 0
+        # The kernel hands connections to either worker; a round counts once both took part.
+        for round_number in range(6):
+            token = tokens.user_token(unique("alice"))
+            before = _requests_per_worker(metrics_dir)
+
+            async def create(
+                index: int, token: str = token, round_number: int = round_number
+            ) -> int:
+                # A connection of its own per request, so both workers get a share.
+                async with httpx.AsyncClient(base_url=served.base_url, timeout=10) as http:
+                    response = await http.post(
+                        PROJECTS,
+                        json={"key": f"W{round_number}X{index}", "name": "Shared budget"},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                return response.status_code
+
+            statuses = await asyncio.gather(*(create(index) for index in range(sent)))
+            assert sorted(statuses) == [201] * budget + [429] * (sent - budget), statuses
+            after = _requests_per_worker(metrics_dir)
+            served_by = [pid for pid, count in after.items() if count > before.get(pid, 0)]
+            if len(served_by) == 2:
+                split_rounds += 1
+            if split_rounds >= 2:
+                break
+        assert split_rounds >= 1, "every round was served by a single worker"
+
+
+class PrivateRedis:
+    """A Redis of this test's own on a free port, started when the test says so."""
+
+    def __init__(self, root: Path) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is missing (Debian package redis-server)"
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.command += ["--save", "", "--appendonly", "no", "--dir", str(root)]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not redis_is_up(self.port):
+            assert time.monotonic() < deadline, "the private Redis did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    redis = PrivateRedis(tmp_path)
+    yield redis
+    redis.stop()
+
+
+async def test_limits_are_shared_again_once_redis_is_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, private_redis: PrivateRedis
+) -> None:
+    monkeypatch.setattr(ratelimit, "SHARED_STORAGE_RETRY_SECONDS", 0.0)
+    limiter = RateLimiter(
+        settings.model_copy(
+            update={
+                "rate_limit_enabled": True,
+                "rate_limit_writes": "3/minute",
+                "redis_url": private_redis.url,
+            }
+        )
+    )
+    key = f"user:{unique('alice')}"
+    try:
+        assert (await limiter.hit("write", key)).allowed  # Redis not there yet: spent locally
+        await asyncio.to_thread(private_redis.start)
+        # Back on Redis: its counter starts from nothing, the local one is left behind.
+        decisions = [await limiter.hit("write", key) for _ in range(4)]
+    finally:
+        await limiter.close()
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert decisions[0].remaining == 2
