@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from flyswatter.app import create_app
+from flyswatter.cli import serve_options
 from flyswatter.config import Settings
 from tests.conftest import Api
 
@@ -102,3 +103,8 @@ async def test_tokens_never_reach_the_logs(api: Api, caplog: pytest.LogCaptureFi
         assert signature not in text
         assert payload not in text
         assert "dXNlcjpwYXNz" not in text
+
+
+def test_served_responses_name_no_server_software(base_settings: Settings) -> None:
+    # uvicorn adds "server: uvicorn" unless told not to; the ASGI tests above cannot see it.
+    assert serve_options(base_settings)["server_header"] is False
