@@ -92,7 +92,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_timeout_seconds,
-        pool_pre_ping=True,
+        # No pre-ping: it is a round trip on every checkout, paid by every request. When the
+        # server restarts, the first statement on a stale connection fails as a disconnect,
+        # that request gets a 503, and SQLAlchemy then discards every older pooled connection.
+        pool_pre_ping=False,
         connect_args={
             "connect_timeout": max(1, int(settings.database_timeout_seconds)),
             # Bound every statement so a stuck query cannot pin a worker.

@@ -21,8 +21,8 @@ from tests.issue_helpers import ROLES, Team, make_team
 
 LIST = "/api/v1/projects/FLY/issues"
 LABELS = ("ui", "backend", "urgent", "docs")
-# Project and membership, the page of issues, their people, their labels: nothing per issue.
-STATEMENTS_PER_LIST = 4
+# Project and membership; the page of issues with their people; their labels. Nothing per issue.
+STATEMENTS_PER_LIST = 3
 
 
 @pytest.fixture
@@ -151,5 +151,16 @@ async def test_reading_one_issue_runs_a_fixed_number_of_statements(
     with counted_statements(app) as statements:
         response = await viewer.get("/api/v1/issues/FLY-3")
     assert len(response.json()["labels"]) == 4
-    # Project and membership, the issue, its people, its labels.
-    assert len(statements) == 4
+    assert response.json()["reporter"]["username"] in ROLES
+    # Project, membership, the issue and its people in one statement; its labels in another.
+    assert len(statements) == 2
+
+
+async def test_a_fresh_etag_answers_304_from_one_statement(team: Team, app: FastAPI) -> None:
+    await seed_issues(app, team, 3)
+    viewer = team["viewer"]
+    etag = (await viewer.get("/api/v1/issues/FLY-3")).headers["ETag"]
+    with counted_statements(app) as statements:
+        response = await viewer.get("/api/v1/issues/FLY-3", headers={"If-None-Match": etag})
+    assert response.status_code == 304
+    assert len(statements) == 1
