@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from flyswatter.issues import listing
 from flyswatter.issues.listing import (
     IssueFilters,
     IssueSort,
@@ -124,13 +125,15 @@ async def _run(connection: AsyncConnection, sql: str, **params: int) -> None:
     await connection.execute(text(sql), params)
 
 
-async def explain(app: FastAPI, statement: object) -> str:
-    """PostgreSQL's plan for a statement exactly as the service sends it (bound parameters)."""
+async def explain(app: FastAPI, statement: object, *, analyze: bool = False) -> str:
+    """PostgreSQL's plan for a statement exactly as the service sends it (bound parameters);
+    with ``analyze``, as run, so that branches never executed say so."""
     compiled = statement.compile(  # type: ignore[attr-defined]
         dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True}
     )
+    command = "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF)" if analyze else "EXPLAIN"
     async with app.state.engine.connect() as connection:
-        rows = await connection.exec_driver_sql(f"EXPLAIN {compiled}", dict(compiled.params))
+        rows = await connection.exec_driver_sql(f"{command} {compiled}", dict(compiled.params))
         return "\n".join(row[0] for row in rows)
 
 
@@ -195,4 +198,54 @@ async def test_pages_walk_their_index_in_order_and_search_uses_the_text_index(
     assert "Index Scan Backward using ix_issue_project_updated" in deep, deep
     assert "Sort" not in deep, deep
     rare = await explain(app, page(seeded, IssueSort.updated_desc, query="zebrafish"))
-    assert "ix_issue_search" in rare, rare
+    assert "ix_issue_search_document" in rare, rare
+
+
+def _text_index_branch(plan: str) -> str:
+    """The scan of ``issue`` under the plan's one-time filter: the branch that asks the text
+    index for every match, with its run-time annotation ("never executed")."""
+    lines = plan.splitlines()
+    (start,) = [n for n, line in enumerate(lines) if "One-Time Filter" in line]
+    scans = [n for n in range(start, len(lines)) if re.search(r"Scan on issue \w+ \(", lines[n])]
+    assert scans, plan
+    # The table scan's line and its index scan's, a few lines below.
+    return "\n".join(lines[scans[0] : scans[0] + 5])
+
+
+async def test_search_reads_a_page_order_window_and_the_text_index_only_for_scarce_terms(
+    seeded: Seeded, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The window scaled to this project as the real one is to a big project (2,000 of
+    # 200,000 issues): a window of most of a project is rightly read another way.
+    monkeypatch.setattr(listing, "SEARCH_WINDOW", 400)
+    # A common term ("Crash" is one title in six) fills its page from the first issues in
+    # page order: the GIN branch is planned but never runs.
+    for sort, scan in (
+        (IssueSort.updated_desc, "Index Scan Backward using ix_issue_project_updated"),
+        (IssueSort.priority_asc, "Index Scan using ix_issue_project_priority"),
+    ):
+        common = await explain(app, page(seeded, sort, query="crash"), analyze=True)
+        assert f"{scan} on issue" in common, common
+        assert "never executed" in _text_index_branch(common), common
+        assert "Index Scan using pk_issue on issue" in common, common
+    # Page two continues from the cursor in the same way.
+    cursor = encode_cursor(IssueSort.updated_desc.value, ["2025-12-30T06:00:00+00:00", 10**9])
+    second = await explain(
+        app, page(seeded, IssueSort.updated_desc, cursor, query="crash"), analyze=True
+    )
+    assert "never executed" in _text_index_branch(second), second
+    # A rare term leaves the window short of a page, so its matches come from the GIN index
+    # on (project_id, document), within the project, and are sorted there. So does a common
+    # term absent from the first issues in page order: no "Crash" title has the top priority.
+    for sort, term, filters in (
+        (IssueSort.updated_desc, "zebrafish", {}),
+        # (The seed closes every zebrafish issue; with no candidate left by a filter, the
+        # statement has no need to compute the array at all.)
+        (IssueSort.updated_desc, "zebrafish", {"statuses": (IssueStatus.closed,)}),
+        (IssueSort.priority_desc, "crash", {}),
+    ):
+        rare = await explain(app, page(seeded, sort, query=term, **filters), analyze=True)
+        branch = _text_index_branch(rare)
+        assert "never executed" not in branch.splitlines()[0], rare
+        assert "Bitmap Index Scan on ix_issue_search_document" in branch, rare
+        assert not SEQ_SCAN_ON_ISSUE.search(rare), rare

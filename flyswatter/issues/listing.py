@@ -6,7 +6,7 @@ pair with an index range scan; page 10,000 costs what page 1 costs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -14,14 +14,19 @@ from typing import Any
 from sqlalchemy import (
     ColumnClause,
     ColumnElement,
+    Integer,
     and_,
+    any_,
+    cast,
     exists,
     func,
     literal,
     literal_column,
     or_,
     tuple_,
+    union_all,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -33,6 +38,10 @@ from flyswatter.pagination import decode_cursor, encode_cursor
 
 SEARCH_CONFIG = "english"
 MAX_QUERY_LENGTH = 200
+# A search's page first looks at this many issues in page order (see _bounded_search).
+SEARCH_WINDOW = 2_000
+# The execution option by which list_statement hands a PostgreSQL search to page_statement.
+_SEARCH_OPTION = "flyswatter_search"
 
 
 class IssueSort(StrEnum):
@@ -72,19 +81,25 @@ class IssueFilters:
     query: str | None = None
 
 
+def _tsquery(query: str) -> ColumnElement[Any]:
+    # The configuration is an SQL constant, not a bound parameter, so that the planner sees
+    # the same configuration as the stored document's. Websearch syntax accepts what people
+    # type ("crash -android", quoted phrases).
+    config: ColumnClause[Any] = literal_column(f"'{SEARCH_CONFIG}'::regconfig")
+    return func.websearch_to_tsquery(config, query)
+
+
+def _matches(query: str) -> ColumnElement[bool]:
+    # issue.search_document is a stored generated column that only the PostgreSQL migration
+    # creates (see models.Issue). Every statement here names the table "issue" without an
+    # alias, so the qualified name resolves to the innermost FROM, subqueries included.
+    document: ColumnClause[Any] = literal_column("issue.search_document")
+    return document.op("@@")(_tsquery(query))
+
+
 def search_condition(query: str, dialect: str) -> ColumnElement[bool]:
     if dialect == "postgresql":
-        # The document must be spelt exactly as ix_issue_search's expression for the GIN
-        # index to serve it. The configuration is an SQL constant, not a bound parameter:
-        # a parameter cast to regconfig is a run-time conversion the planner cannot match
-        # against the index, and every search would then read the whole project.
-        config: ColumnClause[Any] = literal_column(f"'{SEARCH_CONFIG}'::regconfig")
-        document = func.to_tsvector(
-            config,
-            col(Issue.title).op("||")(literal_column("' '")).op("||")(col(Issue.description)),
-        )
-        # Websearch syntax accepts what people type ("crash -android", quoted phrases).
-        return document.op("@@")(func.websearch_to_tsquery(config, query))
+        return _matches(query)
     # SQLite: every word must appear in the title or the description (case-insensitive).
     conditions = []
     for word in query.split()[:10]:
@@ -127,6 +142,8 @@ def list_statement(
         )
     if filters.query:
         statement = statement.where(search_condition(filters.query, dialect))
+        if dialect == "postgresql":
+            statement = statement.execution_options(**{_SEARCH_OPTION: (project_id, filters)})
     return statement
 
 
@@ -135,6 +152,7 @@ def page_statement(
 ) -> SelectOfScalar[Issue]:
     """One page: after the cursor's (sort value, id), ordered, with one row of look-ahead."""
     column = sort.column
+    after_cursor: ColumnElement[bool] | None = None
     if cursor is not None:
         value, issue_id = decode_cursor(cursor, sort.value, (sort.cursor_type, int))
         sort_value = (
@@ -144,12 +162,85 @@ def page_statement(
         )
         position = tuple_(column, col(Issue.id))
         after = tuple_(sort_value, literal(issue_id))
-        statement = statement.where(position < after if sort.descending else position > after)
+        after_cursor = position < after if sort.descending else position > after
+        statement = statement.where(after_cursor)
+    search = statement.get_execution_options().get(_SEARCH_OPTION)
+    if search is not None:
+        project_id, filters = search
+        statement = statement.where(
+            _bounded_search(project_id, filters, sort, after_cursor, limit + 1)
+        )
+    return statement.order_by(*_page_order(sort)).limit(limit + 1)
+
+
+def _page_order(sort: IssueSort) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
     if sort.descending:
-        statement = statement.order_by(column.desc(), col(Issue.id).desc())
-    else:
-        statement = statement.order_by(column.asc(), col(Issue.id).asc())
-    return statement.limit(limit + 1)
+        return sort.column.desc(), col(Issue.id).desc()
+    return sort.column.asc(), col(Issue.id).asc()
+
+
+def _bounded_search(
+    project_id: int,
+    filters: IssueFilters,
+    sort: IssueSort,
+    after_cursor: ColumnElement[bool] | None,
+    rows: int,
+) -> ColumnElement[bool]:
+    """The ids a search page can hold, found by whichever of two plans is cheap for the term.
+
+    A term matching many of the project's issues fills a page within its first few hundred
+    issues in page order, which the sort index walks; a term matching few would make that
+    walk read the whole project, and is cheap from the GIN index (project_id, document)
+    instead, then sorted. The planner cannot tell the two apart (it assumes a term is spread
+    evenly over projects, and a term common elsewhere may be absent here), so the statement
+    decides at run time: it reads the first SEARCH_WINDOW issues in page order, and only when
+    they hold less than a page, and are not the whole remaining list, does it also ask the
+    GIN index for every match. Either way the outer statement then fetches at most the
+    candidates by primary key, orders and pages them.
+    """
+    unsearched = list_statement(project_id, replace(filters, query=None), sort, "postgresql")
+    if after_cursor is not None:
+        unsearched = unsearched.where(after_cursor)
+    hit = _matches(filters.query or "")
+    window = (
+        unsearched.with_only_columns(col(Issue.id).label("id"), hit.label("hit"))
+        .order_by(*_page_order(sort))
+        .limit(SEARCH_WINDOW)
+        .cte("search_window")
+    )
+    # The window is computed as far as it is read: a page found in its first issues ends the
+    # read there, and only a window short of a page is read to its end.
+    in_window = select(window.c.id).where(window.c.hit).limit(rows)
+    found = select(func.count()).select_from(in_window.subquery()).scalar_subquery()
+    window_size = select(func.count()).select_from(window).scalar_subquery()
+    # Both are uncorrelated, so PostgreSQL evaluates them once, as a one-time filter on the
+    # GIN branch, in this order (the window's size only when it held less than a page).
+    matching = (
+        unsearched.with_only_columns(col(Issue.id).label("id"), sort.column.label("sort_key"))
+        .where(hit, found < rows, window_size == SEARCH_WINDOW)
+        .correlate(None)
+        # OFFSET 0 keeps this subquery planned on its own, as "all the matches" (the GIN
+        # index); merged with the ORDER BY ... LIMIT below, the planner would walk the sort
+        # index instead, the very plan that reads a whole project for a term absent from it.
+        .offset(0)
+        .subquery("search_matching")
+    )
+    beyond_window = (
+        select(matching.c.id)
+        .order_by(
+            *(
+                (matching.c.sort_key.desc(), matching.c.id.desc())
+                if sort.descending
+                else (matching.c.sort_key.asc(), matching.c.id.asc())
+            )
+        )
+        .limit(rows)
+    )
+    candidates = union_all(in_window, beyond_window).subquery("search_candidates")
+    # One array, computed once (the cast makes it an array expression, where "= ANY (SELECT
+    # ...)" would be a semi-join), so the outer statement looks candidates up by primary key.
+    ids = select(func.array_agg(candidates.c.id)).correlate(None).scalar_subquery()
+    return col(Issue.id) == any_(cast(ids, ARRAY(Integer)))
 
 
 def next_cursor(issues: list[Issue], sort: IssueSort) -> str:

@@ -79,10 +79,13 @@ class Issue(IssueBase, table=True):
         Index("ix_issue_project_status_updated", "project_id", "status", "updated_at", "id"),
         Index("ix_issue_project_assignee_updated", "project_id", "assignee_id", "updated_at", "id"),
         Index("ix_issue_project_reporter_updated", "project_id", "reporter_id", "updated_at", "id"),
-        # Full-text search over title and description (PostgreSQL; SQLite uses LIKE).
+        # Full-text search within a project (PostgreSQL; SQLite uses LIKE): GIN over the
+        # project and the stored document column, which only the migration declares (it is
+        # kept off the model so that loading an issue never loads its document).
         Index(
-            "ix_issue_search",
-            text("to_tsvector('english', title || ' ' || description)"),
+            "ix_issue_search_document",
+            "project_id",
+            text("search_document"),
             postgresql_using="gin",
         ).ddl_if(dialect="postgresql"),
     )
