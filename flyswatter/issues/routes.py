@@ -39,6 +39,7 @@ from flyswatter.issues.models import (
     TransitionRequest,
 )
 from flyswatter.issues.service import (
+    ISSUES_WITH_PEOPLE,
     NOT_MODIFIED,
     PUBLIC_ISSUE_COLUMNS,
     IfMatch,
@@ -60,7 +61,6 @@ from flyswatter.issues.service import (
     record_activity,
     require_member,
     users_by_id,
-    with_people,
 )
 from flyswatter.labels.models import IssueLabel, LabelName, label_id
 from flyswatter.observability.metrics import ISSUE_TRANSITIONS, ISSUES_CREATED
@@ -206,9 +206,7 @@ async def list_issues(
     connection = await session.connection()
     rows = list(
         await connection.execute(
-            paged.with_only_columns(*PUBLIC_ISSUE_COLUMNS).select_from(
-                with_people(Issue.__table__)  # type: ignore[attr-defined]
-            )
+            paged.with_only_columns(*PUBLIC_ISSUE_COLUMNS).select_from(ISSUES_WITH_PEOPLE)
         )
     )
     page = rows[:limit]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Path
-from sqlalchemy import and_
+from sqlalchemy import and_, bindparam
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -65,24 +65,29 @@ def project_not_found(key: str) -> NotFound:
     return NotFound(f"project {key} not found")
 
 
+# Built once with bind parameters: every project-scoped request runs it, and building it
+# anew each time cost about as much as executing it.
+_PROJECT_ACCESS = (
+    select(Project, ProjectMember.role)
+    .outerjoin(
+        ProjectMember,
+        and_(
+            col(ProjectMember.project_id) == Project.id,
+            col(ProjectMember.user_id) == bindparam("subject"),
+        ),
+    )
+    .where(Project.key == bindparam("key"))
+)
+_PROJECT_ACCESS_FOR_UPDATE = _PROJECT_ACCESS.with_for_update(of=Project)
+
+
 async def load_project_access(
     session: AsyncSession, principal: Principal, key: str, *, for_update: bool = False
 ) -> ProjectAccess:
     """The project with the caller's membership, in one query; 404 when it may not be seen."""
-    statement = (
-        select(Project, ProjectMember.role)
-        .outerjoin(
-            ProjectMember,
-            and_(
-                col(ProjectMember.project_id) == Project.id,
-                col(ProjectMember.user_id) == principal.subject,
-            ),
-        )
-        .where(Project.key == key.upper())
-    )
-    if for_update:
-        statement = statement.with_for_update(of=Project)
-    row = (await session.exec(statement)).first()
+    statement = _PROJECT_ACCESS_FOR_UPDATE if for_update else _PROJECT_ACCESS
+    parameters = {"subject": principal.subject, "key": key.upper()}
+    row = (await session.exec(statement, params=parameters)).first()
     if row is None:
         raise project_not_found(key.upper())
     project, role = row
