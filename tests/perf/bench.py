@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import sqlalchemy as sa
@@ -44,6 +44,9 @@ ROOT = HERE.parent.parent
 PYTHON = sys.executable
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DEEP_ROWS = 100_000
+# endpoints: every endpoint against its baseline at every size; stack: the middleware stack
+# in isolation (tests/perf/stack.py); metrics: /metrics with four workers (tests/perf/scrape.py).
+PARTS = ("endpoints", "stack", "metrics")
 
 WRK_SCRIPT = r"""
 local method, body, pace_ms = "%(method)s", %(body)s, %(pace_ms)d
@@ -92,7 +95,11 @@ class Server:
 
 @contextmanager
 def uvicorn_server(
-    name: str, target: str, env: dict[str, str], factory: bool = False
+    name: str,
+    target: str,
+    env: dict[str, str],
+    factory: bool = False,
+    output: IO[bytes] | None = None,
 ) -> Iterator[Server]:
     port = free_port()
     command = [
@@ -111,7 +118,9 @@ def uvicorn_server(
     ]
     if factory:
         command.append("--factory")
-    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT)
+    process = subprocess.Popen(
+        command, env={**os.environ, **env}, cwd=ROOT, stdout=output, stderr=output
+    )
     server = Server(name, process, port)
     try:
         deadline = time.monotonic() + 30
@@ -283,6 +292,18 @@ async def record_service_sql(
     return recorded
 
 
+def service_env(url: str, jwks: JwksServer) -> dict[str, str]:
+    """The service's environment in every measurement: limits far above the load's rate."""
+    return {
+        "FLYSWATTER_DATABASE_URL": url,
+        "FLYSWATTER_KEYCLOAK_URL": jwks.base_url,
+        "FLYSWATTER_LOG_LEVEL": "warning",
+        "FLYSWATTER_RATE_LIMIT_READS": "100000000/minute",
+        "FLYSWATTER_RATE_LIMIT_WRITES": "100000000/minute",
+        "FLYSWATTER_DATABASE_POOL_SIZE": "10",
+    }
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -301,35 +322,62 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     )
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "commit": commit(),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        # The machine is shared: how busy it was says how far to trust the figures.
+        "load_average": {"start": os.getloadavg()},
         "rounds": args.rounds,
         "seconds": args.seconds,
         "connections": args.connections,
+        "parts": [part for part in PARTS if part in args.only],
         "sizes": {},
     }
+    urls: dict[int, str] = {}
     for size in args.sizes:
-        name = f"flyswatter_bench_{size}"
-        url = ensure_database(server_url, name)
-        seeded = seed(url, size)
-        report["sizes"][str(size)] = measure_size(args, url, jwks, token, size, seeded)
+        urls[size] = ensure_database(server_url, f"flyswatter_bench_{size}")
+        seeded = seed(urls[size], size)
+        if "endpoints" in args.only:
+            report["sizes"][str(size)] = measure_size(args, urls[size], jwks, token, size, seeded)
+    # Neither depends on the number of issues: the stack on the smallest database (its routes
+    # barely query), the scrape on the largest (where the benchmark's writes already go).
+    if "stack" in args.only:
+        from tests.perf.stack import measure_stack
+
+        report["stack"] = measure_stack(args, urls[min(args.sizes)], jwks, token)
+    if "metrics" in args.only:
+        from tests.perf.scrape import measure_metrics
+
+        report["metrics"] = measure_metrics(args, urls[max(args.sizes)], jwks, token)
     jwks.stop()
+    report["load_average"]["end"] = os.getloadavg()
     return report
+
+
+def commit() -> str:
+    """HEAD, and whether the measured tree differed from it (files tracked by git)."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    return f"{head} + uncommitted changes" if changed else head
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    return platform.machine()
 
 
 def measure_size(
     args: argparse.Namespace, url: str, jwks: JwksServer, token: str, size: int, seeded: float
 ) -> dict[str, Any]:
-    env = {
-        "FLYSWATTER_DATABASE_URL": url,
-        "FLYSWATTER_KEYCLOAK_URL": jwks.base_url,
-        "FLYSWATTER_LOG_LEVEL": "warning",
-        "FLYSWATTER_RATE_LIMIT_READS": "100000000/minute",
-        "FLYSWATTER_RATE_LIMIT_WRITES": "100000000/minute",
-        "FLYSWATTER_DATABASE_POOL_SIZE": "10",
-    }
+    env = service_env(url, jwks)
     settings = Settings(database_url=url, keycloak_url=jwks.base_url, rate_limit_enabled=False)
     cases = scenarios(url)
     if size != max(args.sizes):
@@ -388,7 +436,8 @@ def write_results(report: dict[str, Any], path: Path) -> None:
     lines = [
         "# Benchmark results",
         "",
-        f"Measured {report['date']} at commit `{report['commit']}` on {report['machine']};",
+        f"Measured {report['date']} at commit `{report['commit']}` on {report['machine']}",
+        f"(parts: {', '.join(report.get('parts', PARTS))}; load average {load_average(report)});",
         f"{report['rounds']} rounds of {report['seconds']} s per endpoint, wrk with one thread and "
         f"{report['connections']} keep-alive connections on loopback, one uvicorn process per server.",
         "Figures are medians over rounds (± half the spread). CPU is the server process's user+system",
@@ -420,7 +469,133 @@ def write_results(report: dict[str, Any], path: Path) -> None:
             f"Resident memory (MiB): {json.dumps({k: round(v, 1) for k, v in result['rss_mib'].items()})}.",
             "",
         ]
+    if "stack" in report:
+        lines += stack_section(report["stack"], report)
+    if "metrics" in report:
+        lines += metrics_section(report["metrics"], report)
     path.write_text("\n".join(lines) + "\n")
+
+
+def load_average(report: dict[str, Any]) -> str:
+    load = report.get("load_average")
+    if not load:
+        return "not recorded"
+    start, end = load["start"], load.get("end", load["start"])
+    return f"{start[0]:.1f} at the start, {end[0]:.1f} at the end, over 1 min"
+
+
+def verdict(met: bool) -> str:
+    return "**met**" if met else "**missed**"
+
+
+def stack_section(stack: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    target = stack["target_us"]
+    lines = [
+        f"## Middleware stack (target: <= {target:.0f} µs of CPU per request)",
+        "",
+        "The same app and route in one uvicorn process per variant, on the smallest database, "
+        f"{report['rounds']} interleaved rounds of {report['seconds']} s each:",
+        "",
+    ]
+    lines += [f"- {name}: {doc}" for name, doc in stack["variants"].items()]
+    lines += [
+        "",
+        "Overhead = the variant's CPU µs/request minus the bare variant's in the same round; "
+        "median (lowest..highest) over rounds.",
+        "",
+        "| route | variant | req/s | p50 ms | CPU µs/req | overhead µs/req | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for route, result in stack["routes"].items():
+        for name, measured in result["variants"].items():
+            figures = Measurement(**measured)
+            differences = result["cpu_us_over_bare"].get(name)
+            if differences:
+                median = statistics.median(differences)
+                overhead = f"{median:,.1f} ({min(differences):,.1f}..{max(differences):,.1f})"
+                met = verdict(median <= target)
+            else:
+                overhead, met = "-", "-"
+            lines.append(
+                f"| {route} | {name} | {Measurement.summary(figures.rps)} | "
+                f"{Measurement.summary(figures.p50)} | {Measurement.summary(figures.cpu_us)} | "
+                f"{overhead} | {met} |"
+            )
+    in_process = stack.get("in_process")
+    if in_process:
+        lines += [
+            "",
+            f"Without the server (tests/perf/stackcpu.py): the same variants side by side in one "
+            f"process, called through a minimal ASGI driver one request at a time, "
+            f"{in_process['rounds']} interleaved rounds of {in_process['requests_per_block']} "
+            "requests each; the process's CPU time per request (what uvicorn adds is the same "
+            "for every variant).",
+            "",
+            "| route | variant | CPU µs/req | overhead µs/req | target |",
+            "|---|---|---|---|---|",
+        ]
+        for route, result in in_process["routes"].items():
+            for name, values in result["cpu_us"].items():
+                differences = result["cpu_us_over_bare"].get(name)
+                if differences:
+                    median = statistics.median(differences)
+                    overhead = f"{median:,.1f} ({min(differences):,.1f}..{max(differences):,.1f})"
+                    met = verdict(median <= target)
+                else:
+                    overhead, met = "-", "-"
+                lines.append(
+                    f"| {route} | {name} | {Measurement.summary(values)} | {overhead} | {met} |"
+                )
+    probe = next(iter(stack["routes"].values()))["variants"]
+    measured = {"under uvicorn": {name: m["cpu_us"] for name, m in probe.items()}}
+    if in_process:
+        measured["in process"] = next(iter(in_process["routes"].values()))["cpu_us"]
+    for where, cpu_us in measured.items():
+        shares = []
+        for piece in stack.get("pieces", {}):
+            full, without = cpu_us.get("full_memory"), cpu_us.get(f"without_{piece}")
+            if full and without:
+                differences = [a - b for a, b in zip(full, without, strict=True)]
+                shares.append(f"{piece} {statistics.median(differences):,.1f}")
+        if shares:
+            lines += [
+                "",
+                f"Each piece's share on the probe, {where} (full_memory minus the variant "
+                "without it, median over rounds, µs/request): " + ", ".join(shares) + ".",
+            ]
+    return [*lines, ""]
+
+
+def metrics_section(metrics: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    target = metrics["target_ms"]
+    rss = metrics["rss_mib"]
+    statuses = ", ".join(f"{status}: {n}" for status, n in metrics["traffic_statuses"].items())
+    return [
+        f"## /metrics with {metrics['workers']} workers (target: scrape <= {target:.0f} ms)",
+        "",
+        f"`flyswatter serve --workers {metrics['workers']}` (multiprocess metrics, Redis rate "
+        "limits, JSON logs at info) on the largest database, after wrk on every read endpoint "
+        "and a sweep of every API operation (answers by status: "
+        f"{statuses}); then {len(metrics['scrape_ms'])} sequential scrapes, each on a new "
+        "connection, timed by the client.",
+        "",
+        "| median ms | p95 ms | max ms | workers' CPU ms/scrape | body | series | families "
+        "| sample files | target |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {metrics['median_ms']:.1f} | {metrics['p95_ms']:.1f} | {metrics['max_ms']:.1f} | "
+        f"{metrics['cpu_ms_per_scrape']:.1f} | "
+        f"{metrics['body_bytes'] / 1024:,.1f} KiB | {metrics['series']:,} | "
+        f"{metrics['families']} | {metrics['sample_files']} "
+        f"({metrics['sample_bytes'] / 1024 / 1024:,.1f} MiB) | "
+        f"{verdict(metrics['p95_ms'] <= target)} (p95) |",
+        "",
+        "Samples written per worker: "
+        + ", ".join(f"{count:,}" for count in metrics.get("samples_per_worker", []))
+        + ". Resident memory per worker (MiB): "
+        + ", ".join(f"{value:.1f}" for value in rss["workers"])
+        + f"; supervisor {rss['supervisor']:.1f}.",
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -435,10 +610,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--only",
+        type=parts,
+        default=PARTS,
+        help=f"comma-separated parts to run, of {','.join(PARTS)} (default: all)",
+    )
+    parser.add_argument(
+        "--scrapes", type=int, default=50, help="sequential GET /metrics timed (metrics part)"
+    )
     parser.add_argument("--output", type=Path, default=HERE / "results.json")
+    parser.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args(argv)
     args.sizes = sorted(args.sizes)
     report = run_benchmark(args)
     args.output.write_text(json.dumps(report, indent=2))
-    write_results(report, HERE / "RESULTS.md")
-    print((HERE / "RESULTS.md").read_text())
+    write_results(report, args.markdown)
+    print(args.markdown.read_text())
+
+
+def parts(value: str) -> tuple[str, ...]:
+    chosen = tuple(part.strip() for part in value.split(",") if part.strip())
+    unknown = [part for part in chosen if part not in PARTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"parts are {', '.join(PARTS)}; got {value!r}")
+    return chosen
