@@ -209,7 +209,10 @@ def _bounded_search(
         .cte("search_window")
     )
     # The window is computed as far as it is read: a page found in its first issues ends the
-    # read there, and only a window short of a page is read to its end.
+    # read there, and only a window short of a page is read to its end. The first hits read
+    # are the first in page order: PostgreSQL reads a CTE back in the order it produced it
+    # (an ORDER BY here would sort, and so read, the whole window first);
+    # test_search_window pins that pages come out right.
     in_window = select(window.c.id).where(window.c.hit).limit(rows)
     found = select(func.count()).select_from(in_window.subquery()).scalar_subquery()
     window_size = select(func.count()).select_from(window).scalar_subquery()
