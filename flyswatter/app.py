@@ -18,7 +18,7 @@ from flyswatter.auth.tokens import TokenVerifier
 from flyswatter.body_limit import BodySizeLimitMiddleware
 from flyswatter.comments.routes import router as comments_router
 from flyswatter.config import Settings
-from flyswatter.db import create_engine
+from flyswatter.db import create_engine, read_only_engine
 from flyswatter.errors import (
     ProblemDetails,
     ServiceUnavailable,
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = create_engine(settings)
+        app.state.read_engine = read_only_engine(app.state.engine)
         verifier = TokenVerifier(settings, on_refresh=count_jwks_refresh)
         app.state.token_verifier = verifier
         app.state.user_mirror = UserMirror()

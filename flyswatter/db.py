@@ -26,6 +26,9 @@ SQLModel.metadata.naming_convention = {
 }
 
 
+AUTOCOMMIT = "AUTOCOMMIT"
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+
 # Integer primary keys and issue numbers are 32-bit columns on PostgreSQL.
 MAX_ROW_ID = 2**31 - 1
 
@@ -67,8 +70,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin_immediate(conn: Any) -> None:
     # SQLite upgrades a read transaction to a write lazily and then fails at once with
     # "database is locked" when another writer won; taking the write lock at BEGIN makes
-    # concurrent writers queue on busy_timeout instead (the pysqlite recipe).
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # concurrent writers queue on busy_timeout instead (the pysqlite recipe). Reads run in
+    # autocommit (see ``read_only_engine``) and take no lock at all.
+    if conn.get_execution_options().get("isolation_level") != AUTOCOMMIT:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -104,8 +109,23 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+def read_only_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool, for requests that only read: their statements run in autocommit.
+
+    Reads gain nothing from a transaction here: at READ COMMITTED every statement takes its
+    own snapshot anyway. Without one, a read request saves the BEGIN and ROLLBACK round trips
+    (on SQLite, the write lock BEGIN IMMEDIATE would take). The one write a read may make,
+    mirroring a new caller, is a single upsert and is atomic on its own.
+    """
+    return engine.execution_options(isolation_level=AUTOCOMMIT)
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    engine: AsyncEngine = request.app.state.engine
+    engine: AsyncEngine = (
+        request.app.state.read_engine
+        if request.method in READ_ONLY_METHODS
+        else request.app.state.engine
+    )
     async with AsyncSession(engine, expire_on_commit=False) as session:
         yield session
 

@@ -280,8 +280,6 @@ def with_people(issues: FromClause) -> FromClause:
 # The hot statements are built once, with bind parameters: building a statement of this
 # size (and its compiled-cache key) costs a few hundred microseconds, as much as running it.
 ISSUES_WITH_PEOPLE = with_people(_ISSUE)
-_PUBLIC_ISSUES = sa_select(*PUBLIC_ISSUE_COLUMNS).select_from(ISSUES_WITH_PEOPLE)
-_PUBLIC_ISSUES_BY_ID = _PUBLIC_ISSUES.where(_ISSUE.c.id.in_(bindparam("ids", expanding=True)))
 _LABELS_OF = (
     sa_select(_ISSUE_LABEL.c.issue_id, _LABEL.c.name, _LABEL.c.color, _LABEL.c.description)
     .join(_LABEL, _LABEL.c.id == _ISSUE_LABEL.c.label_id)
@@ -313,6 +311,18 @@ _READ_ISSUE = (
 )
 
 
+_ISSUE_PUBLIC_FIELDS = (
+    "number",
+    "title",
+    "description",
+    "type",
+    "priority",
+    "status",
+    "created_at",
+    "updated_at",
+    "closed_at",
+    "version",
+)
 _REPORTER_AT = len(PUBLIC_ISSUE_COLUMNS) - 2 * len(_PERSON_FIELDS)
 _ASSIGNEE_AT = len(PUBLIC_ISSUE_COLUMNS) - len(_PERSON_FIELDS)
 # pydantic-core's validator itself: SQLModel.model_validate wraps it in Python-level work
@@ -393,14 +403,37 @@ async def users_by_id(session: AsyncSession, ids: Iterable[str | None]) -> dict[
 async def build_public_issues(
     session: AsyncSession, project: Project, issues: Sequence[Issue]
 ) -> list[IssuePublic]:
-    """Public issues with people and labels, in two statements whatever the count (read
-    back through the session's connection, so changes flushed in this transaction show)."""
+    """Public issues from entities a writer holds, people and labels in two statements.
+
+    The issue's own fields come from the entity, not from a new read: after the commit
+    another writer may already have moved the row on, and a response must show (and its ETag
+    name) the version this request wrote.
+    """
     if not issues:
         return []
-    connection = await session.connection()
-    ids = [issue.id for issue in issues]
-    rows = {row.id: row for row in await connection.execute(_PUBLIC_ISSUES_BY_ID, {"ids": ids})}
-    return await public_issues_page(session, project.key, [rows[i] for i in ids])
+    ids = [issue.id or 0 for issue in issues]
+    users = await users_by_id(
+        session, [i.reporter_id for i in issues] + [i.assignee_id for i in issues]
+    )
+    labels = await labels_of(session, ids)
+    return [
+        cast(
+            IssuePublic,
+            _validate_public_issue(
+                {
+                    # Attributes, not model_dump(): a writer may have set an enum field
+                    # from its plain value, and validation below normalises it either way.
+                    **{name: getattr(issue, name) for name in _ISSUE_PUBLIC_FIELDS},
+                    "key": f"{project.key}-{issue.number}",
+                    "project_key": project.key,
+                    "reporter": users[issue.reporter_id],
+                    "assignee": users.get(issue.assignee_id) if issue.assignee_id else None,
+                    "labels": labels.get(issue.id or 0, []),
+                }
+            ),
+        )
+        for issue in issues
+    ]
 
 
 @dataclass(frozen=True, slots=True)
