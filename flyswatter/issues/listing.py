@@ -6,6 +6,7 @@ pair with an index range scan; page 10,000 costs what page 1 costs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -246,7 +247,8 @@ def _bounded_search(
     return col(Issue.id) == any_(cast(ids, ARRAY(Integer)))
 
 
-def next_cursor(issues: list[Issue], sort: IssueSort) -> str:
+def next_cursor(issues: Sequence[Any], sort: IssueSort) -> str:
+    """The cursor after the last of ``issues`` (entities or rows with the sort columns)."""
     last = issues[-1]
     value: Any
     if sort.cursor_type is int:
