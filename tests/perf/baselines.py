@@ -62,6 +62,8 @@ def _b2_app() -> Starlette:
         rows: list[Any] = []
         allocated: int | None = None
         async with state["pool"].connection() as connection:
+            # As the service: reads in autocommit (no BEGIN/ROLLBACK), writes in a transaction.
+            await connection.set_autocommit(not scenario["rollback"])
             for statement, parameters in scenario["statements"]:
                 if allocated is not None and "number" in parameters:
                     # The issue number the replayed UPDATE ... RETURNING just handed out.
