@@ -79,7 +79,7 @@ VARIANTS: dict[str, Variant] = {
 }
 # Requests per variant and round in process: a block long enough to average out the garbage
 # collector and the odd preemption, short enough that the variants alternate often.
-IN_PROCESS_REQUESTS = 300
+IN_PROCESS_REQUESTS = 200
 PROBE = Scenario("probe (auth, no query)", "GET", PROBE_PATH)
 ROUTES = (PROBE, Scenario("users_me (auth, one query)", "GET", "/api/v1/users/me"))
 
@@ -151,7 +151,8 @@ def measure_stack(
 
 def measure_in_process(args: argparse.Namespace, env: dict[str, str], token: str) -> dict[str, Any]:
     """The variants called directly (``tests.perf.stackcpu``), in a child process."""
-    rounds = 2 * args.rounds + 1
+    # Cheap next to the served rounds, and more blocks make the medians and minima steadier.
+    rounds = 4 * args.rounds + 1
     job = {
         "token": token,
         "requests": IN_PROCESS_REQUESTS,
