@@ -21,8 +21,10 @@ from flyswatter.issues.models import Issue
 PROJECTS = 100
 USERS = 1_000
 BENCH_USER = "bench-user-1"  # member (maintainer) of every project; the load's caller
-COMMON_TERM = "crash"  # in about one title in five
-RARE_TERM = "zeppelin"  # in 20 issues of the whole data set
+COMMON_TERM = "crash"  # in one title in three, in every project
+RARE_TERM = "zeppelin"  # in 40 issues of the whole data set, 20 of them in P001
+# Stored with a data set; a data set of another version is seeded again, not reused.
+SEED_VERSION = 2
 
 _SYLLABLES = [
     "ka",
@@ -66,9 +68,13 @@ def ensure_database(server_url: str, name: str) -> str:
 
 
 def issue_count(url: str) -> int | None:
+    """The size of the data set there, if it was made by this version of the seed."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as connection:
+            version = connection.execute(sa.text("SELECT version FROM bench_seed")).scalar()
+            if version != SEED_VERSION:
+                return None
             return int(connection.execute(sa.text("SELECT count(*) FROM issue")).scalar_one())
     except sa.exc.ProgrammingError:
         return None
@@ -137,8 +143,8 @@ def seed(url: str, issues: int, *, force: bool = False, log: bool = True) -> flo
                                    priority_rank, reporter_id, assignee_id, created_at,
                                    updated_at, closed_at, version)
                SELECT
-                 CASE WHEN g %% 5 = 1 THEN '{COMMON_TERM} ' ELSE '' END
-                   || CASE WHEN g %% %(rare_every)s = 7 THEN '{RARE_TERM} ' ELSE '' END
+                 CASE WHEN (g / 5) %% 3 = 0 THEN '{COMMON_TERM} ' ELSE '' END
+                   || CASE WHEN g %% %(rare_every)s IN (5, 7) THEN '{RARE_TERM} ' ELSE '' END
                    || v[1 + (g * 7919) %% {words}] || ' ' || v[1 + (g * 104729) %% {words}]
                    || ' ' || v[1 + (g * 1299709) %% {words}],
                  v[1 + (g * 31) %% {words}] || ' ' || v[1 + (g * 37) %% {words}] || ' '
@@ -183,6 +189,9 @@ def seed(url: str, issues: int, *, force: bool = False, log: bool = True) -> flo
         )
     for index in issue_indexes:
         index.create(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE bench_seed (version integer NOT NULL)")
+        connection.exec_driver_sql(f"INSERT INTO bench_seed VALUES ({SEED_VERSION})")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.exec_driver_sql("VACUUM ANALYZE")
     engine.dispose()
