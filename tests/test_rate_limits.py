@@ -339,3 +339,23 @@ async def test_limits_are_shared_again_once_redis_is_back(
         await limiter.close()
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert decisions[0].remaining == 2
+
+
+async def test_redis_windows_decide_and_count_down_as_the_local_ones() -> None:
+    """The one-round-trip Redis script keeps limits' sliding window counter: the same
+    answers and the same X-RateLimit-Remaining, request after request."""
+    assert redis_is_up(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
+    base = Settings(rate_limit_writes="5/minute", rate_limit_reads="100/minute")
+    local = RateLimiter(base)
+    shared = RateLimiter(base.model_copy(update={"redis_url": REDIS_URL}))
+    key = unique("user:windows")
+    answers: dict[str, list[tuple[bool, int]]] = {"local": [], "redis": []}
+    try:
+        for name, limiter in (("local", local), ("redis", shared)):
+            for _ in range(7):
+                decision = await limiter.hit("write", key)
+                answers[name].append((decision.allowed, decision.remaining))
+    finally:
+        await shared.close()
+    expected = [(True, 4), (True, 3), (True, 2), (True, 1), (True, 0), (False, 0), (False, 0)]
+    assert answers == {"local": expected, "redis": expected}
