@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from limits import parse
 from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -359,3 +360,29 @@ async def test_redis_windows_decide_and_count_down_as_the_local_ones() -> None:
         await shared.close()
     expected = [(True, 4), (True, 3), (True, 2), (True, 1), (True, 0), (False, 0), (False, 0)]
     assert answers == {"local": expected, "redis": expected}
+
+
+async def test_local_windows_slide_and_forget_idle_callers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [600.0]
+    monkeypatch.setattr(ratelimit.time, "time", lambda: clock[0])
+    windows = ratelimit.LocalWindows()
+    item = parse("2/minute")
+
+    async def answers(count: int) -> list[bool]:
+        return [(await windows.hit(item, "write", "user:a")).allowed for _ in range(count)]
+
+    assert await answers(3) == [True, True, False]
+    clock[0] = 690.0  # halfway through the next window: the full last one still weighs 1
+    assert await answers(2) == [True, False]
+    clock[0] = 900.0  # two windows of silence: a fresh budget
+    assert await answers(3) == [True, True, False]
+
+    monkeypatch.setattr(ratelimit.LocalWindows, "SWEEP_EVERY", 4)
+    await windows.hit(item, "write", "user:b")
+    assert len(windows) == 2
+    clock[0] = 1200.0
+    for _ in range(3):
+        await windows.hit(item, "write", "user:c")
+    assert len(windows) == 1  # a and b were idle for more than a window
