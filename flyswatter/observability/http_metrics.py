@@ -82,7 +82,7 @@ class HttpMetricsMiddleware:
         if series is None:
             series = self._finished[key] = (
                 HTTP_REQUESTS.labels(*key),
-                HTTP_LATENCY.labels(*key),
+                HTTP_LATENCY.labels(method, route),
             )
         series[0].inc()
         series[1].observe(elapsed)
