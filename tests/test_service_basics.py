@@ -131,3 +131,22 @@ class TestOpenApi:
         assert create["security"] == [{"keycloak": ["projects:write"]}]
         listing = schema["paths"]["/api/v1/projects"]["get"]
         assert listing["security"] == [{"keycloak": ["projects:read"]}]
+
+
+def test_added_headers_never_override_or_repeat_what_the_response_set() -> None:
+    from flyswatter.observability.requests import add_missing_headers
+
+    message = {
+        "type": "http.response.start",
+        "status": 429,
+        "headers": [(b"Cache-Control", b"no-store"), (b"x-ratelimit-limit", b"5")],
+    }
+    add_missing_headers(
+        message,
+        ((b"cache-control", b"private, no-cache"), (b"x-ratelimit-limit", b"9"), (b"x-a", b"1")),
+    )
+    assert message["headers"] == [
+        (b"Cache-Control", b"no-store"),
+        (b"x-ratelimit-limit", b"5"),
+        (b"x-a", b"1"),
+    ]

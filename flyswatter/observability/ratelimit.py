@@ -30,13 +30,13 @@ from limits import RateLimitItem, parse
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 from slowapi.util import get_remote_address
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flyswatter.config import Settings
 from flyswatter.errors import Problem, ProblemResponse, problem_response
 from flyswatter.observability.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
+from flyswatter.observability.requests import add_missing_headers
 
 logger = logging.getLogger("flyswatter.ratelimit")
 
@@ -67,6 +67,14 @@ class RateLimitDecision:
             "X-RateLimit-Remaining": str(self.remaining),
             "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
         }
+
+    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """``headers()`` as ASGI header pairs."""
+        return (
+            (b"x-ratelimit-limit", str(self.limit).encode()),
+            (b"x-ratelimit-remaining", str(self.remaining).encode()),
+            (b"x-ratelimit-reset", str(math.ceil(self.reset_at)).encode()),
+        )
 
 
 class TooManyRequests(Problem):
@@ -323,9 +331,7 @@ class RateLimitMiddleware:
                         return
                 decision: RateLimitDecision | None = state.get(_STATE_KEY)
                 if decision is not None:
-                    headers = MutableHeaders(scope=message)
-                    for name, value in decision.headers().items():
-                        headers.setdefault(name, value)
+                    add_missing_headers(message, decision.raw_headers())
             await send(message)
 
         await self.app(scope, receive, send_with_limits)

@@ -11,8 +11,8 @@ import re
 import time
 import traceback
 import uuid
+from collections.abc import Iterable
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,6 +32,20 @@ SECURITY_HEADERS = (
     ("referrer-policy", "no-referrer"),
     ("cache-control", "private, no-cache"),
 )
+_SECURITY_HEADER_PAIRS = tuple((name.encode(), value.encode()) for name, value in SECURITY_HEADERS)
+
+
+def add_missing_headers(message: Message, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+    """Append the headers (lower-case names, encoded) that the response does not set itself.
+
+    One pass over the raw header list instead of a ``MutableHeaders`` lookup per header:
+    every response goes through this, several times.
+    """
+    headers = message.get("headers")
+    if not isinstance(headers, list):
+        headers = message["headers"] = list(headers or ())
+    present = {name.lower() for name, _ in headers}
+    headers.extend(pair for pair in pairs if pair[0] not in present)
 
 
 def incoming_request_id(scope: Scope) -> str:
@@ -64,10 +78,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status_code = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-                for name, value in SECURITY_HEADERS:
-                    headers.setdefault(name, value)
+                add_missing_headers(
+                    message, ((b"x-request-id", request_id.encode()), *_SECURITY_HEADER_PAIRS)
+                )
             await send(message)
 
         try:
