@@ -249,25 +249,23 @@ _REPORTER = _USER.alias("reporter")
 _ASSIGNEE = _USER.alias("assignee")
 _PERSON_FIELDS = ("id", "username", "name", "is_service_account")
 
+# The issue's fields in its public shape, as stored.
+_ISSUE_PUBLIC_FIELDS = (
+    "number",
+    "title",
+    "description",
+    "type",
+    "priority",
+    "status",
+    "created_at",
+    "updated_at",
+    "closed_at",
+    "version",
+)
+
 # An issue's own columns, then its reporter's and assignee's summaries, for one joined read.
 PUBLIC_ISSUE_COLUMNS: tuple[Any, ...] = (
-    *(
-        _ISSUE.c[name]
-        for name in (
-            "id",
-            "number",
-            "title",
-            "description",
-            "type",
-            "priority",
-            "status",
-            "priority_rank",
-            "created_at",
-            "updated_at",
-            "closed_at",
-            "version",
-        )
-    ),
+    *(_ISSUE.c[name] for name in ("id", "priority_rank", *_ISSUE_PUBLIC_FIELDS)),
     *(_REPORTER.c[name].label(f"reporter_{name}") for name in _PERSON_FIELDS),
     *(_ASSIGNEE.c[name].label(f"assignee_{name}") for name in _PERSON_FIELDS),
 )
@@ -314,18 +312,6 @@ _READ_ISSUE = (
 )
 
 
-_ISSUE_PUBLIC_FIELDS = (
-    "number",
-    "title",
-    "description",
-    "type",
-    "priority",
-    "status",
-    "created_at",
-    "updated_at",
-    "closed_at",
-    "version",
-)
 _REPORTER_AT = len(PUBLIC_ISSUE_COLUMNS) - 2 * len(_PERSON_FIELDS)
 _ASSIGNEE_AT = len(PUBLIC_ISSUE_COLUMNS) - len(_PERSON_FIELDS)
 _validate_public_issue = IssuePublic.__pydantic_validator__.validate_python
