@@ -150,19 +150,24 @@ def problem_response(
     return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
 
 
+def problem_response_for(request: Request, problem: Problem) -> ProblemResponse:
+    """The problem+json answer for a ``Problem``, raised or not."""
+    return problem_response(
+        request,
+        problem.status,
+        slug=problem.slug,
+        title=problem.title,
+        detail=problem.detail,
+        headers=problem.headers,
+        extra=problem.extra,
+    )
+
+
 async def _handle_problem(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, Problem)
     if isinstance(exc, Unauthorized):
         request.scope.setdefault("state", {})["auth_failure"] = exc.reason
-    return problem_response(
-        request,
-        exc.status,
-        slug=exc.slug,
-        title=exc.title,
-        detail=exc.detail,
-        headers=exc.headers,
-        extra=exc.extra,
-    )
+    return problem_response_for(request, exc)
 
 
 def _jsonable_loc(loc: Sequence[Any]) -> list[str | int]:

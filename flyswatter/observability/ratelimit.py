@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flyswatter.config import Settings
-from flyswatter.errors import Problem, ProblemResponse, problem_response
+from flyswatter.errors import Problem, ProblemResponse, problem_response_for
 from flyswatter.observability.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
 from flyswatter.observability.requests import add_missing_headers
 
@@ -349,12 +349,4 @@ class RateLimitMiddleware:
         if decision.allowed:
             return None
         RATE_LIMITED.labels(decision.kind).inc()
-        refusal = TooManyRequests(decision)
-        return problem_response(
-            request,
-            refusal.status,
-            slug=refusal.slug,
-            title=refusal.title,
-            detail=refusal.detail,
-            headers=refusal.headers,
-        )
+        return problem_response_for(request, TooManyRequests(decision))
