@@ -16,7 +16,6 @@ from sqlalchemy import text
 
 from flyswatter.auth.scopes import SCOPE_DESCRIPTIONS
 from flyswatter.auth.tokens import TokenVerifier
-from flyswatter.body_limit import BodySizeLimitMiddleware
 from flyswatter.comments.routes import router as comments_router
 from flyswatter.config import Settings
 from flyswatter.db import SessionMiddleware, create_engine, read_only_engine
@@ -26,13 +25,14 @@ from flyswatter.errors import (
     problem_responses,
     register_error_handlers,
 )
+from flyswatter.http.body_limit import BodySizeLimitMiddleware
+from flyswatter.http.context import RequestContextMiddleware
 from flyswatter.issues.routes import router as issues_router
 from flyswatter.labels.routes import router as labels_router
 from flyswatter.observability.exposition import router as metrics_router
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.metrics import count_jwks_refresh
 from flyswatter.observability.ratelimit import RateLimiter, RateLimitMiddleware
-from flyswatter.observability.requests import RequestContextMiddleware
 from flyswatter.projects.routes import router as projects_router
 from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror

@@ -1,7 +1,9 @@
 """The RFC 9457 problem+json error family and its handlers, registered in one place.
 
-Domain code raises a ``Problem`` subclass; nothing builds error bodies by hand. Every
-response carries the request id so a client's report can be matched with the logs.
+Domain code raises a ``Problem`` subclass; the handlers and the middlewares answer what they
+catch with one, too, and ``problem_response_for`` is the one place that turns a problem into
+its response. Every response carries the request id so a client's report can be matched with
+the logs.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,9 +52,9 @@ class ProblemResponse(JSONResponse):
 
 
 class Problem(Exception):
-    status: ClassVar[int] = 500
-    slug: ClassVar[str] = "internal-error"
-    title: ClassVar[str] = "Internal server error"
+    status: int = 500
+    slug: str = "internal-error"
+    title: str = "Internal server error"
 
     def __init__(
         self,
@@ -123,44 +125,60 @@ class UnprocessableEntity(Problem):
         )
 
 
+class PayloadTooLarge(Problem):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class InvalidRequest(Problem):
+    """Request validation failed: where, and what is wrong, for each field."""
+
+    status, slug, title = 422, "validation-error", "Invalid request"
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} invalid field(s)", extra={"errors": errors})
+
+
+class InternalError(Problem):
+    """An unexpected fault: what happened goes to the log, never into the response."""
+
+    def __init__(self) -> None:
+        super().__init__("unexpected error")
+
+
 class ServiceUnavailable(Problem):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
-def problem_response(
-    request: Request,
-    status: int,
-    *,
-    slug: str | None = None,
-    title: str | None = None,
-    detail: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> ProblemResponse:
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_PREFIX + (slug or phrase.lower().replace(" ", "-")),
-        "title": title or phrase,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        "request_id": request.scope.get("state", {}).get("request_id"),
-    }
-    body.update(extra or {})
-    return ProblemResponse(body, status_code=status, headers=dict(headers or {}))
+class DatabaseUnavailable(ServiceUnavailable):
+    slug = "database-unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable; retry later", headers={"Retry-After": "5"})
+
+
+class HttpError(Problem):
+    """An error Starlette raised itself (no such route, method not allowed, ...)."""
+
+    def __init__(
+        self, status: int, detail: str | None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+        super().__init__(detail, headers=headers)
+        self.status, self.slug, self.title = status, phrase.lower().replace(" ", "-"), phrase
 
 
 def problem_response_for(request: Request, problem: Problem) -> ProblemResponse:
-    """The problem+json answer for a ``Problem``, raised or not."""
-    return problem_response(
-        request,
-        problem.status,
-        slug=problem.slug,
-        title=problem.title,
-        detail=problem.detail,
-        headers=problem.headers,
-        extra=problem.extra,
-    )
+    """The problem+json answer for a ``Problem``, raised or not: the one error builder."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + problem.slug,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "instance": request.url.path,
+        "request_id": request.scope.get("state", {}).get("request_id"),
+    }
+    body.update(problem.extra)
+    return ProblemResponse(body, status_code=problem.status, headers=problem.headers)
 
 
 async def _handle_problem(request: Request, exc: Exception) -> ProblemResponse:
@@ -181,14 +199,7 @@ async def _handle_validation(request: Request, exc: Exception) -> ProblemRespons
         {"loc": _jsonable_loc(err.get("loc", ())), "msg": err.get("msg", ""), "type": err["type"]}
         for err in exc.errors()
     ]
-    return problem_response(
-        request,
-        422,
-        slug="validation-error",
-        title="Invalid request",
-        detail=f"{len(errors)} invalid field(s)",
-        extra={"errors": errors},
-    )
+    return problem_response_for(request, InvalidRequest(errors))
 
 
 def allowed_methods(request: Request) -> str:
@@ -207,12 +218,8 @@ async def _handle_http(request: Request, exc: Exception) -> ProblemResponse:
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         headers["Allow"] = allowed_methods(request)
-    return problem_response(
-        request,
-        exc.status_code,
-        detail=exc.detail if exc.status_code != 404 else "no such resource",
-        headers=headers,
-    )
+    detail = exc.detail if exc.status_code != 404 else "no such resource"
+    return problem_response_for(request, HttpError(exc.status_code, detail, headers))
 
 
 def database_error_summary(exc: BaseException) -> str:
@@ -227,27 +234,15 @@ async def _handle_database_error(request: Request, exc: Exception) -> ProblemRes
     if isinstance(exc, IntegrityError):
         # Services check what they can up front; what is left is a race with another writer.
         logger.warning("integrity conflict: %s", database_error_summary(exc))
-        return problem_response(
-            request,
-            409,
-            slug="conflict",
-            title="Conflict",
-            detail="the change conflicts with the current state; reload and retry",
-        )
+        conflict = Conflict("the change conflicts with the current state; reload and retry")
+        return problem_response_for(request, conflict)
     if isinstance(exc, OperationalError | PoolTimeoutError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
         logger.error("database unavailable: %s", database_error_summary(exc))
-        return problem_response(
-            request,
-            503,
-            slug="database-unavailable",
-            title="Service unavailable",
-            detail="the database is unavailable; retry later",
-            headers={"Retry-After": "5"},
-        )
+        return problem_response_for(request, DatabaseUnavailable())
     logger.error("database error: %s", database_error_summary(exc))
-    return problem_response(request, 500, slug="internal-error", detail="unexpected error")
+    return problem_response_for(request, InternalError())
 
 
 def register_error_handlers(app: FastAPI) -> None:

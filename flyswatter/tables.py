@@ -1,7 +1,7 @@
 """Every table model, imported so that ``SQLModel.metadata`` is complete (Alembic, tests)."""
 
 from flyswatter.comments.models import Comment
-from flyswatter.idempotency import IdempotencyRecord
+from flyswatter.http.idempotency import IdempotencyRecord
 from flyswatter.issues.models import Activity, Issue
 from flyswatter.labels.models import IssueLabel, Label
 from flyswatter.projects.models import Project, ProjectMember

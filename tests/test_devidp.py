@@ -26,13 +26,13 @@ from keycloak import KeycloakOpenID
 from keycloak.exceptions import KeycloakAuthenticationError, KeycloakPostError
 
 from flyswatter.app import create_app
-from flyswatter.auth.devidp import (
+from flyswatter.config import Settings
+from flyswatter.dev.demo import DEMO_PROJECT_KEY, DEMO_ROLES, quickstart, seed_demo_project
+from flyswatter.dev.identity_provider import (
     BackgroundServer,
     DevIdentityProvider,
     start_dev_identity_provider,
 )
-from flyswatter.config import Settings
-from flyswatter.demo import DEMO_PROJECT_KEY, DEMO_ROLES, quickstart, seed_demo_project
 
 SERVICE_SECRET = "flyswatter-service-dev-secret"
 READONLY_SECRET = "flyswatter-readonly-service-dev-secret"
@@ -267,7 +267,7 @@ class TestKeycloakCompatibility:
         code = (
             "import sys, flyswatter.cli, flyswatter.app; "
             "flyswatter.app.create_app(flyswatter.config.Settings(keycloak_url='http://x.test')); "
-            "print('flyswatter.auth.devidp' in sys.modules)"
+            "print(any(name.startswith('flyswatter.dev') for name in sys.modules))"
         )
         result = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

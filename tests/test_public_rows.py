@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from flyswatter.http.pagination import Page
 from flyswatter.issues.models import IssuePublic
-from flyswatter.pagination import Page
 from tests.conftest import Api
 from tests.issue_helpers import Team, make_team
 

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from flyswatter.http.pagination import decode_cursor, encode_cursor
 from flyswatter.issues import listing
 from flyswatter.issues.listing import (
     IssueFilters,
@@ -25,7 +26,6 @@ from flyswatter.issues.listing import (
     page_statement,
 )
 from flyswatter.issues.models import IssueStatus, Priority
-from flyswatter.pagination import encode_cursor
 from tests.conftest import Api
 from tests.issue_helpers import ROLES, make_team
 
@@ -139,7 +139,8 @@ async def explain(app: FastAPI, statement: object, *, analyze: bool = False) -> 
 
 def page(seeded: Seeded, sort: IssueSort, cursor: str | None = None, **filters: object) -> object:
     matching = list_statement(seeded.project_id, IssueFilters(**filters), sort, "postgresql")  # type: ignore[arg-type]
-    return page_statement(matching, sort, cursor, LIMIT)
+    after = None if cursor is None else decode_cursor(cursor, sort.value, sort.cursor_types)
+    return page_statement(matching, sort, after, LIMIT + 1)
 
 
 def deep_cursor() -> str:

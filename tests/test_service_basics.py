@@ -134,7 +134,7 @@ class TestOpenApi:
 
 
 def test_added_headers_never_override_or_repeat_what_the_response_set() -> None:
-    from flyswatter.observability.requests import add_missing_headers
+    from flyswatter.http.headers import add_missing_headers
 
     message = {
         "type": "http.response.start",

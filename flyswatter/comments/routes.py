@@ -15,32 +15,26 @@ from flyswatter.auth.tokens import Principal
 from flyswatter.comments.models import Comment, CommentCreate, CommentPublic, CommentUpdate
 from flyswatter.db import MAX_ROW_ID, SessionDep, utcnow
 from flyswatter.errors import Forbidden, NotFound, problem_responses
-from flyswatter.idempotency import IdempotencyDep
-from flyswatter.issues.models import ActivityAction, Issue
-from flyswatter.issues.service import (
+from flyswatter.http.conditional import (
     NOT_MODIFIED,
     IfMatch,
     IfNoneMatch,
+    check_if_match,
+    etag_of,
+    not_modified,
+)
+from flyswatter.http.idempotency import IdempotencyDep
+from flyswatter.http.pagination import KeysetDep, Page
+from flyswatter.issues.models import ActivityAction, Issue
+from flyswatter.issues.service import (
     IssueAccess,
     IssueForReading,
     IssueForWriting,
-    check_if_match,
-    etag_of,
     load_issue_access,
-    not_modified,
     record_activity,
     users_by_id,
 )
 from flyswatter.observability.metrics import COMMENTS_CREATED
-from flyswatter.pagination import (
-    DEFAULT_LIMIT,
-    CursorParam,
-    LimitParam,
-    Page,
-    decode_cursor,
-    encode_cursor,
-    set_next_link,
-)
 from flyswatter.projects.models import Project, Role
 
 router = APIRouter(tags=["comments"])
@@ -119,24 +113,19 @@ def _may_moderate(access: CommentAccess, principal: Principal, action: str) -> N
     responses=problem_responses(400) | AUTH_ERRORS,
 )
 async def list_comments(
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    access: IssueForReading,
-    cursor: CursorParam = None,
-    limit: LimitParam = DEFAULT_LIMIT,
+    session: SessionDep, access: IssueForReading, keyset: KeysetDep
 ) -> Page[CommentPublic]:
     """The issue's comments, oldest first."""
     statement = select(Comment).where(Comment.issue_id == access.issue.id)
-    if cursor is not None:
-        (after,) = decode_cursor(cursor, "id", (int,))
-        statement = statement.where(col(Comment.id) > after)
-    rows = list((await session.exec(statement.order_by(col(Comment.id)).limit(limit + 1))).all())
-    page = rows[:limit]
-    cursor_out = encode_cursor("id", [page[-1].id]) if len(rows) > limit else None
-    set_next_link(request, response, cursor_out)
-    items = await build_public_comments(session, access.key, page)
-    return Page(items=items, next_cursor=cursor_out)
+    if (after := keyset.after("id", (int,))) is not None:
+        statement = statement.where(col(Comment.id) > after[0])
+    rows = (await session.exec(statement.order_by(col(Comment.id)).limit(keyset.fetch))).all()
+    return await keyset.page(
+        rows,
+        sort="id",
+        key=lambda comment: [comment.id],
+        build=lambda page: build_public_comments(session, access.key, page),
+    )
 
 
 @router.post(
@@ -192,8 +181,8 @@ async def get_comment(
     if_none_match: IfNoneMatch = None,
 ) -> CommentPublic | Response:
     access = await load_comment_access(session, principal, id)
-    if not_modified(if_none_match, access.etag):
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": access.etag})
+    if (unchanged := not_modified(if_none_match, access.etag)) is not None:
+        return unchanged
     response.headers["ETag"] = access.etag
     (public,) = await build_public_comments(session, access.issue_access.key, [access.comment])
     return public

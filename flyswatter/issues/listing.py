@@ -6,7 +6,6 @@ pair with an index range scan; page 10,000 costs what page 1 costs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -35,7 +34,6 @@ from flyswatter.db import UTCDateTime
 from flyswatter.errors import BadRequest
 from flyswatter.issues.models import Issue, IssueStatus, IssueType, Priority
 from flyswatter.labels.models import IssueLabel, Label
-from flyswatter.pagination import decode_cursor, encode_cursor
 
 SEARCH_CONFIG = "english"
 MAX_QUERY_LENGTH = 200
@@ -69,6 +67,17 @@ class IssueSort(StrEnum):
     @property
     def cursor_type(self) -> type:
         return int if self.value.endswith("priority") else str
+
+    @property
+    def cursor_types(self) -> tuple[type, type]:
+        """The types of a cursor's values: the sort value, then the issue id."""
+        return (self.cursor_type, int)
+
+    def cursor_values(self, issue: Any) -> list[Any]:
+        """The cursor after ``issue`` (an entity or a row with the sort columns)."""
+        if self.cursor_type is int:
+            return [issue.priority_rank, issue.id]
+        return [getattr(issue, self.value.lstrip("-")).isoformat(), issue.id]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,29 +158,27 @@ def list_statement(
 
 
 def page_statement(
-    statement: SelectOfScalar[Issue], sort: IssueSort, cursor: str | None, limit: int
+    statement: SelectOfScalar[Issue], sort: IssueSort, after: list[Any] | None, rows: int
 ) -> SelectOfScalar[Issue]:
-    """One page: after the cursor's (sort value, id), ordered, with one row of look-ahead."""
+    """``rows`` issues after the cursor's (sort value, id), in page order."""
     column = sort.column
     after_cursor: ColumnElement[bool] | None = None
-    if cursor is not None:
-        value, issue_id = decode_cursor(cursor, sort.value, (sort.cursor_type, int))
+    if after is not None:
+        value, issue_id = after
         sort_value = (
             literal(_parse_timestamp(value), type_=UTCDateTime())
             if sort.cursor_type is str
             else literal(value)
         )
         position = tuple_(column, col(Issue.id))
-        after = tuple_(sort_value, literal(issue_id))
-        after_cursor = position < after if sort.descending else position > after
+        start = tuple_(sort_value, literal(issue_id))
+        after_cursor = position < start if sort.descending else position > start
         statement = statement.where(after_cursor)
     search = statement.get_execution_options().get(_SEARCH_OPTION)
     if search is not None:
         project_id, filters = search
-        statement = statement.where(
-            _bounded_search(project_id, filters, sort, after_cursor, limit + 1)
-        )
-    return statement.order_by(*_page_order(sort)).limit(limit + 1)
+        statement = statement.where(_bounded_search(project_id, filters, sort, after_cursor, rows))
+    return statement.order_by(*_page_order(sort)).limit(rows)
 
 
 def _page_order(sort: IssueSort) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
@@ -245,17 +252,6 @@ def _bounded_search(
     # ...)" would be a semi-join), so the outer statement looks candidates up by primary key.
     ids = select(func.array_agg(candidates.c.id)).correlate(None).scalar_subquery()
     return col(Issue.id) == any_(cast(ids, ARRAY(Integer)))
-
-
-def next_cursor(issues: Sequence[Any], sort: IssueSort) -> str:
-    """The cursor after the last of ``issues`` (entities or rows with the sort columns)."""
-    last = issues[-1]
-    value: Any
-    if sort.cursor_type is int:
-        value = last.priority_rank
-    else:
-        value = getattr(last, sort.value.lstrip("-")).isoformat()
-    return encode_cursor(sort.value, [value, last.id])
 
 
 def _parse_timestamp(value: str) -> datetime:

@@ -15,13 +15,21 @@ from flyswatter.auth.dependencies import IssuesRead
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep, utcnow
 from flyswatter.errors import Conflict, NotFound, problem_responses
-from flyswatter.idempotency import IdempotencyDep
+from flyswatter.http.conditional import (
+    NOT_MODIFIED,
+    IfMatch,
+    IfNoneMatch,
+    check_if_match,
+    etag_of,
+    not_modified,
+)
+from flyswatter.http.idempotency import IdempotencyDep
+from flyswatter.http.pagination import CountParam, KeysetDep, Page
 from flyswatter.issues.listing import (
     MAX_QUERY_LENGTH,
     IssueFilters,
     IssueSort,
     list_statement,
-    next_cursor,
     page_statement,
 )
 from flyswatter.issues.models import (
@@ -40,10 +48,7 @@ from flyswatter.issues.models import (
 )
 from flyswatter.issues.service import (
     ISSUES_WITH_PEOPLE,
-    NOT_MODIFIED,
     PUBLIC_ISSUE_COLUMNS,
-    IfMatch,
-    IfNoneMatch,
     IssueAccess,
     IssueForReading,
     IssueForWriting,
@@ -51,11 +56,8 @@ from flyswatter.issues.service import (
     allocate_issue_number,
     build_public_issue,
     build_public_issues,
-    check_if_match,
-    etag_of,
     issue_label_names,
     labels_by_name,
-    not_modified,
     public_issues_page,
     read_issue,
     record_activity,
@@ -64,16 +66,6 @@ from flyswatter.issues.service import (
 )
 from flyswatter.labels.models import IssueLabel, LabelName, label_id
 from flyswatter.observability.metrics import ISSUE_TRANSITIONS, ISSUES_CREATED
-from flyswatter.pagination import (
-    DEFAULT_LIMIT,
-    CountParam,
-    CursorParam,
-    LimitParam,
-    Page,
-    decode_cursor,
-    encode_cursor,
-    set_next_link,
-)
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess, project_access
 
@@ -149,10 +141,9 @@ async def create_issue(
     responses=problem_responses(400) | AUTH_ERRORS,
 )
 async def list_issues(
-    request: Request,
-    response: Response,
     session: SessionDep,
     access: ProjectForReadingIssues,
+    keyset: KeysetDep,
     status_: Annotated[
         list[IssueStatus] | None, Query(alias="status", description="Any of these statuses.")
     ] = None,
@@ -182,8 +173,6 @@ async def list_issues(
     sort: Annotated[IssueSort, Query(description="Order; `-` for descending.")] = (
         IssueSort.updated_desc
     ),
-    cursor: CursorParam = None,
-    limit: LimitParam = DEFAULT_LIMIT,
     count: CountParam = False,
 ) -> Page[IssuePublic]:
     me = access.principal.subject
@@ -202,18 +191,22 @@ async def list_issues(
     if count:
         total = (await session.exec(select(func.count()).select_from(matching.subquery()))).one()
     # The page with its people in one statement of Core rows, then its labels in one more.
-    paged = page_statement(matching, sort, cursor, limit)
+    paged = page_statement(
+        matching, sort, keyset.after(sort.value, sort.cursor_types), keyset.fetch
+    )
     connection = await session.connection()
     rows = list(
         await connection.execute(
             paged.with_only_columns(*PUBLIC_ISSUE_COLUMNS).select_from(ISSUES_WITH_PEOPLE)
         )
     )
-    page = rows[:limit]
-    cursor_out = next_cursor(page, sort) if len(rows) > limit else None
-    set_next_link(request, response, cursor_out)
-    items = await public_issues_page(session, access.project.key, page)
-    return Page(items=items, next_cursor=cursor_out, total=total)
+    return await keyset.page(
+        rows,
+        sort=sort.value,
+        key=sort.cursor_values,
+        build=lambda page: public_issues_page(session, access.project.key, page),
+        total=total,
+    )
 
 
 @router.get(
@@ -230,8 +223,8 @@ async def get_issue(
 ) -> IssuePublic | Response:
     # The hottest read: access, issue and people in one statement, labels in a second.
     found = await read_issue(session, principal, issue_key)
-    if not_modified(if_none_match, found.etag):
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": found.etag})
+    if (unchanged := not_modified(if_none_match, found.etag)) is not None:
+        return unchanged
     response.headers["ETag"] = found.etag
     (public,) = await public_issues_page(session, found.project_key, [found.row])
     return public
@@ -497,22 +490,24 @@ async def _change_labels(
     responses=problem_responses(400) | AUTH_ERRORS,
 )
 async def list_activity(
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    access: IssueForReading,
-    cursor: CursorParam = None,
-    limit: LimitParam = DEFAULT_LIMIT,
+    session: SessionDep, access: IssueForReading, keyset: KeysetDep
 ) -> Page[ActivityPublic]:
     """The issue's history, oldest first."""
     statement = select(Activity).where(Activity.issue_id == access.issue.id)
-    if cursor is not None:
-        (after,) = decode_cursor(cursor, "id", (int,))
-        statement = statement.where(col(Activity.id) > after)
-    rows = list((await session.exec(statement.order_by(col(Activity.id)).limit(limit + 1))).all())
-    page = rows[:limit]
+    if (after := keyset.after("id", (int,))) is not None:
+        statement = statement.where(col(Activity.id) > after[0])
+    rows = (await session.exec(statement.order_by(col(Activity.id)).limit(keyset.fetch))).all()
+    return await keyset.page(
+        rows,
+        sort="id",
+        key=lambda row: [row.id],
+        build=lambda page: _public_activity(session, page),
+    )
+
+
+async def _public_activity(session: SessionDep, page: list[Activity]) -> list[ActivityPublic]:
     actors = await users_by_id(session, [row.actor_id for row in page])
-    items = [
+    return [
         ActivityPublic(
             id=row.id or 0,
             action=row.action,
@@ -526,6 +521,3 @@ async def list_activity(
         )
         for row in page
     ]
-    cursor_out = encode_cursor("id", [page[-1].id]) if len(rows) > limit else None
-    set_next_link(request, response, cursor_out)
-    return Page(items=items, next_cursor=cursor_out)

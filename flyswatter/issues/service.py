@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, cast
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy import FromClause, and_, bindparam, update
 from sqlalchemy import select as sa_select
 from sqlmodel import SQLModel, col, select
@@ -18,7 +18,8 @@ from flyswatter.auth.dependencies import require_scopes
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
 from flyswatter.db import MAX_ROW_ID, SessionDep
-from flyswatter.errors import NotFound, PreconditionFailed, UnprocessableEntity
+from flyswatter.errors import NotFound, UnprocessableEntity
+from flyswatter.http.conditional import etag_of
 from flyswatter.issues.models import (
     Activity,
     ActivityAction,
@@ -47,20 +48,6 @@ IssueKeyPath = Annotated[
         examples=["FLY-42"],
     ),
 ]
-NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
-    304: {"description": "Not modified (the ETag in If-None-Match still holds)"}
-}
-IfMatch = Annotated[
-    str | None,
-    Header(
-        max_length=200,
-        description="Apply only if the resource still has this ETag (else 412).",
-    ),
-]
-IfNoneMatch = Annotated[
-    str | None,
-    Header(max_length=200, description="Answer 304 if the resource still has this ETag."),
-]
 
 
 def parse_issue_key(issue_key: str) -> tuple[str, int]:
@@ -70,28 +57,6 @@ def parse_issue_key(issue_key: str) -> tuple[str, int]:
     if int(number) > MAX_ROW_ID:
         raise NotFound(f"issue {issue_key} not found")
     return project_key.upper(), int(number)
-
-
-def etag_of(kind: str, row_id: int | None, version: int) -> str:
-    return f'"{kind}-{row_id}-v{version}"'
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    candidates = [part.strip() for part in header.split(",")]
-    # Weak comparison, as RFC 9110 asks for If-None-Match; our tags are strong anyway.
-    return "*" in candidates or etag in candidates or f"W/{etag}" in candidates
-
-
-def check_if_match(if_match: str | None, etag: str) -> None:
-    if if_match is not None and not _etag_matches(if_match, etag):
-        raise PreconditionFailed(
-            "the resource changed since you read it; fetch it again and retry",
-            extra={"current_etag": etag},
-        )
-
-
-def not_modified(if_none_match: str | None, etag: str) -> bool:
-    return if_none_match is not None and _etag_matches(if_none_match, etag)
 
 
 @dataclass(slots=True)

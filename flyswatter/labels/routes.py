@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -12,16 +12,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep
 from flyswatter.errors import Conflict, NotFound, problem_responses
+from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.labels.models import Label, LabelCreate, LabelPublic, LabelUpdate
-from flyswatter.pagination import (
-    DEFAULT_LIMIT,
-    CursorParam,
-    LimitParam,
-    Page,
-    decode_cursor,
-    encode_cursor,
-    set_next_link,
-)
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess, project_access
 
@@ -63,23 +55,19 @@ async def _commit_or_conflict(session: AsyncSession, name: str) -> None:
 
 @router.get("", response_model=Page[LabelPublic], responses=problem_responses(400) | AUTH_ERRORS)
 async def list_labels(
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    access: ProjectForReading,
-    cursor: CursorParam = None,
-    limit: LimitParam = DEFAULT_LIMIT,
+    session: SessionDep, access: ProjectForReading, keyset: KeysetDep
 ) -> Page[LabelPublic]:
     """The project's labels, by name."""
     statement = select(Label).where(Label.project_id == access.project_id)
-    if cursor is not None:
-        (after,) = decode_cursor(cursor, "name", (str,))
-        statement = statement.where(col(Label.name) > after)
-    rows = list((await session.exec(statement.order_by(col(Label.name)).limit(limit + 1))).all())
-    page = rows[:limit]
-    cursor_out = encode_cursor("name", [page[-1].name]) if len(rows) > limit else None
-    set_next_link(request, response, cursor_out)
-    return Page(items=[to_public(label) for label in page], next_cursor=cursor_out)
+    if (after := keyset.after("name", (str,))) is not None:
+        statement = statement.where(col(Label.name) > after[0])
+    rows = (await session.exec(statement.order_by(col(Label.name)).limit(keyset.fetch))).all()
+    return await keyset.page(
+        rows,
+        sort="name",
+        key=lambda label: [label.name],
+        build=lambda page: [to_public(label) for label in page],
+    )
 
 
 @router.post(

@@ -35,8 +35,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flyswatter.config import Settings
 from flyswatter.errors import Problem, ProblemResponse, problem_response_for
+from flyswatter.http.headers import add_missing_headers
 from flyswatter.observability.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
-from flyswatter.observability.requests import add_missing_headers
 
 logger = logging.getLogger("flyswatter.ratelimit")
 

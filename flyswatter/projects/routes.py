@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -13,16 +13,7 @@ from flyswatter.auth.dependencies import ProjectsRead, ProjectsWrite
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep, utcnow
 from flyswatter.errors import Conflict, NotFound, problem_responses
-from flyswatter.pagination import (
-    DEFAULT_LIMIT,
-    CountParam,
-    CursorParam,
-    LimitParam,
-    Page,
-    decode_cursor,
-    encode_cursor,
-    set_next_link,
-)
+from flyswatter.http.pagination import CountParam, KeysetDep, Page
 from flyswatter.projects.models import (
     MemberPublic,
     MemberUpsert,
@@ -74,12 +65,9 @@ def member_public(member: ProjectMember, user: User) -> MemberPublic:
 
 @router.get("", response_model=Page[ProjectPublic], responses=problem_responses(400) | AUTH_ERRORS)
 async def list_projects(
-    request: Request,
-    response: Response,
     session: SessionDep,
     principal: ProjectsRead,
-    cursor: CursorParam = None,
-    limit: LimitParam = DEFAULT_LIMIT,
+    keyset: KeysetDep,
     count: CountParam = False,
     include_archived: Annotated[bool, Query(description="Also list archived projects.")] = False,
 ) -> Page[ProjectPublic]:
@@ -100,14 +88,18 @@ async def list_projects(
     total = None
     if count:
         total = (await session.exec(select(func.count()).select_from(statement.subquery()))).one()
-    if cursor is not None:
-        (after_key,) = decode_cursor(cursor, "key", (str,))
-        statement = statement.where(Project.key > after_key)
-    rows = (await session.exec(statement.order_by(Project.key).limit(limit + 1))).all()
-    items = [to_public(project, Role(role) if role else None) for project, role in rows[:limit]]
-    next_cursor = encode_cursor("key", [items[-1].key]) if len(rows) > limit else None
-    set_next_link(request, response, next_cursor)
-    return Page(items=items, next_cursor=next_cursor, total=total)
+    if (after := keyset.after("key", (str,))) is not None:
+        statement = statement.where(Project.key > after[0])
+    rows = (await session.exec(statement.order_by(Project.key).limit(keyset.fetch))).all()
+    return await keyset.page(
+        rows,
+        sort="key",
+        key=lambda row: [row[0].key],
+        build=lambda page: [
+            to_public(project, Role(role) if role else None) for project, role in page
+        ],
+        total=total,
+    )
 
 
 @router.post(
@@ -179,28 +171,24 @@ async def archive_project(session: SessionDep, access: ProjectForManaging) -> No
     responses=problem_responses(400, 404) | AUTH_ERRORS,
 )
 async def list_members(
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    access: ProjectForReading,
-    cursor: CursorParam = None,
-    limit: LimitParam = DEFAULT_LIMIT,
+    session: SessionDep, access: ProjectForReading, keyset: KeysetDep
 ) -> Page[MemberPublic]:
     statement = (
         select(ProjectMember, User)
         .join(User, col(User.id) == ProjectMember.user_id)
         .where(ProjectMember.project_id == access.project_id)
     )
-    if cursor is not None:
-        (after_user,) = decode_cursor(cursor, "user", (str,))
-        statement = statement.where(ProjectMember.user_id > after_user)
+    if (after := keyset.after("user", (str,))) is not None:
+        statement = statement.where(ProjectMember.user_id > after[0])
     rows = (
-        await session.exec(statement.order_by(col(ProjectMember.user_id)).limit(limit + 1))
+        await session.exec(statement.order_by(col(ProjectMember.user_id)).limit(keyset.fetch))
     ).all()
-    items = [member_public(member, user) for member, user in rows[:limit]]
-    next_cursor = encode_cursor("user", [items[-1].user_id]) if len(rows) > limit else None
-    set_next_link(request, response, next_cursor)
-    return Page(items=items, next_cursor=next_cursor)
+    return await keyset.page(
+        rows,
+        sort="user",
+        key=lambda row: [row[0].user_id],
+        build=lambda page: [member_public(member, user) for member, user in page],
+    )
 
 
 @router.put(

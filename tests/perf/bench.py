@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from flyswatter.pagination import encode_cursor
+from flyswatter.http.pagination import encode_cursor
 from tests.identity import JwksServer, TokenFactory
 from tests.perf.seed import (
     BENCH_USER,

@@ -22,10 +22,10 @@ from fastapi import FastAPI
 from flyswatter.app import create_app
 from flyswatter.auth.dependencies import AnyPrincipal
 from flyswatter.config import Settings
+from flyswatter.http.context import RequestContextMiddleware
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.logs import configure_logging
 from flyswatter.observability.ratelimit import RateLimitMiddleware
-from flyswatter.observability.requests import RequestContextMiddleware
 
 PROBE_PATH = "/api/v1/bench/probe"
 # The pieces of the stack, by the names BENCH_STACK_WITHOUT takes; the limiter is its

@@ -8,9 +8,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from flyswatter.body_limit import BodySizeLimitMiddleware
 from flyswatter.config import Settings
 from flyswatter.db import SessionMiddleware
+from flyswatter.http.body_limit import BodySizeLimitMiddleware
 from tests.identity import TokenFactory
 from tests.perf.stackapp import PIECES, PROBE_PATH, build
 

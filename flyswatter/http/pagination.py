@@ -1,4 +1,4 @@
-"""Keyset (cursor) pagination shared by every list.
+"""Keyset (cursor) pagination: the one helper every list pages with.
 
 A cursor is the sort key of the last row of a page, so the next page is an index range
 scan starting after it: cost does not grow with depth. Cursors are opaque to clients
@@ -11,14 +11,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from inspect import isawaitable
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from flyswatter.errors import BadRequest
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -72,9 +76,56 @@ def decode_cursor(cursor: str, sort: str, types: tuple[type, ...]) -> list[Any]:
     return decoded[1:]
 
 
-def set_next_link(request: Request, response: Response, next_cursor: str | None) -> None:
-    """RFC 8288 ``Link: <...>; rel="next"`` keeping every other query parameter."""
-    if next_cursor is None:
-        return
-    url = request.url.include_query_params(cursor=next_cursor)
-    response.headers["Link"] = f'<{url}>; rel="next"'
+@dataclass(slots=True)
+class Keyset:
+    """The page a list request asks for (``cursor``, ``limit``) and the answer's ``Link``.
+
+    A list fetches ``fetch`` rows after ``after(...)`` in its order; ``page`` keeps
+    ``limit`` of them, turns the look-ahead row into the next cursor and its
+    RFC 8288 ``Link: <...>; rel="next"`` header (every other query parameter kept).
+    """
+
+    request: Request
+    response: Response
+    cursor: str | None
+    limit: int
+
+    @property
+    def fetch(self) -> int:
+        # One row of look-ahead tells whether there is a next page, without a count.
+        return self.limit + 1
+
+    def after(self, sort: str, types: tuple[type, ...]) -> list[Any] | None:
+        """The sort key the page starts after, or None for the first page."""
+        return None if self.cursor is None else decode_cursor(self.cursor, sort, types)
+
+    async def page(
+        self,
+        rows: Sequence[R],
+        *,
+        sort: str,
+        key: Callable[[R], list[Any]],
+        build: Callable[[list[R]], list[T] | Awaitable[list[T]]],
+        total: int | None = None,
+    ) -> Page[T]:
+        shown = list(rows[: self.limit])
+        next_cursor = encode_cursor(sort, key(shown[-1])) if len(rows) > self.limit else None
+        if next_cursor is not None:
+            url = self.request.url.include_query_params(cursor=next_cursor)
+            self.response.headers["Link"] = f'<{url}>; rel="next"'
+        items = build(shown)
+        if isawaitable(items):
+            items = await items
+        return Page(items=items, next_cursor=next_cursor, total=total)
+
+
+async def keyset(
+    request: Request,
+    response: Response,
+    cursor: CursorParam = None,
+    limit: LimitParam = DEFAULT_LIMIT,
+) -> Keyset:
+    return Keyset(request, response, cursor, limit)
+
+
+KeysetDep = Annotated[Keyset, Depends(keyset)]

@@ -12,9 +12,9 @@ import shlex
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flyswatter.auth.devidp import DevIdentityProvider, DevRealm, Identity
 from flyswatter.config import Settings
 from flyswatter.db import create_engine
+from flyswatter.dev.identity_provider import DevIdentityProvider, DevRealm, Identity
 from flyswatter.projects.models import Project, ProjectMember, Role
 from flyswatter.users.models import User
 

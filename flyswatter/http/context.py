@@ -11,12 +11,12 @@ import re
 import time
 import traceback
 import uuid
-from collections.abc import Iterable
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flyswatter.errors import problem_response
+from flyswatter.errors import InternalError, problem_response_for
+from flyswatter.http.headers import SECURITY_HEADER_PAIRS, add_missing_headers
 from flyswatter.observability.logs import request_id_var
 
 logger = logging.getLogger("flyswatter.requests")
@@ -25,27 +25,6 @@ REQUEST_ID_HEADER = "x-request-id"
 # A client's id is echoed into headers and logs, so only a safe, short alphabet is taken.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-SECURITY_HEADERS = (
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
-    ("cache-control", "private, no-cache"),
-)
-_SECURITY_HEADER_PAIRS = tuple((name.encode(), value.encode()) for name, value in SECURITY_HEADERS)
-
-
-def add_missing_headers(message: Message, pairs: Iterable[tuple[bytes, bytes]]) -> None:
-    """Append the headers (lower-case names, encoded) that the response does not set itself.
-
-    One pass over the raw header list instead of a ``MutableHeaders`` lookup per header:
-    every response goes through this, several times.
-    """
-    headers = message.get("headers")
-    if not isinstance(headers, list):
-        headers = message["headers"] = list(headers or ())
-    present = {name.lower() for name, _ in headers}
-    headers.extend(pair for pair in pairs if pair[0] not in present)
 
 
 def incoming_request_id(scope: Scope) -> str:
@@ -79,7 +58,7 @@ class RequestContextMiddleware:
                 response_started = True
                 status_code = message["status"]
                 add_missing_headers(
-                    message, ((b"x-request-id", request_id.encode()), *_SECURITY_HEADER_PAIRS)
+                    message, ((b"x-request-id", request_id.encode()), *SECURITY_HEADER_PAIRS)
                 )
             await send(message)
 
@@ -91,9 +70,7 @@ class RequestContextMiddleware:
             logger.error("unhandled %s\n%s", type(exc).__name__, frames)
             if response_started:
                 raise
-            response = problem_response(
-                Request(scope), 500, slug="internal-error", detail="unexpected error"
-            )
+            response = problem_response_for(Request(scope), InternalError())
             await response(scope, receive, send_with_headers)
         finally:
             path = scope.get("path", "")

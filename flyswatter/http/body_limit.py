@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flyswatter.errors import problem_response
+from flyswatter.errors import PayloadTooLarge, problem_response_for
 
 
 class BodySizeLimitMiddleware:
@@ -71,12 +71,8 @@ class BodySizeLimitMiddleware:
         return None
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
-            Request(scope),
-            413,
-            slug="payload-too-large",
-            title="Payload too large",
-            detail=f"request bodies are limited to {self.max_bytes} bytes",
-            headers={"Connection": "close"},
+        too_large = PayloadTooLarge(
+            f"request bodies are limited to {self.max_bytes} bytes", headers={"Connection": "close"}
         )
+        response = problem_response_for(Request(scope), too_large)
         await response(scope, receive, send)
