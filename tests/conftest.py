@@ -11,21 +11,25 @@ import inspect
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
-from sqlmodel import SQLModel
 
-import flyswatter.tables  # noqa: F401 - every table on the metadata, for cleaning
 from flyswatter import migrations
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from tests.identity import ALL_SCOPES, JwksServer, TokenFactory
+from tests.support.api import Api
+from tests.support.database import empty_all_tables
+from tests.support.identity import ALL_SCOPES, JwksServer, TokenFactory
+from tests.support.servers import redis_is_up, server_url_of
 
 TEST_DATABASE_ENV = "FLYSWATTER_TEST_DATABASE_URL"
+TEST_REDIS_ENV = "FLYSWATTER_TEST_REDIS_URL"
+# Where CI and the project's machines run PostgreSQL and Redis (see .ci/run).
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -52,6 +56,23 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     if url:
         return url
     return f"sqlite:///{tmp_path_factory.mktemp('db') / 'flyswatter.db'}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url(database_url: str) -> str:
+    """A PostgreSQL server tests may create databases on (its ``postgres`` database): the
+    suite's own server on PostgreSQL runs, else the local one."""
+    if database_url.startswith("postgres"):
+        return server_url_of(database_url)
+    return LOCAL_POSTGRES
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis the tests may write their own keys to (never flushed)."""
+    url = os.environ.get(TEST_REDIS_ENV, LOCAL_REDIS)
+    assert redis_is_up(url), f"Redis must answer at {url} (set {TEST_REDIS_ENV}; .ci/run starts it)"
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -101,22 +122,9 @@ def migrated_database(base_settings: Settings) -> str:
     return base_settings.sync_database_url
 
 
-def _empty_all_tables(url: str) -> None:
-    engine = sa.create_engine(url)
-    tables = [table.name for table in reversed(SQLModel.metadata.sorted_tables)]
-    with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            quoted = ", ".join(f'"{name}"' for name in tables)
-            connection.exec_driver_sql(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE")
-        else:
-            for name in tables:
-                connection.exec_driver_sql(f'DELETE FROM "{name}"')
-    engine.dispose()
-
-
 @pytest.fixture
 def clean_database(migrated_database: str) -> str:
-    _empty_all_tables(migrated_database)
+    empty_all_tables(migrated_database)
     return migrated_database
 
 
@@ -149,58 +157,6 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
-
-
-class Api:
-    """A thin caller: ``api.as_user("alice").post(...)`` with a real signed token."""
-
-    def __init__(self, client: httpx.AsyncClient, tokens: TokenFactory) -> None:
-        self.client = client
-        self.tokens = tokens
-
-    def as_user(
-        self, username: str, *, scopes: list[str] | None = None, **claims: Any
-    ) -> AuthedClient:
-        token = self.tokens.user_token(username, scopes=scopes, **claims)
-        return AuthedClient(self.client, token)
-
-    def as_service(self, client_id: str, *, scopes: list[str] | None = None) -> AuthedClient:
-        return AuthedClient(self.client, self.tokens.service_token(client_id, scopes=scopes))
-
-
-class AuthedClient:
-    def __init__(self, client: httpx.AsyncClient, token: str) -> None:
-        self.client = client
-        self.token = token
-
-    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}", **(headers or {})}
-
-    async def request(
-        self, method: str, url: str, *, headers: dict[str, str] | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        return await self.client.request(method, url, headers=self._headers(headers), **kwargs)
-
-    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
-        return await self.request("GET", url, **kwargs)
-
-    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
-        return await self.request("POST", url, **kwargs)
-
-    async def put(self, url: str, **kwargs: Any) -> httpx.Response:
-        return await self.request("PUT", url, **kwargs)
-
-    async def patch(self, url: str, **kwargs: Any) -> httpx.Response:
-        return await self.request("PATCH", url, **kwargs)
-
-    async def delete(self, url: str, **kwargs: Any) -> httpx.Response:
-        return await self.request("DELETE", url, **kwargs)
-
-    async def sign_in(self) -> str:
-        """Call the API once so Flyswatter mirrors this identity; returns its user id."""
-        response = await self.get("/api/v1/users/me")
-        assert response.status_code == 200, response.text
-        return str(response.json()["id"])
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import pytest
 from sqlalchemy import event
 
 from flyswatter.issues.models import Activity
-from tests.conftest import Api, AuthedClient
-from tests.issue_helpers import Team, make_team, walk_pages
+from tests.support.api import Api, AuthedClient, Team, make_team, walk_pages
 
 ACTIVITY = "/api/v1/issues/FLY-1/activity"
 

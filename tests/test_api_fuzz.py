@@ -1,6 +1,6 @@
 """Schemathesis against the service's own OpenAPI: no 5xx, and every response is documented.
 
-A real server (uvicorn on loopback, the test database, real tokens) answers generated
+A real server (uvicorn on loopback in a thread, the test database, real tokens) answers generated
 requests for every operation, as a maintainer, as a service account and with a read-only
 token. Hypothesis is derandomised with a fixed number of examples, so a run is bounded
 and reproducible.
@@ -8,23 +8,20 @@ and reproducible.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from tests.conftest import _empty_all_tables
-from tests.identity import JwksServer, TokenFactory
+from flyswatter.dev.identity_provider import BackgroundServer
+from tests.support.database import empty_all_tables
+from tests.support.identity import JwksServer, TokenFactory
 
 schema = schemathesis.openapi.from_dict(
     create_app(Settings(keycloak_url="http://127.0.0.1:9")).openapi()
@@ -39,33 +36,20 @@ class LiveService:
     tokens: dict[str, str]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live(
     base_settings: Settings, migrated_database: str, jwks_server: JwksServer
 ) -> Iterator[LiveService]:
-    _empty_all_tables(migrated_database)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(base_settings), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    empty_all_tables(migrated_database)
+    server = BackgroundServer()
+    server.start(create_app(base_settings))
     factory = TokenFactory(jwks_server)
     tokens = {
         "maintainer": factory.user_token("fuzz-owner"),
         "service": factory.service_token("fuzz-bot"),
         "read-only": factory.user_token("fuzz-owner", scopes=["projects:read", "issues:read"]),
     }
-    url = f"http://127.0.0.1:{port}"
+    url = server.base_url
     with httpx.Client(base_url=url, timeout=10) as client:
         owner = {"Authorization": f"Bearer {tokens['maintainer']}"}
         bot = {"Authorization": f"Bearer {tokens['service']}"}
@@ -84,8 +68,7 @@ def live(
             )
         client.post("/api/v1/issues/FLY-1/comments", json={"body": "first"}, headers=owner)
     yield LiveService(url=url, tokens=tokens)
-    server.should_exit = True
-    thread.join(timeout=10)
+    server.stop()
 
 
 @schema.parametrize()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from jwcrypto import jwk, jwt
 
-from tests.identity import JwksServer, TokenFactory
+from tests.support.identity import JwksServer, TokenFactory
 
 ME = "/api/v1/users/me"
 NOW = int(time.time())

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api
-from tests.issue_helpers import Team, make_team
+from tests.support.api import Api, Team, make_team
 
 ISSUE = "/api/v1/issues/FLY-1"
 PARALLEL = 8

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,48 +12,8 @@ from fastapi import FastAPI
 from flyswatter import migrations
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from tests.identity import JwksServer, TokenFactory
-
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class PrivatePostgres:
-    """A PostgreSQL server of this test's own, so stopping it disturbs nobody else."""
-
-    def __init__(self) -> None:
-        assert PG_BIN is not None, "PostgreSQL server binaries are not installed"
-        # Outside pytest's root-only temp tree: the server runs as the postgres user.
-        self.root = Path(tempfile.mkdtemp(prefix="flyswatter-pg-"))
-        shutil.chown(self.root, "postgres", "postgres")
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.log = self.root / "postgres.log"
-        self._as_postgres(PG_BIN / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres")
-
-    @staticmethod
-    def _as_postgres(*command: object) -> None:
-        # PostgreSQL refuses to run as root; CI and developers run the suite as root here.
-        prefix = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
-        subprocess.run([*prefix, *map(str, command)], check=True, capture_output=True, timeout=60)
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._as_postgres(
-            PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start"
-        )
-
-    def stop(self) -> None:
-        self._as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+from tests.support.identity import JwksServer, TokenFactory
+from tests.support.servers import PrivatePostgres
 
 
 @pytest.fixture
@@ -68,24 +23,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     try:
         yield server
     finally:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                f"{PG_BIN}/pg_ctl",
-                "-D",
-                str(server.data),
-                "-m",
-                "immediate",
-                "stop",
-            ],
-            capture_output=True,
-            check=False,
-            timeout=60,
-        )
-        shutil.rmtree(server.root, ignore_errors=True)
+        server.remove()
 
 
 @pytest.fixture

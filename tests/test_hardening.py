@@ -11,7 +11,7 @@ import pytest
 from flyswatter.app import create_app
 from flyswatter.cli import serve_options
 from flyswatter.config import Settings
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:

@@ -8,8 +8,7 @@ from collections.abc import Mapping
 import httpx
 import pytest
 
-from tests.conftest import Api, AuthedClient
-from tests.issue_helpers import Team, make_team
+from tests.support.api import Api, AuthedClient, Team, make_team
 
 ISSUES = "/api/v1/projects/FLY/issues"
 COMMENTS = "/api/v1/issues/FLY-1/comments"

@@ -14,8 +14,7 @@ from sqlalchemy import insert, update
 from sqlmodel import col
 
 from flyswatter.issues.models import Issue
-from tests.conftest import Api
-from tests.issue_helpers import Team, make_team, walk_pages
+from tests.support.api import Api, Team, make_team, walk_pages
 
 LIST = "/api/v1/projects/FLY/issues"
 PRIORITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}

@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.conftest import Api
-from tests.issue_helpers import Team, make_team
+from tests.support.api import Api, Team, make_team
 
 
 @pytest.fixture

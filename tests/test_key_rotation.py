@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from tests.identity import JwksServer, TokenFactory
+from tests.support.identity import JwksServer, TokenFactory
 
 ME = "/api/v1/users/me"
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Api
-from tests.issue_helpers import Team, make_team, walk_pages
+from tests.support.api import Api, Team, make_team, walk_pages
 
 LABELS = "/api/v1/projects/FLY/labels"
 

@@ -22,9 +22,8 @@ from starlette.routing import Route
 from flyswatter.observability.exposition import render_metrics
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.multiprocess import MULTIPROC_DIR_ENV, prepare_multiprocess_dir
-from tests.conftest import Api
-from tests.identity import TokenFactory, new_signing_key
-from tests.issue_helpers import make_team
+from tests.support.api import Api, make_team
+from tests.support.identity import TokenFactory, new_signing_key
 
 
 def sample(name: str, **labels: str) -> float:

@@ -16,8 +16,7 @@ from sqlmodel import col
 from flyswatter.issues.models import Issue
 from flyswatter.labels.models import IssueLabel, Label
 from flyswatter.projects.models import Project
-from tests.conftest import Api
-from tests.issue_helpers import ROLES, Team, make_team
+from tests.support.api import ROLES, Api, Team, make_team
 
 LIST = "/api/v1/projects/FLY/issues"
 LABELS = ("ui", "backend", "urgent", "docs")

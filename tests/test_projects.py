@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Api, AuthedClient
+from tests.support.api import Api, AuthedClient
 
 PROJECTS = "/api/v1/projects"
 

@@ -27,8 +27,8 @@ import psycopg
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.identity import JwksServer, TokenFactory, new_signing_key
-from tests.served import ServedFlyswatter, free_port, redis_is_up, served_database
+from tests.support.identity import JwksServer, TokenFactory, new_signing_key
+from tests.support.servers import ServedFlyswatter, free_port, served_database
 
 pytestmark = pytest.mark.slow
 
@@ -255,20 +255,22 @@ def stack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served_url(database_url: str, migrated_database: str) -> Iterator[str]:
-    with served_database(database_url) as url:
+def served_url(database_url: str, migrated_database: str, postgres_url: str) -> Iterator[str]:
+    with served_database(database_url, postgres_url) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def stack(served_url: str, jwks_server: JwksServer, stack_root: Path) -> Iterator[Stack]:
-    assert redis_is_up(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
+def stack(
+    served_url: str, jwks_server: JwksServer, stack_root: Path, redis_url: str
+) -> Iterator[Stack]:
     metrics_dir = stack_root / "metrics"
     metrics_dir.mkdir()
     served = ServedFlyswatter(
         database_url=served_url,
         jwks_server=jwks_server,
         log_path=stack_root / "serve.log",
+        redis_url=redis_url,
         metrics_dir=metrics_dir,
         rate_limit_writes=f"{WRITE_BUDGET}/minute",
         database_timeout_seconds="2",

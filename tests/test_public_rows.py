@@ -7,8 +7,7 @@ import pytest
 
 from flyswatter.http.pagination import Page
 from flyswatter.issues.models import IssuePublic
-from tests.conftest import Api
-from tests.issue_helpers import Team, make_team
+from tests.support.api import Api, Team, make_team
 
 
 @pytest.fixture

@@ -26,8 +26,7 @@ from flyswatter.issues.listing import (
     page_statement,
 )
 from flyswatter.issues.models import IssueStatus, Priority
-from tests.conftest import Api
-from tests.issue_helpers import ROLES, make_team
+from tests.support.api import ROLES, Api, make_team
 
 pytestmark = pytest.mark.postgres_only
 

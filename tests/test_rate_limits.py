@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,9 +20,9 @@ from flyswatter.app import create_app
 from flyswatter.config import Settings
 from flyswatter.observability import ratelimit
 from flyswatter.observability.ratelimit import RateLimiter
-from tests.conftest import Api
-from tests.identity import JwksServer, TokenFactory
-from tests.served import REDIS_URL, ServedFlyswatter, free_port, redis_is_up, served_database
+from tests.support.api import Api
+from tests.support.identity import JwksServer, TokenFactory
+from tests.support.servers import PrivateRedis, ServedFlyswatter, free_port, served_database
 
 PROJECTS = "/api/v1/projects"
 
@@ -182,11 +180,10 @@ async def test_limits_off_leave_requests_and_headers_alone(limited_app: AppFacto
 
 
 async def test_two_app_instances_sharing_redis_spend_one_budget(
-    limited_app: AppFactory,
+    limited_app: AppFactory, redis_url: str
 ) -> None:
-    assert redis_is_up(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
     alice_name = unique("alice")
-    async with limited_app(redis_url=REDIS_URL) as one, limited_app(redis_url=REDIS_URL) as two:
+    async with limited_app(redis_url=redis_url) as one, limited_app(redis_url=redis_url) as two:
         statuses = []
         for index, api in enumerate([one, two, one, two, one]):
             response = await api.as_user(alice_name).post(PROJECTS, json=project_body(index))
@@ -241,17 +238,19 @@ async def test_write_limit_holds_across_two_worker_processes_sharing_redis(
     jwks_server: JwksServer,
     tokens: TokenFactory,
     tmp_path: Path,
+    postgres_url: str,
+    redis_url: str,
 ) -> None:
-    assert redis_is_up(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     budget, sent = 5, 16
     with (
-        served_database(database_url) as served_url,
+        served_database(database_url, postgres_url) as served_url,
         ServedFlyswatter(
             database_url=served_url,
             jwks_server=jwks_server,
             log_path=tmp_path / "serve.log",
+            redis_url=redis_url,
             metrics_dir=metrics_dir,
             rate_limit_writes=f"{budget}/minute",
         ) as served,
@@ -283,31 +282,6 @@ async def test_write_limit_holds_across_two_worker_processes_sharing_redis(
             if split_rounds >= 2:
                 break
         assert split_rounds >= 1, "every round was served by a single worker"
-
-
-class PrivateRedis:
-    """A Redis of this test's own on a free port, started when the test says so."""
-
-    def __init__(self, root: Path) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is missing (Debian package redis-server)"
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        self.command += ["--save", "", "--appendonly", "no", "--dir", str(root)]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not redis_is_up(self.port):
-            assert time.monotonic() < deadline, "the private Redis did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -342,13 +316,12 @@ async def test_limits_are_shared_again_once_redis_is_back(
     assert decisions[0].remaining == 2
 
 
-async def test_redis_windows_decide_and_count_down_as_the_local_ones() -> None:
+async def test_redis_windows_decide_and_count_down_as_the_local_ones(redis_url: str) -> None:
     """The one-round-trip Redis script keeps limits' sliding window counter: the same
     answers and the same X-RateLimit-Remaining, request after request."""
-    assert redis_is_up(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
     base = Settings(rate_limit_writes="5/minute", rate_limit_reads="100/minute")
     local = RateLimiter(base)
-    shared = RateLimiter(base.model_copy(update={"redis_url": REDIS_URL}))
+    shared = RateLimiter(base.model_copy(update={"redis_url": redis_url}))
     key = unique("user:windows")
     answers: dict[str, list[tuple[bool, int]]] = {"local": [], "redis": []}
     try:

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import Api, AuthedClient
-from tests.issue_helpers import Team, make_team
+from tests.support.api import Api, AuthedClient, Team, make_team
 
 CALLERS = ("viewer", "reporter", "developer", "maintainer", "outsider")
 

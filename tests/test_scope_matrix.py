@@ -16,7 +16,7 @@ import pytest
 from flyswatter.app import create_app
 from flyswatter.auth.scopes import Scope
 from flyswatter.config import Settings
-from tests.conftest import Api
+from tests.support.api import Api
 
 # Routes any authenticated caller may use, whatever its scopes.
 OPEN_TO_ANY_TOKEN = {("GET", "/api/v1/users/me")}

@@ -16,8 +16,7 @@ from sqlmodel import col
 
 from flyswatter.issues import listing
 from flyswatter.issues.models import Issue
-from tests.conftest import Api
-from tests.issue_helpers import Team, make_team, walk_pages
+from tests.support.api import Api, Team, make_team, walk_pages
 
 pytestmark = pytest.mark.postgres_only
 

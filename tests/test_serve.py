@@ -4,49 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import sqlalchemy as sa
 
-from flyswatter import migrations
 from flyswatter.cli import serve_options
 from flyswatter.config import Settings, UnsafeSettings
-from tests.identity import JwksServer, TokenFactory
+from tests.support.identity import JwksServer, TokenFactory
+from tests.support.servers import (
+    FLYSWATTER,
+    ServedFlyswatter,
+    free_port,
+    scratch_database,
+    serve_environment,
+)
 
-FLYSWATTER = Path(sys.executable).with_name("flyswatter")
-# Where CI and the developers' machines run PostgreSQL (see .ci/run); the SQLite run borrows
-# it for a database of this test's own, as several workers cannot share SQLite.
-LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 IN_FLIGHT = 12
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def serve_environment(**settings: object) -> dict[str, str]:
-    """The process environment with exactly these FLYSWATTER_* settings."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("FLYSWATTER_") and name != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env.update({f"FLYSWATTER_{name.upper()}": str(value) for name, value in settings.items()})
-    return env
 
 
 # --- refusing unsafe settings -------------------------------------------------------------
@@ -131,63 +110,15 @@ def test_forwarded_headers_are_trusted_only_when_proxies_are_configured() -> Non
 
 
 @pytest.fixture
-def serve_database_url(is_postgres: bool, request: pytest.FixtureRequest) -> Iterator[str]:
+def serve_database_url(
+    is_postgres: bool, postgres_url: str, request: pytest.FixtureRequest
+) -> Iterator[str]:
     """A migrated PostgreSQL database the server may write to."""
     if is_postgres:
         yield str(request.getfixturevalue("clean_database"))
         return
-    name = f"flyswatter_serve_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(LOCAL_POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        pytest.skip(f"needs PostgreSQL at {LOCAL_POSTGRES} or FLYSWATTER_TEST_DATABASE_URL")
-    url = LOCAL_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            migrations.upgrade(Settings(database_url=url))
-            yield url
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-class ServeProcess:
-    """``flyswatter serve`` in its own process, its log lines kept in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [FLYSWATTER, "serve"],
-            env=env,
-            cwd=log_path.parent,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def lines(self) -> list[str]:
-        return self.log_path.read_text().splitlines()
-
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines()]
-
-    def wait_for_records(
-        self, predicate: Callable[[dict[str, Any]], bool], count: int, timeout: float
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if sum(1 for record in self.records() if predicate(record)) >= count:
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError("the server did not get there:\n" + "\n".join(self.lines()[-30:]))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        self._log.close()
+    with scratch_database(postgres_url) as url:
+        yield url
 
 
 def http_request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
@@ -213,27 +144,22 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
 async def test_sigterm_lets_every_in_flight_request_finish_then_exits_0(
     serve_database_url: str, jwks_server: JwksServer, tokens: TokenFactory, tmp_path: Path
 ) -> None:
-    port = free_port()
-    server = ServeProcess(
-        serve_environment(
-            database_url=serve_database_url,
-            keycloak_url=jwks_server.base_url,
-            keycloak_realm=jwks_server.realm,
-            allow_loopback_keycloak="true",
-            host="127.0.0.1",
-            port=port,
-            workers=2,
-            rate_limit_enabled="false",
-            forwarded_allow_ips="127.0.0.1",
-            graceful_shutdown_seconds=20,
-            log_format="json",
-        ),
-        tmp_path / "serve.log",
+    server = ServedFlyswatter(
+        database_url=serve_database_url,
+        jwks_server=jwks_server,
+        log_path=tmp_path / "serve.log",
+        redis_url=None,
+        workers=2,
+        host="127.0.0.1",
+        rate_limit_enabled="false",
+        forwarded_allow_ips="127.0.0.1",
+        graceful_shutdown_seconds=20,
+        log_format="json",
+        log_level="info",
     )
+    port = server.port
     try:
-        server.wait_for_records(
-            lambda record: record["message"] == "Application startup complete.", 2, timeout=90
-        )
+        server.start()
         token = tokens.user_token("alice")
         auth = {"Authorization": f"Bearer {token}"}
         base_url = f"http://127.0.0.1:{port}"

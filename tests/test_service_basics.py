@@ -9,7 +9,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from tests.conftest import Api
+from tests.support.api import Api
 
 
 class TestRequestId:

@@ -36,7 +36,6 @@ import sqlalchemy as sa
 from flyswatter.app import create_app
 from flyswatter.config import Settings
 from flyswatter.http.pagination import encode_cursor
-from tests.identity import JwksServer, TokenFactory
 from tests.perf.seed import (
     BENCH_USER,
     COMMON_TERM,
@@ -45,6 +44,8 @@ from tests.perf.seed import (
     issue_count,
     seed,
 )
+from tests.support.identity import JwksServer, TokenFactory
+from tests.support.servers import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -72,12 +73,6 @@ function done(summary, latency, requests)
     latency:percentile(50) / 1e3, latency:percentile(95) / 1e3, latency:percentile(99) / 1e3))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

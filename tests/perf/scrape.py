@@ -28,7 +28,6 @@ import httpx
 import redis
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.identity import JwksServer
 from tests.perf.bench import (
     CLOCK_TICKS,
     PYTHON,
@@ -41,6 +40,7 @@ from tests.perf.bench import (
 )
 from tests.perf.seed import BENCH_USER
 from tests.perf.stack import REDIS_URL
+from tests.support.identity import JwksServer
 
 WORKERS = 4
 TARGET_MS = 50.0

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.identity import JwksServer
 from tests.perf.bench import (
     PYTHON,
     ROOT,
@@ -37,6 +36,7 @@ from tests.perf.bench import (
     wrk,
 )
 from tests.perf.stackapp import PIECES, PROBE_PATH, WITHOUT_ENV
+from tests.support.identity import JwksServer
 
 TARGET_US = 60.0
 # The Redis database the limiter's counters go to in these runs; keys expire within a minute.

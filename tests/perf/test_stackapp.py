@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from flyswatter.config import Settings
 from flyswatter.db import SessionMiddleware
 from flyswatter.http.body_limit import BodySizeLimitMiddleware
-from tests.identity import TokenFactory
 from tests.perf.stackapp import PIECES, PROBE_PATH, build
+from tests.support.identity import TokenFactory
 
 
 def middleware_classes(without: frozenset[str], settings: Settings) -> list[Any]:

@@ -1,12 +1,68 @@
-"""Helpers shared by the issue-tracking tests: a project with people in every role."""
+"""Calling the API as someone: real signed tokens, a project with people in every role, and
+walking every page of a list."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from tests.conftest import Api, AuthedClient
+import httpx
+
+from tests.support.identity import TokenFactory
 
 ROLES = ("viewer", "reporter", "developer", "maintainer")
+
+
+class Api:
+    """A thin caller: ``api.as_user("alice").post(...)`` with a real signed token."""
+
+    def __init__(self, client: httpx.AsyncClient, tokens: TokenFactory) -> None:
+        self.client = client
+        self.tokens = tokens
+
+    def as_user(
+        self, username: str, *, scopes: list[str] | None = None, **claims: Any
+    ) -> AuthedClient:
+        token = self.tokens.user_token(username, scopes=scopes, **claims)
+        return AuthedClient(self.client, token)
+
+    def as_service(self, client_id: str, *, scopes: list[str] | None = None) -> AuthedClient:
+        return AuthedClient(self.client, self.tokens.service_token(client_id, scopes=scopes))
+
+
+class AuthedClient:
+    def __init__(self, client: httpx.AsyncClient, token: str) -> None:
+        self.client = client
+        self.token = token
+
+    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", **(headers or {})}
+
+    async def request(
+        self, method: str, url: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return await self.client.request(method, url, headers=self._headers(headers), **kwargs)
+
+    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("GET", url, **kwargs)
+
+    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("POST", url, **kwargs)
+
+    async def put(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("PUT", url, **kwargs)
+
+    async def patch(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("PATCH", url, **kwargs)
+
+    async def delete(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("DELETE", url, **kwargs)
+
+    async def sign_in(self) -> str:
+        """Call the API once so Flyswatter mirrors this identity; returns its user id."""
+        response = await self.get("/api/v1/users/me")
+        assert response.status_code == 200, response.text
+        return str(response.json()["id"])
 
 
 @dataclass

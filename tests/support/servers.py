@@ -1,0 +1,316 @@
+"""Real servers for the tests: one ``free_port``, one way to start ``flyswatter serve``, and
+PostgreSQL and Redis servers of a test's own.
+
+``ServedFlyswatter`` runs the production launcher with several worker processes, on a
+PostgreSQL database (the suite's own when the suite runs on PostgreSQL, else a scratch
+database made on the ``postgres_url`` server and dropped after), with Redis and the test JWKS
+server as its Keycloak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import sqlalchemy as sa
+
+from flyswatter import migrations
+from flyswatter.config import Settings
+from tests.support.identity import JwksServer
+
+# The console script operators run, from the environment running the tests.
+FLYSWATTER = Path(sys.executable).with_name("flyswatter")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the kernel picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(ready: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout} s")
+        time.sleep(0.05)
+
+
+def redis_is_up(url: str) -> bool:
+    """A PING over a plain socket answers PONG."""
+    parsed = sa.make_url(url)
+    try:
+        with socket.create_connection((parsed.host, parsed.port or 6379), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def server_url_of(database_url: str) -> str:
+    """The maintenance database (``postgres``) on the server of a PostgreSQL URL."""
+    return sa.make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+
+
+@contextmanager
+def scratch_database(postgres_url: str) -> Iterator[str]:
+    """A migrated database of its own on the server of ``postgres_url``, dropped after."""
+    name = f"flyswatter_scratch_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrations.upgrade(Settings(database_url=url))
+        yield url
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def served_database(suite_database_url: str, postgres_url: str) -> Iterator[str]:
+    """A migrated PostgreSQL database for a served process: several workers cannot share
+    SQLite, so a SQLite run borrows the PostgreSQL server for a scratch database."""
+    if suite_database_url.startswith("postgres"):
+        yield suite_database_url  # migrated and emptied by the suite's fixtures
+        return
+    with scratch_database(postgres_url) as url:
+        yield url
+
+
+def serve_environment(**settings: object) -> dict[str, str]:
+    """This process' environment with exactly these ``FLYSWATTER_*`` settings."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("FLYSWATTER_") and name != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    environment.update(
+        {f"FLYSWATTER_{name.upper()}": str(value) for name, value in settings.items()}
+    )
+    return environment
+
+
+class ServedFlyswatter:
+    """``flyswatter serve`` in its own process group, its output kept in ``log_path``.
+
+    Settings given as keyword arguments override the defaults below; ``None`` removes one.
+    """
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        jwks_server: JwksServer,
+        log_path: Path,
+        redis_url: str | None,
+        metrics_dir: Path | None = None,
+        workers: int = 2,
+        **settings: object,
+    ) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.metrics_dir = metrics_dir
+        self.workers = workers
+        chosen: dict[str, object] = {
+            "database_url": database_url,
+            "keycloak_url": jwks_server.base_url,
+            "keycloak_realm": jwks_server.realm,
+            "audience": "flyswatter-api",
+            # The test JWKS server stands in for Keycloak on this host.
+            "allow_loopback_keycloak": "true",
+            "redis_url": redis_url,
+            "workers": workers,
+            "port": self.port,
+            "log_level": "warning",
+            # Prometheus' keep-alive scrape connection would hold a graceful stop this long.
+            "graceful_shutdown_seconds": 2,
+            **settings,
+        }
+        self.environment = serve_environment(
+            **{name: value for name, value in chosen.items() if value is not None}
+        )
+        if metrics_dir is not None:
+            self.environment["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start, and return once every worker runs and ``/readyz`` answers 200."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [FLYSWATTER, "serve"],
+                env=self.environment,
+                cwd=self.log_path.parent,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"serve exited: {self.log()}"
+            if len(self.worker_pids()) == self.workers:
+                try:
+                    if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.2)
+        raise AssertionError(f"serve did not get ready in {timeout} s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def lines(self) -> list[str]:
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log records (``log_format=json``)."""
+        return [json.loads(line) for line in self.lines()]
+
+    def wait_for_records(
+        self, predicate: Callable[[dict[str, Any]], bool], count: int, timeout: float
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(1 for record in self.records() if predicate(record)) >= count:
+                return
+            if self.process is None or self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError("the server did not get there:\n" + "\n".join(self.lines()[-30:]))
+
+    def worker_pids(self) -> list[int]:
+        """The uvicorn workers: children of the supervisor started by multiprocessing."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            pids = [int(pid) for pid in children.read_text().split()]
+        except FileNotFoundError:
+            return []
+        workers = []
+        for pid in pids:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"spawn_main" in command:
+                workers.append(pid)
+        return sorted(workers)
+
+    def replace_worker(self, pid: int, timeout: float = 30.0) -> int:
+        """SIGKILL one worker and wait for the supervisor to start its replacement."""
+        before = set(self.worker_pids())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = set(self.worker_pids())
+            fresh = now - before
+            if pid not in now and fresh and len(now) == len(before):
+                try:
+                    if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
+                        return fresh.pop()
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker {pid} was not replaced in {timeout} s: {self.log()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> ServedFlyswatter:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of a test's own, so stopping it disturbs nobody else."""
+
+    def __init__(self) -> None:
+        assert PG_BIN is not None, "PostgreSQL server binaries are not installed"
+        # Outside pytest's root-only temp tree: the server runs as the postgres user.
+        self.root = Path(tempfile.mkdtemp(prefix="flyswatter-pg-"))
+        shutil.chown(self.root, "postgres", "postgres")
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.log = self.root / "postgres.log"
+        self._as_postgres(PG_BIN / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres")
+
+    @staticmethod
+    def _as_postgres(*command: object, check: bool = True) -> None:
+        # PostgreSQL refuses to run as root; CI and developers run the suite as root here.
+        prefix = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
+        subprocess.run([*prefix, *map(str, command)], check=check, capture_output=True, timeout=60)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off"
+        assert PG_BIN is not None
+        self._as_postgres(
+            PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start"
+        )
+
+    def stop(self) -> None:
+        assert PG_BIN is not None
+        self._as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop if running, and delete the data."""
+        assert PG_BIN is not None
+        self._as_postgres(
+            PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "stop", check=False
+        )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PrivateRedis:
+    """A Redis of a test's own on a free port, started when the test says so."""
+
+    def __init__(self, root: Path) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is missing (Debian package redis-server)"
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.command += ["--save", "", "--appendonly", "no", "--dir", str(root)]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        wait_until(lambda: redis_is_up(self.url), 10, "the private Redis did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
