@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
@@ -26,7 +26,7 @@ from flyswatter.errors import (
     register_error_handlers,
 )
 from flyswatter.http.body_limit import BodySizeLimitMiddleware
-from flyswatter.http.context import RequestContextMiddleware
+from flyswatter.http.requests import RequestContextMiddleware
 from flyswatter.issues.routes import router as issues_router
 from flyswatter.labels.routes import router as labels_router
 from flyswatter.observability.exposition import router as metrics_router
@@ -34,6 +34,7 @@ from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.metrics import count_jwks_refresh
 from flyswatter.observability.ratelimit import RateLimiter, RateLimitMiddleware
 from flyswatter.projects.routes import router as projects_router
+from flyswatter.services import Flyswatter, Services, ServicesDep
 from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror
 
@@ -102,16 +103,21 @@ def _freeze_startup_objects() -> None:
         _frozen = True
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> Flyswatter:
     settings = settings or Settings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.engine = create_engine(settings)
-        app.state.read_engine = read_only_engine(app.state.engine)
-        verifier = TokenVerifier(settings, on_refresh=count_jwks_refresh)
-        app.state.token_verifier = verifier
-        app.state.user_mirror = UserMirror()
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        mirror = UserMirror(engine)
+        verifier = TokenVerifier(settings, on_refresh=count_jwks_refresh, on_verified=mirror.ensure)
+        app.running = Services(
+            settings=settings,
+            engine=engine,
+            read_engine=read_only_engine(engine),
+            token_verifier=verifier,
+            user_mirror=mirror,
+        )
         app.state.rate_limiter = RateLimiter(settings)
         # Not fatal: the service starts, reports not-ready, and loads keys on the first token.
         if settings.keycloak_url:
@@ -120,11 +126,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.running = None
             await verifier.close()
             await app.state.rate_limiter.close()
-            await app.state.engine.dispose()
+            await engine.dispose()
 
-    app = FastAPI(
+    app = Flyswatter(
+        settings,
         title="Flyswatter",
         version="0.1.0",
         description="Bug tracker for organisations that sign in with Keycloak.",
@@ -138,7 +146,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "scopes": " ".join(["openid", *SCOPE_DESCRIPTIONS]),
         },
     )
-    app.state.settings = settings
     register_error_handlers(app)
     app.include_router(api_router())
     app.include_router(metrics_router)
@@ -154,15 +161,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tags=["health"],
         responses={503: {"model": ProblemDetails, "description": "Not ready"}},
     )
-    async def readyz(request: Request) -> Health:
+    async def readyz(services: ServicesDep) -> Health:
         """The database answers and the signing keys are loaded."""
         try:
-            async with request.app.state.engine.connect() as connection:
+            async with services.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
         except Exception as exc:
             logger.warning("readiness: database unreachable (%s)", type(exc).__name__)
             raise ServiceUnavailable("the database is unreachable") from None
-        verifier: TokenVerifier = request.app.state.token_verifier
+        verifier = services.token_verifier
         if not verifier.has_keys:
             await verifier.refresh_keys()
         if not verifier.has_keys:

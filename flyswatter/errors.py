@@ -21,6 +21,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from flyswatter.http.context import find_request_context, request_context
+
 logger = logging.getLogger("flyswatter.errors")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -169,13 +171,14 @@ class HttpError(Problem):
 
 def problem_response_for(request: Request, problem: Problem) -> ProblemResponse:
     """The problem+json answer for a ``Problem``, raised or not: the one error builder."""
+    context = find_request_context(request.scope)
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_PREFIX + problem.slug,
         "title": problem.title,
         "status": problem.status,
         "detail": problem.detail,
         "instance": request.url.path,
-        "request_id": request.scope.get("state", {}).get("request_id"),
+        "request_id": context.request_id if context else None,
     }
     body.update(problem.extra)
     return ProblemResponse(body, status_code=problem.status, headers=problem.headers)
@@ -184,7 +187,7 @@ def problem_response_for(request: Request, problem: Problem) -> ProblemResponse:
 async def _handle_problem(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, Problem)
     if isinstance(exc, Unauthorized):
-        request.scope.setdefault("state", {})["auth_failure"] = exc.reason
+        request_context(request.scope).auth_failure = exc.reason
     return problem_response_for(request, exc)
 
 
@@ -230,7 +233,7 @@ def database_error_summary(exc: BaseException) -> str:
 
 
 async def _handle_database_error(request: Request, exc: Exception) -> ProblemResponse:
-    request.scope.setdefault("state", {})["database_error"] = True
+    request_context(request.scope).database_error = True
     if isinstance(exc, IntegrityError):
         # Services check what they can up front; what is left is a race with another writer.
         logger.warning("integrity conflict: %s", database_error_summary(exc))

@@ -147,7 +147,7 @@ def shared_app(base_settings: Settings) -> FastAPI:
 
 @pytest.fixture
 async def app(settings: Settings, shared_app: FastAPI) -> AsyncIterator[FastAPI]:
-    application = shared_app if settings is shared_app.state.settings else create_app(settings)
+    application = shared_app if settings is shared_app.settings else create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
 

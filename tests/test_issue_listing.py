@@ -27,7 +27,7 @@ async def team(api: Api) -> Team:
 
 async def set_times(app: FastAPI, number: int, **times: datetime) -> None:
     """Pin an issue's timestamps, so that orderings (and ties) are known in advance."""
-    async with app.state.engine.begin() as connection:
+    async with app.services.engine.begin() as connection:
         await connection.execute(update(Issue).where(col(Issue.number) == number).values(**times))
 
 
@@ -338,7 +338,7 @@ class TestCursorAndLimitErrors:
         assert (await three["viewer"].get(f"{LIST}?limit=200")).status_code == 200
 
     async def test_default_page_size_is_fifty(self, team: Team, app: FastAPI) -> None:
-        async with app.state.engine.begin() as connection:
+        async with app.services.engine.begin() as connection:
             project_id = (
                 await connection.exec_driver_sql("SELECT id FROM project WHERE key = 'FLY'")
             ).scalar_one()

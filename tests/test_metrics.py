@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from flyswatter.http.context import request_context
 from flyswatter.observability.exposition import render_metrics
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.multiprocess import MULTIPROC_DIR_ENV, prepare_multiprocess_dir
@@ -160,7 +161,7 @@ async def test_business_counters_follow_issues_transitions_and_comments(api: Api
     assert sample("flyswatter_comments_created_total") == comments + 1
 
 
-def _probe_app(endpoint_status: int, **state: object) -> Starlette:
+def _probe_app(endpoint_status: int, **noted: object) -> Starlette:
     """A bare app behind the middleware, answering one route as the error handlers would."""
     seen: dict[str, float] = {}
 
@@ -168,7 +169,9 @@ def _probe_app(endpoint_status: int, **state: object) -> Starlette:
         seen["in_progress"] = sample(
             "flyswatter_http_requests_in_progress", method="GET", route="/probe/{id}"
         )
-        request.scope.setdefault("state", {}).update(state)
+        context = request_context(request.scope)
+        for name, value in noted.items():
+            setattr(context, name, value)
         return PlainTextResponse("ok", status_code=endpoint_status)
 
     app = Starlette(routes=[Route("/probe/{id}", endpoint)])

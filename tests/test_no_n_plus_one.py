@@ -38,7 +38,7 @@ def counted_statements(app: FastAPI) -> Iterator[list[str]]:
         if statement.split(None, 1)[0].upper() not in {"BEGIN", "COMMIT", "ROLLBACK"}:
             statements.append(statement)
 
-    engine = app.state.engine.sync_engine
+    engine = app.services.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
     try:
         yield statements
@@ -52,7 +52,7 @@ async def seed_issues(app: FastAPI, team: Team, count: int) -> None:
         await team.label(name)
     people = [team.ids[role] for role in ROLES]
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    async with app.state.engine.begin() as connection:
+    async with app.services.engine.begin() as connection:
         project_id = (
             await connection.execute(select(col(Project.id)).where(col(Project.key) == "FLY"))
         ).scalar_one()

@@ -95,7 +95,7 @@ class Seeded:
 @pytest.fixture
 async def seeded(api: Api, app: FastAPI) -> Seeded:
     team = await make_team(api)
-    async with app.state.engine.begin() as connection:
+    async with app.services.engine.begin() as connection:
         # Seeding is not what the service's statement timeout is for; a busy machine needs longer.
         await connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
         await _run(
@@ -111,7 +111,7 @@ async def seeded(api: Api, app: FastAPI) -> Seeded:
         await _run(connection, SEED_ISSUE_LABELS_SQL)
         count = (await connection.exec_driver_sql("SELECT count(*) FROM issue")).scalar_one()
         assert count == PROJECTS * ISSUES_PER_PROJECT
-    async with app.state.engine.connect() as connection:
+    async with app.services.engine.connect() as connection:
         autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
         await autocommit.exec_driver_sql("SET statement_timeout = 0")
         # Statistics, and the GIN pending list merged, as autovacuum leaves a live table.
@@ -134,7 +134,7 @@ async def explain(app: FastAPI, statement: object, *, analyze: bool = False) -> 
     )
     # BUFFERS OFF: PostgreSQL 18 shows buffers by default, as 15 and 16 do not.
     command = "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, BUFFERS OFF)" if analyze else "EXPLAIN"
-    async with app.state.engine.connect() as connection:
+    async with app.services.engine.connect() as connection:
         rows = await connection.exec_driver_sql(f"{command} {compiled}", dict(compiled.params))
         return "\n".join(row[0] for row in rows)
 

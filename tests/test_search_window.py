@@ -37,7 +37,7 @@ async def corpus(api: Api, app: FastAPI) -> tuple[Team, dict[int, tuple[datetime
         priority = PRIORITIES[(n * 3) % 4]
         await team.issue(title=f"issue {n}", description=f"a {word} here", priority=priority)
         updated = base + timedelta(minutes=(n * 5) % 4)
-        async with app.state.engine.begin() as connection:
+        async with app.services.engine.begin() as connection:
             await connection.execute(
                 update(Issue).where(col(Issue.number) == n).values(updated_at=updated)
             )

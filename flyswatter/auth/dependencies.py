@@ -9,10 +9,11 @@ from fastapi.openapi.models import OAuthFlows
 from fastapi.security import OAuth2, SecurityScopes
 
 from flyswatter.auth.scopes import Scope
-from flyswatter.auth.tokens import Principal, TokenRejected, TokenVerifier
-from flyswatter.db import SessionDep
+from flyswatter.auth.tokens import Principal, TokenRejected
 from flyswatter.errors import InsufficientScope, Unauthorized
+from flyswatter.http.context import request_context
 from flyswatter.observability.ratelimit import enforce_rate_limit
+from flyswatter.services import ServicesDep
 
 # The flows (Keycloak's URLs) are filled in per deployment by ``app.custom_openapi``.
 oauth2_scheme = OAuth2(
@@ -26,30 +27,25 @@ oauth2_scheme = OAuth2(
 async def authenticate(
     request: Request,
     security_scopes: SecurityScopes,
-    session: SessionDep,
+    services: ServicesDep,
     authorization: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> Principal:
+    """The caller of a valid token that grants the route's scopes; 401 or 403 otherwise."""
     if not authorization:
         raise Unauthorized("a bearer token is required", reason="missing")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("a bearer token is required", reason="missing")
-    verifier: TokenVerifier = request.app.state.token_verifier
     try:
-        principal = await verifier.verify(token.strip())
+        principal = await services.token_verifier.verify(token.strip())
     except TokenRejected as rejected:
         raise Unauthorized(rejected.detail, reason=rejected.reason) from None
-    # For the rate limiter and the access log: who, never the token.
-    request.state.principal_key = (
-        f"client:{principal.client_id}"
-        if principal.is_service_account
-        else f"user:{principal.subject}"
-    )
+    # For the rate limiter, idempotency records and the access log: who, never the token.
+    request_context(request.scope).principal = principal
     await enforce_rate_limit(request)
     missing = [scope for scope in security_scopes.scopes if scope not in principal.scopes]
     if missing:
         raise InsufficientScope(missing)
-    await request.app.state.user_mirror.ensure(session, principal)
     return principal
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,7 @@ class TokenVerifier:
         settings: Settings,
         *,
         on_refresh: Callable[[str], None] | None = None,
+        on_verified: Callable[[Principal], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
         self._openid = KeycloakOpenID(
@@ -110,6 +111,7 @@ class TokenVerifier:
         self._last_fetch = float("-inf")
         self._lock = asyncio.Lock()
         self._on_refresh = on_refresh or (lambda _outcome: None)
+        self._on_verified = on_verified
 
     @property
     def has_keys(self) -> bool:
@@ -157,6 +159,8 @@ class TokenVerifier:
 
         A token verified once is remembered until it expires (or the keys change), so a
         client reusing its token costs a dictionary lookup instead of a signature check.
+        ``on_verified`` runs for each token verified afresh, before it is remembered: if it
+        fails, the next request with the token verifies it, and runs it, again.
         """
         remembered = self._verified.get(token)
         if remembered is not None:
@@ -165,6 +169,8 @@ class TokenVerifier:
                 return principal
             del self._verified[token]
         principal, expires_at = await self._verify_signed(token)
+        if self._on_verified is not None:
+            await self._on_verified(principal)
         self._verified[token] = (principal, expires_at)
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)

@@ -24,6 +24,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.errors import UnprocessableEntity
+from flyswatter.http.context import request_context
+from flyswatter.services import settings_of
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -58,11 +60,11 @@ class Idempotency:
 
     def __init__(self, request: Request, key: str | None, body: bytes) -> None:
         self.key = key
-        self.principal_key: str = request.scope.get("state", {}).get("principal_key", "")
+        self.principal_key = request_context(request.scope).principal_key or ""
         self.method = request.method
         self.path = request.url.path
         self.request_hash = hashlib.sha256(canonical_body(body)).hexdigest()
-        window = request.app.state.settings.idempotency_window_seconds
+        window = settings_of(request.app).idempotency_window_seconds
         self.cutoff = utcnow() - timedelta(seconds=window)
 
     async def replay(self, session: AsyncSession) -> JSONResponse | None:

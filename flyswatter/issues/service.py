@@ -20,6 +20,7 @@ from flyswatter.auth.tokens import Principal
 from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import NotFound, UnprocessableEntity
 from flyswatter.http.conditional import etag_of
+from flyswatter.http.context import request_context
 from flyswatter.issues.models import (
     Activity,
     ActivityAction,
@@ -158,7 +159,7 @@ def record_activity(
             field=field,
             old_value=None if old is None else json.dumps(old, default=str),
             new_value=None if new is None else json.dumps(new, default=str),
-            request_id=request.scope.get("state", {}).get("request_id"),
+            request_id=request_context(request.scope).request_id,
         )
     )
 

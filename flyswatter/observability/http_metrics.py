@@ -17,6 +17,7 @@ from fastapi.routing import iter_route_contexts
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flyswatter.http.context import find_request_context
 from flyswatter.observability.metrics import (
     AUTH_FAILURES,
     DATABASE_ERRORS,
@@ -69,12 +70,13 @@ class HttpMetricsMiddleware:
             elapsed = time.perf_counter() - started
             in_progress.dec()
             self._record(method, route, status_code, elapsed)
-            state = scope.get("state") or {}
-            reason = state.get("auth_failure")
-            if reason:
-                AUTH_FAILURES.labels(reason).inc()
-            if state.get("database_error"):
-                DATABASE_ERRORS.labels(_DATABASE_ERROR_KIND.get(status_code, "other")).inc()
+            context = find_request_context(scope)
+            if context is not None:
+                if context.auth_failure:
+                    AUTH_FAILURES.labels(context.auth_failure).inc()
+                if context.database_error:
+                    kind = _DATABASE_ERROR_KIND.get(status_code, "other")
+                    DATABASE_ERRORS.labels(kind).inc()
 
     def _record(self, method: str, route: str, status_code: int, elapsed: float) -> None:
         key = (method, route, str(status_code))

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flyswatter.config import Settings
 from flyswatter.errors import Problem, ProblemResponse, problem_response_for
+from flyswatter.http.context import request_context
 from flyswatter.http.headers import add_missing_headers
 from flyswatter.observability.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
 
@@ -291,10 +292,12 @@ async def enforce_rate_limit(request: Request) -> None:
     authenticate twice still spends one request.
     """
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
-    state = request.scope["state"]
+    state = request.scope.setdefault("state", {})
     if limiter is None or not limiter.enabled or _STATE_KEY in state:
         return
-    decision = await limiter.hit(limit_kind(request.method), state["principal_key"])
+    principal_key = request_context(request.scope).principal_key
+    assert principal_key is not None, "called once the caller is authenticated"
+    decision = await limiter.hit(limit_kind(request.method), principal_key)
     state[_STATE_KEY] = decision
     if not decision.allowed:
         RATE_LIMITED.labels(decision.kind).inc()
@@ -323,7 +326,7 @@ class RateLimitMiddleware:
             if replaced:
                 return  # the body of the 401 a 429 stood in for
             if message["type"] == "http.response.start":
-                if message["status"] == 401 and "auth_failure" in state:
+                if message["status"] == 401 and request_context(scope).auth_failure:
                     refusal = await self._charge_address(scope)
                     if refusal is not None:
                         replaced = True

@@ -16,7 +16,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 async def read_me(session: SessionDep, principal: AnyPrincipal) -> UserMe:
     """The caller's mirrored identity and what its token grants."""
     user = await session.get(User, principal.subject)
-    assert user is not None  # authenticate() has just mirrored it
+    assert user is not None  # mirrored when its token was verified
     return UserMe.model_validate(
         user,
         update={

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flyswatter.auth.tokens import Principal
 from flyswatter.db import utcnow
@@ -15,17 +15,22 @@ from flyswatter.users.models import User
 class UserMirror:
     """Upserts a ``User`` row the first time a process sees an identity or its claims change.
 
-    Remembering what was written keeps the hot path free of writes: a known caller with
-    unchanged claims costs nothing here.
+    The token verifier calls it for each token it verifies afresh (``on_verified``), so a
+    token it has cached costs nothing here, and remembering what was written keeps even a
+    new token of a known caller with unchanged claims free of writes. Each upsert is its own
+    short transaction on its own connection, committed before the request's work starts and
+    never part of it: the mirror must not vanish if the request's change rolls back, and the
+    request's session is the request's to commit.
     """
 
-    def __init__(self, capacity: int = 10_000) -> None:
+    def __init__(self, engine: AsyncEngine, capacity: int = 10_000) -> None:
+        self._engine = engine
         self._seen: OrderedDict[str, tuple[str, str | None, str | None, bool, str | None]] = (
             OrderedDict()
         )
         self._capacity = capacity
 
-    async def ensure(self, session: AsyncSession, principal: Principal) -> None:
+    async def ensure(self, principal: Principal) -> None:
         fingerprint = (
             principal.username,
             principal.email,
@@ -47,8 +52,7 @@ class UserMirror:
             "created_at": utcnow(),
             "updated_at": utcnow(),
         }
-        dialect = session.bind.dialect.name if session.bind else "postgresql"
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         statement = insert(User).values(values)
         statement = statement.on_conflict_do_update(
             index_elements=[User.__table__.c.id],  # type: ignore[attr-defined]
@@ -56,12 +60,8 @@ class UserMirror:
                 key: statement.excluded[key] for key in values if key not in ("id", "created_at")
             },
         )
-        # Its own transaction: the mirror must not vanish if the request's change rolls back.
-        await session.exec(statement)
-        await session.commit()
+        async with self._engine.begin() as connection:
+            await connection.execute(statement)
         self._seen[principal.subject] = fingerprint
         if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)
-
-    def forget(self) -> None:
-        self._seen.clear()

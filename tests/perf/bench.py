@@ -281,7 +281,7 @@ async def record_service_sql(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             await client.get("/api/v1/users/me", headers=headers)  # mirror the caller first
-            sa.event.listen(app.state.engine.sync_engine, "before_cursor_execute", capture)
+            sa.event.listen(app.services.engine.sync_engine, "before_cursor_execute", capture)
             for case in cases:
                 current.clear()
                 response = await client.request(

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from flyswatter.app import create_app
 from flyswatter.auth.dependencies import AnyPrincipal
 from flyswatter.config import Settings
-from flyswatter.http.context import RequestContextMiddleware
+from flyswatter.http.requests import RequestContextMiddleware
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.logs import configure_logging
 from flyswatter.observability.ratelimit import RateLimitMiddleware

@@ -37,10 +37,8 @@ def test_each_variant_removes_exactly_its_piece(piece: str, base_settings: Setti
 
 def test_removing_the_limiter_switches_its_hit_off(base_settings: Settings) -> None:
     overrides = {**base_settings.model_dump(), "rate_limit_enabled": True}
-    assert build(frozenset(), log=False, **overrides).state.settings.rate_limit_enabled
-    assert not build(
-        frozenset({"limiter"}), log=False, **overrides
-    ).state.settings.rate_limit_enabled
+    assert build(frozenset(), log=False, **overrides).settings.rate_limit_enabled
+    assert not build(frozenset({"limiter"}), log=False, **overrides).settings.rate_limit_enabled
 
 
 @pytest.mark.parametrize(("without", "stacked"), [(frozenset(), True), (frozenset(PIECES), False)])
@@ -57,7 +55,7 @@ async def test_probe_authenticates_through_the_stack_without_a_query(
             assert (await client.get(PROBE_PATH)).status_code == 401
             assert (await client.get(PROBE_PATH, headers=headers)).status_code == 200  # mirrors
             sa.event.listen(
-                app.state.engine.sync_engine,
+                app.services.engine.sync_engine,
                 "before_cursor_execute",
                 lambda *args: statements.append(args[2]),
             )

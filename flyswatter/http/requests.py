@@ -1,0 +1,78 @@
+"""Pure ASGI middleware for every HTTP request: its context (request id), last-resort
+errors, the access log.
+
+Pure ASGI rather than ``BaseHTTPMiddleware``: the latter costs about 0.1 ms per request and
+breaks streaming and context variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flyswatter.errors import InternalError, problem_response_for
+from flyswatter.http.context import request_context
+from flyswatter.http.headers import SECURITY_HEADER_PAIRS, add_missing_headers
+from flyswatter.observability.logs import request_id_var
+
+logger = logging.getLogger("flyswatter.requests")
+
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        context = request_context(scope)
+        request_id = context.request_id
+        context_token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status_code = 500
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status_code, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status_code = message["status"]
+                add_missing_headers(
+                    message, ((b"x-request-id", request_id.encode()), *SECURITY_HEADER_PAIRS)
+                )
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            # Where it happened (frames) but not the message: driver errors carry SQL and values.
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            logger.error("unhandled %s\n%s", type(exc).__name__, frames)
+            if response_started:
+                raise
+            response = problem_response_for(Request(scope), InternalError())
+            await response(scope, receive, send_with_headers)
+        finally:
+            path = scope.get("path", "")
+            if path not in _QUIET_PATHS:
+                logger.info(
+                    "%s %s %s",
+                    scope.get("method"),
+                    path,
+                    status_code,
+                    extra={
+                        "method": scope.get("method"),
+                        "path": path,
+                        "status": status_code,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "principal": context.principal_key,
+                    },
+                )
+            request_id_var.reset(context_token)
