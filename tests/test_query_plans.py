@@ -21,9 +21,8 @@ from flyswatter.http.pagination import decode_cursor, encode_cursor
 from flyswatter.issues import listing
 from flyswatter.issues.listing import (
     IssueFilters,
+    IssueQuery,
     IssueSort,
-    list_statement,
-    page_statement,
 )
 from flyswatter.issues.models import IssueStatus, Priority
 from tests.support.api import ROLES, Api, make_team
@@ -140,9 +139,9 @@ async def explain(app: FastAPI, statement: object, *, analyze: bool = False) -> 
 
 
 def page(seeded: Seeded, sort: IssueSort, cursor: str | None = None, **filters: object) -> object:
-    matching = list_statement(seeded.project_id, IssueFilters(**filters), sort, "postgresql")  # type: ignore[arg-type]
+    query = IssueQuery(seeded.project_id, IssueFilters(**filters), sort, "postgresql")  # type: ignore[arg-type]
     after = None if cursor is None else decode_cursor(cursor, sort.value, sort.cursor_types)
-    return page_statement(matching, sort, after, LIMIT + 1)
+    return query.page(after, LIMIT + 1)
 
 
 def deep_cursor() -> str:

@@ -10,10 +10,14 @@ from fastapi.security import OAuth2, SecurityScopes
 
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal, TokenRejected
-from flyswatter.errors import InsufficientScope, Unauthorized
+from flyswatter.errors import InsufficientScope, Unauthorized, problem_responses
 from flyswatter.http.context import request_context
 from flyswatter.observability.ratelimit import enforce_rate_limit
 from flyswatter.services import ServicesDep
+
+# What any authenticated route can answer: no or a bad token, a missing scope or role, an
+# invalid request, a used-up rate limit. Each route adds its own on top.
+AUTH_ERRORS = problem_responses(401, 403, 422, 429)
 
 # The flows (Keycloak's URLs) are filled in per deployment by ``app.custom_openapi``.
 oauth2_scheme = OAuth2(

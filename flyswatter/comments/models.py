@@ -10,7 +10,7 @@ from sqlalchemy import Index, Text
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
-from flyswatter.issues.models import UserSummary
+from flyswatter.users.models import UserSummary
 
 MAX_BODY = 65_536
 

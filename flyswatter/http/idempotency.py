@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Generic, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import Text, delete
@@ -28,6 +30,16 @@ from flyswatter.http.context import request_context
 from flyswatter.services import settings_of
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+Body = TypeVar("Body", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Created(Generic[Body]):
+    """What a create staged in the transaction: the response body and its headers."""
+
+    body: Body
+    location: str
+    etag: str
 
 
 class IdempotencyRecord(SQLModel, table=True):
@@ -133,6 +145,27 @@ class Idempotency:
                 etag=etag,
             )
         )
+
+    async def create(
+        self,
+        session: AsyncSession,
+        response: Response,
+        make: Callable[[], Awaitable[Created[Body]]],
+        *,
+        on_created: Callable[[], None],
+    ) -> Body | JSONResponse:
+        """Replay a retry; else make the resource, commit it with its record, and answer 201's
+        ``Location`` and ``ETag``. ``on_created`` runs once the new resource is committed."""
+        if (replayed := await self.replay(session)) is not None:
+            return replayed
+        created = await make()
+        await self.record(session, 201, created.body, location=created.location, etag=created.etag)
+        if (replayed := await self.commit(session)) is not None:
+            return replayed
+        on_created()
+        response.headers["Location"] = created.location
+        response.headers["ETag"] = created.etag
+        return created.body
 
     async def commit(self, session: AsyncSession) -> JSONResponse | None:
         """Commit; when a concurrent twin won the race, roll back and return its response."""

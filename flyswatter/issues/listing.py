@@ -28,19 +28,24 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
 from flyswatter.db import UTCDateTime
 from flyswatter.errors import BadRequest
-from flyswatter.issues.models import Issue, IssueStatus, IssueType, Priority
+from flyswatter.http.pagination import Keyset, Page
+from flyswatter.issues.models import Issue, IssuePublic, IssueStatus, IssueType, Priority
+from flyswatter.issues.read_model import (
+    ISSUES_WITH_PEOPLE,
+    PUBLIC_ISSUE_COLUMNS,
+    public_issues_page,
+)
 from flyswatter.labels.models import IssueLabel, Label
 
 SEARCH_CONFIG = "english"
 MAX_QUERY_LENGTH = 200
 # A search's page first looks at this many issues in page order (see _bounded_search).
 SEARCH_WINDOW = 2_000
-# The execution option by which list_statement hands a PostgreSQL search to page_statement.
-_SEARCH_OPTION = "flyswatter_search"
 
 
 class IssueSort(StrEnum):
@@ -123,12 +128,7 @@ def search_condition(query: str, dialect: str) -> ColumnElement[bool]:
     return and_(*conditions) if conditions else literal(True)
 
 
-def list_statement(
-    project_id: int,
-    filters: IssueFilters,
-    sort: IssueSort,
-    dialect: str,
-) -> SelectOfScalar[Issue]:
+def list_statement(project_id: int, filters: IssueFilters, dialect: str) -> SelectOfScalar[Issue]:
     """Issues of one project matching the filters, unordered and unpaged."""
     statement = select(Issue).where(Issue.project_id == project_id)
     if filters.statuses:
@@ -152,15 +152,54 @@ def list_statement(
         )
     if filters.query:
         statement = statement.where(search_condition(filters.query, dialect))
-        if dialect == "postgresql":
-            statement = statement.execution_options(**{_SEARCH_OPTION: (project_id, filters)})
     return statement
 
 
-def page_statement(
-    statement: SelectOfScalar[Issue], sort: IssueSort, after: list[Any] | None, rows: int
-) -> SelectOfScalar[Issue]:
-    """``rows`` issues after the cursor's (sort value, id), in page order."""
+@dataclass(frozen=True, slots=True)
+class IssueQuery:
+    """A project's issues that match the filters, in one sort order, for one SQL dialect."""
+
+    project_id: int
+    filters: IssueFilters
+    sort: IssueSort
+    dialect: str
+
+    def matching(self) -> SelectOfScalar[Issue]:
+        """Every match, unordered and unpaged (what ``count=true`` counts)."""
+        return list_statement(self.project_id, self.filters, self.dialect)
+
+    def page(self, after: list[Any] | None, rows: int) -> SelectOfScalar[Issue]:
+        """``rows`` matches after the cursor's (sort value, id), in page order."""
+        return page_statement(self, after, rows)
+
+
+async def issue_page(
+    session: AsyncSession, project_key: str, query: IssueQuery, keyset: Keyset, *, count: bool
+) -> Page[IssuePublic]:
+    """A page of the list: its issues with their people in one statement of Core rows, their
+    labels in one more (and the matches counted in another when asked)."""
+    total = None
+    if count:
+        matching = query.matching().subquery()
+        total = (await session.exec(select(func.count()).select_from(matching))).one()
+    paged = query.page(keyset.after(query.sort.value, query.sort.cursor_types), keyset.fetch)
+    connection = await session.connection()
+    rows = list(
+        await connection.execute(
+            paged.with_only_columns(*PUBLIC_ISSUE_COLUMNS).select_from(ISSUES_WITH_PEOPLE)
+        )
+    )
+    return await keyset.page(
+        rows,
+        sort=query.sort.value,
+        key=query.sort.cursor_values,
+        build=lambda page: public_issues_page(session, project_key, page),
+        total=total,
+    )
+
+
+def page_statement(query: IssueQuery, after: list[Any] | None, rows: int) -> SelectOfScalar[Issue]:
+    sort, statement = query.sort, query.matching()
     column = sort.column
     after_cursor: ColumnElement[bool] | None = None
     if after is not None:
@@ -174,10 +213,8 @@ def page_statement(
         start = tuple_(sort_value, literal(issue_id))
         after_cursor = position < start if sort.descending else position > start
         statement = statement.where(after_cursor)
-    search = statement.get_execution_options().get(_SEARCH_OPTION)
-    if search is not None:
-        project_id, filters = search
-        statement = statement.where(_bounded_search(project_id, filters, sort, after_cursor, rows))
+    if query.filters.query and query.dialect == "postgresql":
+        statement = statement.where(_bounded_search(query, after_cursor, rows))
     return statement.order_by(*_page_order(sort)).limit(rows)
 
 
@@ -188,11 +225,7 @@ def _page_order(sort: IssueSort) -> tuple[ColumnElement[Any], ColumnElement[Any]
 
 
 def _bounded_search(
-    project_id: int,
-    filters: IssueFilters,
-    sort: IssueSort,
-    after_cursor: ColumnElement[bool] | None,
-    rows: int,
+    query: IssueQuery, after_cursor: ColumnElement[bool] | None, rows: int
 ) -> ColumnElement[bool]:
     """The ids a search page can hold, found by whichever of two plans is cheap for the term.
 
@@ -206,7 +239,8 @@ def _bounded_search(
     GIN index for every match. Either way the outer statement then fetches at most the
     candidates by primary key, orders and pages them.
     """
-    unsearched = list_statement(project_id, replace(filters, query=None), sort, "postgresql")
+    sort, filters = query.sort, query.filters
+    unsearched = list_statement(query.project_id, replace(filters, query=None), "postgresql")
     if after_cursor is not None:
         unsearched = unsearched.where(after_cursor)
     hit = _matches(filters.query or "")

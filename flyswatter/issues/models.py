@@ -12,6 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.labels.models import LabelName, LabelPublic
+from flyswatter.users.models import UserSummary
 
 MAX_DESCRIPTION = 65_536
 MAX_LABELS = 50
@@ -129,13 +130,6 @@ class TransitionRequest(SQLModel):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
     to: IssueStatus
-
-
-class UserSummary(SQLModel):
-    id: str
-    username: str
-    name: str | None
-    is_service_account: bool
 
 
 class IssuePublic(IssueBase):

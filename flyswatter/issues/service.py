@@ -1,130 +1,40 @@
-"""Issue logic: addressing by key, numbering, history, conditional requests, the public shape."""
+"""Issue writes: create, update, transition, label, delete; each checks who may do it,
+records its history and bumps the issue's version in the request's transaction."""
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar, cast
+from collections.abc import Sequence
+from typing import Any
 
-from fastapi import Depends, Path, Request
-from sqlalchemy import FromClause, and_, bindparam, update
-from sqlalchemy import select as sa_select
-from sqlmodel import SQLModel, col, select
+from sqlalchemy import delete, update
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flyswatter.auth.dependencies import require_scopes
-from flyswatter.auth.scopes import Scope
-from flyswatter.auth.tokens import Principal
-from flyswatter.db import MAX_ROW_ID, SessionDep
-from flyswatter.errors import NotFound, UnprocessableEntity
-from flyswatter.http.conditional import etag_of
-from flyswatter.http.context import request_context
+from flyswatter.db import utcnow
+from flyswatter.errors import Conflict, NotFound, UnprocessableEntity
+from flyswatter.http.conditional import check_if_match, etag_of
+from flyswatter.http.idempotency import Created
+from flyswatter.issues.activity import record_activity
+from flyswatter.issues.dependencies import IssueAccess
 from flyswatter.issues.models import (
-    Activity,
+    TRANSITIONS,
     ActivityAction,
     Issue,
+    IssueCreate,
     IssuePublic,
     IssueStatus,
-    IssueType,
+    IssueUpdate,
     Priority,
-    UserSummary,
+    TransitionRequest,
 )
-from flyswatter.labels.models import IssueLabel, Label, LabelPublic
-from flyswatter.projects.models import Project, ProjectMember
-from flyswatter.projects.service import ProjectAccess, load_project_access, project_not_found
-from flyswatter.users.models import User
+from flyswatter.issues.read_model import build_public_issue, build_public_issues
+from flyswatter.labels.models import IssueLabel, Label, label_id
+from flyswatter.observability.metrics import ISSUE_TRANSITIONS
+from flyswatter.projects.models import Project, ProjectMember, Role
+from flyswatter.projects.service import ProjectAccess
 
-ISSUE_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9]{1,9}-[1-9][0-9]{0,9}$"
-_ISSUE_KEY = re.compile(ISSUE_KEY_PATTERN)
-
-IssueKeyPath = Annotated[
-    str,
-    Path(
-        min_length=4,
-        max_length=21,
-        pattern=ISSUE_KEY_PATTERN,
-        description="Project key and number, e.g. `FLY-42`.",
-        examples=["FLY-42"],
-    ),
-]
-
-
-def parse_issue_key(issue_key: str) -> tuple[str, int]:
-    if not _ISSUE_KEY.match(issue_key):
-        raise NotFound(f"issue {issue_key} not found")
-    project_key, _, number = issue_key.rpartition("-")
-    if int(number) > MAX_ROW_ID:
-        raise NotFound(f"issue {issue_key} not found")
-    return project_key.upper(), int(number)
-
-
-@dataclass(slots=True)
-class IssueAccess:
-    """An issue the caller may see, its project, and the caller's standing there."""
-
-    issue: Issue
-    project_access: ProjectAccess
-
-    @property
-    def project(self) -> Project:
-        return self.project_access.project
-
-    @property
-    def key(self) -> str:
-        return f"{self.project.key}-{self.issue.number}"
-
-    @property
-    def etag(self) -> str:
-        return etag_of("issue", self.issue.id, self.issue.version)
-
-
-async def load_issue_access(
-    session: AsyncSession, principal: Principal, issue_key: str, *, for_update: bool = False
-) -> IssueAccess:
-    """The issue and the caller's project standing; 404 when it may not be seen.
-
-    Writers lock the issue row (``for_update``) so that concurrent changes apply one after
-    the other and every one of them sees, and bumps, the latest version.
-    """
-    project_key, number = parse_issue_key(issue_key)
-    access = await load_project_access(session, principal, project_key)
-    statement = select(Issue).where(Issue.project_id == access.project_id, Issue.number == number)
-    if for_update:
-        statement = statement.with_for_update()
-    issue = (await session.exec(statement)).first()
-    if issue is None:
-        raise NotFound(f"issue {project_key}-{number} not found")
-    return IssueAccess(issue=issue, project_access=access)
-
-
-def issue_reader() -> Any:
-    async def dependency(
-        issue_key: IssueKeyPath,
-        session: SessionDep,
-        principal: Principal = require_scopes(Scope.issues_read),
-    ) -> IssueAccess:
-        return await load_issue_access(session, principal, issue_key)
-
-    return Depends(dependency)
-
-
-def issue_writer() -> Any:
-    async def dependency(
-        issue_key: IssueKeyPath,
-        session: SessionDep,
-        principal: Principal = require_scopes(Scope.issues_write),
-    ) -> IssueAccess:
-        access = await load_issue_access(session, principal, issue_key, for_update=True)
-        access.project_access.require_active()
-        return access
-
-    return Depends(dependency)
-
-
-IssueForReading = Annotated[IssueAccess, issue_reader()]
-IssueForWriting = Annotated[IssueAccess, issue_writer()]
+# The fields PATCH sets as they are, each recorded as an update of that field.
+_PLAIN_FIELDS = ("title", "description", "type", "priority")
 
 
 async def allocate_issue_number(session: AsyncSession, project_id: int) -> int:
@@ -137,31 +47,6 @@ async def allocate_issue_number(session: AsyncSession, project_id: int) -> int:
         .returning(col(Project.last_issue_number))
     )
     return int(result.scalar_one())
-
-
-def record_activity(
-    session: AsyncSession,
-    request: Request,
-    principal: Principal,
-    issue_id: int,
-    action: ActivityAction,
-    *,
-    field: str | None = None,
-    old: Any = None,
-    new: Any = None,
-) -> None:
-    session.add(
-        Activity(
-            issue_id=issue_id,
-            actor_id=principal.subject,
-            client_id=principal.client_id if principal.is_service_account else None,
-            action=action,
-            field=field,
-            old_value=None if old is None else json.dumps(old, default=str),
-            new_value=None if new is None else json.dumps(new, default=str),
-            request_id=request_context(request.scope).request_id,
-        )
-    )
 
 
 async def require_member(session: AsyncSession, project_id: int, user_id: str) -> None:
@@ -202,239 +87,198 @@ async def issue_label_names(session: AsyncSession, issue_id: int) -> list[str]:
     return list(rows.all())
 
 
-# Public issues are read through Core, not ORM entities: on the hot read paths the ORM's
-# per-row instance state and attribute-based validation cost several times the SQL itself
-# (measured in tests/perf/RESULTS.md). Rows are validated into the public models directly.
-_ISSUE = Issue.__table__  # type: ignore[attr-defined]
-_USER = User.__table__  # type: ignore[attr-defined]
-_LABEL = Label.__table__  # type: ignore[attr-defined]
-_ISSUE_LABEL = IssueLabel.__table__  # type: ignore[attr-defined]
-_PROJECT = Project.__table__  # type: ignore[attr-defined]
-_MEMBER = ProjectMember.__table__  # type: ignore[attr-defined]
-_REPORTER = _USER.alias("reporter")
-_ASSIGNEE = _USER.alias("assignee")
-_PERSON_FIELDS = ("id", "username", "name", "is_service_account")
+async def create_issue(
+    session: AsyncSession, access: ProjectAccess, body: IssueCreate
+) -> Created[IssuePublic]:
+    """Report an issue, staged in the transaction for the caller to commit."""
+    access.require_active()
+    principal = access.principal
+    if body.assignee_id is not None:
+        if body.assignee_id != principal.subject:
+            access.require(Role.developer, "assigning issues to others")
+        await require_member(session, access.project_id, body.assignee_id)
+    labels = await labels_by_name(session, access.project_id, body.labels)
 
-# The issue's fields in its public shape, as stored.
-_ISSUE_PUBLIC_FIELDS = (
-    "number",
-    "title",
-    "description",
-    "type",
-    "priority",
-    "status",
-    "created_at",
-    "updated_at",
-    "closed_at",
-    "version",
-)
-
-# An issue's own columns, then its reporter's and assignee's summaries, for one joined read.
-PUBLIC_ISSUE_COLUMNS: tuple[Any, ...] = (
-    *(_ISSUE.c[name] for name in ("id", "priority_rank", *_ISSUE_PUBLIC_FIELDS)),
-    *(_REPORTER.c[name].label(f"reporter_{name}") for name in _PERSON_FIELDS),
-    *(_ASSIGNEE.c[name].label(f"assignee_{name}") for name in _PERSON_FIELDS),
-)
-
-
-def with_people(issues: FromClause) -> FromClause:
-    """``issues`` joined with the reporter and the (optional) assignee."""
-    return issues.outerjoin(_REPORTER, _REPORTER.c.id == _ISSUE.c.reporter_id).outerjoin(
-        _ASSIGNEE, _ASSIGNEE.c.id == _ISSUE.c.assignee_id
+    number = await allocate_issue_number(session, access.project_id)
+    issue = Issue.model_validate(
+        body.model_dump(exclude={"labels"}),
+        update={
+            "project_id": access.project_id,
+            "number": number,
+            "reporter_id": principal.subject,
+            "priority_rank": body.priority.rank,
+        },
     )
+    session.add(issue)
+    await session.flush()
+    assert issue.id is not None
+    for label in labels:
+        session.add(IssueLabel(issue_id=issue.id, label_id=label_id(label)))
+    key = f"{access.project.key}-{number}"
+    record_activity(session, principal, issue.id, ActivityAction.created, new=key)
+    await session.flush()
+    (public,) = await build_public_issues(session, access.project, [issue])
+    return Created(public, f"/api/v1/issues/{key}", etag_of("issue", issue.id, issue.version))
 
 
-# The hot statements are built once, with bind parameters: building a statement of this
-# size (and its compiled-cache key) costs a few hundred microseconds, as much as running it.
-ISSUES_WITH_PEOPLE = with_people(_ISSUE)
-_LABELS_OF = (
-    sa_select(_ISSUE_LABEL.c.issue_id, _LABEL.c.name, _LABEL.c.color, _LABEL.c.description)
-    .join(_LABEL, _LABEL.c.id == _ISSUE_LABEL.c.label_id)
-    .where(_ISSUE_LABEL.c.issue_id.in_(bindparam("ids", expanding=True)))
-    .order_by(_LABEL.c.name)
-)
-_USERS_BY_ID = sa_select(*(_USER.c[name] for name in _PERSON_FIELDS)).where(
-    _USER.c.id.in_(bindparam("ids", expanding=True))
-)
-# Project (by key), the caller's membership and the issue (by number) with its people; outer
-# joins, so that a missing project, a hidden one and a missing issue can be told apart.
-_READ_ISSUE = (
-    sa_select(_PROJECT.c.key.label("project_key"), _MEMBER.c.role, *PUBLIC_ISSUE_COLUMNS)
-    .select_from(
-        with_people(
-            _PROJECT.outerjoin(
-                _MEMBER,
-                and_(
-                    _MEMBER.c.project_id == _PROJECT.c.id,
-                    _MEMBER.c.user_id == bindparam("subject"),
-                ),
-            ).outerjoin(
-                _ISSUE,
-                and_(_ISSUE.c.project_id == _PROJECT.c.id, _ISSUE.c.number == bindparam("number")),
+async def apply_update(
+    session: AsyncSession, access: IssueAccess, body: IssueUpdate, if_match: str | None
+) -> IssuePublic:
+    """Change fields; ``labels`` replaces the set. Reporters may edit the title and
+    description of issues they reported; everything else needs the developer role."""
+    check_if_match(if_match, access.etag)
+    issue, principal = access.issue, access.principal
+    changes = body.model_dump(exclude_unset=True)
+    own_text_only = set(changes) <= {"title", "description"} and issue.reporter_id == (
+        principal.subject
+    )
+    # Having reported an issue grants nothing beyond one's role: a reporter since demoted
+    # to viewer may no longer edit it.
+    if own_text_only:
+        access.project_access.require(Role.reporter, "editing issues")
+    else:
+        access.project_access.require(Role.developer, "editing this issue")
+    changed = _set_plain_fields(session, access, changes)
+    if "assignee_id" in changes and changes["assignee_id"] != issue.assignee_id:
+        await _assign(session, access, changes["assignee_id"])
+        changed = True
+    if changes.get("labels") is not None:
+        wanted = list(dict.fromkeys(changes["labels"]))
+        changed |= await _replace_labels(session, access, wanted)
+    if changed:
+        await _commit_change(session, access)
+    return await build_public_issue(session, access)
+
+
+def _set_plain_fields(session: AsyncSession, access: IssueAccess, changes: dict[str, Any]) -> bool:
+    issue = access.issue
+    changed = False
+    for field in _PLAIN_FIELDS:
+        new = changes.get(field)
+        if new is None or new == getattr(issue, field):
+            continue
+        old = getattr(issue, field)
+        setattr(issue, field, new)
+        if field == "priority":
+            issue.priority_rank = Priority(new).rank
+        record_activity(
+            session,
+            access.principal,
+            access.issue_id,
+            ActivityAction.updated,
+            field=field,
+            old=old,
+            new=new,
+        )
+        changed = True
+    return changed
+
+
+async def _assign(session: AsyncSession, access: IssueAccess, assignee_id: str | None) -> None:
+    if assignee_id is not None:
+        await require_member(session, access.project_access.project_id, assignee_id)
+    record_activity(
+        session,
+        access.principal,
+        access.issue_id,
+        ActivityAction.assigned,
+        field="assignee_id",
+        old=access.issue.assignee_id,
+        new=assignee_id,
+    )
+    access.issue.assignee_id = assignee_id
+
+
+async def _replace_labels(session: AsyncSession, access: IssueAccess, names: list[str]) -> bool:
+    issue_id, project_id = access.issue_id, access.project_access.project_id
+    wanted = await labels_by_name(session, project_id, names)
+    current = set(await issue_label_names(session, issue_id))
+    added = [label for label in wanted if label.name not in current]
+    removed = sorted(current - {label.name for label in wanted})
+    for label in added:
+        session.add(IssueLabel(issue_id=issue_id, label_id=label_id(label)))
+        _record_labels(session, access, ActivityAction.labeled, new=label.name)
+    if removed:
+        removed_labels = await labels_by_name(session, project_id, removed)
+        await session.exec(
+            delete(IssueLabel).where(
+                col(IssueLabel.issue_id) == issue_id,
+                col(IssueLabel.label_id).in_([label.id for label in removed_labels]),
             )
         )
-    )
-    .where(_PROJECT.c.key == bindparam("project_key"))
-)
+        for name in removed:
+            _record_labels(session, access, ActivityAction.unlabeled, old=name)
+    return bool(added or removed)
 
 
-_REPORTER_AT = len(PUBLIC_ISSUE_COLUMNS) - 2 * len(_PERSON_FIELDS)
-_ASSIGNEE_AT = len(PUBLIC_ISSUE_COLUMNS) - len(_PERSON_FIELDS)
-_validate_public_issue = IssuePublic.__pydantic_validator__.validate_python
-_Model = TypeVar("_Model", bound=SQLModel)
+def _record_labels(
+    session: AsyncSession, access: IssueAccess, action: ActivityAction, **change: str
+) -> None:
+    record_activity(session, access.principal, access.issue_id, action, field="labels", **change)
 
 
-def _trusted(cls: type[_Model], values: dict[str, Any]) -> _Model:
-    """A response model from values already of its field types, without validating them.
-
-    What ``model_construct`` does, minus its Python-level work: validating a SQLModel runs
-    SQLModel's ``__init__`` for the model and for every nested one, which made up a third of
-    a 50-issue page. Only for rows of our own tables, whose columns (types, NOT NULL, CHECK
-    constraints) already guarantee the field types; tests/test_public_rows.py checks that
-    what the hot paths build this way validates to the same document.
-    """
-    instance = cls.__new__(cls)
-    object.__setattr__(instance, "__dict__", values)
-    object.__setattr__(instance, "__pydantic_fields_set__", set(values))
-    return instance
+async def _commit_change(session: AsyncSession, access: IssueAccess) -> None:
+    """A new version of the issue, committed with everything staged for it."""
+    access.issue.version += 1
+    access.issue.updated_at = utcnow()
+    session.add(access.issue)
+    await session.commit()
 
 
-def _person(row: Any, at: int) -> UserSummary | None:
-    # Positional, not by name: the columns are fixed above and a Row's mapping view is slow.
-    if row[at] is None:
-        return None
-    return _trusted(
-        UserSummary,
-        {
-            "id": row[at],
-            "username": row[at + 1],
-            "name": row[at + 2],
-            "is_service_account": bool(row[at + 3]),
-        },
-    )
-
-
-def public_issue(row: Any, project_key: str, labels: dict[int, list[Any]]) -> IssuePublic:
-    """The public shape of a row that ends with ``PUBLIC_ISSUE_COLUMNS``."""
-    offset = len(row) - len(PUBLIC_ISSUE_COLUMNS)
-    return _trusted(
-        IssuePublic,
-        {
-            "title": row.title,
-            "description": row.description,
-            "type": IssueType(row.type),
-            "priority": Priority(row.priority),
-            "key": f"{project_key}-{row.number}",
-            "number": row.number,
-            "project_key": project_key,
-            "status": IssueStatus(row.status),
-            "reporter": _person(row, offset + _REPORTER_AT),
-            "assignee": _person(row, offset + _ASSIGNEE_AT),
-            "labels": labels.get(row.id, []),
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-            "closed_at": row.closed_at,
-            "version": row.version,
-        },
-    )
-
-
-async def labels_of(session: AsyncSession, issue_ids: Sequence[int]) -> dict[int, list[Any]]:
-    """Each issue's labels, by name, in one statement whatever the number of issues."""
-    if not issue_ids:
-        return {}
-    connection = await session.connection()
-    rows = await connection.execute(_LABELS_OF, {"ids": list(issue_ids)})
-    labels: dict[int, list[Any]] = {}
-    for issue_id, name, color, description in rows:
-        labels.setdefault(issue_id, []).append(
-            _trusted(LabelPublic, {"name": name, "color": color, "description": description})
+async def transition(
+    session: AsyncSession, access: IssueAccess, body: TransitionRequest, if_match: str | None
+) -> IssuePublic:
+    """Move the issue through the workflow (developers)."""
+    access.project_access.require(Role.developer, "moving issues through the workflow")
+    check_if_match(if_match, access.etag)
+    issue = access.issue
+    current = IssueStatus(issue.status)
+    allowed = TRANSITIONS[current]
+    if body.to not in allowed:
+        names = ", ".join(status.value for status in allowed)
+        raise Conflict(
+            f"an issue in {current.value} can move to: {names}",
+            extra={"from": current.value, "allowed": [s.value for s in allowed]},
         )
-    return labels
-
-
-async def public_issues_page(
-    session: AsyncSession, project_key: str, rows: Sequence[Any]
-) -> list[IssuePublic]:
-    """Rows of ``PUBLIC_ISSUE_COLUMNS`` with their labels: one more statement for the page."""
-    labels = await labels_of(session, [row.id for row in rows])
-    return [public_issue(row, project_key, labels) for row in rows]
-
-
-async def users_by_id(session: AsyncSession, ids: Iterable[str | None]) -> dict[str, UserSummary]:
-    wanted = {user_id for user_id in ids if user_id}
-    if not wanted:
-        return {}
-    connection = await session.connection()
-    rows = await connection.execute(_USERS_BY_ID, {"ids": sorted(wanted)})
-    return {row.id: UserSummary.model_validate(dict(row._mapping)) for row in rows}
-
-
-async def build_public_issues(
-    session: AsyncSession, project: Project, issues: Sequence[Issue]
-) -> list[IssuePublic]:
-    """Public issues from entities a writer holds, people and labels in two statements.
-
-    The issue's own fields come from the entity, not from a new read: after the commit
-    another writer may already have moved the row on, and a response must show (and its ETag
-    name) the version this request wrote.
-    """
-    if not issues:
-        return []
-    ids = [issue.id or 0 for issue in issues]
-    users = await users_by_id(
-        session, [i.reporter_id for i in issues] + [i.assignee_id for i in issues]
+    record_activity(
+        session,
+        access.principal,
+        access.issue_id,
+        ActivityAction.transitioned,
+        field="status",
+        old=current.value,
+        new=body.to.value,
     )
-    labels = await labels_of(session, ids)
-    return [
-        cast(
-            IssuePublic,
-            _validate_public_issue(
-                {
-                    # Attributes, not model_dump(): a writer may have set an enum field
-                    # from its plain value, and validation below normalises it either way.
-                    **{name: getattr(issue, name) for name in _ISSUE_PUBLIC_FIELDS},
-                    "key": f"{project.key}-{issue.number}",
-                    "project_key": project.key,
-                    "reporter": users[issue.reporter_id],
-                    "assignee": users.get(issue.assignee_id) if issue.assignee_id else None,
-                    "labels": labels.get(issue.id or 0, []),
-                }
-            ),
-        )
-        for issue in issues
-    ]
+    issue.status = body.to
+    issue.closed_at = utcnow() if body.to == IssueStatus.closed else None
+    await _commit_change(session, access)
+    ISSUE_TRANSITIONS.labels(to=body.to.value).inc()
+    return await build_public_issue(session, access)
 
 
-@dataclass(frozen=True, slots=True)
-class IssueRead:
-    """An issue as a reader sees it: its public row and ETag, found in one statement."""
-
-    project_key: str
-    row: Any
-
-    @property
-    def etag(self) -> str:
-        return etag_of("issue", self.row.id, self.row.version)
-
-
-async def read_issue(session: AsyncSession, principal: Principal, issue_key: str) -> IssueRead:
-    """Project, membership, issue and people in one statement; 404 when it may not be seen.
-
-    The same answers as ``load_issue_access``: a project that is missing or hidden is not
-    found as a project, a missing number as an issue.
-    """
-    project_key, number = parse_issue_key(issue_key)
-    connection = await session.connection()
-    parameters = {"subject": principal.subject, "number": number, "project_key": project_key}
-    row = (await connection.execute(_READ_ISSUE, parameters)).first()
-    if row is None or (row.role is None and not principal.is_admin):
-        raise project_not_found(project_key)
-    if row.id is None:
-        raise NotFound(f"issue {project_key}-{number} not found")
-    return IssueRead(project_key=row.project_key, row=row)
+async def change_labels(
+    session: AsyncSession,
+    access: IssueAccess,
+    if_match: str | None,
+    *,
+    add: str | None = None,
+    remove: str | None = None,
+) -> IssuePublic:
+    """Attach or detach one label (developers); attaching twice changes nothing."""
+    access.project_access.require(Role.developer, "labelling issues")
+    check_if_match(if_match, access.etag)
+    current = await issue_label_names(session, access.issue_id)
+    if remove is not None and remove not in current:
+        raise NotFound(f"issue {access.key} has no label {remove}")
+    wanted = [*current, add] if add is not None else [n for n in current if n != remove]
+    if await _replace_labels(session, access, wanted):
+        await _commit_change(session, access)
+    return await build_public_issue(session, access)
 
 
-async def build_public_issue(session: AsyncSession, access: IssueAccess) -> IssuePublic:
-    (public,) = await build_public_issues(session, access.project, [access.issue])
-    return public
+async def delete_issue(session: AsyncSession, access: IssueAccess, if_match: str | None) -> None:
+    """Delete an issue with its comments and history (maintainers)."""
+    access.project_access.require(Role.maintainer, "deleting issues")
+    check_if_match(if_match, access.etag)
+    await session.delete(access.issue)
+    await session.commit()

@@ -52,10 +52,8 @@ class LabelUpdate(SQLModel):
     description: str | None = Field(default=None, max_length=500)
 
 
-class LabelPublic(SQLModel):
-    name: str
-    color: str
-    description: str
+class LabelPublic(LabelBase):
+    """A label as clients see it: its shared fields, nothing of its storage."""
 
 
 class IssueLabel(SQLModel, table=True):

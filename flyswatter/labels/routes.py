@@ -15,7 +15,7 @@ from flyswatter.errors import Conflict, NotFound, problem_responses
 from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.labels.models import Label, LabelCreate, LabelPublic, LabelUpdate
 from flyswatter.projects.models import Role
-from flyswatter.projects.service import ProjectAccess, project_access
+from flyswatter.projects.service import PROJECT_ERRORS, ProjectAccess, project_access
 
 router = APIRouter(prefix="/projects/{key}/labels", tags=["labels"])
 
@@ -27,7 +27,6 @@ ProjectForLabelling = Annotated[
     Depends(project_access(Role.maintainer, Scope.projects_write, "managing labels")),
 ]
 LabelNamePath = Annotated[str, Path(min_length=1, max_length=50, description="Label name.")]
-AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
 
 
 def to_public(label: Label) -> LabelPublic:
@@ -53,7 +52,7 @@ async def _commit_or_conflict(session: AsyncSession, name: str) -> None:
         raise Conflict(f"a label named {name} already exists in this project") from None
 
 
-@router.get("", response_model=Page[LabelPublic], responses=problem_responses(400) | AUTH_ERRORS)
+@router.get("", response_model=Page[LabelPublic], responses=problem_responses(400) | PROJECT_ERRORS)
 async def list_labels(
     session: SessionDep, access: ProjectForReading, keyset: KeysetDep
 ) -> Page[LabelPublic]:
@@ -74,7 +73,7 @@ async def list_labels(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=LabelPublic,
-    responses=problem_responses(409) | AUTH_ERRORS,
+    responses=problem_responses(409) | PROJECT_ERRORS,
 )
 async def create_label(
     body: LabelCreate, response: Response, session: SessionDep, access: ProjectForLabelling
@@ -88,7 +87,9 @@ async def create_label(
     return to_public(label)
 
 
-@router.patch("/{name}", response_model=LabelPublic, responses=problem_responses(409) | AUTH_ERRORS)
+@router.patch(
+    "/{name}", response_model=LabelPublic, responses=problem_responses(409) | PROJECT_ERRORS
+)
 async def update_label(
     name: LabelNamePath, body: LabelUpdate, session: SessionDep, access: ProjectForLabelling
 ) -> LabelPublic:
@@ -106,7 +107,7 @@ async def update_label(
 @router.delete(
     "/{name}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(409) | AUTH_ERRORS,
+    responses=problem_responses(409) | PROJECT_ERRORS,
 )
 async def delete_label(
     name: LabelNamePath, session: SessionDep, access: ProjectForLabelling

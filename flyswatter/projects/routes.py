@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from flyswatter.auth.dependencies import ProjectsRead, ProjectsWrite
+from flyswatter.auth.dependencies import AUTH_ERRORS, ProjectsRead, ProjectsWrite
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep, utcnow
 from flyswatter.errors import Conflict, NotFound, problem_responses
@@ -43,9 +43,6 @@ ProjectForManaging = Annotated[
     Depends(project_access(Role.maintainer, Scope.projects_write, "managing the project")),
 ]
 UserIdPath = Annotated[str, Path(min_length=1, max_length=255)]
-
-# Every route here can answer these; each route adds its own on top.
-AUTH_ERRORS = problem_responses(401, 403, 422, 429)
 
 
 def to_public(project: Project, role: Role | None) -> ProjectPublic:

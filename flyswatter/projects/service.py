@@ -11,11 +11,11 @@ from sqlalchemy import and_, bindparam
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flyswatter.auth.dependencies import require_scopes
+from flyswatter.auth.dependencies import AUTH_ERRORS, require_scopes
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
 from flyswatter.db import SessionDep
-from flyswatter.errors import Conflict, Forbidden, NotFound
+from flyswatter.errors import Conflict, Forbidden, NotFound, problem_responses
 from flyswatter.projects.models import Project, ProjectMember, Role
 
 ProjectKeyPath = Annotated[
@@ -28,6 +28,9 @@ ProjectKeyPath = Annotated[
         examples=["FLY"],
     ),
 ]
+
+# What a route inside a project can answer: a project the caller may not see is not found.
+PROJECT_ERRORS = AUTH_ERRORS | problem_responses(404)
 
 
 @dataclass(frozen=True, slots=True)

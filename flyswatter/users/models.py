@@ -9,11 +9,16 @@ from sqlmodel import Field, SQLModel
 from flyswatter.db import UTCDateTime, utcnow
 
 
-class UserBase(SQLModel):
+class UserIdentity(SQLModel):
+    """What anyone who sees a user's work sees of them."""
+
     username: str = Field(max_length=255, index=True)
-    email: str | None = Field(default=None, max_length=320)
     name: str | None = Field(default=None, max_length=255)
     is_service_account: bool = False
+
+
+class UserBase(UserIdentity):
+    email: str | None = Field(default=None, max_length=320)
     # For service accounts: the Keycloak client whose credentials the service uses.
     client_id: str | None = Field(default=None, max_length=255)
 
@@ -23,6 +28,12 @@ class User(UserBase, table=True):
     id: str = Field(primary_key=True, max_length=255)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class UserSummary(UserIdentity):
+    """A user as issues, comments and history name them."""
+
+    id: str
 
 
 class UserPublic(UserBase):

@@ -1,15 +1,37 @@
-"""Keeping the user mirror in step with the identities tokens present."""
+"""The user mirror: kept in step with the identities tokens present, and read as summaries."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
 from flyswatter.db import utcnow
-from flyswatter.users.models import User
+from flyswatter.users.models import User, UserSummary
+
+_USER = User.__table__  # type: ignore[attr-defined]
+SUMMARY_FIELDS = tuple(UserSummary.model_fields)
+# Built once, with an expanding bind parameter: every list of issues, comments or history runs it.
+_SUMMARIES = select(*(_USER.c[name] for name in SUMMARY_FIELDS)).where(
+    _USER.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
+async def user_summaries(
+    session: AsyncSession, ids: Iterable[str | None]
+) -> dict[str, UserSummary]:
+    """The summaries of the users with these ids (``None`` skipped), in one statement."""
+    wanted = {user_id for user_id in ids if user_id}
+    if not wanted:
+        return {}
+    connection = await session.connection()
+    rows = await connection.execute(_SUMMARIES, {"ids": sorted(wanted)})
+    return {row.id: UserSummary.model_validate(dict(row._mapping)) for row in rows}
 
 
 class UserMirror:

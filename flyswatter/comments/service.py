@@ -1,0 +1,174 @@
+"""Comment logic: finding a comment the caller may see, and writing comments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.auth.tokens import Principal
+from flyswatter.comments.models import Comment, CommentCreate, CommentPublic, CommentUpdate
+from flyswatter.db import utcnow
+from flyswatter.errors import Forbidden, NotFound
+from flyswatter.http.conditional import check_if_match, etag_of
+from flyswatter.http.idempotency import Created
+from flyswatter.http.pagination import Keyset, Page
+from flyswatter.issues.activity import record_activity
+from flyswatter.issues.dependencies import IssueAccess, load_issue_access
+from flyswatter.issues.models import ActivityAction, Issue
+from flyswatter.projects.models import Project, Role
+from flyswatter.users.service import user_summaries
+
+
+@dataclass(slots=True)
+class CommentAccess:
+    comment: Comment
+    issue_access: IssueAccess
+
+    @property
+    def etag(self) -> str:
+        return etag_of("comment", self.comment.id, self.comment.version)
+
+
+async def load_comment_access(
+    session: AsyncSession, principal: Principal, comment_id: int, *, for_update: bool = False
+) -> CommentAccess:
+    """The comment, its issue and the caller's standing; 404 when it may not be seen."""
+    row = (
+        await session.exec(
+            select(Project.key, Issue.number)
+            .join(Issue, col(Issue.project_id) == Project.id)
+            .join(Comment, col(Comment.issue_id) == Issue.id)
+            .where(Comment.id == comment_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"comment {comment_id} not found")
+    try:
+        issue_access = await load_issue_access(session, principal, f"{row[0]}-{row[1]}")
+    except NotFound:
+        raise NotFound(f"comment {comment_id} not found") from None
+    statement = select(Comment).where(Comment.id == comment_id)
+    if for_update:
+        statement = statement.with_for_update()
+    comment = (await session.exec(statement)).one()
+    return CommentAccess(comment=comment, issue_access=issue_access)
+
+
+async def build_public_comments(
+    session: AsyncSession, issue_key: str, comments: Sequence[Comment]
+) -> list[CommentPublic]:
+    authors = await user_summaries(session, [comment.author_id for comment in comments])
+    return [
+        CommentPublic.model_validate(
+            comment,
+            update={
+                "issue_key": issue_key,
+                "author": authors[comment.author_id],
+                "edited": comment.edited_at is not None,
+            },
+        )
+        for comment in comments
+    ]
+
+
+async def public_comment(session: AsyncSession, access: CommentAccess) -> CommentPublic:
+    (public,) = await build_public_comments(session, access.issue_access.key, [access.comment])
+    return public
+
+
+async def comment_page(
+    session: AsyncSession, access: IssueAccess, keyset: Keyset
+) -> Page[CommentPublic]:
+    """The issue's comments, oldest first."""
+    statement = select(Comment).where(Comment.issue_id == access.issue_id)
+    if (after := keyset.after("id", (int,))) is not None:
+        statement = statement.where(col(Comment.id) > after[0])
+    rows = (await session.exec(statement.order_by(col(Comment.id)).limit(keyset.fetch))).all()
+    return await keyset.page(
+        rows,
+        sort="id",
+        key=lambda comment: [comment.id],
+        build=lambda page: build_public_comments(session, access.key, page),
+    )
+
+
+async def create_comment(
+    session: AsyncSession, access: IssueAccess, body: CommentCreate
+) -> Created[CommentPublic]:
+    """Comment on the issue (reporters and up), staged for the caller to commit."""
+    access.project_access.require(Role.reporter, "commenting")
+    comment = Comment.model_validate(
+        body, update={"issue_id": access.issue_id, "author_id": access.principal.subject}
+    )
+    session.add(comment)
+    await session.flush()
+    record_activity(
+        session, access.principal, access.issue_id, ActivityAction.commented, new=comment.id
+    )
+    (public,) = await build_public_comments(session, access.key, [comment])
+    etag = etag_of("comment", comment.id, comment.version)
+    return Created(public, f"/api/v1/comments/{comment.id}", etag)
+
+
+def _may_moderate(access: CommentAccess, principal: Principal, action: str) -> None:
+    project = access.issue_access.project_access
+    project.require_active()
+    if access.comment.author_id != principal.subject:
+        if not project.role.includes(Role.maintainer):
+            raise Forbidden(f"{action} someone else's comment needs the maintainer role")
+    else:
+        # Authorship grants nothing beyond one's role: an author since demoted to viewer
+        # may no longer change what they wrote.
+        project.require(Role.reporter, f"{action} comments")
+
+
+async def edit_comment(
+    session: AsyncSession,
+    principal: Principal,
+    comment_id: int,
+    body: CommentUpdate,
+    if_match: str | None,
+) -> CommentAccess:
+    """Edit a comment (its author, or a maintainer); the comment then shows as edited."""
+    access = await load_comment_access(session, principal, comment_id, for_update=True)
+    _may_moderate(access, principal, "editing")
+    check_if_match(if_match, access.etag)
+    comment = access.comment
+    if body.body != comment.body:
+        assert comment.id is not None
+        record_activity(
+            session,
+            principal,
+            comment.issue_id,
+            ActivityAction.comment_edited,
+            field="body",
+            old=comment.id,
+            new=comment.id,
+        )
+        comment.body = body.body
+        comment.edited_at = comment.updated_at = utcnow()
+        comment.version += 1
+        session.add(comment)
+        await session.commit()
+    return access
+
+
+async def delete_comment(
+    session: AsyncSession, principal: Principal, comment_id: int, if_match: str | None
+) -> None:
+    """Delete a comment (its author, or a maintainer)."""
+    access = await load_comment_access(session, principal, comment_id, for_update=True)
+    _may_moderate(access, principal, "deleting")
+    check_if_match(if_match, access.etag)
+    record_activity(
+        session,
+        principal,
+        access.comment.issue_id,
+        ActivityAction.comment_deleted,
+        old=access.comment.id,
+    )
+    await session.delete(access.comment)
+    await session.commit()

@@ -1,0 +1,72 @@
+"""An issue's history: every change recorded in the changing transaction, read oldest first."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.auth.tokens import Principal
+from flyswatter.http.pagination import Keyset, Page
+from flyswatter.issues.models import Activity, ActivityAction, ActivityPublic
+from flyswatter.observability.logs import request_id_var
+from flyswatter.users.service import user_summaries
+
+
+def record_activity(
+    session: AsyncSession,
+    principal: Principal,
+    issue_id: int,
+    action: ActivityAction,
+    *,
+    field: str | None = None,
+    old: Any = None,
+    new: Any = None,
+) -> None:
+    """Stage one entry of the history in the session's transaction.
+
+    It names the request by the id its log lines carry, so a change can be traced to them.
+    """
+    session.add(
+        Activity(
+            issue_id=issue_id,
+            actor_id=principal.subject,
+            client_id=principal.client_id if principal.is_service_account else None,
+            action=action,
+            field=field,
+            old_value=None if old is None else json.dumps(old, default=str),
+            new_value=None if new is None else json.dumps(new, default=str),
+            request_id=request_id_var.get(),
+        )
+    )
+
+
+async def activity_page(
+    session: AsyncSession, issue_id: int, keyset: Keyset
+) -> Page[ActivityPublic]:
+    statement = select(Activity).where(Activity.issue_id == issue_id)
+    if (after := keyset.after("id", (int,))) is not None:
+        statement = statement.where(col(Activity.id) > after[0])
+    rows = (await session.exec(statement.order_by(col(Activity.id)).limit(keyset.fetch))).all()
+
+    async def public(page: Sequence[Activity]) -> list[ActivityPublic]:
+        actors = await user_summaries(session, [row.actor_id for row in page])
+        return [
+            ActivityPublic(
+                id=row.id or 0,
+                action=row.action,
+                field=row.field,
+                old_value=None if row.old_value is None else json.loads(row.old_value),
+                new_value=None if row.new_value is None else json.loads(row.new_value),
+                actor=actors[row.actor_id],
+                client_id=row.client_id,
+                request_id=row.request_id,
+                created_at=row.created_at,
+            )
+            for row in page
+        ]
+
+    return await keyset.page(rows, sort="id", key=lambda row: [row.id], build=public)

@@ -1,0 +1,113 @@
+"""Addressing an issue by key, and the issue-or-404 dependencies of the routes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Path
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.auth.dependencies import require_scopes
+from flyswatter.auth.scopes import Scope
+from flyswatter.auth.tokens import Principal
+from flyswatter.db import MAX_ROW_ID, SessionDep
+from flyswatter.errors import NotFound
+from flyswatter.http.conditional import etag_of
+from flyswatter.issues.models import Issue
+from flyswatter.projects.models import Project
+from flyswatter.projects.service import ProjectAccess, load_project_access
+
+ISSUE_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9]{1,9}-[1-9][0-9]{0,9}$"
+_ISSUE_KEY = re.compile(ISSUE_KEY_PATTERN)
+
+IssueKeyPath = Annotated[
+    str,
+    Path(
+        min_length=4,
+        max_length=21,
+        pattern=ISSUE_KEY_PATTERN,
+        description="Project key and number, e.g. `FLY-42`.",
+        examples=["FLY-42"],
+    ),
+]
+
+
+def parse_issue_key(issue_key: str) -> tuple[str, int]:
+    if not _ISSUE_KEY.match(issue_key):
+        raise NotFound(f"issue {issue_key} not found")
+    project_key, _, number = issue_key.rpartition("-")
+    if int(number) > MAX_ROW_ID:
+        raise NotFound(f"issue {issue_key} not found")
+    return project_key.upper(), int(number)
+
+
+@dataclass(slots=True)
+class IssueAccess:
+    """An issue the caller may see, its project, and the caller's standing there."""
+
+    issue: Issue
+    project_access: ProjectAccess
+
+    @property
+    def project(self) -> Project:
+        return self.project_access.project
+
+    @property
+    def principal(self) -> Principal:
+        return self.project_access.principal
+
+    @property
+    def issue_id(self) -> int:
+        assert self.issue.id is not None, "a stored issue has an id"
+        return self.issue.id
+
+    @property
+    def key(self) -> str:
+        return f"{self.project.key}-{self.issue.number}"
+
+    @property
+    def etag(self) -> str:
+        return etag_of("issue", self.issue.id, self.issue.version)
+
+
+async def load_issue_access(
+    session: AsyncSession, principal: Principal, issue_key: str, *, for_update: bool = False
+) -> IssueAccess:
+    """The issue and the caller's project standing; 404 when it may not be seen.
+
+    Writers lock the issue row (``for_update``) so that concurrent changes apply one after
+    the other and every one of them sees, and bumps, the latest version.
+    """
+    project_key, number = parse_issue_key(issue_key)
+    access = await load_project_access(session, principal, project_key)
+    statement = select(Issue).where(Issue.project_id == access.project_id, Issue.number == number)
+    if for_update:
+        statement = statement.with_for_update()
+    issue = (await session.exec(statement)).first()
+    if issue is None:
+        raise NotFound(f"issue {project_key}-{number} not found")
+    return IssueAccess(issue=issue, project_access=access)
+
+
+def _issue_access(scope: Scope, *, writing: bool) -> Any:
+    async def dependency(
+        issue_key: IssueKeyPath,
+        session: SessionDep,
+        # A default rather than Annotated: the scope is a closure variable, which string
+        # annotations (PEP 563) could not resolve.
+        principal: Principal = require_scopes(scope),
+    ) -> IssueAccess:
+        access = await load_issue_access(session, principal, issue_key, for_update=writing)
+        if writing:
+            access.project_access.require_active()
+        return access
+
+    return Depends(dependency)
+
+
+# Readers see the issue; writers also hold its row lock, in a project that is not archived.
+IssueForReading = Annotated[IssueAccess, _issue_access(Scope.issues_read, writing=False)]
+IssueForWriting = Annotated[IssueAccess, _issue_access(Scope.issues_write, writing=True)]
