@@ -71,7 +71,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
     from flyswatter import migrations
     from flyswatter.app import create_app
     from flyswatter.dev.demo import dev_banner, seed_demo_project
-    from flyswatter.dev.identity_provider import start_dev_identity_provider
+    from flyswatter.dev.server import start_dev_identity_provider
     from flyswatter.observability.logs import configure_logging
 
     if not is_loopback_host(args.host):

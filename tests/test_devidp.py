@@ -28,11 +28,8 @@ from keycloak.exceptions import KeycloakAuthenticationError, KeycloakPostError
 from flyswatter.app import create_app
 from flyswatter.config import Settings
 from flyswatter.dev.demo import DEMO_PROJECT_KEY, DEMO_ROLES, quickstart, seed_demo_project
-from flyswatter.dev.identity_provider import (
-    BackgroundServer,
-    DevIdentityProvider,
-    start_dev_identity_provider,
-)
+from flyswatter.dev.identity_provider import DevIdentityProvider
+from flyswatter.dev.server import BackgroundServer, start_dev_identity_provider
 
 SERVICE_SECRET = "flyswatter-service-dev-secret"
 READONLY_SECRET = "flyswatter-readonly-service-dev-secret"

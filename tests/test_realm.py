@@ -17,7 +17,7 @@ import pytest
 from flyswatter.app import create_app
 from flyswatter.auth.scopes import ADMIN_ROLE, Scope
 from flyswatter.config import Settings
-from flyswatter.dev.identity_provider import REALM_FILE, load_realm, resolve_placeholders
+from flyswatter.dev.realm import REALM_FILE, load_realm, resolve_placeholders
 
 # Field names of Keycloak's representations (org.keycloak.representations.idm), as the
 # admin REST API documents them: RealmRepresentation (the fields a realm file uses), ...

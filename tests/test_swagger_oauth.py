@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from flyswatter.app import create_app
 from flyswatter.auth.scopes import SCOPE_DESCRIPTIONS
 from flyswatter.config import Settings
-from flyswatter.dev.identity_provider import REALM_FILE, load_realm
+from flyswatter.dev.realm import REALM_FILE, load_realm
 
 SWAGGER_CLIENT = Settings.model_fields["swagger_client_id"].default
 

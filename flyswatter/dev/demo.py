@@ -14,7 +14,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.config import Settings
 from flyswatter.db import create_engine
-from flyswatter.dev.identity_provider import DevIdentityProvider, DevRealm, Identity
+from flyswatter.dev.identity_provider import DevIdentityProvider
+from flyswatter.dev.realm import DevRealm, Identity
 from flyswatter.projects.models import Project, ProjectMember, Role
 from flyswatter.users.models import User
 

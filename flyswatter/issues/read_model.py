@@ -48,6 +48,8 @@ _ENUM_FIELDS = tuple(
     and issubclass(annotation, Enum)
 )
 _LABEL_FIELDS = tuple(LabelPublic.model_fields)
+# Serialisers write a model's fields in the order of its ``__dict__``: keep the model's.
+_PUBLIC_FIELDS = tuple(IssuePublic.model_fields)
 
 # An issue's id and sort key, its own fields, then its reporter's and assignee's summaries.
 PUBLIC_ISSUE_COLUMNS: tuple[Any, ...] = (
@@ -122,7 +124,7 @@ def _document(
     assignee: UserSummary | None,
     labels: list[LabelPublic],
 ) -> dict[str, Any]:
-    """An issue's public fields: its own, then what it has from its project, people, labels."""
+    """An issue's public fields from its own, its project's key, its people and labels."""
     own.update(
         key=f"{project_key}-{own['number']}",
         project_key=project_key,
@@ -130,7 +132,7 @@ def _document(
         assignee=assignee,
         labels=labels,
     )
-    return own
+    return {name: own[name] for name in _PUBLIC_FIELDS}
 
 
 def _person(row: Any, at: int) -> UserSummary | None:
