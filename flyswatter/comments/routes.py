@@ -45,18 +45,11 @@ async def list_comments(
     responses=problem_responses(409) | PROJECT_ERRORS,
 )
 async def create_comment(
-    body: CommentCreate,
-    response: Response,
-    session: SessionDep,
-    access: IssueForWriting,
-    idempotency: IdempotencyDep,
+    body: CommentCreate, session: SessionDep, access: IssueForWriting, idempotency: IdempotencyDep
 ) -> CommentPublic | JSONResponse:
     """Comment on the issue (reporters and up)."""
     return await idempotency.create(
-        session,
-        response,
-        lambda: service.create_comment(session, access, body),
-        on_created=COMMENTS_CREATED.inc,
+        lambda: service.create_comment(session, access, body), on_created=COMMENTS_CREATED.inc
     )
 
 

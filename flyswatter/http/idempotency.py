@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.db import SessionDep, UTCDateTime, utcnow
 from flyswatter.errors import UnprocessableEntity
 from flyswatter.http.context import request_context
 from flyswatter.services import settings_of
@@ -70,8 +70,17 @@ def canonical_body(body: bytes) -> bytes:
 class Idempotency:
     """The request's idempotency context; inert when the client sent no key."""
 
-    def __init__(self, request: Request, key: str | None, body: bytes) -> None:
+    def __init__(
+        self,
+        request: Request,
+        key: str | None,
+        body: bytes,
+        session: AsyncSession,
+        response: Response,
+    ) -> None:
         self.key = key
+        self.session = session
+        self.response = response
         self.principal_key = request_context(request.scope).principal_key or ""
         self.method = request.method
         self.path = request.url.path
@@ -147,15 +156,11 @@ class Idempotency:
         )
 
     async def create(
-        self,
-        session: AsyncSession,
-        response: Response,
-        make: Callable[[], Awaitable[Created[Body]]],
-        *,
-        on_created: Callable[[], None],
+        self, make: Callable[[], Awaitable[Created[Body]]], *, on_created: Callable[[], None]
     ) -> Body | JSONResponse:
         """Replay a retry; else make the resource, commit it with its record, and answer 201's
         ``Location`` and ``ETag``. ``on_created`` runs once the new resource is committed."""
+        session = self.session
         if (replayed := await self.replay(session)) is not None:
             return replayed
         created = await make()
@@ -163,8 +168,8 @@ class Idempotency:
         if (replayed := await self.commit(session)) is not None:
             return replayed
         on_created()
-        response.headers["Location"] = created.location
-        response.headers["ETag"] = created.etag
+        self.response.headers["Location"] = created.location
+        self.response.headers["ETag"] = created.etag
         return created.body
 
     async def commit(self, session: AsyncSession) -> JSONResponse | None:
@@ -184,6 +189,8 @@ class Idempotency:
 
 async def idempotency(
     request: Request,
+    session: SessionDep,
+    response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -196,7 +203,7 @@ async def idempotency(
     ] = None,
 ) -> Idempotency:
     body = await request.body() if idempotency_key is not None else b""
-    return Idempotency(request, idempotency_key, body)
+    return Idempotency(request, idempotency_key, body, session, response)
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]

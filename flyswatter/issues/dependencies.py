@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Path
+from fastapi import Depends, Path, Response
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -15,8 +15,8 @@ from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
 from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import NotFound
-from flyswatter.http.conditional import etag_of
-from flyswatter.issues.models import Issue
+from flyswatter.http.conditional import IfMatch, etag_of
+from flyswatter.issues.models import Issue, IssuePublic
 from flyswatter.projects.models import Project
 from flyswatter.projects.service import ProjectAccess, load_project_access
 
@@ -111,3 +111,27 @@ def _issue_access(scope: Scope, *, writing: bool) -> Any:
 # Readers see the issue; writers also hold its row lock, in a project that is not archived.
 IssueForReading = Annotated[IssueAccess, _issue_access(Scope.issues_read, writing=False)]
 IssueForWriting = Annotated[IssueAccess, _issue_access(Scope.issues_write, writing=True)]
+
+
+@dataclass(slots=True)
+class IssueWrite:
+    """A conditional change of one issue: its session, the locked issue, the client's
+    ``If-Match``, and the response whose ``ETag`` will name the version written."""
+
+    session: AsyncSession
+    access: IssueAccess
+    if_match: str | None
+    response: Response
+
+    def answer(self, public: IssuePublic) -> IssuePublic:
+        self.response.headers["ETag"] = self.access.etag
+        return public
+
+
+async def issue_write(
+    session: SessionDep, access: IssueForWriting, response: Response, if_match: IfMatch = None
+) -> IssueWrite:
+    return IssueWrite(session, access, if_match, response)
+
+
+IssueWriteDep = Annotated[IssueWrite, Depends(issue_write)]

@@ -11,12 +11,12 @@ from flyswatter.auth.dependencies import IssuesRead
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep
 from flyswatter.errors import problem_responses
-from flyswatter.http.conditional import NOT_MODIFIED, IfMatch, IfNoneMatch, not_modified
+from flyswatter.http.conditional import NOT_MODIFIED, IfNoneMatch, not_modified
 from flyswatter.http.idempotency import IdempotencyDep
 from flyswatter.http.pagination import CountParam, KeysetDep, Page
 from flyswatter.issues import service
 from flyswatter.issues.activity import activity_page
-from flyswatter.issues.dependencies import IssueForReading, IssueForWriting, IssueKeyPath
+from flyswatter.issues.dependencies import IssueForReading, IssueKeyPath, IssueWriteDep
 from flyswatter.issues.listing import (
     MAX_QUERY_LENGTH,
     IssueFilters,
@@ -49,6 +49,7 @@ ProjectForReporting = Annotated[
     ProjectAccess, Depends(project_access(Role.reporter, Scope.issues_write, "reporting issues"))
 ]
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
+ISSUE_LABEL = "/issues/{issue_key}/labels/{name}"
 LabelNamePath = Annotated[str, Path(min_length=1, max_length=50, description="Label name.")]
 
 
@@ -59,18 +60,11 @@ LabelNamePath = Annotated[str, Path(min_length=1, max_length=50, description="La
     responses=problem_responses(409) | PROJECT_ERRORS,
 )
 async def create_issue(
-    body: IssueCreate,
-    response: Response,
-    session: SessionDep,
-    access: ProjectForReporting,
-    idempotency: IdempotencyDep,
+    body: IssueCreate, session: SessionDep, access: ProjectForReporting, idempotency: IdempotencyDep
 ) -> IssuePublic | JSONResponse:
     """Report an issue (reporters and up). Setting another assignee needs the developer role."""
     return await idempotency.create(
-        session,
-        response,
-        lambda: service.create_issue(session, access, body),
-        on_created=ISSUES_CREATED.inc,
+        lambda: service.create_issue(session, access, body), on_created=ISSUES_CREATED.inc
     )
 
 
@@ -151,75 +145,39 @@ async def get_issue(
 
 
 @router.patch("/issues/{issue_key}", response_model=IssuePublic, responses=WRITE_ERRORS)
-async def update_issue(
-    body: IssueUpdate,
-    response: Response,
-    session: SessionDep,
-    access: IssueForWriting,
-    if_match: IfMatch = None,
-) -> IssuePublic:
+async def update_issue(body: IssueUpdate, write: IssueWriteDep) -> IssuePublic:
     """Change fields; `labels` replaces the set. Reporters may edit the title and description
     of issues they reported; everything else needs the developer role."""
-    public = await service.apply_update(session, access, body, if_match)
-    response.headers["ETag"] = access.etag
-    return public
+    return write.answer(await service.apply_update(write, body))
 
 
-@router.delete(
-    "/issues/{issue_key}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS
-)
-async def delete_issue(
-    session: SessionDep, access: IssueForWriting, if_match: IfMatch = None
-) -> None:
+@router.delete("/issues/{issue_key}", status_code=204, responses=WRITE_ERRORS)
+async def delete_issue(write: IssueWriteDep) -> None:
     """Delete an issue with its comments and history (maintainers)."""
-    await service.delete_issue(session, access, if_match)
+    await service.delete_issue(write)
 
 
 @router.post("/issues/{issue_key}/transitions", response_model=IssuePublic, responses=WRITE_ERRORS)
-async def transition_issue(
-    body: TransitionRequest,
-    response: Response,
-    session: SessionDep,
-    access: IssueForWriting,
-    if_match: IfMatch = None,
-) -> IssuePublic:
+async def transition_issue(body: TransitionRequest, write: IssueWriteDep) -> IssuePublic:
     """Move the issue through the workflow (developers): open → in_progress → resolved →
     closed; back to open from in_progress, resolved or closed; open → closed."""
-    public = await service.transition(session, access, body, if_match)
-    response.headers["ETag"] = access.etag
-    return public
+    return write.answer(await service.transition(write, body))
 
 
 @router.post(
     "/issues/{issue_key}/labels/{name}", response_model=IssuePublic, responses=WRITE_ERRORS
 )
-async def attach_label(
-    name: LabelNamePath,
-    response: Response,
-    session: SessionDep,
-    access: IssueForWriting,
-    if_match: IfMatch = None,
-) -> IssuePublic:
+async def attach_label(name: LabelNamePath, write: IssueWriteDep) -> IssuePublic:
     """Attach a project label to the issue (developers); attaching twice changes nothing."""
-    public = await service.change_labels(session, access, if_match, add=name)
-    response.headers["ETag"] = access.etag
-    return public
+    return write.answer(await service.change_labels(write, add=name))
 
 
 @router.delete(
     "/issues/{issue_key}/labels/{name}", response_model=IssuePublic, responses=WRITE_ERRORS
 )
-async def detach_label(
-    name: LabelNamePath,
-    response: Response,
-    session: SessionDep,
-    access: IssueForWriting,
-    if_match: IfMatch = None,
-) -> IssuePublic:
+async def detach_label(name: LabelNamePath, write: IssueWriteDep) -> IssuePublic:
     """Detach a label from the issue (developers)."""
-    public = await service.change_labels(session, access, if_match, remove=name)
-    response.headers["ETag"] = access.etag
-    return public
+    return write.answer(await service.change_labels(write, remove=name))
 
 
 @router.get(

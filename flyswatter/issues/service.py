@@ -15,7 +15,7 @@ from flyswatter.errors import Conflict, NotFound, UnprocessableEntity
 from flyswatter.http.conditional import check_if_match, etag_of
 from flyswatter.http.idempotency import Created
 from flyswatter.issues.activity import record_activity
-from flyswatter.issues.dependencies import IssueAccess
+from flyswatter.issues.dependencies import IssueAccess, IssueWrite
 from flyswatter.issues.models import (
     TRANSITIONS,
     ActivityAction,
@@ -121,12 +121,11 @@ async def create_issue(
     return Created(public, f"/api/v1/issues/{key}", etag_of("issue", issue.id, issue.version))
 
 
-async def apply_update(
-    session: AsyncSession, access: IssueAccess, body: IssueUpdate, if_match: str | None
-) -> IssuePublic:
+async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:
     """Change fields; ``labels`` replaces the set. Reporters may edit the title and
     description of issues they reported; everything else needs the developer role."""
-    check_if_match(if_match, access.etag)
+    session, access = write.session, write.access
+    check_if_match(write.if_match, access.etag)
     issue, principal = access.issue, access.principal
     changes = body.model_dump(exclude_unset=True)
     own_text_only = set(changes) <= {"title", "description"} and issue.reporter_id == (
@@ -225,12 +224,11 @@ async def _commit_change(session: AsyncSession, access: IssueAccess) -> None:
     await session.commit()
 
 
-async def transition(
-    session: AsyncSession, access: IssueAccess, body: TransitionRequest, if_match: str | None
-) -> IssuePublic:
+async def transition(write: IssueWrite, body: TransitionRequest) -> IssuePublic:
     """Move the issue through the workflow (developers)."""
+    session, access = write.session, write.access
     access.project_access.require(Role.developer, "moving issues through the workflow")
-    check_if_match(if_match, access.etag)
+    check_if_match(write.if_match, access.etag)
     issue = access.issue
     current = IssueStatus(issue.status)
     allowed = TRANSITIONS[current]
@@ -257,16 +255,12 @@ async def transition(
 
 
 async def change_labels(
-    session: AsyncSession,
-    access: IssueAccess,
-    if_match: str | None,
-    *,
-    add: str | None = None,
-    remove: str | None = None,
+    write: IssueWrite, *, add: str | None = None, remove: str | None = None
 ) -> IssuePublic:
     """Attach or detach one label (developers); attaching twice changes nothing."""
+    session, access = write.session, write.access
     access.project_access.require(Role.developer, "labelling issues")
-    check_if_match(if_match, access.etag)
+    check_if_match(write.if_match, access.etag)
     current = await issue_label_names(session, access.issue_id)
     if remove is not None and remove not in current:
         raise NotFound(f"issue {access.key} has no label {remove}")
@@ -276,9 +270,9 @@ async def change_labels(
     return await build_public_issue(session, access)
 
 
-async def delete_issue(session: AsyncSession, access: IssueAccess, if_match: str | None) -> None:
+async def delete_issue(write: IssueWrite) -> None:
     """Delete an issue with its comments and history (maintainers)."""
-    access.project_access.require(Role.maintainer, "deleting issues")
-    check_if_match(if_match, access.etag)
-    await session.delete(access.issue)
-    await session.commit()
+    write.access.project_access.require(Role.maintainer, "deleting issues")
+    check_if_match(write.if_match, write.access.etag)
+    await write.session.delete(write.access.issue)
+    await write.session.commit()
