@@ -98,6 +98,8 @@ class InsufficientScope(Problem):
 
 
 class Forbidden(Problem):
+    """The caller is known and may see the resource, but its role does not allow the change."""
+
     status, slug, title = 403, "forbidden", "Forbidden"
 
 
@@ -106,15 +108,13 @@ class NotFound(Problem):
 
 
 class Conflict(Problem):
+    """The change contradicts the resource's state (a taken key, a move the workflow forbids)."""
+
     status, slug, title = 409, "conflict", "Conflict"
 
 
 class PreconditionFailed(Problem):
     status, slug, title = 412, "precondition-failed", "Precondition failed"
-
-
-class PreconditionRequired(Problem):
-    status, slug, title = 428, "precondition-required", "Precondition required"
 
 
 class UnprocessableEntity(Problem):

@@ -27,10 +27,11 @@ class Comment(CommentBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     issue_id: int = Field(foreign_key="issue.id", ondelete="CASCADE")
     author_id: str = Field(foreign_key="user.id", max_length=255)
+    # Bumped by every edit; the ETag is built from it.
+    version: int = Field(default=1)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     edited_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    version: int = Field(default=1)
 
 
 class CommentCreate(CommentBase):

@@ -13,8 +13,9 @@ from flyswatter.comments.models import CommentCreate, CommentPublic, CommentUpda
 from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import problem_responses
 from flyswatter.http.conditional import NOT_MODIFIED, IfMatch, IfNoneMatch, not_modified
+from flyswatter.http.created import creates
 from flyswatter.http.idempotency import IdempotencyDep
-from flyswatter.http.pagination import KeysetDep, Page
+from flyswatter.http.pagination import KeysetDep, Page, lists
 from flyswatter.issues.dependencies import IssueForReading, IssueForWriting
 from flyswatter.observability.metrics import COMMENTS_CREATED
 from flyswatter.projects.service import PROJECT_ERRORS
@@ -26,11 +27,7 @@ CommentIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Comment id
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 
 
-@router.get(
-    "/issues/{issue_key}/comments",
-    response_model=Page[CommentPublic],
-    responses=problem_responses(400) | PROJECT_ERRORS,
-)
+@router.get("/issues/{issue_key}/comments", **lists(CommentPublic, PROJECT_ERRORS))
 async def list_comments(
     session: SessionDep, access: IssueForReading, keyset: KeysetDep
 ) -> Page[CommentPublic]:
@@ -38,12 +35,7 @@ async def list_comments(
     return await service.comment_page(session, access, keyset)
 
 
-@router.post(
-    "/issues/{issue_key}/comments",
-    status_code=status.HTTP_201_CREATED,
-    response_model=CommentPublic,
-    responses=problem_responses(409) | PROJECT_ERRORS,
-)
+@router.post("/issues/{issue_key}/comments", **creates(CommentPublic, PROJECT_ERRORS))
 async def create_comment(
     body: CommentCreate, session: SessionDep, access: IssueForWriting, idempotency: IdempotencyDep
 ) -> CommentPublic | JSONResponse:
@@ -62,9 +54,10 @@ async def get_comment(
     if_none_match: IfNoneMatch = None,
 ) -> CommentPublic | Response:
     access = await service.load_comment_access(session, principal, id)
-    if (unchanged := not_modified(if_none_match, access.etag)) is not None:
+    etag = service.comment_etag(access.comment)
+    if (unchanged := not_modified(if_none_match, etag)) is not None:
         return unchanged
-    response.headers["ETag"] = access.etag
+    response.headers["ETag"] = etag
     return await service.public_comment(session, access)
 
 
@@ -79,7 +72,7 @@ async def update_comment(
 ) -> CommentPublic:
     """Edit a comment (its author, or a maintainer); the comment then shows as edited."""
     access = await service.edit_comment(session, principal, id, body, if_match)
-    response.headers["ETag"] = access.etag
+    response.headers["ETag"] = service.comment_etag(access.comment)
     return await service.public_comment(session, access)
 
 

@@ -13,7 +13,7 @@ from flyswatter.comments.models import Comment, CommentCreate, CommentPublic, Co
 from flyswatter.db import utcnow
 from flyswatter.errors import Forbidden, NotFound
 from flyswatter.http.conditional import check_if_match, etag_of
-from flyswatter.http.idempotency import Created
+from flyswatter.http.created import Created
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueAccess, load_issue_access
@@ -22,14 +22,33 @@ from flyswatter.projects.models import Project, Role
 from flyswatter.users.service import user_summaries
 
 
+async def build_public_comments(
+    session: AsyncSession, issue_key: str, comments: Sequence[Comment]
+) -> list[CommentPublic]:
+    authors = await user_summaries(session, [comment.author_id for comment in comments])
+    return [
+        CommentPublic.model_validate(
+            comment,
+            update={
+                "issue_key": issue_key,
+                "author": authors[comment.author_id],
+                "edited": comment.edited_at is not None,
+            },
+        )
+        for comment in comments
+    ]
+
+
+def comment_etag(comment: Comment) -> str:
+    return etag_of("comment", comment.id, comment.version)
+
+
 @dataclass(slots=True)
 class CommentAccess:
+    """A comment the caller may see, with its issue and the caller's standing there."""
+
     comment: Comment
     issue_access: IssueAccess
-
-    @property
-    def etag(self) -> str:
-        return etag_of("comment", self.comment.id, self.comment.version)
 
 
 async def load_comment_access(
@@ -55,23 +74,6 @@ async def load_comment_access(
         statement = statement.with_for_update()
     comment = (await session.exec(statement)).one()
     return CommentAccess(comment=comment, issue_access=issue_access)
-
-
-async def build_public_comments(
-    session: AsyncSession, issue_key: str, comments: Sequence[Comment]
-) -> list[CommentPublic]:
-    authors = await user_summaries(session, [comment.author_id for comment in comments])
-    return [
-        CommentPublic.model_validate(
-            comment,
-            update={
-                "issue_key": issue_key,
-                "author": authors[comment.author_id],
-                "edited": comment.edited_at is not None,
-            },
-        )
-        for comment in comments
-    ]
 
 
 async def public_comment(session: AsyncSession, access: CommentAccess) -> CommentPublic:
@@ -109,8 +111,7 @@ async def create_comment(
         session, access.principal, access.issue_id, ActivityAction.commented, new=comment.id
     )
     (public,) = await build_public_comments(session, access.key, [comment])
-    etag = etag_of("comment", comment.id, comment.version)
-    return Created(public, f"/api/v1/comments/{comment.id}", etag)
+    return Created(public, f"/api/v1/comments/{comment.id}", comment_etag(comment))
 
 
 def _may_moderate(access: CommentAccess, principal: Principal, action: str) -> None:
@@ -135,7 +136,7 @@ async def edit_comment(
     """Edit a comment (its author, or a maintainer); the comment then shows as edited."""
     access = await load_comment_access(session, principal, comment_id, for_update=True)
     _may_moderate(access, principal, "editing")
-    check_if_match(if_match, access.etag)
+    check_if_match(if_match, comment_etag(access.comment))
     comment = access.comment
     if body.body != comment.body:
         assert comment.id is not None
@@ -162,7 +163,7 @@ async def delete_comment(
     """Delete a comment (its author, or a maintainer)."""
     access = await load_comment_access(session, principal, comment_id, for_update=True)
     _may_moderate(access, principal, "deleting")
-    check_if_match(if_match, access.etag)
+    check_if_match(if_match, comment_etag(access.comment))
     record_activity(
         session,
         principal,

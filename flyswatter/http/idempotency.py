@@ -12,9 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
@@ -27,19 +26,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.db import SessionDep, UTCDateTime, utcnow
 from flyswatter.errors import UnprocessableEntity
 from flyswatter.http.context import request_context
+from flyswatter.http.created import Body, Created
 from flyswatter.services import settings_of
 
 REPLAYED_HEADER = "Idempotent-Replayed"
-Body = TypeVar("Body", bound=BaseModel)
-
-
-@dataclass(frozen=True, slots=True)
-class Created(Generic[Body]):
-    """What a create staged in the transaction: the response body and its headers."""
-
-    body: Body
-    location: str
-    etag: str
 
 
 class IdempotencyRecord(SQLModel, table=True):

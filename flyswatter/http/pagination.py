@@ -19,7 +19,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from flyswatter.errors import BadRequest
+from flyswatter.errors import BadRequest, problem_responses
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -37,6 +37,11 @@ class Page(BaseModel, Generic[T]):
     total: int | None = Field(
         default=None, description="Number of matching items; only when asked with `count=true`."
     )
+
+
+def lists(model: type[BaseModel], errors: dict[int | str, dict[str, Any]]) -> dict[str, Any]:
+    """The route options of a list of ``model``: a ``Page`` of them, or 400 for a bad cursor."""
+    return {"response_model": Page[model], "responses": problem_responses(400) | errors}  # type: ignore[valid-type]
 
 
 LimitParam = Annotated[

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from flyswatter.auth.dependencies import IssuesRead
@@ -12,8 +12,9 @@ from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep
 from flyswatter.errors import problem_responses
 from flyswatter.http.conditional import NOT_MODIFIED, IfNoneMatch, not_modified
+from flyswatter.http.created import creates
 from flyswatter.http.idempotency import IdempotencyDep
-from flyswatter.http.pagination import CountParam, KeysetDep, Page
+from flyswatter.http.pagination import CountParam, KeysetDep, Page, lists
 from flyswatter.issues import service
 from flyswatter.issues.activity import activity_page
 from flyswatter.issues.dependencies import IssueForReading, IssueKeyPath, IssueWriteDep
@@ -53,12 +54,7 @@ ISSUE_LABEL = "/issues/{issue_key}/labels/{name}"
 LabelNamePath = Annotated[str, Path(min_length=1, max_length=50, description="Label name.")]
 
 
-@router.post(
-    "/projects/{key}/issues",
-    status_code=status.HTTP_201_CREATED,
-    response_model=IssuePublic,
-    responses=problem_responses(409) | PROJECT_ERRORS,
-)
+@router.post("/projects/{key}/issues", **creates(IssuePublic, PROJECT_ERRORS))
 async def create_issue(
     body: IssueCreate, session: SessionDep, access: ProjectForReporting, idempotency: IdempotencyDep
 ) -> IssuePublic | JSONResponse:
@@ -68,11 +64,7 @@ async def create_issue(
     )
 
 
-@router.get(
-    "/projects/{key}/issues",
-    response_model=Page[IssuePublic],
-    responses=problem_responses(400) | PROJECT_ERRORS,
-)
+@router.get("/projects/{key}/issues", **lists(IssuePublic, PROJECT_ERRORS))
 async def list_issues(
     session: SessionDep,
     access: ProjectForReadingIssues,
@@ -180,11 +172,7 @@ async def detach_label(name: LabelNamePath, write: IssueWriteDep) -> IssuePublic
     return write.answer(await service.change_labels(write, remove=name))
 
 
-@router.get(
-    "/issues/{issue_key}/activity",
-    response_model=Page[ActivityPublic],
-    responses=problem_responses(400) | PROJECT_ERRORS,
-)
+@router.get("/issues/{issue_key}/activity", **lists(ActivityPublic, PROJECT_ERRORS))
 async def list_activity(
     session: SessionDep, access: IssueForReading, keyset: KeysetDep
 ) -> Page[ActivityPublic]:

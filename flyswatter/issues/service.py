@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.db import utcnow
 from flyswatter.errors import Conflict, NotFound, UnprocessableEntity
 from flyswatter.http.conditional import check_if_match, etag_of
-from flyswatter.http.idempotency import Created
+from flyswatter.http.created import Created
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueAccess, IssueWrite
 from flyswatter.issues.models import (

@@ -12,16 +12,19 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep
 from flyswatter.errors import Conflict, NotFound, problem_responses
-from flyswatter.http.pagination import KeysetDep, Page
+from flyswatter.http.created import creates
+from flyswatter.http.pagination import KeysetDep, Page, lists
 from flyswatter.labels.models import Label, LabelCreate, LabelPublic, LabelUpdate
 from flyswatter.projects.models import Role
-from flyswatter.projects.service import PROJECT_ERRORS, ProjectAccess, project_access
+from flyswatter.projects.service import (
+    PROJECT_ERRORS,
+    ProjectAccess,
+    ProjectForReading,
+    project_access,
+)
 
 router = APIRouter(prefix="/projects/{key}/labels", tags=["labels"])
 
-ProjectForReading = Annotated[
-    ProjectAccess, Depends(project_access(Role.viewer, Scope.projects_read, "reading labels"))
-]
 ProjectForLabelling = Annotated[
     ProjectAccess,
     Depends(project_access(Role.maintainer, Scope.projects_write, "managing labels")),
@@ -30,7 +33,7 @@ LabelNamePath = Annotated[str, Path(min_length=1, max_length=50, description="La
 
 
 def to_public(label: Label) -> LabelPublic:
-    return LabelPublic(name=label.name, color=label.color, description=label.description)
+    return LabelPublic.model_validate(label)
 
 
 async def _label(session: AsyncSession, access: ProjectAccess, name: str) -> Label:
@@ -52,7 +55,7 @@ async def _commit_or_conflict(session: AsyncSession, name: str) -> None:
         raise Conflict(f"a label named {name} already exists in this project") from None
 
 
-@router.get("", response_model=Page[LabelPublic], responses=problem_responses(400) | PROJECT_ERRORS)
+@router.get("", **lists(LabelPublic, PROJECT_ERRORS))
 async def list_labels(
     session: SessionDep, access: ProjectForReading, keyset: KeysetDep
 ) -> Page[LabelPublic]:
@@ -69,12 +72,7 @@ async def list_labels(
     )
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=LabelPublic,
-    responses=problem_responses(409) | PROJECT_ERRORS,
-)
+@router.post("", **creates(LabelPublic, PROJECT_ERRORS))
 async def create_label(
     body: LabelCreate, response: Response, session: SessionDep, access: ProjectForLabelling
 ) -> LabelPublic:

@@ -13,7 +13,8 @@ from flyswatter.auth.dependencies import AUTH_ERRORS, ProjectsRead, ProjectsWrit
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep, utcnow
 from flyswatter.errors import Conflict, NotFound, problem_responses
-from flyswatter.http.pagination import CountParam, KeysetDep, Page
+from flyswatter.http.created import creates
+from flyswatter.http.pagination import CountParam, KeysetDep, Page, lists
 from flyswatter.projects.models import (
     MemberPublic,
     MemberUpsert,
@@ -25,7 +26,9 @@ from flyswatter.projects.models import (
     Role,
 )
 from flyswatter.projects.service import (
+    PROJECT_ERRORS,
     ProjectAccess,
+    ProjectForReading,
     ProjectKeyPath,
     count_maintainers,
     load_project_access,
@@ -35,9 +38,6 @@ from flyswatter.users.models import User
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
-ProjectForReading = Annotated[
-    ProjectAccess, Depends(project_access(Role.viewer, Scope.projects_read, "reading the project"))
-]
 ProjectForManaging = Annotated[
     ProjectAccess,
     Depends(project_access(Role.maintainer, Scope.projects_write, "managing the project")),
@@ -60,7 +60,7 @@ def member_public(member: ProjectMember, user: User) -> MemberPublic:
     )
 
 
-@router.get("", response_model=Page[ProjectPublic], responses=problem_responses(400) | AUTH_ERRORS)
+@router.get("", **lists(ProjectPublic, AUTH_ERRORS))
 async def list_projects(
     session: SessionDep,
     principal: ProjectsRead,
@@ -99,12 +99,7 @@ async def list_projects(
     )
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=ProjectPublic,
-    responses=problem_responses(409) | AUTH_ERRORS,
-)
+@router.post("", **creates(ProjectPublic, AUTH_ERRORS))
 async def create_project(
     body: ProjectCreate, response: Response, session: SessionDep, principal: ProjectsWrite
 ) -> ProjectPublic:
@@ -162,11 +157,7 @@ async def archive_project(session: SessionDep, access: ProjectForManaging) -> No
         await session.commit()
 
 
-@router.get(
-    "/{key}/members",
-    response_model=Page[MemberPublic],
-    responses=problem_responses(400, 404) | AUTH_ERRORS,
-)
+@router.get("/{key}/members", **lists(MemberPublic, PROJECT_ERRORS))
 async def list_members(
     session: SessionDep, access: ProjectForReading, keyset: KeysetDep
 ) -> Page[MemberPublic]:

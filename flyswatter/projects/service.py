@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Path
+from fastapi import Depends, Path
 from sqlalchemy import and_, bindparam
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -128,3 +128,9 @@ async def count_maintainers(session: AsyncSession, project_id: int) -> int:
         )
     )
     return len(rows.all())
+
+
+# Any member reads; a role below viewer does not exist, so only non-members are refused (404).
+ProjectForReading = Annotated[
+    ProjectAccess, Depends(project_access(Role.viewer, Scope.projects_read, "reading the project"))
+]
