@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from flyswatter.dev.identity_provider import BackgroundServer
+from flyswatter.dev.server import BackgroundServer
 from tests.support.database import empty_all_tables
 from tests.support.identity import JwksServer, TokenFactory
 
