@@ -19,6 +19,7 @@ from flyswatter.auth.tokens import TokenVerifier
 from flyswatter.comments.routes import router as comments_router
 from flyswatter.config import Settings
 from flyswatter.db import SessionMiddleware, create_engine, read_only_engine
+from flyswatter.docs import add_offline_docs, offer_plain_bearer_token
 from flyswatter.errors import (
     ProblemDetails,
     ServiceUnavailable,
@@ -82,6 +83,7 @@ def _openapi_with_keycloak(app: FastAPI, settings: Settings) -> dict[str, Any]:
                 "clientCredentials": {"tokenUrl": f"{endpoints}/token", "scopes": scopes},
             },
         }
+    offer_plain_bearer_token(schema)
     app.openapi_schema = schema
     return schema
 
@@ -140,7 +142,14 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
         # Any operation can meet these: a body that is not JSON (400), one over the size cap
         # (413), or a fault (500).
         responses=problem_responses(400, 413, 500),
-        swagger_ui_init_oauth={
+        # /docs is served by add_offline_docs, with Swagger UI's files from this service.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    add_offline_docs(
+        app,
+        init_oauth={
             "clientId": settings.swagger_client_id,
             "usePkceWithAuthorizationCodeGrant": True,
             "scopes": " ".join(["openid", *SCOPE_DESCRIPTIONS]),
