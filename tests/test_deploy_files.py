@@ -228,6 +228,14 @@ def test_keycloak_gets_every_variable_the_realm_import_reads(
     assert wanted <= set(environment(services["keycloak"]))
 
 
+def test_compose_runs_the_keycloak_version_ci_tests_against(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from tests.keycloak_server import KEYCLOAK_VERSION
+
+    assert services["keycloak"]["image"] == f"quay.io/keycloak/keycloak:{KEYCLOAK_VERSION}"
+
+
 def test_every_secret_in_compose_is_a_variable_the_readme_says_to_set(
     services: dict[str, dict[str, Any]],
 ) -> None:

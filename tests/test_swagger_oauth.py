@@ -78,10 +78,16 @@ async def test_swagger_ui_signs_in_with_the_public_client_and_pkce(
     assert (await docs_client.get("/docs/oauth2-redirect")).status_code == 200
 
 
-def test_realm_lets_swagger_ui_redirect_back_to_the_local_docs() -> None:
-    realm = load_realm(REALM_FILE, environ={})
+def test_realm_lets_swagger_ui_redirect_back_to_the_deployments_docs() -> None:
+    """flyswatter-web's redirect URI and web origin follow FLYSWATTER_BASE_URL, exactly."""
+    realm = load_realm(REALM_FILE, environ={"FLYSWATTER_BASE_URL": "https://bugs.example.org"})
     web = next(c for c in realm["clients"] if c["clientId"] == SWAGGER_CLIENT)
-    assert "http://127.0.0.1:8000/docs/oauth2-redirect" in web["redirectUris"]
-    assert "http://localhost:8000/docs/oauth2-redirect" in web["redirectUris"]
+    assert web["redirectUris"] == ["https://bugs.example.org/docs/oauth2-redirect"]
+    assert web["webOrigins"] == ["https://bugs.example.org"]
+    assert web["attributes"]["post.logout.redirect.uris"] == "https://bugs.example.org/docs"
+    default = next(
+        c for c in load_realm(REALM_FILE, environ={})["clients"] if c["clientId"] == SWAGGER_CLIENT
+    )
+    assert default["redirectUris"] == ["http://localhost:8000/docs/oauth2-redirect"]
     assert web["publicClient"] is True
     assert web["attributes"]["pkce.code.challenge.method"] == "S256"
