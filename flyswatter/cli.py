@@ -76,8 +76,14 @@ def cmd_dev(args: argparse.Namespace) -> None:
 
     if not is_loopback_host(args.host):
         sys.exit("flyswatter: dev binds to loopback only (it trusts its development identities)")
+    api_url = f"http://{args.host}:{args.port}"
+    # The realm's browser client (Swagger UI) redirects back to this very server, unless the
+    # environment names another base URL, as it does for Keycloak's import.
+    environ = {"FLYSWATTER_BASE_URL": api_url, **os.environ}
     try:
-        provider, idp_server = start_dev_identity_provider(args.host, args.idp_port)
+        provider, idp_server = start_dev_identity_provider(
+            args.host, args.idp_port, environ=environ
+        )
     except OSError as exc:
         sys.exit(f"flyswatter: the development identity provider cannot bind: {exc.strerror}")
     try:
@@ -94,7 +100,6 @@ def cmd_dev(args: argparse.Namespace) -> None:
         configure_logging(settings.log_format, settings.log_level)
         migrations.upgrade(settings)
         asyncio.run(seed_demo_project(settings, provider.realm))
-        api_url = f"http://{args.host}:{args.port}"
         print(dev_banner(api_url, provider), flush=True)
         app = create_app(settings)
         uvicorn.run(app, host=args.host, port=args.port, log_config=None, server_header=False)

@@ -221,7 +221,8 @@ class TestKeycloakCompatibility:
         tokens = user_tokens(provider, "admin")
         access = claims_of(tokens["access_token"], provider)
         assert access["iss"] == provider.issuer
-        assert access["aud"] == "flyswatter-api"
+        # As Keycloak's: the audience mapper's client, then the built-in account client.
+        assert access["aud"] == ["flyswatter-api", "account"]
         assert access["azp"] == "flyswatter-cli"
         assert access["typ"] == "Bearer"
         assert access["sub"] == provider.realm.users["admin"]["id"]

@@ -8,7 +8,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class DevRealm:
     access_token_lifespan: int
     session_idle_timeout: int
     default_role: str
+    # Realm role -> the realm roles it contains; tokens list a user's roles with these expanded.
+    composites: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_representation(cls, realm: Mapping[str, Any]) -> DevRealm:
@@ -80,10 +82,24 @@ class DevRealm:
             access_token_lifespan=int(realm.get("accessTokenLifespan", 300)),
             session_idle_timeout=int(realm.get("ssoSessionIdleTimeout", 1800)),
             default_role=default_role,
+            composites={
+                str(role["name"]): list(role.get("composites", {}).get("realm", []))
+                for role in realm.get("roles", {}).get("realm", [])
+            },
         )
 
+    def _expanded(self, roles: list[str]) -> list[str]:
+        seen: dict[str, None] = {}
+        pending = list(roles)
+        while pending:
+            role = pending.pop(0)
+            if role not in seen:
+                seen[role] = None
+                pending.extend(self.composites.get(role, []))
+        return list(seen)
+
     def identity(self, user: Mapping[str, Any]) -> Identity:
-        roles = [self.default_role, *user.get("realmRoles", [])]
+        roles = self._expanded([self.default_role, *user.get("realmRoles", [])])
         return Identity(
             id=str(user["id"]),
             username=str(user["username"]),
@@ -104,7 +120,7 @@ class DevRealm:
         return Identity(
             id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.name}/service-account/{client_id}")),
             username=f"service-account-{client_id}",
-            realm_roles=(self.default_role,),
+            realm_roles=tuple(self._expanded([self.default_role])),
             service_account_client_id=client_id,
         )
 
