@@ -1,4 +1,5 @@
-"""Print a JUnit XML report's counts; with --no-skips, fail when any test was skipped."""
+"""Print a JUnit XML report's counts; with --no-skips, fail when any test was skipped;
+with --must-run MODULE (repeatable), fail when no test of that module ran."""
 
 import sys
 import xml.etree.ElementTree as ET
@@ -21,6 +22,13 @@ def main() -> int:
                 name = f"{case.get('classname')}.{case.get('name')}"
                 print(f"skipped: {name}: {skipped.get('message')}")
         return 1
+    args = sys.argv[2:]
+    required = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--must-run"]
+    ran = {case.get("classname", "") for case in suite.iter("testcase")}
+    for module in required:
+        if not any(name == module or name.startswith(module + ".") for name in ran):
+            print(f"no test of {module} ran")
+            return 1
     return 0
 
 

@@ -231,7 +231,7 @@ def test_keycloak_gets_every_variable_the_realm_import_reads(
 def test_compose_runs_the_keycloak_version_ci_tests_against(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    from tests.keycloak_server import KEYCLOAK_VERSION
+    from tests.support.keycloak_server import KEYCLOAK_VERSION
 
     assert services["keycloak"]["image"] == f"quay.io/keycloak/keycloak:{KEYCLOAK_VERSION}"
 

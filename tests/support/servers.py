@@ -116,24 +116,30 @@ class ServedFlyswatter:
         self,
         *,
         database_url: str,
-        jwks_server: JwksServer,
+        jwks_server: JwksServer | None = None,
+        keycloak_url: str | None = None,
         log_path: Path,
         redis_url: str | None,
         metrics_dir: Path | None = None,
         workers: int = 2,
+        port: int | None = None,
         **settings: object,
     ) -> None:
-        self.port = free_port()
+        """Against the test JWKS server, or against a real Keycloak at ``keycloak_url``."""
+        if keycloak_url is None:
+            assert jwks_server is not None, "a JWKS server or a Keycloak URL is needed"
+            keycloak_url = jwks_server.base_url
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.metrics_dir = metrics_dir
         self.workers = workers
         chosen: dict[str, object] = {
             "database_url": database_url,
-            "keycloak_url": jwks_server.base_url,
-            "keycloak_realm": jwks_server.realm,
+            "keycloak_url": keycloak_url,
+            "keycloak_realm": "flyswatter",
             "audience": "flyswatter-api",
-            # The test JWKS server stands in for Keycloak on this host.
+            # The test JWKS server, or the tests' Keycloak, runs on this host.
             "allow_loopback_keycloak": "true",
             "redis_url": redis_url,
             "workers": workers,
@@ -164,7 +170,8 @@ class ServedFlyswatter:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"serve exited: {self.log()}"
-            if len(self.worker_pids()) == self.workers:
+            # One worker runs in the launcher's own process; more are its children.
+            if len(self.worker_pids()) == (self.workers if self.workers > 1 else 0):
                 try:
                     if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                         return
@@ -241,7 +248,12 @@ class ServedFlyswatter:
             self.process.wait(timeout=10)
 
     def __enter__(self) -> ServedFlyswatter:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # A server that never got ready must not outlive the test that started it.
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
