@@ -16,6 +16,7 @@ it. By hand::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -168,10 +169,8 @@ def main() -> int:
     )
 
     def stop(*_: object) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone
             os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass  # already gone
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
