@@ -18,7 +18,11 @@ from jwcrypto import jwk, jwt
 from tests.support.identity import JwksServer, TokenFactory
 
 ME = "/api/v1/users/me"
-NOW = int(time.time())
+
+
+def _now() -> int:
+    # At the call, not at import: a long run reaches this test well after collection.
+    return int(time.time())
 
 
 def _hs256_with_public_key(tokens: TokenFactory) -> str:
@@ -51,8 +55,8 @@ def _tampered(tokens: TokenFactory) -> str:
 
 
 REFUSED_TOKENS: dict[str, Callable[[TokenFactory], str]] = {
-    "expired": lambda t: t.user_token("alice", exp=NOW - 600, iat=NOW - 900),
-    "not_yet_valid": lambda t: t.user_token("alice", nbf=NOW + 600),
+    "expired": lambda t: t.user_token("alice", exp=_now() - 600, iat=_now() - 900),
+    "not_yet_valid": lambda t: t.user_token("alice", nbf=_now() + 600),
     "wrong_issuer": lambda t: t.user_token("alice", iss="http://127.0.0.1:1/realms/other"),
     "wrong_audience": lambda t: t.user_token("alice", aud=["some-other-api"]),
     "alg_none": _alg_none,
