@@ -1,8 +1,9 @@
 """Against a real Keycloak: the realm as imported, and every sign-in flow end to end.
 
 ``flyswatter serve`` runs as in production (its issuer, audience and JWKS from Keycloak), on a
-PostgreSQL database of its own. The Keycloak comes from ``tests/support/keycloak_server.py``: CI starts
-it; by hand run ``.venv/bin/python -m tests.support.keycloak_server`` and export the URL it prints.
+PostgreSQL database of its own. The Keycloak comes from ``tests/support/keycloak_server.py``:
+CI starts it; by hand run ``.venv/bin/python -m tests.support.keycloak_server`` and export the
+URL it prints.
 """
 
 from __future__ import annotations
