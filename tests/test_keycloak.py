@@ -454,7 +454,7 @@ JUSTIFIED_DIFFERENCES: dict[str, dict[tuple[str, str, str], str]] = {
 @pytest.fixture(scope="module")
 def stand_in(app_url: str) -> Iterator[str]:
     """The development identity provider, with the realm resolved as Keycloak resolved it."""
-    from flyswatter.dev.identity_provider import start_dev_identity_provider
+    from flyswatter.dev.server import start_dev_identity_provider
 
     provider, server = start_dev_identity_provider(environ={"FLYSWATTER_BASE_URL": app_url})
     yield provider.base_url
