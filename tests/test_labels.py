@@ -24,7 +24,7 @@ class TestManage:
             LABELS, json={"name": "needs triage", "color": "#A1b2C3", "description": "new"}
         )
         assert response.status_code == 201
-        assert response.headers["Location"] == f"{LABELS}/needs triage"
+        assert response.headers["Location"] == f"{LABELS}/needs%20triage"
         assert response.json() == {"name": "needs triage", "color": "#A1b2C3", "description": "new"}
         listed = await team["viewer"].get(LABELS)
         assert listed.json()["items"] == [response.json()]

@@ -10,11 +10,12 @@ from sqlalchemy import Index, Text
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.text import MultiLine
 from flyswatter.users.models import UserSummary
 
 MAX_BODY = 65_536
 
-Body = Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY)]
+Body = Annotated[MultiLine, StringConstraints(min_length=1, max_length=MAX_BODY)]
 
 
 class CommentBase(SQLModel):

@@ -7,19 +7,20 @@ from typing import Annotated, Any
 from fastapi import Header, Response, status
 
 from flyswatter.errors import PreconditionFailed
+from flyswatter.text import SingleLine
 
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not modified (the ETag in If-None-Match still holds)"}
 }
 IfMatch = Annotated[
-    str | None,
+    SingleLine | None,
     Header(
         max_length=200,
         description="Apply only if the resource still has this ETag (else 412).",
     ),
 ]
 IfNoneMatch = Annotated[
-    str | None,
+    SingleLine | None,
     Header(max_length=200, description="Answer 304 if the resource still has this ETag."),
 ]
 

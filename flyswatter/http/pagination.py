@@ -20,6 +20,7 @@ from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from flyswatter.errors import BadRequest, problem_responses
+from flyswatter.text import SingleLine
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,7 +49,7 @@ LimitParam = Annotated[
     int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, at most {MAX_LIMIT}.")
 ]
 CursorParam = Annotated[
-    str | None,
+    SingleLine | None,
     Query(max_length=MAX_CURSOR_LENGTH, description="Opaque cursor from a previous page."),
 ]
 CountParam = Annotated[bool, Query(description="Also return `total`; costs a count query.")]

@@ -12,6 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.labels.models import LabelName, LabelPublic
+from flyswatter.text import ONE_LINE, MultiLine, SingleLine
 from flyswatter.users.models import UserSummary
 
 MAX_DESCRIPTION = 65_536
@@ -51,7 +52,9 @@ TRANSITIONS: dict[IssueStatus, tuple[IssueStatus, ...]] = {
     IssueStatus.closed: (IssueStatus.open,),
 }
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), ONE_LINE
+]
 
 
 def _in(column: str, enum: type[StrEnum]) -> CheckConstraint:
@@ -61,7 +64,7 @@ def _in(column: str, enum: type[StrEnum]) -> CheckConstraint:
 
 class IssueBase(SQLModel):
     title: Title = Field(max_length=200)
-    description: str = Field(default="", max_length=MAX_DESCRIPTION, sa_type=Text)
+    description: MultiLine = Field(default="", max_length=MAX_DESCRIPTION, sa_type=Text)
     type: IssueType = Field(default=IssueType.bug, sa_type=String(10))
     priority: Priority = Field(default=Priority.medium, sa_type=String(10))
 
@@ -109,7 +112,7 @@ class Issue(IssueBase, table=True):
 class IssueCreate(IssueBase):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
-    assignee_id: str | None = Field(default=None, max_length=255)
+    assignee_id: SingleLine | None = Field(default=None, max_length=255)
     labels: list[LabelName] = Field(default_factory=list, max_length=MAX_LABELS)
 
 
@@ -119,10 +122,10 @@ class IssueUpdate(SQLModel):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
     title: Title | None = None
-    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
+    description: MultiLine | None = Field(default=None, max_length=MAX_DESCRIPTION)
     type: IssueType | None = None
     priority: Priority | None = None
-    assignee_id: str | None = Field(default=None, max_length=255)
+    assignee_id: SingleLine | None = Field(default=None, max_length=255)
     labels: list[LabelName] | None = Field(default=None, max_length=MAX_LABELS)
 
 

@@ -40,6 +40,7 @@ from flyswatter.labels.models import LabelName
 from flyswatter.observability.metrics import ISSUES_CREATED
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import PROJECT_ERRORS, ProjectAccess, project_access
+from flyswatter.text import SingleLine
 
 router = APIRouter(tags=["issues"])
 
@@ -51,7 +52,7 @@ ProjectForReporting = Annotated[
 ]
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 ISSUE_LABEL = "/issues/{issue_key}/labels/{name}"
-LabelNamePath = Annotated[str, Path(min_length=1, max_length=50, description="Label name.")]
+LabelNamePath = Annotated[SingleLine, Path(min_length=1, max_length=50, description="Label name.")]
 
 
 @router.post("/projects/{key}/issues", **creates(IssuePublic, PROJECT_ERRORS))
@@ -73,11 +74,11 @@ async def list_issues(
         list[IssueStatus] | None, Query(alias="status", description="Any of these statuses.")
     ] = None,
     assignee: Annotated[
-        str | None,
+        SingleLine | None,
         Query(max_length=255, description="A user id, `me`, or `none` for unassigned issues."),
     ] = None,
     reporter: Annotated[
-        str | None, Query(max_length=255, description="A user id, or `me`.")
+        SingleLine | None, Query(max_length=255, description="A user id, or `me`.")
     ] = None,
     label: Annotated[
         list[LabelName] | None,
@@ -88,7 +89,7 @@ async def list_issues(
         list[IssueType] | None, Query(alias="type", description="Any of these.")
     ] = None,
     q: Annotated[
-        str | None,
+        SingleLine | None,
         Query(
             min_length=1,
             max_length=MAX_QUERY_LENGTH,

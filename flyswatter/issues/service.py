@@ -264,6 +264,14 @@ async def change_labels(
     current = await issue_label_names(session, access.issue_id)
     if remove is not None and remove not in current:
         raise NotFound(f"issue {access.key} has no label {remove}")
+    if add is not None:
+        try:
+            await labels_by_name(session, access.project_access.project_id, [add])
+        except UnprocessableEntity:
+            # The same refusal as for a body's unknown label, pointing at where the name was.
+            raise UnprocessableEntity(
+                f"unknown label in this project: {add}", loc=("path", "name")
+            ) from None
     wanted = [*current, add] if add is not None else [n for n in current if n != remove]
     if await _replace_labels(session, access, wanted):
         await _commit_change(session, access)

@@ -10,21 +10,22 @@ from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.text import MultiLine, SingleLine
 
 COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
 LABEL_NAME_PATTERN = r"^[^\s/][^/]{0,48}[^\s/]$|^[^\s/]$"
 
 LabelName = Annotated[
-    str, StringConstraints(min_length=1, max_length=50, pattern=LABEL_NAME_PATTERN)
+    SingleLine, StringConstraints(min_length=1, max_length=50, pattern=LABEL_NAME_PATTERN)
 ]
-Color = Annotated[str, StringConstraints(pattern=COLOR_PATTERN)]
+Color = Annotated[SingleLine, StringConstraints(pattern=COLOR_PATTERN)]
 
 
 class LabelBase(SQLModel):
     # No slashes or outer spaces: names appear in URLs (``/labels/{name}``).
     name: LabelName = Field(max_length=50)
     color: Color = Field(max_length=7, schema_extra={"examples": ["#d73a4a"]})
-    description: str = Field(default="", max_length=500)
+    description: MultiLine = Field(default="", max_length=500)
 
 
 class Label(LabelBase, table=True):
@@ -49,7 +50,7 @@ class LabelUpdate(SQLModel):
 
     name: LabelName | None = None
     color: Color | None = None
-    description: str | None = Field(default=None, max_length=500)
+    description: MultiLine | None = Field(default=None, max_length=500)
 
 
 class LabelPublic(LabelBase):

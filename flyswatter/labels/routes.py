@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Response, status
 from sqlalchemy.exc import IntegrityError
@@ -22,6 +23,7 @@ from flyswatter.projects.service import (
     ProjectForReading,
     project_access,
 )
+from flyswatter.text import SingleLine
 
 router = APIRouter(prefix="/projects/{key}/labels", tags=["labels"])
 
@@ -29,7 +31,7 @@ ProjectForLabelling = Annotated[
     ProjectAccess,
     Depends(project_access(Role.maintainer, Scope.projects_write, "managing labels")),
 ]
-LabelNamePath = Annotated[str, Path(min_length=1, max_length=50, description="Label name.")]
+LabelNamePath = Annotated[SingleLine, Path(min_length=1, max_length=50, description="Label name.")]
 
 
 def to_public(label: Label) -> LabelPublic:
@@ -81,7 +83,10 @@ async def create_label(
     label = Label.model_validate(body, update={"project_id": access.project_id})
     session.add(label)
     await _commit_or_conflict(session, body.name)
-    response.headers["Location"] = f"/api/v1/projects/{access.project.key}/labels/{label.name}"
+    # Names may be any Unicode: a header carries them percent-encoded (RFC 3986).
+    response.headers["Location"] = (
+        f"/api/v1/projects/{access.project.key}/labels/{quote(label.name, safe='')}"
+    )
     return to_public(label)
 
 

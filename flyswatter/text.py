@@ -1,0 +1,69 @@
+"""The text types every input string is declared with: what the databases can store and what
+no protocol (headers, logs, URLs) chokes on.
+
+PostgreSQL refuses U+0000 in text and the drivers refuse lone surrogates (UTF-16 halves that
+are no character), while SQLite would store both; control characters in a one-line value end
+up in headers, log lines and terminals. So every string that reaches the service, in a JSON
+body, a query parameter, a path segment, a cursor or a token claim, is one of these types,
+and a value that breaks them is a 422 naming its field, the same on every backend.
+
+- ``SingleLine``: names, keys, titles, ids: no C0 or C1 control character (tab and newlines
+  included), no line or paragraph separator, no lone surrogate.
+- ``MultiLine``: descriptions and comment bodies: tab, line feed and carriage return are kept;
+  every other control character and lone surrogates are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+# C0 controls, DEL, C1 controls, the Unicode line and paragraph separators, and surrogates.
+_NOT_SINGLE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# The same without tab, line feed and carriage return.
+_NOT_MULTI_LINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _describe(character: str) -> str:
+    code = ord(character)
+    if 0xD800 <= code <= 0xDFFF:
+        return f"a lone surrogate (U+{code:04X})"
+    return f"a control character (U+{code:04X})"
+
+
+def first_unsafe_character(value: str, *, multiline: bool = False) -> str | None:
+    """The first character of ``value`` its kind of text may not hold, if any."""
+    found = (_NOT_MULTI_LINE if multiline else _NOT_SINGLE_LINE).search(value)
+    return found.group() if found else None
+
+
+def replace_unsafe_characters(value: str) -> str:
+    """``value`` with every character one-line text may not hold replaced by U+FFFD."""
+    return _NOT_SINGLE_LINE.sub("\ufffd", value)
+
+
+def single_line(value: str) -> str:
+    bad = first_unsafe_character(value)
+    if bad is not None:
+        raise ValueError(f"one-line text may not contain {_describe(bad)}")
+    return value
+
+
+def multi_line(value: str) -> str:
+    bad = first_unsafe_character(value, multiline=True)
+    if bad is not None:
+        raise ValueError(
+            f"text may not contain {_describe(bad)}; tab and newlines are the only controls kept"
+        )
+    return value
+
+
+ONE_LINE = AfterValidator(single_line)
+MANY_LINES = AfterValidator(multi_line)
+SingleLine = Annotated[str, ONE_LINE]
+MultiLine = Annotated[str, MANY_LINES]
+# A type that also transforms (``strip_whitespace``) puts its constraints first and the check
+# last, ``Annotated[str, StringConstraints(...), ONE_LINE]``: constraints written after an
+# Annotated validator are checked on the value as it was before the transformation.
