@@ -45,6 +45,23 @@ def serve_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def dev_options(host: str, port: int, forwarded_allow_ips: str | None) -> dict[str, Any]:
+    """uvicorn's options for ``dev``: no proxy is trusted unless one is named.
+
+    uvicorn believes X-Forwarded-For from 127.0.0.1 by default, and on a developer's machine
+    every local process is 127.0.0.1: any of them could pick its own address, and with it its
+    rate-limit bucket.
+    """
+    return {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "server_header": False,
+        "proxy_headers": forwarded_allow_ips is not None,
+        "forwarded_allow_ips": forwarded_allow_ips,
+    }
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -102,7 +119,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
         asyncio.run(seed_demo_project(settings, provider.realm))
         print(dev_banner(api_url, provider), flush=True)
         app = create_app(settings)
-        uvicorn.run(app, host=args.host, port=args.port, log_config=None, server_header=False)
+        uvicorn.run(app, **dev_options(args.host, args.port, args.forwarded_allow_ips))
     finally:
         idp_server.stop()
 
@@ -142,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=int(os.environ.get("FLYSWATTER_PORT", "8000")))
     dev.add_argument(
         "--idp-port", type=int, default=8081, help="port of the development identity provider"
+    )
+    dev.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="proxies whose X-Forwarded-For is believed (default: none)",
     )
     dev.set_defaults(handler=cmd_dev)
 

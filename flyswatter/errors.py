@@ -8,6 +8,7 @@ the logs.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
@@ -52,6 +53,11 @@ class ProblemDetails(BaseModel):
 class ProblemResponse(JSONResponse):
     media_type = PROBLEM_CONTENT_TYPE
 
+    def render(self, content: Any) -> bytes:
+        # ASCII with escapes: an error answer must render whatever text a client sent, even
+        # a lone surrogate that UTF-8 cannot encode.
+        return json.dumps(content, ensure_ascii=True, allow_nan=False).encode("ascii")
+
 
 class Problem(Exception):
     status: int = 500
@@ -73,6 +79,16 @@ class Problem(Exception):
 
 class BadRequest(Problem):
     status, slug, title = 400, "bad-request", "Bad request"
+
+
+class InvalidAuthorizationRequest(Problem):
+    """A request whose credentials cannot be read as one bearer token (RFC 6750 §3.1)."""
+
+    status, slug, title = 400, "invalid-request", "Invalid request"
+
+    def __init__(self, detail: str) -> None:
+        challenge = f'Bearer error="invalid_request", error_description="{detail}"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
 class Unauthorized(Problem):

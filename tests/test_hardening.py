@@ -108,3 +108,29 @@ async def test_tokens_never_reach_the_logs(api: Api, caplog: pytest.LogCaptureFi
 def test_served_responses_name_no_server_software(base_settings: Settings) -> None:
     # uvicorn adds "server: uvicorn" unless told not to; the ASGI tests above cannot see it.
     assert serve_options(base_settings)["server_header"] is False
+
+
+def _wraps_proxy_headers(app: object) -> bool:
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    while app is not None:
+        if isinstance(app, ProxyHeadersMiddleware):
+            return True
+        app = getattr(app, "app", None)
+    return False
+
+
+@pytest.mark.parametrize(("asked", "trusted"), [(None, False), ("10.0.0.1", True)])
+def test_dev_server_believes_forwarded_headers_only_when_asked(
+    base_settings: Settings, asked: str | None, trusted: bool
+) -> None:
+    import uvicorn
+
+    from flyswatter.cli import build_parser, dev_options
+
+    arguments = ["dev"] + ([] if asked is None else ["--forwarded-allow-ips", asked])
+    args = build_parser().parse_args(arguments)
+    options = dev_options(args.host, args.port, args.forwarded_allow_ips)
+    config = uvicorn.Config(create_app(base_settings), **options)
+    config.load()
+    assert _wraps_proxy_headers(config.loaded_app) is trusted

@@ -10,7 +10,12 @@ from fastapi.security import OAuth2, SecurityScopes
 
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal, TokenRejected
-from flyswatter.errors import InsufficientScope, Unauthorized, problem_responses
+from flyswatter.errors import (
+    InsufficientScope,
+    InvalidAuthorizationRequest,
+    Unauthorized,
+    problem_responses,
+)
 from flyswatter.http.context import request_context
 from flyswatter.observability.ratelimit import enforce_rate_limit
 from flyswatter.services import ServicesDep
@@ -35,6 +40,10 @@ async def authenticate(
     authorization: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> Principal:
     """The caller of a valid token that grants the route's scopes; 401 or 403 otherwise."""
+    # RFC 6750 §3.1: credentials given more than once are an invalid request, whichever of
+    # them a proxy or a framework would have picked.
+    if len(request.headers.getlist("authorization")) > 1:
+        raise InvalidAuthorizationRequest("send one Authorization header")
     if not authorization:
         raise Unauthorized("a bearer token is required", reason="missing")
     scheme, _, token = authorization.partition(" ")

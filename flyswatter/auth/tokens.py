@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -26,12 +28,30 @@ from keycloak import KeycloakOpenID
 
 from flyswatter.auth.scopes import ADMIN_ROLE
 from flyswatter.config import Settings
+from flyswatter.text import first_unsafe_character, replace_unsafe_characters
 
 logger = logging.getLogger("flyswatter.auth")
 
 SERVICE_ACCOUNT_PREFIX = "service-account-"
 MAX_TOKEN_LENGTH = 16_384
+# A JWS header names an algorithm, a key id and a type; a longer one is not Keycloak's.
+MAX_HEADER_LENGTH = 1_024
 VERIFIED_CACHE_SIZE = 10_000
+# The compact serialisation: three base64url segments (RFC 7515 §7.1), nothing else.
+_COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+# Seconds since the epoch that datetime and every database can hold (up to the year 9999).
+_MAX_TIMESTAMP = 253_402_300_799
+# What a malformed token can raise on its way through json, base64 and jwcrypto: a document
+# nested deeper than the parser recurses, numbers too large for a float, wrong claim types.
+_PARSE_ERRORS = (
+    JWException,
+    ValueError,
+    TypeError,
+    KeyError,
+    RecursionError,
+    OverflowError,
+    binascii.Error,
+)
 
 
 class TokenRejected(Exception):
@@ -70,8 +90,8 @@ class Principal:
         return cls(
             subject=str(claims["sub"]),
             username=username,
-            email=claims.get("email") if isinstance(claims.get("email"), str) else None,
-            name=claims.get("name") if isinstance(claims.get("name"), str) else None,
+            email=_display_text(claims.get("email")),
+            name=_display_text(claims.get("name")),
             client_id=str(client_id) if client_id else None,
             is_service_account=username.startswith(SERVICE_ACCOUNT_PREFIX),
             scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
@@ -79,15 +99,52 @@ class Principal:
         )
 
 
+def _display_text(value: Any) -> str | None:
+    # Shown, never used to decide anything: a control character in a display name is blanked
+    # rather than locking its owner out.
+    return replace_unsafe_characters(value) if isinstance(value, str) else None
+
+
 def _unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header of a compact JWS, refused unless it is a flat JSON object."""
+    if len(token) > MAX_TOKEN_LENGTH or not _COMPACT_JWS.match(token):
+        raise TokenRejected("malformed", "the token is not a signed JWT")
+    segment = token.split(".", 1)[0]
+    if len(segment) > MAX_HEADER_LENGTH:
+        raise TokenRejected("malformed", "the token is not a signed JWT")
     try:
-        segment = token.split(".", 1)[0]
         header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except _PARSE_ERRORS:
         raise TokenRejected("malformed", "the token is not a JWT") from None
-    if not isinstance(header, dict):
+    if not isinstance(header, dict) or not all(
+        isinstance(value, str | int | bool) for value in header.values()
+    ):
         raise TokenRejected("malformed", "the token is not a JWT")
     return header
+
+
+def _timestamp(claims: dict[str, Any], name: str) -> float | None:
+    """A NumericDate claim (RFC 7519 §2), or None when absent; any other value is malformed."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        # Also false for NaN and the infinities; compared before any float() of a huge int.
+        or not 0 <= value <= _MAX_TIMESTAMP
+    ):
+        raise TokenRejected("malformed", f"the token's {name} is not a time")
+    return float(value)
+
+
+def _identifier(claims: dict[str, Any], name: str) -> None:
+    """Ids the service stores and shows must be text a database and a header can hold."""
+    value = claims.get(name)
+    if value is None:
+        return
+    if not isinstance(value, str) or len(value) > 255 or first_unsafe_character(value):
+        raise TokenRejected("malformed", f"the token's {name} is not a usable identifier")
 
 
 class TokenVerifier:
@@ -177,8 +234,6 @@ class TokenVerifier:
         return principal
 
     async def _verify_signed(self, token: str) -> tuple[Principal, float]:
-        if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
-            raise TokenRejected("malformed", "the token is not a signed JWT")
         header = _unverified_header(token)
         if header.get("alg") not in self._settings.token_algorithms:
             raise TokenRejected("unsupported_algorithm", "the token's algorithm is not accepted")
@@ -204,19 +259,30 @@ class TokenVerifier:
             )
         except JWTExpired:
             raise TokenRejected("expired", "the token has expired") from None
-        except (JWException, ValueError, TypeError, KeyError):
+        except _PARSE_ERRORS:
             raise TokenRejected("bad_signature", "the token could not be verified") from None
-        self._check_claims(claims)
-        return Principal.from_claims(claims), float(claims["exp"])
+        if not isinstance(claims, dict):
+            raise TokenRejected("malformed", "the token's claims are not a JSON object")
+        expires_at = self._check_claims(claims)
+        return Principal.from_claims(claims), expires_at
 
-    def _check_claims(self, claims: dict[str, Any]) -> None:
+    def _check_claims(self, claims: dict[str, Any]) -> float:
+        """Everything the signature does not vouch for; returns the expiry."""
         settings = self._settings
         now = time.time()
-        nbf = claims.get("nbf")
-        if nbf is not None and (
-            not isinstance(nbf, int | float) or nbf > now + settings.token_leeway_seconds
-        ):
+        expires_at = _timestamp(claims, "exp")
+        if expires_at is None:
+            raise TokenRejected("malformed", "the token has no expiry")
+        nbf = _timestamp(claims, "nbf")
+        if nbf is not None and nbf > now + settings.token_leeway_seconds:
             raise TokenRejected("not_yet_valid", "the token is not valid yet")
+        # A token issued in the future comes from a clock that cannot be trusted, or was
+        # minted to outlive its stated lifetime.
+        iat = _timestamp(claims, "iat")
+        if iat is not None and iat > now + settings.token_leeway_seconds:
+            raise TokenRejected("issued_in_future", "the token was issued in the future")
+        for name in ("sub", "preferred_username", "azp", "client_id"):
+            _identifier(claims, name)
         if claims.get("iss") != settings.expected_issuer:
             raise TokenRejected("wrong_issuer", "the token was issued by another realm")
         audience = claims.get("aud")
@@ -229,6 +295,7 @@ class TokenVerifier:
             raise TokenRejected("wrong_type", "only access tokens are accepted")
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise TokenRejected("malformed", "the token has no subject")
+        return expires_at
 
     async def close(self) -> None:
         await self._openid.connection.aclose()
