@@ -56,4 +56,8 @@ def downgrade() -> None:
     op.execute(f"CREATE INDEX ix_issue_search ON issue USING gin ({DOCUMENT})")
     op.drop_index("ix_issue_search_document", table_name="issue")
     op.drop_column("issue", "search_document")
-    # btree_gin stays: other objects of the database may have come to use it since.
+    # Gone with the index that needed it, unless other objects have come to use it since.
+    op.execute(
+        "DO $$ BEGIN DROP EXTENSION IF EXISTS btree_gin; "
+        "EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END $$"
+    )

@@ -129,13 +129,6 @@ class DevIdentityProvider:
     def signing_key(self) -> jwk.JWK:
         return self._keys[0]
 
-    def rotate_key(self) -> jwk.JWK:
-        """A new key signs from now on; the old ones stay published, as Keycloak keeps them."""
-        key = _new_signing_key()
-        with self._lock:
-            self._keys.insert(0, key)
-        return key
-
     def jwks(self) -> dict[str, Any]:
         with self._lock:
             keys = list(self._keys)
