@@ -103,7 +103,8 @@ class TestVisibility:
         alice = api.as_user("alice")
         await create_project(alice, "OLD")
         await create_project(alice, "NEW")
-        assert (await alice.delete(f"{PROJECTS}/OLD")).status_code == 204
+        archived = await alice.patch(f"{PROJECTS}/OLD", json={"archived": True})
+        assert archived.json()["archived"] is True
         assert [p["key"] for p in (await alice.get(PROJECTS)).json()["items"]] == ["NEW"]
         everything = (await alice.get(PROJECTS, params={"include_archived": "true"})).json()
         assert [(p["key"], p["archived"]) for p in everything["items"]] == [
@@ -188,7 +189,7 @@ class TestManageProject:
     async def test_archive_is_reversible_with_patch(self, api: Api) -> None:
         alice = api.as_user("alice")
         await create_project(alice, "FLY")
-        assert (await alice.delete(f"{PROJECTS}/FLY")).status_code == 204
+        assert (await alice.patch(f"{PROJECTS}/FLY", json={"archived": True})).status_code == 200
         response = await alice.patch(f"{PROJECTS}/FLY", json={"archived": False})
         assert response.json()["archived"] is False
 

@@ -60,7 +60,7 @@ async def load_comment_access(
             select(Project.key, Issue.number)
             .join(Issue, col(Issue.project_id) == Project.id)
             .join(Comment, col(Comment.issue_id) == Issue.id)
-            .where(Comment.id == comment_id)
+            .where(Comment.id == comment_id, col(Project.deleted_at).is_(None))
         )
     ).first()
     if row is None:

@@ -96,7 +96,7 @@ _READ_ISSUE = (
             )
         )
     )
-    .where(_PROJECT.c.key == bindparam("project_key"))
+    .where(_PROJECT.c.key == bindparam("project_key"), _PROJECT.c.deleted_at.is_(None))
 )
 
 _validate_public_issue = IssuePublic.__pydantic_validator__.validate_python

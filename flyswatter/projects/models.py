@@ -11,6 +11,7 @@ from sqlalchemy import CheckConstraint, Index, String
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.text import MultiLine, SingleLine
 
 PROJECT_KEY_PATTERN = r"^[A-Z][A-Z0-9]{1,9}$"
 
@@ -35,8 +36,8 @@ _ROLE_ORDER = list(Role)
 
 
 class ProjectBase(SQLModel):
-    name: str = Field(min_length=1, max_length=200)
-    description: str = Field(default="", max_length=10_000)
+    name: SingleLine = Field(min_length=1, max_length=200)
+    description: MultiLine = Field(default="", max_length=10_000)
 
 
 class Project(ProjectBase, table=True):
@@ -45,6 +46,9 @@ class Project(ProjectBase, table=True):
     key: str = Field(max_length=10, unique=True)
     created_by: str = Field(foreign_key="user.id", max_length=255)
     archived: bool = Field(default=False)
+    # Set by DELETE: the project and everything beneath it are gone for every route, while
+    # the rows are kept for an admin to restore. Its key stays taken meanwhile.
+    deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # The last issue number handed out; incremented under a row lock (see issues.service).
     last_issue_number: int = Field(default=0)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
@@ -55,7 +59,7 @@ class ProjectCreate(ProjectBase):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
     # SQLModel's Field drops ``regex=``; the pattern has to ride on the type to be enforced.
-    key: Annotated[str, StringConstraints(pattern=PROJECT_KEY_PATTERN)] = Field(
+    key: Annotated[SingleLine, StringConstraints(pattern=PROJECT_KEY_PATTERN)] = Field(
         description="2-10 capital letters or digits, starting with a letter; issue keys "
         "start with it.",
         schema_extra={"examples": ["FLY"]},
@@ -65,8 +69,8 @@ class ProjectCreate(ProjectBase):
 class ProjectUpdate(SQLModel):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=10_000)
+    name: SingleLine | None = Field(default=None, min_length=1, max_length=200)
+    description: MultiLine | None = Field(default=None, max_length=10_000)
     # Strict: a JSON 0 or "yes" is a client bug, not a request to unarchive.
     archived: StrictBool | None = None
 

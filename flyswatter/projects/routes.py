@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import func
@@ -33,7 +34,9 @@ from flyswatter.projects.service import (
     count_maintainers,
     load_project_access,
     project_access,
+    project_not_found,
 )
+from flyswatter.text import SingleLine
 from flyswatter.users.models import User
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -42,7 +45,7 @@ ProjectForManaging = Annotated[
     ProjectAccess,
     Depends(project_access(Role.maintainer, Scope.projects_write, "managing the project")),
 ]
-UserIdPath = Annotated[str, Path(min_length=1, max_length=255)]
+UserIdPath = Annotated[SingleLine, Path(min_length=1, max_length=255)]
 
 
 def to_public(project: Project, role: Role | None) -> ProjectPublic:
@@ -80,6 +83,7 @@ async def list_projects(
         statement = statement.join(
             ProjectMember, col(ProjectMember.project_id) == Project.id
         ).where(ProjectMember.user_id == principal.subject)
+    statement = statement.where(col(Project.deleted_at).is_(None))
     if not include_archived:
         statement = statement.where(col(Project.archived).is_(False))
     total = None
@@ -147,14 +151,46 @@ async def update_project(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404) | AUTH_ERRORS,
 )
-async def archive_project(session: SessionDep, access: ProjectForManaging) -> None:
-    """Archive the project: it stays readable and can be unarchived with PATCH."""
+async def delete_project(session: SessionDep, access: ProjectForManaging) -> None:
+    """Delete the project (maintainers): it and everything in it answer 404 from now on.
+
+    Its rows are kept, and its key stays taken, so that an admin can restore it
+    (``POST /projects/{key}/restore``). To keep a project readable but frozen, archive it
+    instead: ``PATCH {"archived": true}``.
+    """
     project = access.project
-    if not project.archived:
-        project.archived = True
-        project.updated_at = utcnow()
-        session.add(project)
-        await session.commit()
+    project.deleted_at = project.updated_at = utcnow()
+    session.add(project)
+    await session.commit()
+
+
+@router.post(
+    "/{key}/restore",
+    response_model=ProjectPublic,
+    responses=problem_responses(404) | AUTH_ERRORS,
+)
+async def restore_project(
+    key: ProjectKeyPath, session: SessionDep, principal: ProjectsWrite
+) -> ProjectPublic:
+    """Bring back a deleted project with everything in it (admins only)."""
+    project = None
+    if principal.is_admin:
+        project = (
+            await session.exec(
+                select(Project)
+                .where(Project.key == key.upper(), col(Project.deleted_at).is_not(None))
+                .with_for_update()
+            )
+        ).first()
+    if project is None:
+        # Not told apart from a project that never was: only admins learn of deleted ones.
+        raise project_not_found(key.upper())
+    membership = await session.get(ProjectMember, (project.id, principal.subject))
+    project.deleted_at = None
+    project.updated_at = utcnow()
+    session.add(project)
+    await session.commit()
+    return to_public(project, Role(membership.role) if membership else None)
 
 
 @router.get("/{key}/members", **lists(MemberPublic, PROJECT_ERRORS))
@@ -207,7 +243,9 @@ async def put_member(
     if member is None:
         member = ProjectMember(project_id=access.project_id, user_id=user_id, role=body.role)
         response.status_code = status.HTTP_201_CREATED
-        response.headers["Location"] = f"/api/v1/projects/{access.project.key}/members/{user_id}"
+        response.headers["Location"] = (
+            f"/api/v1/projects/{access.project.key}/members/{quote(user_id, safe='')}"
+        )
     else:
         if member.role == Role.maintainer and body.role != Role.maintainer:
             await _keep_a_maintainer(session, access)

@@ -79,7 +79,8 @@ _PROJECT_ACCESS = (
             col(ProjectMember.user_id) == bindparam("subject"),
         ),
     )
-    .where(Project.key == bindparam("key"))
+    # A deleted project is not found, by every route, whoever asks.
+    .where(Project.key == bindparam("key"), col(Project.deleted_at).is_(None))
 )
 _PROJECT_ACCESS_FOR_UPDATE = _PROJECT_ACCESS.with_for_update(of=Project)
 
