@@ -34,6 +34,7 @@ from flyswatter.observability.exposition import router as metrics_router
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.metrics import count_jwks_refresh
 from flyswatter.observability.ratelimit import RateLimiter, RateLimitMiddleware
+from flyswatter.openapi_links import add_links
 from flyswatter.projects.routes import router as projects_router
 from flyswatter.services import Flyswatter, Services, ServicesDep
 from flyswatter.users.routes import router as users_router
@@ -65,6 +66,7 @@ def _openapi_with_keycloak(app: FastAPI, settings: Settings) -> dict[str, Any]:
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
+    add_links(schema)
     if settings.keycloak_url:
         # The browser follows these URLs: use the issuer's name for Keycloak, which is the one
         # browsers reach (FLYSWATTER_KEYCLOAK_URL may be an in-cluster name such as keycloak:8080).

@@ -1,9 +1,15 @@
 """Schemathesis against the service's own OpenAPI: no 5xx, and every response is documented.
 
-A real server (uvicorn on loopback in a thread, the test database, real tokens) answers generated
-requests for every operation, as a maintainer, as a service account and with a read-only
-token. Hypothesis is derandomised with a fixed number of examples, so a run is bounded
-and reproducible.
+A real server (uvicorn on loopback in a thread, the test database, real tokens, rate limits off so that
+writes reach the code rather than the limiter) answers generated requests:
+
+- every operation through the examples, coverage and fuzzing phases, with valid and invalid
+  data, as a maintainer, as a service account and with a read-only token;
+- the stateful phase: sequences of calls that follow the document's links (create an issue,
+  then read, change, move and comment on it; create a comment, then edit and delete it, ...).
+
+Hypothesis is derandomised with a fixed number of examples, so a run is bounded and
+reproducible.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from flyswatter.app import create_app
@@ -26,8 +33,12 @@ from tests.support.identity import JwksServer, TokenFactory
 schema = schemathesis.openapi.from_dict(
     create_app(Settings(keycloak_url="http://127.0.0.1:9")).openapi()
 )
+# Valid requests and invalid ones (wrong types, missing fields, out-of-range values).
+schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 
 EXAMPLES = 12
+STATEFUL_SCENARIOS = 25
+STATEFUL_STEPS = 12
 
 
 @dataclass
@@ -71,6 +82,12 @@ def live(
     server.stop()
 
 
+# Opaque cursors and cross-field rules (a known label, a member as assignee) cannot be written
+# in a schema, so schema-valid requests may rightly get 400/404/409/422; every other check
+# stays on, including that a 4xx is documented and shaped as documented.
+EXCLUDED_CHECKS = [positive_data_acceptance]
+
+
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES,
@@ -85,7 +102,45 @@ def test_every_operation_conforms_to_its_schema(
     response = case.call(
         base_url=live.url, headers={"Authorization": f"Bearer {live.tokens[who]}"}, timeout=10
     )
-    # Opaque cursors and cross-field rules (a known label, a member as assignee) cannot be
-    # written in a schema, so schema-valid requests may rightly get 400/422; every other
-    # check stays on, including that a 4xx is documented and shaped as documented.
-    case.validate_response(response, excluded_checks=[positive_data_acceptance])
+    case.validate_response(response, excluded_checks=EXCLUDED_CHECKS)
+
+
+class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+    """Calls chained through the document's links, as a maintainer of the fuzzed project."""
+
+    live: LiveService | None = None
+
+    def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
+        assert self.live is not None
+        token = self.live.tokens["maintainer"]
+        return {"base_url": self.live.url, "headers": {"Authorization": f"Bearer {token}"}}
+
+    def validate_response(
+        self,
+        response: object,
+        case: schemathesis.Case,
+        additional_checks: object = None,
+        **kwargs: object,
+    ) -> None:
+        case.validate_response(response, excluded_checks=EXCLUDED_CHECKS, transport_kwargs=kwargs)
+
+
+def test_linked_call_sequences_conform_to_the_schema(live: LiveService) -> None:
+    links = [
+        link
+        for path in schema.raw_schema["paths"].values()
+        for operation in path.values()
+        for response in operation.get("responses", {}).values()
+        for link in response.get("links", {})
+    ]
+    assert len(links) >= 20, "the document declares the links the stateful phase follows"
+    Workflow.live = live
+    Workflow.run(
+        settings=settings(
+            max_examples=STATEFUL_SCENARIOS,
+            stateful_step_count=STATEFUL_STEPS,
+            derandomize=True,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
