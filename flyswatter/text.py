@@ -16,9 +16,12 @@ and a value that breaks them is a 422 naming its field, the same on every backen
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 # C0 controls, DEL, C1 controls, the Unicode line and paragraph separators, and surrogates.
 _NOT_SINGLE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -60,10 +63,32 @@ def multi_line(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _DocumentedAs:
+    """Writes the refusal into the JSON schema too, so that clients and fuzzers generate text
+    the service accepts (a lone surrogate cannot be written in a pattern; the validator alone
+    refuses it). A type with a pattern of its own uses the validator only, with a pattern that
+    already leaves out the control characters."""
+
+    pattern: str
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema: dict[str, Any] = handler(core_schema)
+        if schema.get("type") == "string":
+            schema.setdefault("pattern", self.pattern)
+        return schema
+
+
+ONE_LINE_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
+MANY_LINES_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
 ONE_LINE = AfterValidator(single_line)
 MANY_LINES = AfterValidator(multi_line)
-SingleLine = Annotated[str, ONE_LINE]
-MultiLine = Annotated[str, MANY_LINES]
-# A type that also transforms (``strip_whitespace``) puts its constraints first and the check
-# last, ``Annotated[str, StringConstraints(...), ONE_LINE]``: constraints written after an
-# Annotated validator are checked on the value as it was before the transformation.
+ONE_LINE_DOCUMENTED = _DocumentedAs(ONE_LINE_PATTERN)
+SingleLine = Annotated[str, ONE_LINE, ONE_LINE_DOCUMENTED]
+MultiLine = Annotated[str, MANY_LINES, _DocumentedAs(MANY_LINES_PATTERN)]
+# A type that also transforms (``strip_whitespace``) or has a pattern of its own puts its
+# constraints first and the check last, ``Annotated[str, StringConstraints(...), ONE_LINE]``:
+# constraints written after an Annotated validator are checked on the value as it was before
+# the transformation, and would lose their pattern in the JSON schema.

@@ -248,6 +248,7 @@ async def test_any_unicode_in_a_path_segment_is_answered_without_a_server_error(
 ) -> None:
     encoded = quote(text.encode("utf-8", "surrogatepass"), safe="")
     response = await world["owner"].request(method, template.format(encoded), json=body)
-    assert response.status_code in (200, 201, 204, 404, 409, 422), response.text
+    # A trailing slash is redirected (307); every other answer is the route's own.
+    assert response.status_code in (200, 201, 204, 307, 404, 409, 422), response.text
     if response.status_code == 422:
         _assert_refused(response, "path", name)

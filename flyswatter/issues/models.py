@@ -12,7 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.labels.models import LabelName, LabelPublic
-from flyswatter.text import ONE_LINE, MultiLine, SingleLine
+from flyswatter.text import ONE_LINE, ONE_LINE_DOCUMENTED, MultiLine, SingleLine
 from flyswatter.users.models import UserSummary
 
 MAX_DESCRIPTION = 65_536
@@ -53,7 +53,10 @@ TRANSITIONS: dict[IssueStatus, tuple[IssueStatus, ...]] = {
 }
 
 Title = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), ONE_LINE
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    ONE_LINE,
+    ONE_LINE_DOCUMENTED,
 ]
 
 

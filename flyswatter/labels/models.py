@@ -10,15 +10,18 @@ from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
-from flyswatter.text import MultiLine, SingleLine
+from flyswatter.text import ONE_LINE, MultiLine
 
 COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
-LABEL_NAME_PATTERN = r"^[^\s/][^/]{0,48}[^\s/]$|^[^\s/]$"
+# No slash, no outer space, no control character; as a JSON schema pattern too.
+_END = r"[^\s/\u0000-\u001f\u007f-\u009f]"
+_INNER = r"[^/\u0000-\u001f\u007f-\u009f\u2028\u2029]"
+LABEL_NAME_PATTERN = rf"^{_END}{_INNER}{{0,48}}{_END}$|^{_END}$"
 
 LabelName = Annotated[
-    SingleLine, StringConstraints(min_length=1, max_length=50, pattern=LABEL_NAME_PATTERN)
+    str, StringConstraints(min_length=1, max_length=50, pattern=LABEL_NAME_PATTERN), ONE_LINE
 ]
-Color = Annotated[SingleLine, StringConstraints(pattern=COLOR_PATTERN)]
+Color = Annotated[str, StringConstraints(pattern=COLOR_PATTERN), ONE_LINE]
 
 
 class LabelBase(SQLModel):

@@ -11,7 +11,7 @@ from sqlalchemy import CheckConstraint, Index, String
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
-from flyswatter.text import MultiLine, SingleLine
+from flyswatter.text import ONE_LINE, MultiLine, SingleLine
 
 PROJECT_KEY_PATTERN = r"^[A-Z][A-Z0-9]{1,9}$"
 
@@ -59,7 +59,7 @@ class ProjectCreate(ProjectBase):
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
     # SQLModel's Field drops ``regex=``; the pattern has to ride on the type to be enforced.
-    key: Annotated[SingleLine, StringConstraints(pattern=PROJECT_KEY_PATTERN)] = Field(
+    key: Annotated[str, StringConstraints(pattern=PROJECT_KEY_PATTERN), ONE_LINE] = Field(
         description="2-10 capital letters or digits, starting with a letter; issue keys "
         "start with it.",
         schema_extra={"examples": ["FLY"]},
