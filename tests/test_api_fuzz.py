@@ -1,7 +1,7 @@
 """Schemathesis against the service's own OpenAPI: no 5xx, and every response is documented.
 
-A real server (uvicorn on loopback in a thread, the test database, real tokens, rate limits off so that
-writes reach the code rather than the limiter) answers generated requests:
+A real server (uvicorn on loopback in a thread, the test database, real tokens, rate limits
+off so that writes reach the code rather than the limiter) answers generated requests:
 
 - every operation through the examples, coverage and fuzzing phases, with valid and invalid
   data, as a maintainer, as a service account and with a read-only token;

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api, AuthedClient
+from tests.support.api import Api, AuthedClient
 
 PROJECTS = "/api/v1/projects"
 

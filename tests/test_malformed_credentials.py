@@ -17,7 +17,7 @@ from jwcrypto import jws
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from tests.identity import TokenFactory
+from tests.support.identity import TokenFactory
 
 ME = "/api/v1/users/me"
 # jwcrypto marks an internal class deprecated; signing the tokens here touches it.

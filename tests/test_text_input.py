@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flyswatter.text import first_unsafe_character
-from tests.conftest import Api, AuthedClient
+from tests.support.api import Api, AuthedClient
 
 PROJECT = "/api/v1/projects/FLY"
 
