@@ -21,7 +21,6 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
 
 # C0 controls, DEL, C1 controls, the Unicode line and paragraph separators, and surrogates.
 _NOT_SINGLE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -73,7 +72,7 @@ class _DocumentedAs:
     pattern: str
 
     def __get_pydantic_json_schema__(
-        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+        self, core_schema: Any, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         schema: dict[str, Any] = handler(core_schema)
         if schema.get("type") == "string":
