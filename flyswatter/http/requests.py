@@ -16,7 +16,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flyswatter.errors import InternalError, problem_response_for
 from flyswatter.http.context import request_context
-from flyswatter.http.headers import SECURITY_HEADER_PAIRS, add_missing_headers
+from flyswatter.http.headers import (
+    SECURITY_HEADER_PAIRS,
+    add_caching_headers,
+    add_missing_headers,
+)
 from flyswatter.observability.logs import request_id_var
 
 logger = logging.getLogger("flyswatter.requests")
@@ -47,6 +51,7 @@ class RequestContextMiddleware:
                 add_missing_headers(
                     message, ((b"x-request-id", request_id.encode()), *SECURITY_HEADER_PAIRS)
                 )
+                add_caching_headers(message)
             await send(message)
 
         try:
