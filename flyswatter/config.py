@@ -6,7 +6,7 @@ from ipaddress import ip_address
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_URL = "sqlite:///./flyswatter.db"
@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     rate_limit_writes: str = "120/minute"
     rate_limit_reads: str = "1200/minute"
     rate_limit_enabled: bool = True
+
+    # Signs page cursors (HMAC-SHA256); unset, a key is derived from the database URL, which
+    # every replica shares. Set it to rotate cursors or to keep them unforgeable by anyone
+    # who knows the URL.
+    cursor_secret: SecretStr | None = None
 
     # How long a POST's Idempotency-Key is remembered (and its response replayed).
     idempotency_window_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)

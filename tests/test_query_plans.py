@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -17,7 +19,6 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from flyswatter.http.pagination import decode_cursor, encode_cursor
 from flyswatter.issues import listing
 from flyswatter.issues.listing import (
     IssueFilters,
@@ -138,15 +139,16 @@ async def explain(app: FastAPI, statement: object, *, analyze: bool = False) -> 
         return "\n".join(row[0] for row in rows)
 
 
-def page(seeded: Seeded, sort: IssueSort, cursor: str | None = None, **filters: object) -> object:
+def page(
+    seeded: Seeded, sort: IssueSort, after: list[Any] | None = None, **filters: object
+) -> object:
     query = IssueQuery(seeded.project_id, IssueFilters(**filters), sort, "postgresql")  # type: ignore[arg-type]
-    after = None if cursor is None else decode_cursor(cursor, sort.value, sort.cursor_types)
     return query.page(after, LIMIT + 1)
 
 
-def deep_cursor() -> str:
+def deep_cursor() -> list[Any]:
     """A position about 2,500 issues into the seeded project's newest-first order."""
-    return encode_cursor(IssueSort.updated_desc.value, ["2025-12-30T06:00:00+00:00", 10**9])
+    return [datetime(2025, 12, 30, 6, tzinfo=UTC), 10**9]
 
 
 def cases(seeded: Seeded) -> Iterator[tuple[str, object]]:
@@ -231,7 +233,7 @@ async def test_search_reads_a_page_order_window_and_the_text_index_only_for_scar
         assert "never executed" in _text_index_branch(common), common
         assert "Index Scan using pk_issue on issue" in common, common
     # Page two continues from the cursor in the same way.
-    cursor = encode_cursor(IssueSort.updated_desc.value, ["2025-12-30T06:00:00+00:00", 10**9])
+    cursor = deep_cursor()
     second = await explain(
         app, page(seeded, IssueSort.updated_desc, cursor, query="crash"), analyze=True
     )

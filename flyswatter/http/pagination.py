@@ -1,26 +1,35 @@
 """Keyset (cursor) pagination: the one helper every list pages with.
 
 A cursor is the sort key of the last row of a page, so the next page is an index range
-scan starting after it: cost does not grow with depth. Cursors are opaque to clients
-(base64 of JSON) and carry the sort they were made for, so a cursor cannot be replayed
-against another ordering.
+scan starting after it: cost does not grow with depth. Cursors are opaque and URL-safe:
+``base64url(JSON [sort, *values]) "." base64url(HMAC)``. The HMAC (SHA-256, keyed from the
+settings) covers the list's path as well, so a cursor the service did not issue, or issued
+for another list, project or sort order, is refused with a 400 before any of its values is
+read; the values of a genuine one are still checked against the types the query expects.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
 from inspect import isawaitable
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from flyswatter.config import Settings
+from flyswatter.db import MAX_ROW_ID
 from flyswatter.errors import BadRequest, problem_responses
-from flyswatter.text import SingleLine
+from flyswatter.services import settings_of
+from flyswatter.text import SingleLine, first_unsafe_character
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -55,31 +64,92 @@ CursorParam = Annotated[
 CountParam = Annotated[bool, Query(description="Also return `total`; costs a count query.")]
 
 
-def encode_cursor(sort: str, values: list[Any]) -> str:
-    raw = json.dumps([sort, *values], separators=(",", ":"), default=str).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+# A signature of 128 bits: forging one is out of reach, and cursors stay short.
+_SIGNATURE_BYTES = 16
+# The longest text a cursor value holds (a user id, a label name, a timestamp).
+_MAX_TEXT_VALUE = 255
 
 
-def decode_cursor(cursor: str, sort: str, types: tuple[type, ...]) -> list[Any]:
-    """The sort-key values in a cursor, checked against the types the query expects."""
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@lru_cache(maxsize=8)
+def _signing_key(secret: str | None, database_url: str) -> bytes:
+    # Without a configured secret, one every replica derives alike: from the database URL
+    # they share. FLYSWATTER_CURSOR_SECRET gives the key its own value.
+    source = secret if secret is not None else f"database:{database_url}"
+    return hmac.new(source.encode(), b"flyswatter cursor signing key", hashlib.sha256).digest()
+
+
+def cursor_key(settings: Settings) -> bytes:
+    secret = settings.cursor_secret.get_secret_value() if settings.cursor_secret else None
+    return _signing_key(secret, settings.database_url)
+
+
+def _signature(key: bytes, list_path: str, payload: str) -> bytes:
+    message = f"{list_path}\n{payload}".encode()
+    return hmac.new(key, message, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+
+
+def signed_cursor(key: bytes, list_path: str, document: Any) -> str:
+    """``document`` (JSON) as a cursor of ``list_path``, signed."""
+    payload = _b64(json.dumps(document, separators=(",", ":"), default=str).encode())
+    return f"{payload}.{_b64(_signature(key, list_path, payload))}"
+
+
+def encode_cursor(key: bytes, list_path: str, sort: str, values: list[Any]) -> str:
+    """A cursor for the page of ``list_path`` in ``sort`` order after ``values``."""
+    return signed_cursor(key, list_path, [sort, *values])
+
+
+def _checked(value: Any, kind: type) -> Any:
+    """A cursor value of the type the query expects, or a 400."""
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ROW_ID:
+            return value
+    elif kind is str:
+        if (
+            isinstance(value, str)
+            and len(value) <= _MAX_TEXT_VALUE
+            and first_unsafe_character(value) is None
+        ):
+            return value
+    elif kind is datetime and isinstance(value, str) and len(value) <= _MAX_TEXT_VALUE:
+        try:
+            parsed = datetime.fromisoformat(value)
+            # Far ends of the calendar with an offset do not exist in UTC.
+            if parsed.tzinfo is not None:
+                return parsed.astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass
+    raise BadRequest("invalid cursor")
+
+
+def decode_cursor(
+    key: bytes, list_path: str, cursor: str, sort: str, types: tuple[type, ...]
+) -> list[Any]:
+    """The sort-key values of a cursor this service issued for this list and sort order."""
+    payload, dot, signature = cursor.partition(".")
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        decoded = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise BadRequest("invalid cursor") from None
-    if (
-        not isinstance(decoded, list)
-        or len(decoded) != len(types) + 1
-        or decoded[0] != sort
-        or not all(
-            (isinstance(value, kind) and not isinstance(value, bool)) or value is None
-            for value, kind in zip(decoded[1:], types, strict=True)
+        genuine = dot and hmac.compare_digest(
+            _unb64(signature), _signature(key, list_path, payload)
         )
-        # Row ids and ranks are 32-bit columns: a forged larger number is a bad cursor.
-        or any(isinstance(value, int) and not 0 <= value <= 2**31 - 1 for value in decoded[1:])
-    ):
+    except (binascii.Error, ValueError):
+        genuine = False
+    if not genuine:
+        raise BadRequest("invalid cursor, or made for another list")
+    try:
+        decoded = json.loads(_unb64(payload))
+    except (binascii.Error, ValueError, RecursionError):
+        raise BadRequest("invalid cursor") from None
+    if not isinstance(decoded, list) or len(decoded) != len(types) + 1 or decoded[0] != sort:
         raise BadRequest("invalid cursor, or made for another sort order")
-    return decoded[1:]
+    return [_checked(value, kind) for value, kind in zip(decoded[1:], types, strict=True)]
 
 
 @dataclass(slots=True)
@@ -101,9 +171,19 @@ class Keyset:
         # One row of look-ahead tells whether there is a next page, without a count.
         return self.limit + 1
 
+    @property
+    def _key(self) -> bytes:
+        return cursor_key(settings_of(self.request.app))
+
     def after(self, sort: str, types: tuple[type, ...]) -> list[Any] | None:
-        """The sort key the page starts after, or None for the first page."""
-        return None if self.cursor is None else decode_cursor(self.cursor, sort, types)
+        """The sort key the page starts after, or None for the first page.
+
+        ``types`` are ``int`` (ids, ranks: 32-bit), ``str`` (one-line text) or ``datetime``
+        (ISO 8601 with an offset, returned in UTC).
+        """
+        if self.cursor is None:
+            return None
+        return decode_cursor(self._key, self.request.url.path, self.cursor, sort, types)
 
     async def page(
         self,
@@ -115,7 +195,11 @@ class Keyset:
         total: int | None = None,
     ) -> Page[T]:
         shown = list(rows[: self.limit])
-        next_cursor = encode_cursor(sort, key(shown[-1])) if len(rows) > self.limit else None
+        next_cursor = (
+            encode_cursor(self._key, self.request.url.path, sort, key(shown[-1]))
+            if len(rows) > self.limit
+            else None
+        )
         if next_cursor is not None:
             url = self.request.url.include_query_params(cursor=next_cursor)
             self.response.headers["Link"] = f'<{url}>; rel="next"'

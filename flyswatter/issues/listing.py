@@ -32,7 +32,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
 from flyswatter.db import UTCDateTime
-from flyswatter.errors import BadRequest
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.models import Issue, IssuePublic, IssueStatus, IssueType, Priority
 from flyswatter.issues.read_model import (
@@ -71,7 +70,7 @@ class IssueSort(StrEnum):
 
     @property
     def cursor_type(self) -> type:
-        return int if self.value.endswith("priority") else str
+        return int if self.value.endswith("priority") else datetime
 
     @property
     def cursor_types(self) -> tuple[type, type]:
@@ -205,9 +204,7 @@ def page_statement(query: IssueQuery, after: list[Any] | None, rows: int) -> Sel
     if after is not None:
         value, issue_id = after
         sort_value = (
-            literal(_parse_timestamp(value), type_=UTCDateTime())
-            if sort.cursor_type is str
-            else literal(value)
+            literal(value, type_=UTCDateTime()) if sort.cursor_type is datetime else literal(value)
         )
         position = tuple_(column, col(Issue.id))
         start = tuple_(sort_value, literal(issue_id))
@@ -286,13 +283,3 @@ def _bounded_search(
     # ...)" would be a semi-join), so the outer statement looks candidates up by primary key.
     ids = select(func.array_agg(candidates.c.id)).correlate(None).scalar_subquery()
     return col(Issue.id) == any_(cast(ids, ARRAY(Integer)))
-
-
-def _parse_timestamp(value: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest("invalid cursor") from None
-    if parsed.tzinfo is None:
-        raise BadRequest("invalid cursor")
-    return parsed
