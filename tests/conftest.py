@@ -2,17 +2,22 @@
 
 The database is SQLite in a temporary folder unless ``FLYSWATTER_TEST_DATABASE_URL`` names a
 PostgreSQL database, which the suite then owns: its schema is dropped and migrated afresh.
-Every test starts from empty tables.
+On a SQLite run the ``postgres_only`` tests run on a throwaway PostgreSQL server of the run's
+own, and so do the tests that need a server to create databases on; Redis is the one
+``FLYSWATTER_TEST_REDIS_URL`` names, else a throwaway one too. So the whole suite runs on a
+machine with nothing but Python. Every test starts from empty tables.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -23,13 +28,10 @@ from flyswatter.config import Settings
 from tests.support.api import Api
 from tests.support.database import empty_all_tables
 from tests.support.identity import ALL_SCOPES, JwksServer, TokenFactory
-from tests.support.servers import redis_is_up, server_url_of
+from tests.support.servers import PostgresServer, RedisServer, redis_is_up, server_url_of
 
 TEST_DATABASE_ENV = "FLYSWATTER_TEST_DATABASE_URL"
 TEST_REDIS_ENV = "FLYSWATTER_TEST_REDIS_URL"
-# Where CI and the project's machines run PostgreSQL and Redis (see .ci/run).
-LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -47,46 +49,83 @@ def anyio_backend() -> str:
 
 def pytest_report_header() -> str:
     url = os.environ.get(TEST_DATABASE_ENV)
-    return f"flyswatter database: {sa.make_url(url).render_as_string() if url else 'SQLite'}"
+    database = sa.make_url(url).render_as_string() if url else "SQLite"
+    if not url:
+        database += " (postgres_only tests: a throwaway PostgreSQL server)"
+    redis = os.environ.get(TEST_REDIS_ENV) or "a throwaway server"
+    return f"flyswatter database: {database}; Redis: {redis}"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A SQLite run gives the PostgreSQL-only tests a PostgreSQL database of their own: the
+    # session fixtures below are built once more for them, and pytest groups them together.
+    if not metafunc.definition.get_closest_marker("postgres_only"):
+        return
+    if "database_backend" not in metafunc.fixturenames:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: postgres_only, yet no database")
+    if not os.environ.get(TEST_DATABASE_ENV):
+        metafunc.parametrize("database_backend", ["postgresql"], indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def database_backend(request: pytest.FixtureRequest) -> str:
+    default = "postgresql" if os.environ.get(TEST_DATABASE_ENV) else "sqlite"
+    return str(getattr(request, "param", default))
+
+
+@pytest.fixture(scope="session")
+def throwaway_postgres() -> Iterator[PostgresServer]:
+    """Started only when a test needs PostgreSQL and no server was named."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    """A PostgreSQL server tests may create databases on (its ``postgres`` database): the one
+    ``FLYSWATTER_TEST_DATABASE_URL`` is on, else a throwaway one."""
+    url = os.environ.get(TEST_DATABASE_ENV)
+    if url:
+        return server_url_of(url)
+    return str(request.getfixturevalue("throwaway_postgres").url)
+
+
+@pytest.fixture(scope="session")
+def database_url(
+    database_backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    if database_backend == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'flyswatter.db'}"
     url = os.environ.get(TEST_DATABASE_ENV)
     if url:
         return url
-    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'flyswatter.db'}"
+    server: str = request.getfixturevalue("postgres_url")
+    name = f"flyswatter_tests_{uuid.uuid4().hex[:8]}"  # the fixture may be built again
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return sa.make_url(server).set(database=name).render_as_string()
 
 
 @pytest.fixture(scope="session")
-def postgres_url(database_url: str) -> str:
-    """A PostgreSQL server tests may create databases on (its ``postgres`` database): the
-    suite's own server on PostgreSQL runs, else the local one."""
-    if database_url.startswith("postgres"):
-        return server_url_of(database_url)
-    return LOCAL_POSTGRES
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """A Redis the tests may write their own keys to (never flushed)."""
-    url = os.environ.get(TEST_REDIS_ENV, LOCAL_REDIS)
-    assert redis_is_up(url), f"Redis must answer at {url} (set {TEST_REDIS_ENV}; .ci/run starts it)"
-    return url
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis the tests may write their own keys to (never flushed): the one
+    ``FLYSWATTER_TEST_REDIS_URL`` names, else a throwaway one."""
+    url = os.environ.get(TEST_REDIS_ENV)
+    if url:
+        assert redis_is_up(url), f"no Redis answers at {TEST_REDIS_ENV}={url}"
+        yield url
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="session")
 def is_postgres(database_url: str) -> bool:
     return database_url.startswith(("postgres", "postgresql"))
-
-
-@pytest.fixture(autouse=True)
-def _postgres_only(request: pytest.FixtureRequest) -> None:
-    """``@pytest.mark.postgres_only`` tests need PostgreSQL; CI's PostgreSQL run allows no skip."""
-    if request.node.get_closest_marker("postgres_only") and not request.getfixturevalue(
-        "is_postgres"
-    ):
-        pytest.skip("PostgreSQL only (set FLYSWATTER_TEST_DATABASE_URL)")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from flyswatter.config import Settings
 from flyswatter.dev.demo import DEMO_PROJECT_KEY, DEMO_ROLES, quickstart, seed_demo_project
 from flyswatter.dev.identity_provider import DevIdentityProvider
 from flyswatter.dev.server import BackgroundServer, start_dev_identity_provider
+from tests.support.servers import system_program
 
 SERVICE_SECRET = "flyswatter-service-dev-secret"
 READONLY_SECRET = "flyswatter-readonly-service-dev-secret"
@@ -297,7 +297,7 @@ class TestNewcomer:
     def test_printed_commands_get_a_token_and_create_a_project_and_issues(
         self, provider: DevIdentityProvider, service_settings: Settings, service_url: str
     ) -> None:
-        assert shutil.which("curl"), "the quick start needs curl (see .ci/system-packages)"
+        system_program("curl", "curl")
         asyncio.run(seed_demo_project(service_settings, provider.realm))
         script = quickstart(service_url, provider)
         result = subprocess.run(

@@ -13,12 +13,12 @@ from flyswatter import migrations
 from flyswatter.app import create_app
 from flyswatter.config import Settings
 from tests.support.identity import JwksServer, TokenFactory
-from tests.support.servers import PrivatePostgres
+from tests.support.servers import PostgresServer
 
 
 @pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres()
+def private_postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
     server.start()
     try:
         yield server
@@ -28,7 +28,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture
 async def app_on_private_postgres(
-    base_settings: Settings, private_postgres: PrivatePostgres
+    base_settings: Settings, private_postgres: PostgresServer
 ) -> AsyncIterator[FastAPI]:
     settings = base_settings.model_copy(
         update={"database_url": private_postgres.url, "database_timeout_seconds": 2.0}
@@ -41,7 +41,7 @@ async def app_on_private_postgres(
 
 @pytest.mark.postgres_only
 async def test_database_outage_is_a_fast_503_and_the_service_recovers_by_itself(
-    app_on_private_postgres: FastAPI, private_postgres: PrivatePostgres, tokens: TokenFactory
+    app_on_private_postgres: FastAPI, private_postgres: PostgresServer, tokens: TokenFactory
 ) -> None:
     headers = {"Authorization": f"Bearer {tokens.user_token('alice')}"}
     transport = httpx.ASGITransport(app=app_on_private_postgres)

