@@ -33,9 +33,9 @@ from flyswatter.labels.routes import router as labels_router
 from flyswatter.observability.exposition import router as metrics_router
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.metrics import count_jwks_refresh
-from flyswatter.observability.ratelimit import RateLimiter, RateLimitMiddleware
 from flyswatter.openapi_links import add_links
 from flyswatter.projects.routes import router as projects_router
+from flyswatter.ratelimit import RateLimitMiddleware, build_limiter, close_limiter
 from flyswatter.services import Flyswatter, Services, ServicesDep
 from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror
@@ -115,14 +115,15 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
         engine = create_engine(settings)
         mirror = UserMirror(engine)
         verifier = TokenVerifier(settings, on_refresh=count_jwks_refresh, on_verified=mirror.ensure)
+        limiter = build_limiter(settings)
         app.running = Services(
             settings=settings,
             engine=engine,
             read_engine=read_only_engine(engine),
             token_verifier=verifier,
             user_mirror=mirror,
+            limiter=limiter,
         )
-        app.state.rate_limiter = RateLimiter(settings)
         # Not fatal: the service starts, reports not-ready, and loads keys on the first token.
         if settings.keycloak_url:
             await verifier.refresh_keys(force=True)
@@ -132,7 +133,7 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
         finally:
             app.running = None
             await verifier.close()
-            await app.state.rate_limiter.close()
+            close_limiter(limiter)
             await engine.dispose()
 
     app = Flyswatter(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 from fastapi import Depends, FastAPI, Request
 
 if TYPE_CHECKING:
+    from slowapi import Limiter
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from flyswatter.auth.tokens import TokenVerifier
@@ -30,6 +31,8 @@ class Services:
     read_engine: AsyncEngine
     token_verifier: TokenVerifier
     user_mirror: UserMirror
+    # The rate limiter (flyswatter.ratelimit): its budgets and where its counters live.
+    limiter: Limiter
 
 
 class Flyswatter(FastAPI):

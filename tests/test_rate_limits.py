@@ -12,14 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from limits import parse
 from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from flyswatter.observability import ratelimit
-from flyswatter.observability.ratelimit import RateLimiter
 from tests.support.api import Api
 from tests.support.identity import JwksServer, TokenFactory
 from tests.support.servers import RedisServer, ServedFlyswatter, free_port, served_database
@@ -211,7 +208,11 @@ async def test_unreachable_redis_fails_open_to_per_process_limits(
     assert elapsed < 5
     # One failed round trip, then local limits until the retry interval has passed.
     assert counter("flyswatter_rate_limit_storage_errors_total") == errors_before + 1
-    warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
+    # One warning line in all (slowapi's own fallback warning is not written twice).
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings if "Redis unreachable" in r.getMessage()] == [
+        warnings[0].getMessage()
+    ]
     assert len(warnings) == 1
     assert closed not in caplog.text
 
@@ -292,70 +293,60 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 async def test_limits_are_shared_again_once_redis_is_back(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, private_redis: RedisServer
+    limited_app: AppFactory, private_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(ratelimit, "SHARED_STORAGE_RETRY_SECONDS", 0.0)
-    limiter = RateLimiter(
-        settings.model_copy(
-            update={
-                "rate_limit_enabled": True,
-                "rate_limit_writes": "3/minute",
-                "redis_url": private_redis.url,
-            }
-        )
-    )
-    key = f"user:{unique('alice')}"
-    try:
-        assert (await limiter.hit("write", key)).allowed  # Redis not there yet: spent locally
-        await asyncio.to_thread(private_redis.start)
-        # Back on Redis: its counter starts from nothing, the local one is left behind.
-        decisions = [await limiter.hit("write", key) for _ in range(4)]
-    finally:
-        await limiter.close()
-    assert [d.allowed for d in decisions] == [True, True, True, False]
-    assert decisions[0].remaining == 2
+    alice_name = unique("alice")
+    with caplog.at_level(logging.INFO, logger="flyswatter.ratelimit"):
+        async with limited_app(redis_url=private_redis.url) as api:
+            alice = api.as_user(alice_name)
+            # Redis not there yet: spent in this process's memory.
+            assert (await alice.post(PROJECTS, json=project_body(0))).status_code == 201
+            await asyncio.to_thread(private_redis.start)
+            # slowapi pings the storage again once its first back-off (1 s) has passed.
+            await asyncio.sleep(1.2)
+            # Back on Redis: its counter starts from nothing, the local one is left behind.
+            responses = [
+                await alice.post(PROJECTS, json=project_body(index)) for index in range(1, 5)
+            ]
+    assert [r.status_code for r in responses] == [201, 201, 201, 429]
+    assert responses[0].headers["x-ratelimit-remaining"] == "2"
+    assert any("Redis is back" in r.getMessage() for r in caplog.records)
 
 
-async def test_redis_windows_decide_and_count_down_as_the_local_ones(redis_url: str) -> None:
-    """The one-round-trip Redis script keeps limits' sliding window counter: the same
-    answers and the same X-RateLimit-Remaining, request after request."""
-    base = Settings(rate_limit_writes="5/minute", rate_limit_reads="100/minute")
-    local = RateLimiter(base)
-    shared = RateLimiter(base.model_copy(update={"redis_url": redis_url}))
-    key = unique("user:windows")
-    answers: dict[str, list[tuple[bool, int]]] = {"local": [], "redis": []}
-    try:
-        for name, limiter in (("local", local), ("redis", shared)):
-            for _ in range(7):
-                decision = await limiter.hit("write", key)
-                answers[name].append((decision.allowed, decision.remaining))
-    finally:
-        await shared.close()
-    expected = [(True, 4), (True, 3), (True, 2), (True, 1), (True, 0), (False, 0), (False, 0)]
-    assert answers == {"local": expected, "redis": expected}
-
-
-async def test_local_windows_slide_and_forget_idle_callers(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_memory_and_redis_storage_decide_and_count_down_alike(
+    limited_app: AppFactory, redis_url: str
 ) -> None:
-    clock = [600.0]
-    monkeypatch.setattr(ratelimit.time, "time", lambda: clock[0])
-    windows = ratelimit.LocalWindows()
-    item = parse("2/minute")
+    answers: dict[str, list[tuple[int, str]]] = {}
+    # Each run creates its own projects (keys RL0.., RL10..): the database is shared.
+    for offset, (storage, overrides) in enumerate(
+        (("memory", {}), ("redis", {"redis_url": redis_url}))
+    ):
+        async with limited_app(rate_limit_writes="5/minute", **overrides) as api:
+            alice = api.as_user(unique("alice"))
+            answers[storage] = []
+            for index in range(7):
+                response = await alice.post(PROJECTS, json=project_body(10 * offset + index))
+                answers[storage].append(
+                    (response.status_code, response.headers["x-ratelimit-remaining"])
+                )
+    expected = [(201, "4"), (201, "3"), (201, "2"), (201, "1"), (201, "0")] + [(429, "0")] * 2
+    assert answers == {"memory": expected, "redis": expected}
 
-    async def answers(count: int) -> list[bool]:
-        return [(await windows.hit(item, "write", "user:a")).allowed for _ in range(count)]
 
-    assert await answers(3) == [True, True, False]
-    clock[0] = 690.0  # halfway through the next window: the full last one still weighs 1
-    assert await answers(2) == [True, False]
-    clock[0] = 900.0  # two windows of silence: a fresh budget
-    assert await answers(3) == [True, True, False]
+async def test_equal_write_and_read_limits_still_keep_two_budgets(
+    limited_app: AppFactory,
+) -> None:
+    async with limited_app(rate_limit_writes="3/minute", rate_limit_reads="3/minute") as api:
+        alice = api.as_user(unique("alice"))
+        for index in range(3):
+            assert (await alice.post(PROJECTS, json=project_body(index))).status_code == 201
+        reads = [(await alice.get(PROJECTS)).status_code for _ in range(4)]
+    assert reads == [200, 200, 200, 429]
 
-    monkeypatch.setattr(ratelimit.LocalWindows, "SWEEP_EVERY", 4)
-    await windows.hit(item, "write", "user:b")
-    assert len(windows) == 2
-    clock[0] = 1200.0
-    for _ in range(3):
-        await windows.hit(item, "write", "user:c")
-    assert len(windows) == 1  # a and b were idle for more than a window
+
+async def test_only_a_429_carries_the_limit_retry_after(limited_app: AppFactory) -> None:
+    async with limited_app() as api:
+        response = await api.as_user(unique("alice")).get(PROJECTS)
+    assert response.status_code == 200
+    assert response.headers["x-ratelimit-remaining"] == "4"
+    assert "retry-after" not in response.headers

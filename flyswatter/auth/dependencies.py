@@ -17,7 +17,7 @@ from flyswatter.errors import (
     problem_responses,
 )
 from flyswatter.http.context import request_context
-from flyswatter.observability.ratelimit import enforce_rate_limit
+from flyswatter.ratelimit import enforce_rate_limit
 from flyswatter.services import ServicesDep
 
 # What any authenticated route can answer: no or a bad token, a missing scope or role, an
@@ -55,7 +55,7 @@ async def authenticate(
         raise Unauthorized(rejected.detail, reason=rejected.reason) from None
     # For the rate limiter, idempotency records and the access log: who, never the token.
     request_context(request.scope).principal = principal
-    await enforce_rate_limit(request)
+    enforce_rate_limit(request)
     missing = [scope for scope in security_scopes.scopes if scope not in principal.scopes]
     if missing:
         raise InsufficientScope(missing)

@@ -41,7 +41,7 @@ RATE_LIMITED = Counter(
 )
 RATE_LIMIT_STORAGE_ERRORS = Counter(
     "flyswatter_rate_limit_storage_errors",
-    "Rate-limit checks that could not reach the shared storage (Redis) and used local limits",
+    "Times the rate limiter lost its shared storage (Redis) and fell back to per-process limits",
 )
 AUTH_FAILURES = Counter(
     "flyswatter_auth_failures",

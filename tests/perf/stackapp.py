@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from fastapi import FastAPI
+from flyswatter.observability.ratelimit import RateLimitMiddleware
 
 from flyswatter.app import create_app
 from flyswatter.auth.dependencies import AnyPrincipal
@@ -25,7 +26,6 @@ from flyswatter.config import Settings
 from flyswatter.http.requests import RequestContextMiddleware
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.logs import configure_logging
-from flyswatter.observability.ratelimit import RateLimitMiddleware
 
 PROBE_PATH = "/api/v1/bench/probe"
 # The pieces of the stack, by the names BENCH_STACK_WITHOUT takes; the limiter is its
