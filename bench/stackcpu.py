@@ -1,15 +1,15 @@
 """The middleware stack's CPU cost without the server: the app called directly, in one process.
 
-Served under uvicorn and loaded by wrk (``tests.perf.stack``), each request also costs the
+Served under uvicorn and loaded by wrk (``bench.stack``), each request also costs the
 HTTP server its parsing and socket work, and on a shared machine the CPU time per request
-moves by more than the stack costs. Here the variants of ``tests.perf.stackapp`` are built
+moves by more than the stack costs. Here the variants of ``bench.stackapp`` are built
 side by side in one process and called through a minimal ASGI driver, one request at a
 time, in interleaved blocks; the process's CPU time per request of each block is compared
 with the bare variant's in the same round. What uvicorn adds is the same for every variant,
 so the difference is what the stack costs, with far less noise.
 
-Run by ``tests.perf.stack`` in a child process (it configures logging, as ``serve`` does,
-and the access log must not reach the benchmark's terminal): ``python -m tests.perf.stackcpu``
+Run by ``bench.stack`` in a child process (it configures logging, as ``serve`` does,
+and the access log must not reach the benchmark's terminal): ``python -m bench.stackcpu``
 reads its job as JSON on stdin and prints the result as JSON on stdout's last line.
 """
 
@@ -27,8 +27,8 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import Message
 
+from bench.stackapp import build
 from flyswatter.observability.logs import configure_logging
-from tests.perf.stackapp import build
 
 
 async def call(app: FastAPI, path: str, authorization: bytes) -> int:

@@ -1,12 +1,12 @@
 """Flyswatter against its physical limits, measured in one run on this machine.
 
-``python -m tests.perf`` seeds PostgreSQL (reused between runs), starts the service and the
+``python -m bench`` seeds PostgreSQL (reused between runs), starts the service and the
 baselines B1 (bare Starlette JSON) and B2 (the service's own SQL behind the same token
 check, through a psycopg pool) under uvicorn with one worker each, then drives each
 endpoint with wrk over loopback: keep-alive, fixed connections, a discarded warm-up, and
 several rounds in which the service and its baseline alternate. It reports medians and
 spreads of throughput and latency, the server's CPU time per request (steadier than
-requests per second on a shared machine), and writes ``tests/perf/RESULTS.md``.
+requests per second on a shared machine), and writes ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -33,10 +33,7 @@ from typing import IO, Any
 import httpx
 import sqlalchemy as sa
 
-from flyswatter.app import create_app
-from flyswatter.config import Settings
-from flyswatter.http.pagination import encode_cursor
-from tests.perf.seed import (
+from bench.seed import (
     BENCH_USER,
     COMMON_TERM,
     RARE_TERM,
@@ -44,17 +41,20 @@ from tests.perf.seed import (
     issue_count,
     seed,
 )
+from flyswatter.app import create_app
+from flyswatter.config import Settings
+from flyswatter.http.pagination import encode_cursor
 from tests.support.identity import JwksServer, TokenFactory
 from tests.support.servers import free_port
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
+ROOT = HERE.parent
 PYTHON = sys.executable
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DEEP_ROWS = 100_000
 SEARCH_P95_TARGET_MS = 20.0
 # endpoints: every endpoint against its baseline at every size; stack: the middleware stack
-# in isolation (tests/perf/stack.py); metrics: /metrics with four workers (tests/perf/scrape.py).
+# in isolation (bench/stack.py); metrics: /metrics with four workers (bench/scrape.py).
 PARTS = ("endpoints", "stack", "metrics")
 
 WRK_SCRIPT = r"""
@@ -377,11 +377,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         # Neither depends on the number of issues: the stack on the smallest database (its
         # routes barely query), the scrape on the largest (where the benchmark's writes go).
         if "stack" in args.only:
-            from tests.perf.stack import measure_stack
+            from bench.stack import measure_stack
 
             report["stack"] = measure_stack(args, urls[min(args.sizes)], jwks, token)
         if "metrics" in args.only:
-            from tests.perf.scrape import measure_metrics
+            from bench.scrape import measure_metrics
 
             report["metrics"] = measure_metrics(args, urls[max(args.sizes)], jwks, token)
     jwks.stop()
@@ -460,9 +460,9 @@ def measure_size(
     results: dict[str, Any] = {"seed_seconds": round(seeded, 1), "scenarios": {}}
     with (
         uvicorn_server("service", "flyswatter.app:create_app", env, factory=True) as service,
-        uvicorn_server("B1", "tests.perf.baselines:b1_app", env) as b1,
+        uvicorn_server("B1", "bench.baselines:b1_app", env) as b1,
         uvicorn_server(
-            "B2", "tests.perf.baselines:b2_app", {**env, "BENCH_B2_SQL": str(sql_file)}
+            "B2", "bench.baselines:b2_app", {**env, "BENCH_B2_SQL": str(sql_file)}
         ) as b2,
     ):
         bare = Scenario("bare", "GET", "/json")
@@ -628,7 +628,7 @@ def stack_section(stack: dict[str, Any], report: dict[str, Any]) -> list[str]:
     if in_process:
         lines += [
             "",
-            f"Without the server (tests/perf/stackcpu.py): the same variants side by side in one "
+            f"Without the server (bench/stackcpu.py): the same variants side by side in one "
             f"process, called through a minimal ASGI driver one request at a time, "
             f"{in_process['rounds']} interleaved rounds of {in_process['requests_per_block']} "
             "requests each; the process's CPU time per request (what uvicorn adds is the same "
@@ -705,7 +705,7 @@ def metrics_section(metrics: dict[str, Any], report: dict[str, Any]) -> list[str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.perf", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--database-server",
         default=os.environ.get(

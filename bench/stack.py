@@ -1,6 +1,6 @@
 """What the middleware stack (request id and access log, HTTP metrics, rate limits) costs.
 
-The same app and routes (``tests.perf.stackapp``) are served by one uvicorn process per
+The same app and routes (``bench.stackapp``) are served by one uvicorn process per
 variant: the service as ``create_app`` builds it, with the limiter's counters in memory (one
 process) or in Redis (several workers, as production runs), with and without the access log,
 and the same app with the three middlewares and the limiter removed. wrk drives each route of
@@ -9,7 +9,7 @@ reversed every other round), and the server's CPU time per request is compared: 
 difference to the bare variant is what the stack costs. Two routes: the probe, which
 authenticates and answers without a query, and ``/api/v1/users/me`` (one query). On the
 probe, variants without one piece each (request context, metrics, limiter) price the pieces.
-The same variants are then measured without the server (``tests.perf.stackcpu``), which is
+The same variants are then measured without the server (``bench.stackcpu``), which is
 far steadier on a shared machine.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.perf.bench import (
+from bench.bench import (
     PYTHON,
     ROOT,
     Measurement,
@@ -35,7 +35,7 @@ from tests.perf.bench import (
     uvicorn_server,
     wrk,
 )
-from tests.perf.stackapp import PIECES, PROBE_PATH, WITHOUT_ENV
+from bench.stackapp import PIECES, PROBE_PATH, WITHOUT_ENV
 from tests.support.identity import JwksServer
 
 TARGET_US = 60.0
@@ -97,7 +97,7 @@ def measure_stack(
             servers[name] = stack.enter_context(
                 uvicorn_server(
                     name,
-                    "tests.perf.stackapp:app",
+                    "bench.stackapp:app",
                     {**env, **variant.env, WITHOUT_ENV: ",".join(variant.without)},
                     factory=True,
                     output=output,
@@ -150,7 +150,7 @@ def measure_stack(
 
 
 def measure_in_process(args: argparse.Namespace, env: dict[str, str], token: str) -> dict[str, Any]:
-    """The variants called directly (``tests.perf.stackcpu``), in a child process."""
+    """The variants called directly (``bench.stackcpu``), in a child process."""
     # Cheap next to the served rounds, and more blocks make the medians and minima steadier.
     rounds = 4 * args.rounds + 1
     job = {
@@ -176,7 +176,7 @@ def measure_in_process(args: argparse.Namespace, env: dict[str, str], token: str
     }
     with tempfile.TemporaryFile() as log:
         child = subprocess.run(
-            [PYTHON, "-m", "tests.perf.stackcpu"],
+            [PYTHON, "-m", "bench.stackcpu"],
             input=json.dumps(job).encode(),
             stdout=subprocess.PIPE,
             stderr=log,

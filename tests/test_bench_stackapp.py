@@ -8,10 +8,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from bench.stackapp import PIECES, PROBE_PATH, build
 from flyswatter.config import Settings
 from flyswatter.db import SessionMiddleware
 from flyswatter.http.body_limit import BodySizeLimitMiddleware
-from tests.perf.stackapp import PIECES, PROBE_PATH, build
 from tests.support.identity import TokenFactory
 
 

@@ -28,7 +28,7 @@ import httpx
 import redis
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.perf.bench import (
+from bench.bench import (
     CLOCK_TICKS,
     PYTHON,
     ROOT,
@@ -38,8 +38,8 @@ from tests.perf.bench import (
     service_env,
     wrk,
 )
-from tests.perf.seed import BENCH_USER
-from tests.perf.stack import REDIS_URL
+from bench.seed import BENCH_USER
+from bench.stack import REDIS_URL
 from tests.support.identity import JwksServer
 
 WORKERS = 4

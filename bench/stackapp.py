@@ -1,4 +1,4 @@
-"""The service with and without its middleware stack, for ``tests.perf.stack`` to compare.
+"""The service with and without its middleware stack, for ``bench.stack`` to compare.
 
 Both factories build the app with ``flyswatter.app.create_app`` from the same ``FLYSWATTER_*``
 environment and add one route, ``PROBE_PATH``, which authenticates exactly as every API route
@@ -18,7 +18,6 @@ import os
 from typing import Any
 
 from fastapi import FastAPI
-from flyswatter.observability.ratelimit import RateLimitMiddleware
 
 from flyswatter.app import create_app
 from flyswatter.auth.dependencies import AnyPrincipal
@@ -26,6 +25,7 @@ from flyswatter.config import Settings
 from flyswatter.http.requests import RequestContextMiddleware
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.logs import configure_logging
+from flyswatter.ratelimit import RateLimitMiddleware
 
 PROBE_PATH = "/api/v1/bench/probe"
 # The pieces of the stack, by the names BENCH_STACK_WITHOUT takes; the limiter is its
@@ -61,7 +61,7 @@ def build(without: frozenset[str], *, log: bool = True, **overrides: Any) -> Fas
     present = {middleware.cls for middleware in app.user_middleware}
     if missing := [cls.__name__ for cls in removed if cls not in present]:
         # create_app changed: a "bare" app that still had its stack would measure nothing.
-        raise RuntimeError(f"create_app no longer adds {missing}; update tests/perf/stackapp.py")
+        raise RuntimeError(f"create_app no longer adds {missing}; update bench/stackapp.py")
     # Starlette builds the middleware stack from this list on the first request.
     app.user_middleware = [
         middleware for middleware in app.user_middleware if middleware.cls not in removed

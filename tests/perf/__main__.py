@@ -1,3 +1,0 @@
-from tests.perf.bench import main
-
-main()
