@@ -29,6 +29,9 @@ from flyswatter.errors import (
 from flyswatter.http.body_limit import BodySizeLimitMiddleware
 from flyswatter.http.requests import RequestContextMiddleware
 from flyswatter.issues.routes import router as issues_router
+from flyswatter.jobs.routes import router as jobs_router
+from flyswatter.jobs.service import JobQueue
+from flyswatter.jobs.worker import make_celery
 from flyswatter.labels.routes import router as labels_router
 from flyswatter.observability.exposition import router as metrics_router
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
@@ -37,6 +40,7 @@ from flyswatter.openapi_links import add_links
 from flyswatter.projects.routes import router as projects_router
 from flyswatter.ratelimit import RateLimitMiddleware, build_limiter, close_limiter
 from flyswatter.services import Flyswatter, Services, ServicesDep
+from flyswatter.storage.service import storage_from_settings
 from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror
 
@@ -56,6 +60,7 @@ def api_router() -> APIRouter:
     router.include_router(labels_router)
     router.include_router(issues_router)
     router.include_router(comments_router)
+    router.include_router(jobs_router)
     return router
 
 
@@ -124,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
             user_mirror=mirror,
             limiter=limiter,
         )
+        app.state.job_queue = JobQueue(make_celery(settings), storage_from_settings(settings))
         # Not fatal: the service starts, reports not-ready, and loads keys on the first token.
         if settings.keycloak_url:
             await verifier.refresh_keys(force=True)

@@ -1,4 +1,4 @@
-"""The ``flyswatter`` command: ``serve``, ``dev`` and ``migrate``."""
+"""The ``flyswatter`` command: ``serve``, ``dev``, ``worker`` and ``migrate``."""
 
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
     from flyswatter.app import create_app
     from flyswatter.dev.demo import dev_banner, seed_demo_project
     from flyswatter.dev.server import start_dev_identity_provider
+    from flyswatter.jobs.worker import InProcessWorker, broker_url, make_celery
     from flyswatter.observability.logs import configure_logging
 
     if not is_loopback_host(args.host):
@@ -117,11 +118,46 @@ def cmd_dev(args: argparse.Namespace) -> None:
         configure_logging(settings.log_format, settings.log_level)
         migrations.upgrade(settings)
         asyncio.run(seed_demo_project(settings, provider.realm))
-        print(dev_banner(api_url, provider), flush=True)
+        transport = broker_url(settings).split("://", 1)[0]
+        jobs = (
+            "Jobs: a Celery worker (with beat) runs in this process on kombu's in-memory "
+            "transport; reports need no Redis"
+            if transport == "memory"
+            else "Jobs: a Celery worker (with beat) runs in this process on FLYSWATTER_REDIS_URL"
+        )
+        print(dev_banner(api_url, provider) + jobs + "\n", flush=True)
         app = create_app(settings)
-        uvicorn.run(app, **dev_options(args.host, args.port, args.forwarded_allow_ips))
+        # The in-memory transport's queues are per process: API and worker share them here.
+        with InProcessWorker(make_celery(settings), beat=True):
+            uvicorn.run(app, **dev_options(args.host, args.port, args.forwarded_allow_ips))
     finally:
         idp_server.stop()
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from flyswatter.jobs.worker import QUEUE, make_celery
+    from flyswatter.observability.logs import configure_logging
+
+    settings = _settings_or_exit()
+    if settings.redis_url is None:
+        sys.exit(
+            "flyswatter: refusing to start: FLYSWATTER_REDIS_URL is not set; the worker "
+            "takes its jobs from that broker (flyswatter dev runs one in-process instead)"
+        )
+    configure_logging(settings.log_format, settings.log_level)
+    celery = make_celery(settings)
+    argv = [
+        "worker",
+        f"--loglevel={settings.log_level.upper()}",
+        f"--concurrency={args.concurrency}",
+        f"--queues={QUEUE}",
+        f"--hostname={args.hostname}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if args.beat:
+        argv.append("--beat")
+    celery.worker_main(argv)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -166,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="proxies whose X-Forwarded-For is believed (default: none)",
     )
     dev.set_defaults(handler=cmd_dev)
+
+    worker = commands.add_parser(
+        "worker", help="Celery worker for jobs (reports); broker: FLYSWATTER_REDIS_URL"
+    )
+    worker.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    worker.add_argument(
+        "--beat", action="store_true", help="also run the periodic tasks (one worker only)"
+    )
+    worker.add_argument("--hostname", default="flyswatter@%h", help="the worker's node name")
+    worker.set_defaults(handler=cmd_worker)
 
     migrate = commands.add_parser("migrate", help="database migrations (Alembic)")
     migrate.add_argument("action", choices=["upgrade", "downgrade", "check", "current", "history"])

@@ -76,6 +76,40 @@ class Settings(BaseSettings):
     # How long a POST's Idempotency-Key is remembered (and its response replayed).
     idempotency_window_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
 
+    # Jobs (Celery). The broker is FLYSWATTER_REDIS_URL; job state lives in the database.
+    # A message not acknowledged this long after delivery (a worker killed mid-task) goes
+    # back to the queue; keep it above the longest report build.
+    job_visibility_timeout_seconds: int = Field(default=900, ge=5, le=86_400)
+    job_max_retries: int = Field(default=5, ge=0, le=50)
+    # Exponential backoff between retries, from this base, capped, with full jitter.
+    job_retry_backoff_seconds: float = Field(default=2.0, gt=0, le=600)
+    job_retry_backoff_max_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # Queued jobs older than this are published again by the periodic sweep (a broker that
+    # was down when they were requested); tasks are idempotent, so a twin does no harm.
+    job_requeue_after_seconds: int = Field(default=60, ge=5, le=86_400)
+    # Reports: rows in the issue table at most (the total is stated), default period.
+    report_table_limit: int = Field(default=1000, ge=10, le=20_000)
+    report_default_days: int = Field(default=30, ge=1, le=3660)
+
+    # Artifacts (report files): a local directory, or S3-compatible object storage.
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_dir: str = "./flyswatter-artifacts"
+    s3_bucket: str = "flyswatter-artifacts"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    # Downloads answer with a redirect to a presigned URL valid this long (S3 only).
+    s3_presigned_downloads: bool = False
+    s3_presign_seconds: int = Field(default=300, ge=10, le=7 * 86_400)
+    artifact_ttl_seconds: int = Field(default=7 * 86_400, ge=60, le=365 * 86_400)
+    artifact_sweep_interval_seconds: int = Field(default=3600, ge=5, le=86_400)
+
+    # Optional error reporting (sentry-sdk); off without a DSN.
+    sentry_dsn: str | None = None
+    sentry_environment: str = "production"
+    sentry_release: str | None = None
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, event
+from sqlalchemy import DateTime, Engine, event
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -156,3 +157,30 @@ class SessionMiddleware:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def create_sync_engine(settings: Settings) -> Engine:
+    """The same database for synchronous code (Celery tasks), with the same SQLite rules."""
+    if settings.is_sqlite:
+        engine = sa_create_engine(
+            settings.sync_database_url,
+            connect_args={"timeout": settings.database_timeout_seconds},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, record: Any) -> None:
+            _sqlite_pragmas(dbapi_connection, record)
+            dbapi_connection.isolation_level = None
+
+        event.listen(engine, "begin", _sqlite_begin_immediate)
+        return engine
+    return sa_create_engine(
+        settings.sync_database_url,
+        pool_size=2,
+        max_overflow=2,
+        pool_timeout=settings.database_timeout_seconds,
+        # Workers run for days between restarts of the database: check a connection before use
+        # (one round trip per task, not per request).
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": max(1, int(settings.database_timeout_seconds))},
+    )

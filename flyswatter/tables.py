@@ -3,16 +3,20 @@
 from flyswatter.comments.models import Comment
 from flyswatter.http.idempotency import IdempotencyRecord
 from flyswatter.issues.models import Activity, Issue
+from flyswatter.jobs.models import Job
 from flyswatter.labels.models import IssueLabel, Label
 from flyswatter.projects.models import Project, ProjectMember
+from flyswatter.storage.models import Artifact
 from flyswatter.users.models import User
 
 __all__ = [
     "Activity",
+    "Artifact",
     "Comment",
     "IdempotencyRecord",
     "Issue",
     "IssueLabel",
+    "Job",
     "Label",
     "Project",
     "ProjectMember",

@@ -66,6 +66,29 @@ DATABASE_ERRORS = Counter(
     ["kind"],
 )
 
+# Jobs (Celery workers). Written by the worker processes; see flyswatter.jobs.metrics.
+JOBS_REQUESTED = Counter("flyswatter_jobs_requested", "Jobs requested, by kind", ["kind"])
+JOBS_FINISHED = Counter(
+    "flyswatter_jobs_finished",
+    "Jobs that reached a final state, by kind and state (succeeded/failed/cancelled)",
+    ["kind", "state"],
+)
+JOB_RETRIES = Counter(
+    "flyswatter_job_retries", "Job attempts that met a transient fault and were retried", ["kind"]
+)
+JOB_QUEUE_WAIT = Histogram(
+    "flyswatter_job_queue_wait_seconds",
+    "Time from a job's request to its first start by a worker, by kind",
+    ["kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
+)
+JOB_RUN_TIME = Histogram(
+    "flyswatter_job_run_seconds",
+    "Time a successful job attempt ran, by kind",
+    ["kind"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+
 
 def count_jwks_refresh(outcome: str) -> None:
     """``TokenVerifier``'s ``on_refresh`` hook."""

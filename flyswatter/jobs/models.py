@@ -1,0 +1,118 @@
+"""Jobs: work done by Celery workers outside the request, and what a report job is asked for."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import ConfigDict, model_validator
+from sqlalchemy import CheckConstraint, Index, String, Text
+from sqlmodel import Field, SQLModel
+
+from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.issues.models import IssueStatus, IssueType, Priority
+from flyswatter.labels.models import LabelName
+from flyswatter.storage.models import ArtifactPublic
+
+
+class JobKind(StrEnum):
+    report = "report"
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
+
+
+def _in(column: str, enum: type[StrEnum]) -> CheckConstraint:
+    values = ", ".join(f"'{member.value}'" for member in enum)
+    return CheckConstraint(f"{column} IN ({values})", name=f"{column}_known")
+
+
+class JobBase(SQLModel):
+    kind: JobKind = Field(sa_type=String(20))
+    state: JobState = Field(default=JobState.queued, sa_type=String(12))
+    attempts: int = Field(default=0, description="Times a worker started this job.")
+    error: str | None = Field(
+        default=None, max_length=1000, description="Why the job failed, for people."
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Job(JobBase, table=True):
+    __table_args__ = (
+        _in("kind", JobKind),
+        _in("state", JobState),
+        # The list's order (newest first) per project and overall, with its filters.
+        Index("ix_job_project_created", "project_id", "created_at", "id"),
+        Index("ix_job_state_created", "state", "created_at", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    # What clients see and put in URLs: random, so job ids cannot be enumerated.
+    public_id: str = Field(max_length=32, unique=True)
+    project_id: int = Field(foreign_key="project.id", ondelete="CASCADE")
+    requested_by: str = Field(foreign_key="user.id", max_length=255)
+    # The request's parameters as JSON (ReportParameters for reports).
+    parameters: str = Field(sa_type=Text)
+    artifact_id: int | None = Field(default=None, foreign_key="artifact.id", ondelete="SET NULL")
+    request_id: str | None = Field(default=None, max_length=128)
+    # The worker's hold on a running job: the Celery task id that claimed it and until when
+    # (a retry or a redelivery of the same task may take it back; others wait for expiry).
+    task_id: str | None = Field(default=None, max_length=64)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # When its message was last handed to the broker; None when that never worked.
+    enqueued_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ReportParameters(SQLModel):
+    """A report's period and the issue filters the issue list accepts."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)  # type: ignore[assignment]
+
+    from_: datetime | None = Field(
+        default=None,
+        alias="from",
+        description="Start of the period (inclusive); default: `to` minus 30 days.",
+    )
+    to: datetime | None = Field(default=None, description="End of the period; default: now.")
+    status: list[IssueStatus] = Field(default_factory=list, max_length=4)
+    assignee: str | None = Field(
+        default=None, max_length=255, description="A user id, `me`, or `none`."
+    )
+    reporter: str | None = Field(default=None, max_length=255, description="A user id, or `me`.")
+    label: list[LabelName] = Field(default_factory=list, max_length=10)
+    priority: list[Priority] = Field(default_factory=list, max_length=4)
+    type: list[IssueType] = Field(default_factory=list, max_length=3)
+    q: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _aware_and_ordered(self) -> ReportParameters:
+        for value in (self.from_, self.to):
+            if value is not None and value.tzinfo is None:
+                raise ValueError("from and to need a UTC offset (e.g. 2026-11-01T00:00:00Z)")
+        if self.from_ is not None and self.to is not None and self.from_ >= self.to:
+            raise ValueError("from must be before to")
+        return self
+
+
+class ReportRequest(ReportParameters):
+    """``POST /projects/{key}/reports``: everything is optional."""
+
+
+class JobPublic(JobBase):
+    id: str = Field(description="The job's public id.")
+    project_key: str
+    requested_by: str
+    parameters: ReportParameters
+    artifact: ArtifactPublic | None = None
+    links: dict[str, str] = Field(description="`self`, and `artifact` once it exists.")

@@ -1,0 +1,233 @@
+"""Job routes: request a report, follow the job, download its file, cancel it while queued."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from sqlmodel import col
+
+from flyswatter.auth.dependencies import IssuesRead, IssuesWrite
+from flyswatter.auth.scopes import Scope
+from flyswatter.db import SessionDep
+from flyswatter.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    problem_responses,
+)
+from flyswatter.idempotency import IdempotencyDep
+from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportRequest
+from flyswatter.jobs.service import (
+    JobIdPath,
+    JobQueueDep,
+    after_cursor,
+    job_filter,
+    job_location,
+    load_job_access,
+    new_report_job,
+    public_job,
+    retry_after,
+    visible_jobs,
+)
+from flyswatter.observability.metrics import JOBS_FINISHED, JOBS_REQUESTED
+from flyswatter.pagination import (
+    DEFAULT_LIMIT,
+    CursorParam,
+    LimitParam,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    set_next_link,
+)
+from flyswatter.projects.models import Role
+from flyswatter.projects.service import ProjectAccess, project_access
+from flyswatter.storage.service import ObjectMissing, StorageUnavailable, content_disposition
+
+router = APIRouter(tags=["jobs"])
+
+ProjectForReports = Annotated[
+    ProjectAccess,
+    Depends(project_access(Role.reporter, Scope.issues_write, "requesting reports")),
+]
+AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
+LIST_SORT = "-created_at"
+
+
+@router.post(
+    "/projects/{key}/reports",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses=problem_responses(409) | AUTH_ERRORS,
+)
+async def request_report(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    access: ProjectForReports,
+    idempotency: IdempotencyDep,
+    queue: JobQueueDep,
+    body: Annotated[ReportRequest | None, Body()] = None,
+) -> JobPublic | JSONResponse:
+    """Ask for a PDF report of the project (reporters and up): its period (`from`/`to`,
+    default the last 30 days) and the issue list's filters. Answers 202 with the job; poll
+    `Location` until it has succeeded, then download `links.artifact`."""
+    if (replayed := await idempotency.replay(session)) is not None:
+        return replayed
+    access.require_active()
+    parameters = body or ReportRequest()
+    job = new_report_job(access, parameters, request.scope.get("state", {}).get("request_id"))
+    session.add(job)
+    await session.flush()
+    public = public_job(job, access.project.key, None)
+    location = job_location(job.public_id)
+    await idempotency.record(session, 202, public, location=location)
+    if (replayed := await idempotency.commit(session)) is not None:
+        return replayed
+    JOBS_REQUESTED.labels(JobKind.report.value).inc()
+    # After the commit, and never failing the request: a broker that is down leaves the
+    # job queued in the database, and the worker's sweep publishes it again later.
+    await queue.publish(job.public_id)
+    response.headers["Location"] = location
+    response.headers.update(retry_after(job))
+    return public
+
+
+@router.get("/jobs", response_model=Page[JobPublic], responses=problem_responses(400) | AUTH_ERRORS)
+async def list_jobs(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: IssuesRead,
+    state: Annotated[list[JobState] | None, Query(description="Any of these states.")] = None,
+    kind: Annotated[list[JobKind] | None, Query(description="Any of these kinds.")] = None,
+    project: Annotated[
+        str | None,
+        Query(pattern=r"^[A-Za-z][A-Za-z0-9]{1,9}$", description="A project key."),
+    ] = None,
+    cursor: CursorParam = None,
+    limit: LimitParam = DEFAULT_LIMIT,
+) -> Page[JobPublic]:
+    """Jobs of the projects the caller may see, newest first, failed ones included."""
+    statement = job_filter(visible_jobs(principal), states=state, kinds=kind, project_key=project)
+    if cursor is not None:
+        created, job_id = decode_cursor(cursor, LIST_SORT, (str, int))
+        try:
+            created_at = datetime.fromisoformat(created)
+        except ValueError:
+            raise BadRequest("invalid cursor") from None
+        statement = after_cursor(statement, created_at, job_id)
+    statement = statement.order_by(col(Job.created_at).desc(), col(Job.id).desc()).limit(limit + 1)
+    rows = list((await session.exec(statement)).all())  # type: ignore[call-overload]
+    page = rows[:limit]
+    items = [public_job(job, key, artifact) for job, key, _role, artifact in page]
+    next_cursor = None
+    if len(rows) > limit:
+        last: Job = page[-1][0]
+        next_cursor = encode_cursor(LIST_SORT, [last.created_at.isoformat(), last.id])
+    set_next_link(request, response, next_cursor)
+    return Page(items=items, next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=AUTH_ERRORS)
+async def get_job(
+    job_id: JobIdPath, response: Response, session: SessionDep, principal: IssuesRead
+) -> JobPublic:
+    """The job's state; `Retry-After` says when to look again while it is queued or running."""
+    access = await load_job_access(session, principal, job_id)
+    response.headers.update(retry_after(access.job))
+    return access.public()
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(409) | AUTH_ERRORS,
+)
+async def cancel_job(job_id: JobIdPath, session: SessionDep, principal: IssuesWrite) -> None:
+    """Cancel a queued job (whoever requested it, or a maintainer); a job that started
+    cannot be cancelled (409)."""
+    access = await load_job_access(session, principal, job_id, for_update=True)
+    job = access.job
+    own = job.requested_by == principal.subject and access.role.includes(Role.reporter)
+    if not own and not access.role.includes(Role.maintainer):
+        raise Forbidden(
+            f"cancelling others' jobs needs the maintainer role in {access.project_key}"
+        )
+    if job.state != JobState.queued:
+        raise Conflict(f"job {job_id} is {job.state}; only a queued job can be cancelled")
+    job.state = JobState.cancelled
+    job.finished_at = datetime.now(job.created_at.tzinfo)
+    session.add(job)
+    await session.commit()
+    JOBS_FINISHED.labels(job.kind, JobState.cancelled.value).inc()
+
+
+@router.get(
+    "/jobs/{job_id}/artifact",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/pdf": {}}, "description": "The file"},
+        307: {"description": "Redirect to a short-lived download URL (S3 storage)"},
+        **problem_responses(409, 503),
+        **AUTH_ERRORS,
+    },
+)
+async def download_artifact(
+    job_id: JobIdPath,
+    request: Request,
+    session: SessionDep,
+    principal: IssuesRead,
+    queue: JobQueueDep,
+) -> Response:
+    """The job's file: streamed, or a redirect to a presigned URL when the storage is S3
+    and `FLYSWATTER_S3_PRESIGNED_DOWNLOADS` is on."""
+    access = await load_job_access(session, principal, job_id)
+    artifact = access.artifact
+    if artifact is None:
+        if access.job.state == JobState.succeeded:
+            raise NotFound(f"the file of job {job_id} has expired; request the report again")
+        raise Conflict(f"job {job_id} is {access.job.state}; it has no file")
+    settings = request.app.state.settings
+    storage = queue.storage
+    disposition = content_disposition(artifact.filename)
+    if settings.storage_backend == "s3" and settings.s3_presigned_downloads:
+        url = await anyio.to_thread.run_sync(
+            lambda: storage.presigned_url(
+                artifact.key,
+                filename=artifact.filename,
+                content_type=artifact.content_type,
+                expires_in=settings.s3_presign_seconds,
+            )
+        )
+        if url is not None:
+            return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+    try:
+        chunks = await anyio.to_thread.run_sync(storage.open, artifact.key)
+    except ObjectMissing:
+        raise NotFound(f"the file of job {job_id} is gone; request the report again") from None
+    except StorageUnavailable:
+        raise ServiceUnavailable(
+            "the file storage is unavailable; retry later", headers={"Retry-After": "5"}
+        ) from None
+    return StreamingResponse(
+        _in_thread(chunks),
+        media_type=artifact.content_type,
+        headers={
+            "Content-Disposition": disposition,
+            "Content-Length": str(artifact.size),
+            "ETag": f'"{artifact.checksum}"',
+        },
+    )
+
+
+async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """A blocking chunk iterator read on worker threads, one chunk at a time."""
+    while (chunk := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
+        yield chunk

@@ -1,0 +1,176 @@
+"""Jobs seen from the API: requesting one, finding those a caller may see, the public shape."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import Depends, Path, Request
+from sqlalchemy import Select, and_, or_
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.auth.tokens import Principal
+from flyswatter.errors import NotFound
+from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportParameters
+from flyswatter.jobs.worker import JobsCelery, publish_job
+from flyswatter.projects.models import Project, ProjectMember, Role
+from flyswatter.projects.service import ProjectAccess
+from flyswatter.storage.models import Artifact, ArtifactPublic
+from flyswatter.storage.service import Storage
+
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+JobIdPath = Annotated[
+    str,
+    Path(
+        min_length=32,
+        max_length=32,
+        pattern=JOB_ID_PATTERN,
+        description="The job's public id.",
+        examples=["3f2b8c0e9d6a4b1c8e7f6a5b4c3d2e1f"],
+    ),
+]
+# How long a client polling a job is asked to wait before asking again.
+POLL_SECONDS = 2
+
+
+class JobQueue:
+    """The API's side of the job system: a Celery app that publishes, and the storage."""
+
+    def __init__(self, celery: JobsCelery, storage: Storage) -> None:
+        self.celery = celery
+        self.storage = storage
+
+    async def publish(self, public_id: str) -> bool:
+        """Hand the job to the broker; False when it cannot now (the sweep retries later)."""
+        return await anyio.to_thread.run_sync(publish_job, self.celery, public_id)
+
+
+def job_queue(request: Request) -> JobQueue:
+    queue: JobQueue = request.app.state.job_queue
+    return queue
+
+
+JobQueueDep = Annotated[JobQueue, Depends(job_queue)]
+
+
+def new_report_job(access: ProjectAccess, body: ReportParameters, request_id: str | None) -> Job:
+    now_queued = Job(
+        public_id=secrets.token_hex(16),
+        kind=JobKind.report,
+        project_id=access.project_id,
+        requested_by=access.principal.subject,
+        parameters=body.model_dump_json(by_alias=True, exclude_defaults=True),
+        request_id=request_id,
+    )
+    # Published right after the commit; if that fails, the sweep sees an old enqueued_at.
+    now_queued.enqueued_at = now_queued.created_at
+    return now_queued
+
+
+@dataclass(frozen=True, slots=True)
+class JobAccess:
+    """A job the caller may see, with its project and the caller's role there."""
+
+    job: Job
+    project_key: str
+    role: Role
+    artifact: Artifact | None
+
+    def public(self) -> JobPublic:
+        return public_job(self.job, self.project_key, self.artifact)
+
+
+def visible_jobs(principal: Principal) -> Select[Any]:
+    """Jobs with their project key, the caller's role and artifact, limited to what it may see."""
+    statement = (
+        select(Job, Project.key, ProjectMember.role, Artifact)
+        .join(Project, col(Project.id) == Job.project_id)
+        .outerjoin(
+            ProjectMember,
+            and_(
+                col(ProjectMember.project_id) == Job.project_id,
+                col(ProjectMember.user_id) == principal.subject,
+            ),
+        )
+        .outerjoin(Artifact, col(Artifact.id) == Job.artifact_id)
+    )
+    if not principal.is_admin:
+        statement = statement.where(col(ProjectMember.role).is_not(None))
+    return statement  # type: ignore[return-value]
+
+
+def _access(principal: Principal, row: Any) -> JobAccess:
+    job, project_key, role, artifact = row
+    effective = Role.maintainer if principal.is_admin else Role(role)
+    return JobAccess(job=job, project_key=project_key, role=effective, artifact=artifact)
+
+
+async def load_job_access(
+    session: AsyncSession, principal: Principal, public_id: str, *, for_update: bool = False
+) -> JobAccess:
+    statement = visible_jobs(principal).where(col(Job.public_id) == public_id)
+    if for_update:
+        statement = statement.with_for_update(of=Job)
+    row = (await session.exec(statement)).first()  # type: ignore[call-overload]
+    if row is None:
+        raise NotFound(f"job {public_id} not found")
+    return _access(principal, row)
+
+
+def job_location(public_id: str) -> str:
+    return f"/api/v1/jobs/{public_id}"
+
+
+def public_job(job: Job, project_key: str, artifact: Artifact | None) -> JobPublic:
+    links = {"self": job_location(job.public_id)}
+    if artifact is not None:
+        links["artifact"] = f"{job_location(job.public_id)}/artifact"
+    return JobPublic(
+        id=job.public_id,
+        kind=job.kind,
+        state=job.state,
+        attempts=job.attempts,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        project_key=project_key,
+        requested_by=job.requested_by,
+        parameters=ReportParameters.model_validate_json(job.parameters),
+        artifact=ArtifactPublic.model_validate(artifact, from_attributes=True)
+        if artifact is not None
+        else None,
+        links=links,
+    )
+
+
+def job_filter(
+    statement: Select[Any],
+    *,
+    states: list[JobState] | None,
+    kinds: list[JobKind] | None,
+    project_key: str | None,
+) -> Select[Any]:
+    if states:
+        statement = statement.where(col(Job.state).in_(states))
+    if kinds:
+        statement = statement.where(col(Job.kind).in_(kinds))
+    if project_key:
+        statement = statement.where(col(Project.key) == project_key.upper())
+    return statement
+
+
+def after_cursor(statement: Select[Any], created_at: Any, job_id: int) -> Select[Any]:
+    return statement.where(
+        or_(
+            col(Job.created_at) < created_at,
+            and_(col(Job.created_at) == created_at, col(Job.id) < job_id),
+        )
+    )
+
+
+def retry_after(job: Job) -> dict[str, str]:
+    return {} if JobState(job.state).finished else {"Retry-After": str(POLL_SECONDS)}

@@ -1,0 +1,347 @@
+"""The tasks workers run, and the idempotent job steps they are made of.
+
+A task may run more than once for one job: a retry after a transient fault, a message
+redelivered after its worker was killed, a twin published by the sweep. Each run first
+*claims* the job with one conditional UPDATE; a finished job, or one another task holds
+under a live lease, is left alone, so exactly one run finishes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+from celery import Celery, Task
+from celery.utils.time import get_exponential_backoff_interval
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlmodel import col
+
+from flyswatter.config import Settings
+from flyswatter.db import create_sync_engine, utcnow
+from flyswatter.errors import database_error_summary
+from flyswatter.jobs.models import Job, JobKind, JobState, ReportParameters
+from flyswatter.jobs.worker import (
+    BUILD_REPORT,
+    EXPIRE_ARTIFACTS,
+    REQUEUE_STALE_JOBS,
+    JobsCelery,
+    publish_job,
+)
+from flyswatter.observability.metrics import (
+    JOB_QUEUE_WAIT,
+    JOB_RETRIES,
+    JOB_RUN_TIME,
+    JOBS_FINISHED,
+)
+from flyswatter.projects.models import Project
+from flyswatter.reports.data import collect_report
+from flyswatter.reports.pdf import render_report
+from flyswatter.storage.models import Artifact
+from flyswatter.storage.service import Storage, StorageUnavailable, storage_from_settings
+
+logger = logging.getLogger("flyswatter.jobs")
+
+PDF = "application/pdf"
+REQUEUE_BATCH = 100
+EXPIRE_BATCH = 500
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    """A reason a person can read when ``exc`` is a transient fault; None otherwise."""
+    if isinstance(exc, StorageUnavailable):
+        return f"object storage unavailable: {exc}"
+    if isinstance(exc, OperationalError | PoolTimeoutError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return f"database unavailable ({database_error_summary(exc)})"
+    if isinstance(exc, BrokerError):
+        return f"message broker unavailable ({type(exc).__name__})"
+    return None
+
+
+class JobRuntime:
+    """What tasks use, made on first use in the process that runs them (after a fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        return create_sync_engine(self.settings)
+
+    @cached_property
+    def storage(self) -> Storage:
+        return storage_from_settings(self.settings)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    job_id: int
+    kind: str
+    project_id: int
+    requested_by: str
+    parameters: str
+    created_at: datetime
+    attempts: int
+
+
+def claim_job(engine: Engine, public_id: str, task_id: str, lease_seconds: int) -> Claim | None:
+    """Mark the job running for this task; None when it is finished or held by another."""
+    now = utcnow()
+    claimable = or_(
+        col(Job.state) == JobState.queued,
+        and_(
+            col(Job.state) == JobState.running,
+            or_(col(Job.task_id) == task_id, col(Job.lease_expires_at) < now),
+        ),
+    )
+    with engine.begin() as connection:
+        claimed = connection.execute(
+            update(Job)
+            .where(col(Job.public_id) == public_id, claimable)
+            .values(
+                state=JobState.running,
+                attempts=col(Job.attempts) + 1,
+                started_at=now,
+                task_id=task_id,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+            )
+        )
+        if claimed.rowcount != 1:
+            return None
+        row = connection.execute(
+            select(
+                col(Job.id),
+                col(Job.kind),
+                col(Job.project_id),
+                col(Job.requested_by),
+                col(Job.parameters),
+                col(Job.created_at),
+                col(Job.attempts),
+            ).where(col(Job.public_id) == public_id)
+        ).one()
+    job_id, kind, project_id, requested_by, parameters, created_at, attempts = row
+    assert job_id is not None
+    return Claim(job_id, kind, project_id, requested_by, parameters, created_at, attempts)
+
+
+def fail_job(engine: Engine, public_id: str, reason: str) -> bool:
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(Job)
+            .where(
+                col(Job.public_id) == public_id,
+                col(Job.state).in_([JobState.queued, JobState.running]),
+            )
+            .values(
+                state=JobState.failed,
+                error=reason[:1000],
+                finished_at=utcnow(),
+                lease_expires_at=None,
+            )
+        )
+    return result.rowcount == 1
+
+
+def build_report_file(runtime: JobRuntime, claim: Claim, now: datetime) -> tuple[bytes, str]:
+    """The PDF and its file name, read from one snapshot of the database."""
+    settings = runtime.settings
+    parameters = ReportParameters.model_validate_json(claim.parameters)
+    engine = runtime.engine
+    # One snapshot for every section on PostgreSQL. SQLite reads in autocommit: a transaction
+    # there takes the write lock (see db.py), which a report must not hold for seconds.
+    isolation = "AUTOCOMMIT" if engine.dialect.name == "sqlite" else "REPEATABLE READ"
+    with engine.connect().execution_options(isolation_level=isolation) as connection:
+        project = connection.execute(
+            select(Project).where(col(Project.id) == claim.project_id)
+        ).one()
+        project_row = Project.model_validate(project._mapping)
+        data, table = collect_report(
+            connection,
+            project_row,
+            parameters,
+            claim.requested_by,
+            now=now,
+            default_days=settings.report_default_days,
+            table_limit=settings.report_table_limit,
+        )
+        pdf = render_report(data, table)
+    filename = f"{project_row.key}-report-{data.period.start:%Y%m%d}-{data.period.end:%Y%m%d}.pdf"
+    return pdf, filename
+
+
+def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobState | None:
+    """One attempt at a report job; None when there was nothing to do."""
+    settings = runtime.settings
+    engine = runtime.engine
+    claim = claim_job(engine, public_id, task_id, settings.job_visibility_timeout_seconds)
+    if claim is None:
+        logger.info("job %s: finished or taken by another worker; nothing to do", public_id)
+        return None
+    started = utcnow()
+    if claim.attempts == 1:
+        JOB_QUEUE_WAIT.labels(claim.kind).observe((started - claim.created_at).total_seconds())
+    clock = time.perf_counter()
+    pdf, filename = build_report_file(runtime, claim, started)
+    key = f"reports/{public_id}.pdf"
+    stored = runtime.storage.put(key, pdf, PDF)
+    with engine.begin() as connection:
+        # A retry that stored the file again replaces the earlier attempt's row.
+        connection.execute(delete(Artifact).where(col(Artifact.key) == key))
+        artifact_id = connection.execute(
+            insert(Artifact)
+            .values(
+                key=key,
+                filename=filename,
+                content_type=PDF,
+                size=stored.size,
+                checksum=stored.checksum,
+                created_by=claim.requested_by,
+                created_at=utcnow(),
+                expires_at=utcnow() + timedelta(seconds=settings.artifact_ttl_seconds),
+            )
+            .returning(col(Artifact.id))
+        ).scalar_one()
+        finished = connection.execute(
+            update(Job)
+            .where(
+                col(Job.id) == claim.job_id,
+                col(Job.state) == JobState.running,
+                col(Job.task_id) == task_id,
+            )
+            .values(
+                state=JobState.succeeded,
+                artifact_id=artifact_id,
+                error=None,
+                finished_at=utcnow(),
+                lease_expires_at=None,
+            )
+        )
+        if finished.rowcount != 1:
+            connection.rollback()
+            logger.info("job %s: another run finished it first", public_id)
+            return None
+    JOB_RUN_TIME.labels(claim.kind).observe(time.perf_counter() - clock)
+    JOBS_FINISHED.labels(claim.kind, JobState.succeeded.value).inc()
+    logger.info("job %s: report built (%d bytes)", public_id, stored.size)
+    return JobState.succeeded
+
+
+def requeue_stale_jobs(app: Celery, runtime: JobRuntime) -> int:
+    """Publish again the jobs that stayed queued (their message was never delivered)."""
+    settings = runtime.settings
+    cutoff = utcnow() - timedelta(seconds=settings.job_requeue_after_seconds)
+    with runtime.engine.connect() as connection:
+        stale = list(
+            connection.execute(
+                select(col(Job.public_id))
+                .where(
+                    col(Job.state) == JobState.queued,
+                    or_(col(Job.enqueued_at).is_(None), col(Job.enqueued_at) < cutoff),
+                )
+                .order_by(col(Job.created_at))
+                .limit(REQUEUE_BATCH)
+            ).scalars()
+        )
+    published = [public_id for public_id in stale if publish_job(app, public_id)]
+    if published:
+        with runtime.engine.begin() as connection:
+            connection.execute(
+                update(Job)
+                .where(col(Job.public_id).in_(published), col(Job.state) == JobState.queued)
+                .values(enqueued_at=utcnow())
+            )
+        logger.info("republished %d queued job(s)", len(published))
+    return len(published)
+
+
+def expire_artifacts(runtime: JobRuntime) -> int:
+    """Delete the files past their expiry, then their rows (jobs keep their history)."""
+    now = utcnow()
+    with runtime.engine.connect() as connection:
+        expired = list(
+            connection.execute(
+                select(col(Artifact.id), col(Artifact.key))
+                .where(col(Artifact.expires_at) < now)
+                .order_by(col(Artifact.expires_at))
+                .limit(EXPIRE_BATCH)
+            )
+        )
+    removed = []
+    for artifact_id, key in expired:
+        runtime.storage.delete(key)
+        removed.append(artifact_id)
+    if removed:
+        with runtime.engine.begin() as connection:
+            connection.execute(
+                update(Job).where(col(Job.artifact_id).in_(removed)).values(artifact_id=None)
+            )
+            connection.execute(delete(Artifact).where(col(Artifact.id).in_(removed)))
+        logger.info("expired %d artifact(s)", len(removed))
+    return len(removed)
+
+
+def register_tasks(app: JobsCelery) -> None:
+    settings = app.flyswatter_settings
+    runtime = JobRuntime(settings)
+
+    @app.task(
+        name=BUILD_REPORT,
+        bind=True,
+        shared=False,
+        lazy=False,
+        acks_late=True,
+        max_retries=settings.job_max_retries,
+    )
+    def build_report(self: Task[Any, Any], public_id: str) -> str:
+        task_id = str(self.request.id)
+        try:
+            state = run_report_job(runtime, public_id, task_id)
+        except Exception as exc:
+            reason = transient_reason(exc)
+            attempt = self.request.retries + 1
+            if reason is not None and self.request.retries < (self.max_retries or 0):
+                countdown = get_exponential_backoff_interval(
+                    factor=int(settings.job_retry_backoff_seconds),
+                    retries=self.request.retries,
+                    maximum=int(settings.job_retry_backoff_max_seconds),
+                    full_jitter=True,
+                )
+                logger.warning(
+                    "job %s: attempt %d failed (%s); retrying in %d s",
+                    public_id,
+                    attempt,
+                    reason,
+                    countdown,
+                )
+                JOB_RETRIES.labels(JobKind.report.value).inc()
+                raise self.retry(exc=exc, countdown=countdown) from None
+            message = (
+                f"{reason}; gave up after {attempt} attempt(s)"
+                if reason is not None
+                else "the report could not be built because of an internal error"
+            )
+            if fail_job(runtime.engine, public_id, message):
+                JOBS_FINISHED.labels(JobKind.report.value, JobState.failed.value).inc()
+            logger.error("job %s failed: %s", public_id, message)
+            if reason is None:
+                raise
+            return JobState.failed.value
+        return state.value if state is not None else "skipped"
+
+    @app.task(name=REQUEUE_STALE_JOBS, shared=False, lazy=False, acks_late=True)
+    def requeue_stale() -> int:
+        return requeue_stale_jobs(app, runtime)
+
+    @app.task(name=EXPIRE_ARTIFACTS, shared=False, lazy=False, acks_late=True)
+    def expire() -> int:
+        return expire_artifacts(runtime)
+
+    app.flyswatter_runtime = runtime

@@ -1,0 +1,32 @@
+"""Files kept in object storage: what the database knows of each (the bytes are elsewhere)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from flyswatter.db import UTCDateTime, utcnow
+
+
+class ArtifactBase(SQLModel):
+    filename: str = Field(max_length=255)
+    content_type: str = Field(max_length=100)
+    size: int
+    # SHA-256 of the bytes, hex: a client can verify a download, and a rebuilt file is told apart.
+    checksum: str = Field(max_length=64)
+
+
+class Artifact(ArtifactBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    # Where the bytes are in the storage backend (a relative path, or an S3 object key).
+    key: str = Field(max_length=500, unique=True)
+    created_by: str = Field(foreign_key="user.id", max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    # The periodic sweep deletes the file and this row once past it.
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class ArtifactPublic(ArtifactBase):
+    created_at: datetime
+    expires_at: datetime

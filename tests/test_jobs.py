@@ -1,0 +1,177 @@
+"""Jobs as a resource: requesting a report, following it, downloading, listing, cancelling."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from pypdf import PdfReader
+
+from flyswatter.config import Settings
+from tests.conftest import Api
+from tests.issue_helpers import Team, make_team, walk_pages
+from tests.job_helpers import in_process_worker, wait_for_job
+
+
+@pytest.fixture
+def settings(base_settings: Settings, clean_database: str, tmp_path: Path) -> Settings:
+    return base_settings.model_copy(update={"storage_dir": str(tmp_path / "artifacts")})
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[None]:
+    with in_process_worker(settings):
+        yield
+
+
+@pytest.fixture
+async def team(api: Api) -> Team:
+    return await make_team(api)
+
+
+async def test_report_request_is_accepted_and_the_worker_builds_the_pdf(
+    team: Team, worker: None
+) -> None:
+    await team.issue(title="Crash on save")
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports", json={})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["state"] == "queued"
+    assert job["kind"] == "report"
+    assert job["project_key"] == "FLY"
+    assert job["requested_by"] == team.ids["reporter"]
+    assert response.headers["Location"] == f"/api/v1/jobs/{job['id']}"
+    assert response.headers["Retry-After"].isdigit()
+
+    finished = await wait_for_job(team["viewer"], response.headers["Location"])
+    assert finished["state"] == "succeeded", finished
+    assert finished["attempts"] == 1
+    assert finished["error"] is None
+    assert finished["started_at"] is not None
+    assert finished["finished_at"] is not None
+    artifact = finished["artifact"]
+    assert artifact["content_type"] == "application/pdf"
+    assert artifact["filename"].startswith("FLY-report-")
+
+    download = await team["viewer"].get(finished["links"]["artifact"])
+    assert download.status_code == 200
+    assert download.headers["Content-Type"] == "application/pdf"
+    disposition = download.headers["Content-Disposition"]
+    assert disposition.startswith("attachment; filename=")
+    assert unquote(disposition.split("filename*=UTF-8''")[1]) == artifact["filename"]
+    assert int(download.headers["Content-Length"]) == artifact["size"] == len(download.content)
+    text = pdf_text(download.content)
+    assert "Total issues: 1" in text
+    assert "Crash on save" in text
+
+
+def pdf_text(content: bytes) -> str:
+    return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(content)).pages)
+
+
+async def test_idempotency_key_replays_the_first_job(team: Team) -> None:
+    reporter = team["reporter"]
+    headers = {"Idempotency-Key": "report-once"}
+    first = await reporter.post("/api/v1/projects/FLY/reports", json={}, headers=headers)
+    again = await reporter.post("/api/v1/projects/FLY/reports", json={}, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    listed = await reporter.get("/api/v1/jobs")
+    assert [job["id"] for job in listed.json()["items"]] == [first.json()["id"]]
+    other = await reporter.post(
+        "/api/v1/projects/FLY/reports", json={"status": ["open"]}, headers=headers
+    )
+    assert other.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [("viewer", 403), ("reporter", 202), ("developer", 202), ("maintainer", 202)],
+)
+async def test_reporters_and_up_may_request_reports(team: Team, role: str, expected: int) -> None:
+    response = await team[role].post("/api/v1/projects/FLY/reports")
+    assert response.status_code == expected, response.text
+
+
+async def test_jobs_are_visible_to_project_members_only(team: Team) -> None:
+    created = await team["reporter"].post("/api/v1/projects/FLY/reports")
+    location = created.headers["Location"]
+    for role in ("viewer", "reporter", "developer", "maintainer"):
+        assert (await team[role].get(location)).status_code == 200
+    assert (await team.outsider.get(location)).status_code == 404
+    assert (await team.outsider.get(f"{location}/artifact")).status_code == 404
+    assert (await team.outsider.delete(location)).status_code == 404
+    assert (await team.outsider.get("/api/v1/jobs")).json()["items"] == []
+    admin = team.api.as_user("root", roles=["flyswatter-admin"])
+    assert (await admin.get(location)).status_code == 200
+
+
+async def test_job_list_filters_and_pages_newest_first(team: Team, api: Api) -> None:
+    stranger = api.as_user("stranger")
+    created = await stranger.post("/api/v1/projects", json={"key": "OTHER", "name": "Other"})
+    assert created.status_code == 201
+    ids = []
+    for _ in range(5):
+        response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+        ids.append(response.json()["id"])
+    assert (await stranger.post("/api/v1/projects/OTHER/reports")).status_code == 202
+    cancelled = ids[1]
+    assert (await team["reporter"].delete(f"/api/v1/jobs/{cancelled}")).status_code == 204
+
+    everything = await walk_pages(team["viewer"], "/api/v1/jobs?limit=2")
+    assert [job["id"] for job in everything] == list(reversed(ids))
+    queued = await walk_pages(team["viewer"], "/api/v1/jobs?state=queued&limit=2&project=fly")
+    assert [job["id"] for job in queued] == [i for i in reversed(ids) if i != cancelled]
+    by_kind = await team["viewer"].get("/api/v1/jobs?kind=report&state=cancelled")
+    assert [job["id"] for job in by_kind.json()["items"]] == [cancelled]
+    assert (await team["viewer"].get("/api/v1/jobs?project=OTHER")).json()["items"] == []
+    bad = await team["viewer"].get("/api/v1/jobs?cursor=not-a-cursor")
+    assert bad.status_code == 400
+
+
+async def test_a_queued_job_can_be_cancelled_once_by_its_requester_or_a_maintainer(
+    team: Team,
+) -> None:
+    first = (await team["reporter"].post("/api/v1/projects/FLY/reports")).headers["Location"]
+    second = (await team["reporter"].post("/api/v1/projects/FLY/reports")).headers["Location"]
+    assert (await team["developer"].delete(first)).status_code == 403
+    assert (await team["reporter"].delete(first)).status_code == 204
+    job = (await team["viewer"].get(first)).json()
+    assert job["state"] == "cancelled"
+    assert job["finished_at"] is not None
+    again = await team["reporter"].delete(first)
+    assert again.status_code == 409
+    assert again.headers["Content-Type"] == "application/problem+json"
+    assert (await team["maintainer"].delete(second)).status_code == 204
+
+
+async def test_a_job_without_a_file_answers_409_for_its_artifact(team: Team) -> None:
+    location = (await team["reporter"].post("/api/v1/projects/FLY/reports")).headers["Location"]
+    response = await team["viewer"].get(f"{location}/artifact")
+    assert response.status_code == 409
+    assert "queued" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"from": "2026-11-01T00:00:00Z", "to": "2026-10-01T00:00:00Z"},
+        {"from": "2026-11-01T00:00:00"},
+        {"status": ["sleeping"]},
+        {"colour": "red"},
+    ],
+)
+async def test_invalid_report_parameters_are_422(team: Team, body: dict[str, object]) -> None:
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports", json=body)
+    assert response.status_code == 422, response.text
+
+
+async def test_unknown_job_is_404(team: Team) -> None:
+    response = await team["viewer"].get("/api/v1/jobs/" + "0" * 32)
+    assert response.status_code == 404
+    assert (await team["viewer"].get("/api/v1/jobs/nope")).status_code == 422
