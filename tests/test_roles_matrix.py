@@ -37,6 +37,11 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "edit own comment": (403, 200, 200, 200, 404),
     "edit others' comment": (403, 403, 403, 200, 404),
     "delete others' comment": (403, 403, 403, 204, 404),
+    "request report": (403, 202, 202, 202, 404),
+    "read job": (200, 200, 200, 200, 404),
+    "read job file": (409, 409, 409, 409, 404),
+    "cancel own job": (403, 204, 204, 204, 404),
+    "cancel others' job": (403, 403, 403, 204, 404),
 }
 
 
@@ -68,6 +73,12 @@ class Stage:
         name = f"label-{self.counter}"
         await self.team.label(name)
         return name
+
+    async def job(self, requester: AuthedClient | None = None) -> str:
+        """A queued report job (no worker runs here), requested by the bystander by default."""
+        response = await (requester or self.bystander).post("/api/v1/projects/FLY/reports")
+        assert response.status_code == 202, response.text
+        return str(response.headers["Location"])
 
     async def set_role(self, caller: str, role: str | None) -> None:
         owner, user_id = self.team["maintainer"], self.team.ids[caller]
@@ -188,6 +199,34 @@ async def delete_others_comment(stage: Stage, caller: str, client: AuthedClient)
     return (await client.delete(f"/api/v1/comments/{await stage.comment()}")).status_code
 
 
+async def request_report(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.post("/api/v1/projects/FLY/reports")).status_code
+
+
+async def read_job(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.get(await stage.job())).status_code
+
+
+async def read_job_file(stage: Stage, caller: str, client: AuthedClient) -> int:
+    # Still queued: members learn there is no file yet, outsiders learn nothing.
+    return (await client.get(f"{await stage.job()}/artifact")).status_code
+
+
+async def cancel_own_job(stage: Stage, caller: str, client: AuthedClient) -> int:
+    # As above: the viewer and the outsider asked for it while they were reporters.
+    original = {"viewer": "viewer", "outsider": None}
+    if caller in original:
+        await stage.set_role(caller, "reporter")
+    location = await stage.job(client)
+    if caller in original:
+        await stage.set_role(caller, original[caller])
+    return (await client.delete(location)).status_code
+
+
+async def cancel_others_job(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.delete(await stage.job())).status_code
+
+
 ACTIONS: dict[str, Action] = {
     "read issue": read_issue,
     "list issues": list_issues,
@@ -208,6 +247,11 @@ ACTIONS: dict[str, Action] = {
     "edit own comment": edit_own_comment,
     "edit others' comment": edit_others_comment,
     "delete others' comment": delete_others_comment,
+    "request report": request_report,
+    "read job": read_job,
+    "read job file": read_job_file,
+    "cancel own job": cancel_own_job,
+    "cancel others' job": cancel_others_job,
 }
 
 

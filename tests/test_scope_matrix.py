@@ -25,6 +25,8 @@ NOT_PROJECT_SCOPED = {
     ("GET", "/api/v1/users/me"),
     ("GET", "/api/v1/projects"),
     ("POST", "/api/v1/projects"),
+    # Lists the jobs of every project the caller may see (none, for a stranger).
+    ("GET", "/api/v1/jobs"),
 }
 ALL_SCOPES = [scope.value for scope in Scope]
 
@@ -103,6 +105,9 @@ async def world(api: Api) -> World:
         comment = await owner.post("/api/v1/issues/FLY-1/comments", json={"body": "seen"})
         world.values["id"] = str(comment.json()["id"])
         await owner.post("/api/v1/projects/FLY/labels", json={"name": "bug", "color": "#d73a4a"})
+    report = await owner.post("/api/v1/projects/FLY/reports")
+    if report.status_code == 202:
+        world.values["job_id"] = str(report.json()["id"])
     return world
 
 

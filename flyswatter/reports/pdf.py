@@ -82,7 +82,7 @@ class ReportPDF(FPDF):
         self.set_font(FONT, "", 9)
 
     def line_of_text(self, text: str) -> None:
-        self.multi_cell(0, LINE, self.covered(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        self.multi_cell(0, LINE, self.covered(text), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
     def fitted(self, text: str, width: float) -> str:
         """``text`` cut (with an ellipsis) to fit a cell ``width`` wide."""
@@ -177,7 +177,11 @@ def _render(data: ReportData, table: Iterator[IssueLine]) -> bytes:
     pdf.add_page()
     pdf.set_font(FONT, "B", 18)
     pdf.multi_cell(
-        0, 9, pdf.covered(f"{data.project_key} · {data.project_name}"), new_x=XPos.LMARGIN
+        0,
+        9,
+        pdf.covered(f"{data.project_key} · {data.project_name}"),
+        align="L",
+        new_x=XPos.LMARGIN,
     )
     pdf.set_font(FONT, "", 9)
     pdf.line_of_text(f"Period: {_date(data.period.start)} to {_date(data.period.end)}")
