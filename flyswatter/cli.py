@@ -135,8 +135,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from flyswatter.jobs.worker import QUEUE, make_celery
-    from flyswatter.observability.logs import configure_logging
+    from flyswatter.observability.multiprocess import prepare_multiprocess_dir
 
     settings = _settings_or_exit()
     if settings.redis_url is None:
@@ -144,8 +143,29 @@ def cmd_worker(args: argparse.Namespace) -> None:
             "flyswatter: refusing to start: FLYSWATTER_REDIS_URL is not set; the worker "
             "takes its jobs from that broker (flyswatter dev runs one in-process instead)"
         )
+    # Before prometheus_client is imported: the pool processes write to a shared directory.
+    prepare_multiprocess_dir(workers=2)
+
+    from flyswatter.jobs.health import serve_worker_endpoint
+    from flyswatter.jobs.worker import QUEUE, make_celery
+    from flyswatter.observability.logs import configure_logging
+    from flyswatter.storage.service import S3Storage, StorageUnavailable
+
     configure_logging(settings.log_format, settings.log_level)
     celery = make_celery(settings)
+    if settings.storage_backend == "s3" and settings.s3_create_bucket:
+        try:
+            S3Storage(settings).ensure_bucket()
+        except StorageUnavailable as exc:
+            # Not fatal: report jobs retry until the storage answers.
+            print(f"flyswatter: the bucket could not be checked now: {exc}", file=sys.stderr)
+    if settings.worker_metrics_port:
+        try:
+            serve_worker_endpoint(
+                celery, settings.worker_metrics_host, settings.worker_metrics_port
+            )
+        except OSError as exc:
+            sys.exit(f"flyswatter: the worker's metrics port cannot bind: {exc.strerror}")
     argv = [
         "worker",
         f"--loglevel={settings.log_level.upper()}",

@@ -99,11 +99,17 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
+    # The worker creates the bucket at start when missing (development stacks such as compose).
+    s3_create_bucket: bool = False
     # Downloads answer with a redirect to a presigned URL valid this long (S3 only).
     s3_presigned_downloads: bool = False
     s3_presign_seconds: int = Field(default=300, ge=10, le=7 * 86_400)
     artifact_ttl_seconds: int = Field(default=7 * 86_400, ge=60, le=365 * 86_400)
     artifact_sweep_interval_seconds: int = Field(default=3600, ge=5, le=86_400)
+
+    # The worker's main process serves /metrics (all its pool processes) and /healthz here.
+    worker_metrics_port: int = Field(default=9808, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
 
     # Optional error reporting (sentry-sdk); off without a DSN.
     sentry_dsn: str | None = None
