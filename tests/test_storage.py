@@ -128,16 +128,15 @@ async def test_report_on_s3_downloads_through_a_presigned_redirect(
     url = redirect.headers["Location"]
     assert url.startswith(settings.s3_endpoint_url or "")
     assert f"X-Amz-Expires={settings.s3_presign_seconds}" in url
-    download = httpx.get(url)
+    async with httpx.AsyncClient() as s3_client:
+        download = await s3_client.get(url)
     assert download.status_code == 200
     assert download.content.startswith(b"%PDF")
     assert download.headers["Content-Type"] == "application/pdf"
     assert len(download.content) == job["artifact"]["size"]
 
 
-async def test_expired_artifacts_are_removed_with_their_files(
-    api: Api, settings: Settings
-) -> None:
+async def test_expired_artifacts_are_removed_with_their_files(api: Api, settings: Settings) -> None:
     team = await make_team(api)
     with in_process_worker(settings):
         response = await team["reporter"].post("/api/v1/projects/FLY/reports")
