@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import httpx
 from flyswatter.config import Settings
 from flyswatter.jobs.worker import InProcessWorker, make_celery
 from tests.conftest import AuthedClient
-from tests.served import free_port
+from tests.served import free_port, redis_is_up
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -91,3 +92,124 @@ class MotoServer:
                 **extra,
             }
         )
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, so stopping it disturbs nobody."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is missing: install Debian's redis-server (.ci/run does)"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
+            stdout=(self.root / "redis.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not redis_is_up(self.port):
+            assert self.process.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+class WorkerProcess:
+    """``python -m flyswatter.cli worker`` in its own process group."""
+
+    def __init__(self, environment: dict[str, str], log_path: Path, *args: str) -> None:
+        self.environment = environment
+        self.log_path = log_path
+        self.args = args
+        self.metrics_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180.0) -> None:
+        env = {**self.environment, "FLYSWATTER_WORKER_METRICS_PORT": str(self.metrics_port)}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flyswatter.cli", "worker", *self.args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"worker exited: {self.log()}"
+            try:
+                if self.health().status_code == 200 and b"ready" in self.log_path.read_bytes():
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker did not start: {self.log()}")
+
+    def health(self) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=5)
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group: the main process and its pool, as a container kill."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def worker_environment(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("FLYSWATTER_", "PROMETHEUS_"))
+    }
+    environment.update(
+        {
+            "FLYSWATTER_DATABASE_URL": database_url,
+            "FLYSWATTER_REDIS_URL": redis_url,
+            "FLYSWATTER_LOG_FORMAT": "text",
+            "FLYSWATTER_LOG_LEVEL": "info",
+            **{f"FLYSWATTER_{name.upper()}": value for name, value in settings.items()},
+        }
+    )
+    return environment

@@ -41,8 +41,6 @@ from flyswatter.observability.metrics import (
     JOBS_FINISHED,
 )
 from flyswatter.projects.models import Project
-from flyswatter.reports.data import collect_report
-from flyswatter.reports.pdf import render_report
 from flyswatter.storage.models import Artifact
 from flyswatter.storage.service import Storage, StorageUnavailable, storage_from_settings
 
@@ -152,6 +150,11 @@ def fail_job(engine: Engine, public_id: str, reason: str) -> bool:
 
 def build_report_file(runtime: JobRuntime, claim: Claim, now: datetime) -> tuple[bytes, str]:
     """The PDF and its file name, read from one snapshot of the database."""
+    # Imported on first use: the API process builds this Celery app to publish, never to
+    # render, and need not load the PDF library and its fonts.
+    from flyswatter.reports.data import collect_report
+    from flyswatter.reports.pdf import render_report
+
     settings = runtime.settings
     parameters = ReportParameters.model_validate_json(claim.parameters)
     engine = runtime.engine
