@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from flyswatter.auth.devidp import start_dev_identity_provider
 from flyswatter.config import Settings
-from flyswatter.demo import seed_demo_project
+from flyswatter.dev.demo import seed_demo_project
+from flyswatter.dev.identity_provider import start_dev_identity_provider
 from tests.job_helpers import MotoServer, PrivateRedis, WorkerProcess, worker_environment
 from tests.served import ServedFlyswatter, free_port, served_database
 

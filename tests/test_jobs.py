@@ -175,3 +175,12 @@ async def test_unknown_job_is_404(team: Team) -> None:
     response = await team["viewer"].get("/api/v1/jobs/" + "0" * 32)
     assert response.status_code == 404
     assert (await team["viewer"].get("/api/v1/jobs/nope")).status_code == 422
+
+
+async def test_forged_job_cursors_are_400(team: Team) -> None:
+    from flyswatter.http.pagination import encode_cursor
+
+    for values in (["yesterday", 1], ["2026-11-01T00:00:00", 1], ["2026-11-01T00:00:00Z", -1]):
+        cursor = encode_cursor("-created_at", values)
+        response = await team["viewer"].get(f"/api/v1/jobs?cursor={cursor}")
+        assert response.status_code == 400, response.text

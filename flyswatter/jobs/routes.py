@@ -22,7 +22,8 @@ from flyswatter.errors import (
     ServiceUnavailable,
     problem_responses,
 )
-from flyswatter.idempotency import IdempotencyDep
+from flyswatter.http.idempotency import IdempotencyDep
+from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportRequest
 from flyswatter.jobs.service import (
     JobIdPath,
@@ -37,15 +38,6 @@ from flyswatter.jobs.service import (
     visible_jobs,
 )
 from flyswatter.observability.metrics import JOBS_FINISHED, JOBS_REQUESTED
-from flyswatter.pagination import (
-    DEFAULT_LIMIT,
-    CursorParam,
-    LimitParam,
-    Page,
-    decode_cursor,
-    encode_cursor,
-    set_next_link,
-)
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess, project_access
 from flyswatter.storage.service import ObjectMissing, StorageUnavailable, content_disposition
@@ -101,38 +93,34 @@ async def request_report(
 
 @router.get("/jobs", response_model=Page[JobPublic], responses=problem_responses(400) | AUTH_ERRORS)
 async def list_jobs(
-    request: Request,
-    response: Response,
     session: SessionDep,
     principal: IssuesRead,
+    keyset: KeysetDep,
     state: Annotated[list[JobState] | None, Query(description="Any of these states.")] = None,
     kind: Annotated[list[JobKind] | None, Query(description="Any of these kinds.")] = None,
     project: Annotated[
         str | None,
         Query(pattern=r"^[A-Za-z][A-Za-z0-9]{1,9}$", description="A project key."),
     ] = None,
-    cursor: CursorParam = None,
-    limit: LimitParam = DEFAULT_LIMIT,
 ) -> Page[JobPublic]:
     """Jobs of the projects the caller may see, newest first, failed ones included."""
     statement = job_filter(visible_jobs(principal), states=state, kinds=kind, project_key=project)
-    if cursor is not None:
-        created, job_id = decode_cursor(cursor, LIST_SORT, (str, int))
+    if (after := keyset.after(LIST_SORT, (str, int))) is not None:
         try:
-            created_at = datetime.fromisoformat(created)
+            created_at = datetime.fromisoformat(after[0])
         except ValueError:
             raise BadRequest("invalid cursor") from None
-        statement = after_cursor(statement, created_at, job_id)
-    statement = statement.order_by(col(Job.created_at).desc(), col(Job.id).desc()).limit(limit + 1)
-    rows = list((await session.exec(statement)).all())  # type: ignore[call-overload]
-    page = rows[:limit]
-    items = [public_job(job, key, artifact) for job, key, _role, artifact in page]
-    next_cursor = None
-    if len(rows) > limit:
-        last: Job = page[-1][0]
-        next_cursor = encode_cursor(LIST_SORT, [last.created_at.isoformat(), last.id])
-    set_next_link(request, response, next_cursor)
-    return Page(items=items, next_cursor=next_cursor)
+        if created_at.tzinfo is None:
+            raise BadRequest("invalid cursor")
+        statement = after_cursor(statement, created_at, after[1])
+    statement = statement.order_by(col(Job.created_at).desc(), col(Job.id).desc())
+    rows = list((await session.exec(statement.limit(keyset.fetch))).all())  # type: ignore[call-overload]
+    return await keyset.page(
+        rows,
+        sort=LIST_SORT,
+        key=lambda row: [row[0].created_at.isoformat(), row[0].id],
+        build=lambda page: [public_job(job, key, artifact) for job, key, _, artifact in page],
+    )
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=AUTH_ERRORS)
