@@ -33,6 +33,7 @@ from flyswatter.jobs.routes import router as jobs_router
 from flyswatter.jobs.service import JobQueue
 from flyswatter.jobs.worker import make_celery
 from flyswatter.labels.routes import router as labels_router
+from flyswatter.observability.errors import init_error_reporting
 from flyswatter.observability.exposition import router as metrics_router
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.metrics import count_jwks_refresh
@@ -114,6 +115,7 @@ def _freeze_startup_objects() -> None:
 
 def create_app(settings: Settings | None = None) -> Flyswatter:
     settings = settings or Settings()
+    init_error_reporting(settings, "api")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

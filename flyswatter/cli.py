@@ -148,10 +148,12 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     from flyswatter.jobs.health import serve_worker_endpoint
     from flyswatter.jobs.worker import QUEUE, make_celery
+    from flyswatter.observability.errors import init_error_reporting
     from flyswatter.observability.logs import configure_logging
     from flyswatter.storage.service import S3Storage, StorageUnavailable
 
     configure_logging(settings.log_format, settings.log_level)
+    init_error_reporting(settings, "worker")
     celery = make_celery(settings)
     if settings.storage_backend == "s3" and settings.s3_create_bucket:
         try:

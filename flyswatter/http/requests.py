@@ -21,6 +21,7 @@ from flyswatter.http.headers import (
     add_caching_headers,
     add_missing_headers,
 )
+from flyswatter.observability.errors import report_unhandled
 from flyswatter.observability.logs import request_id_var
 
 logger = logging.getLogger("flyswatter.requests")
@@ -60,6 +61,7 @@ class RequestContextMiddleware:
             # Where it happened (frames) but not the message: driver errors carry SQL and values.
             frames = "".join(traceback.format_tb(exc.__traceback__))
             logger.error("unhandled %s\n%s", type(exc).__name__, frames)
+            report_unhandled(exc, request_id)
             if response_started:
                 raise
             response = problem_response_for(Request(scope), InternalError())

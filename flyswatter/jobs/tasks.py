@@ -34,6 +34,7 @@ from flyswatter.jobs.worker import (
     JobsCelery,
     publish_job,
 )
+from flyswatter.observability.errors import tag_current_scope
 from flyswatter.observability.metrics import (
     JOB_QUEUE_WAIT,
     JOB_RETRIES,
@@ -88,6 +89,7 @@ class Claim:
     parameters: str
     created_at: datetime
     attempts: int
+    request_id: str | None
 
 
 def claim_job(engine: Engine, public_id: str, task_id: str, lease_seconds: int) -> Claim | None:
@@ -123,11 +125,14 @@ def claim_job(engine: Engine, public_id: str, task_id: str, lease_seconds: int) 
                 col(Job.parameters),
                 col(Job.created_at),
                 col(Job.attempts),
+                col(Job.request_id),
             ).where(col(Job.public_id) == public_id)
         ).one()
-    job_id, kind, project_id, requested_by, parameters, created_at, attempts = row
+    job_id, kind, project_id, requested_by, parameters, created_at, attempts, request_id = row
     assert job_id is not None
-    return Claim(job_id, kind, project_id, requested_by, parameters, created_at, attempts)
+    return Claim(
+        job_id, kind, project_id, requested_by, parameters, created_at, attempts, request_id
+    )
 
 
 def fail_job(engine: Engine, public_id: str, reason: str) -> bool:
@@ -188,6 +193,8 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
     if claim is None:
         logger.info("job %s: finished or taken by another worker; nothing to do", public_id)
         return None
+    # An error report from this run names the request that asked for the job.
+    tag_current_scope(request_id=claim.request_id, job_id=public_id)
     started = utcnow()
     if claim.attempts == 1:
         JOB_QUEUE_WAIT.labels(claim.kind).observe((started - claim.created_at).total_seconds())
