@@ -6,6 +6,7 @@ reading the file back, find them in the text layer.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -15,6 +16,9 @@ from fpdf.enums import XPos, YPos
 
 from flyswatter.reports.data import IssueLine, ReportData
 from flyswatter.reports.fonts import regular_coverage, report_fonts
+
+# fontTools' subsetter logs every table it prunes at INFO: a dozen lines a report.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 FONT = "DejaVu"
 MARGIN = 12

@@ -1,0 +1,249 @@
+"""Faults, with a real Redis of the test's own, real worker processes and PostgreSQL: the broker
+stopped and restarted while jobs are queued, a worker killed mid-report, storage down."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from flyswatter.config import Settings
+from tests.identity import JwksServer, TokenFactory
+from tests.job_helpers import PrivateRedis, WorkerProcess, worker_environment
+from tests.served import ServedFlyswatter, free_port, served_database
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def served_url(database_url: str, clean_database: str) -> Iterator[str]:
+    with served_database(database_url) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+class Client:
+    """Calls the served API as one person, with a real signed token."""
+
+    def __init__(self, base_url: str, tokens: TokenFactory, username: str) -> None:
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {tokens.user_token(username)}"}
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(
+            method, self.base_url + path, headers=self.headers, timeout=30, **kwargs
+        )
+
+    def report(self) -> str:
+        response = self.request("POST", "/api/v1/projects/FLY/reports", json={})
+        assert response.status_code == 202, response.text
+        return str(response.headers["Location"])
+
+    def job(self, location: str) -> dict[str, Any]:
+        response = self.request("GET", location)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait(self, location: str, states: set[str], seconds: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds
+        while True:
+            job = self.job(location)
+            if job["state"] in states:
+                return job
+            assert time.monotonic() < deadline, f"job still {job['state']}: {job}"
+            time.sleep(0.2)
+
+
+def serve(
+    served_url: str, jwks_server: JwksServer, tmp_path: Path, redis: PrivateRedis, **extra: str
+) -> ServedFlyswatter:
+    served = ServedFlyswatter(
+        database_url=served_url,
+        jwks_server=jwks_server,
+        log_path=tmp_path / "serve.log",
+        workers=2,
+        redis_url=redis.url,
+        storage_dir=str(tmp_path / "artifacts"),
+        **extra,
+    )
+    try:
+        # Generous: two cores shared with other work can make start-up slow.
+        served.start(timeout=180)
+    except BaseException:
+        served.stop()
+        raise
+    return served
+
+
+def project(served: ServedFlyswatter, tokens: TokenFactory) -> Client:
+    owner = Client(served.base_url, tokens, "owner")
+    created = owner.request("POST", "/api/v1/projects", json={"key": "FLY", "name": "Fly"})
+    assert created.status_code == 201, created.text
+    assert owner.request("POST", "/api/v1/projects/FLY/issues", json={"title": "x"}).is_success
+    return owner
+
+
+def test_broker_stopped_and_restarted_while_jobs_are_queued_loses_nothing(
+    served_url: str,
+    jwks_server: JwksServer,
+    tokens: TokenFactory,
+    tmp_path: Path,
+    redis_server: PrivateRedis,
+) -> None:
+    served = serve(served_url, jwks_server, tmp_path, redis_server)
+    try:
+        owner = project(served, tokens)
+        # Published to Redis, then lost with it: it keeps nothing across a restart.
+        before = [owner.report(), owner.report()]
+        redis_server.stop()
+        during = owner.report()
+        assert (owner.request("GET", "/readyz")).status_code == 200
+        for location in [*before, during]:
+            assert owner.job(location)["state"] == "queued"
+        redis_server.start()
+        worker = WorkerProcess(
+            worker_environment(
+                served_url,
+                redis_server.url,
+                storage_dir=str(tmp_path / "artifacts"),
+                job_requeue_after_seconds="5",
+            ),
+            tmp_path / "worker.log",
+            "--concurrency=1",
+            "--beat",
+        )
+        worker.start()
+        try:
+            for location in [*before, during]:
+                job = owner.wait(location, {"succeeded", "failed"})
+                assert job["state"] == "succeeded", job
+                assert job["attempts"] == 1
+            assert "republished 3 queued job(s)" in worker.log_path.read_text()
+        finally:
+            worker.stop()
+    finally:
+        served.stop()
+
+
+def seed_issues(url: str, count: int) -> None:
+    engine = sa.create_engine(Settings(database_url=url).sync_database_url)
+    with engine.begin() as connection:
+        project_id, owner = connection.execute(
+            sa.text("SELECT id, created_by FROM project WHERE key = 'FLY'")
+        ).one()
+        connection.execute(
+            sa.text(
+                "INSERT INTO issue (project_id, number, title, description, type, priority, "
+                "priority_rank, status, reporter_id, created_at, updated_at, version) "
+                "SELECT :project, n + 1, 'Issue ' || n, '', 'bug', 'medium', 1, 'open', "
+                ":owner, now() - n * interval '1 minute', now(), 1 "
+                "FROM generate_series(1, :count) AS n"
+            ),
+            {"project": project_id, "owner": owner, "count": count},
+        )
+    engine.dispose()
+
+
+def test_worker_killed_during_a_report_is_retried_and_succeeds_once(
+    served_url: str,
+    jwks_server: JwksServer,
+    tokens: TokenFactory,
+    tmp_path: Path,
+    redis_server: PrivateRedis,
+) -> None:
+    served = serve(served_url, jwks_server, tmp_path, redis_server)
+    try:
+        owner = project(served, tokens)
+        # A report long enough to be caught running: a few thousand rows in its table.
+        seed_issues(served_url, 6000)
+        environment = worker_environment(
+            served_url,
+            redis_server.url,
+            storage_dir=str(tmp_path / "artifacts"),
+            report_table_limit="6000",
+            job_visibility_timeout_seconds="5",
+        )
+        first = WorkerProcess(environment, tmp_path / "worker-1.log", "--concurrency=1")
+        first.start()
+        location = owner.report()
+        try:
+            owner.wait(location, {"running", "succeeded", "failed"})
+            assert owner.job(location)["state"] == "running", "the report finished too soon"
+        finally:
+            first.kill()
+        assert owner.job(location)["state"] == "running"
+        second = WorkerProcess(environment, tmp_path / "worker-2.log", "--concurrency=1")
+        second.start()
+        try:
+            job = owner.wait(location, {"succeeded", "failed"})
+        finally:
+            second.stop()
+        assert job["state"] == "succeeded", job
+        assert job["attempts"] == 2
+        engine = sa.create_engine(Settings(database_url=served_url).sync_database_url)
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM artifact")).scalar() == 1
+        engine.dispose()
+        download = owner.request("GET", job["links"]["artifact"])
+        assert download.status_code == 200
+        assert download.content.startswith(b"%PDF")
+    finally:
+        served.stop()
+
+
+def test_storage_down_is_retried_then_fails_with_a_clear_reason(
+    served_url: str,
+    jwks_server: JwksServer,
+    tokens: TokenFactory,
+    tmp_path: Path,
+    redis_server: PrivateRedis,
+) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    storage = {
+        "storage_backend": "s3",
+        "s3_endpoint_url": nobody,
+        "s3_access_key_id": "testing",
+        "s3_secret_access_key": "testing",
+    }
+    served = serve(served_url, jwks_server, tmp_path, redis_server)
+    try:
+        owner = project(served, tokens)
+        worker = WorkerProcess(
+            worker_environment(
+                served_url,
+                redis_server.url,
+                job_max_retries="2",
+                job_retry_backoff_seconds="1",
+                job_retry_backoff_max_seconds="2",
+                **storage,
+            ),
+            tmp_path / "worker.log",
+            "--concurrency=1",
+        )
+        worker.start()
+        try:
+            job = owner.wait(owner.report(), {"succeeded", "failed"})
+            metrics = worker.metrics()
+        finally:
+            worker.stop()
+        assert job["state"] == "failed", job
+        assert job["attempts"] == 3
+        assert job["error"].startswith("object storage unavailable: object storage unreachable")
+        assert job["error"].endswith("gave up after 3 attempt(s)")
+        assert job["artifact"] is None
+        assert 'flyswatter_job_retries_total{kind="report"} 2.0' in metrics
+        assert 'flyswatter_jobs_finished_total{kind="report",state="failed"} 1.0' in metrics
+    finally:
+        served.stop()
