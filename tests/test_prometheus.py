@@ -27,7 +27,15 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.support.identity import JwksServer, TokenFactory, new_signing_key
-from tests.support.servers import ServedFlyswatter, free_port, served_database, system_program
+from tests.support.jobs import WorkerProcess
+from tests.support.servers import (
+    PrivateRedis,
+    ServedFlyswatter,
+    free_port,
+    serve_environment,
+    served_database,
+    system_program,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +47,7 @@ SCRAPE_WAIT_SECONDS = 20
 
 
 class Prometheus:
-    def __init__(self, root: Path, target: str) -> None:
+    def __init__(self, root: Path, *targets: str) -> None:
         self.binary = system_program("prometheus", "prometheus")
         self.root = root
         self.port = free_port()
@@ -48,7 +56,7 @@ class Prometheus:
         config.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
             "scrape_configs:\n  - job_name: flyswatter\n"
-            f"    static_configs:\n      - targets: ['{target}']\n"
+            f"    static_configs:\n      - targets: {json.dumps(list(targets))}\n"
         )
         self.command = [
             self.binary,
@@ -205,6 +213,16 @@ async def drive_traffic(stack: Stack) -> None:
         "POST", "/api/v1/issues/{issue_key}/transitions", alice, issues[2], json={"to": "resolved"}
     )
     assert illegal.status_code == 409
+    # A report, built by the worker (whose metrics Prometheus scrapes too).
+    requested = await send("POST", "/api/v1/projects/{key}/reports", alice, project, json={})
+    assert requested.status_code == 202, requested.text
+    job = {"job_id": requested.json()["id"]}
+    for _ in range(600):
+        polled = await send("GET", "/api/v1/jobs/{job_id}", alice, job)
+        if polled.json()["state"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.2)
+    assert polled.json()["state"] == "succeeded", polled.text
     for body in ("first", "second"):
         comment = await send(
             "POST", "/api/v1/issues/{issue_key}/comments", alice, issues[1], json={"body": body}
@@ -259,24 +277,35 @@ def served_url(database_url: str, migrated_database: str, postgres_url: str) -> 
 
 
 @pytest.fixture(scope="module")
-def stack(
-    served_url: str, jwks_server: JwksServer, stack_root: Path, redis_url: str
-) -> Iterator[Stack]:
+def stack(served_url: str, jwks_server: JwksServer, stack_root: Path) -> Iterator[Stack]:
+    # A Redis of this stack's own: rate limits and the job broker start empty.
+    redis = PrivateRedis(stack_root)
+    redis.start()
     metrics_dir = stack_root / "metrics"
     metrics_dir.mkdir()
+    artifacts = str(stack_root / "artifacts")
     served = ServedFlyswatter(
         database_url=served_url,
         jwks_server=jwks_server,
         log_path=stack_root / "serve.log",
-        redis_url=redis_url,
         metrics_dir=metrics_dir,
         rate_limit_writes=f"{WRITE_BUDGET}/minute",
         database_timeout_seconds="2",
         jwks_refresh_min_interval_seconds="0",
+        redis_url=redis.url,
+        storage_dir=artifacts,
     )
-    prometheus = Prometheus(stack_root, f"127.0.0.1:{served.port}")
-    served.start()
+    worker = WorkerProcess(
+        serve_environment(database_url=served_url, redis_url=redis.url, storage_dir=artifacts),
+        stack_root / "worker.log",
+        "--concurrency=1",
+    )
+    prometheus = Prometheus(
+        stack_root, f"127.0.0.1:{served.port}", f"127.0.0.1:{worker.metrics_port}"
+    )
     try:
+        served.start(timeout=120)
+        worker.start()
         prometheus.start()
         ledger = Ledger()
         tokens = TokenFactory(jwks_server)
@@ -297,7 +326,9 @@ def stack(
         yield stack
     finally:
         prometheus.stop()
+        worker.stop()
         served.stop()
+        redis.stop()
 
 
 def assert_prometheus_matches_ledger(stack: Stack) -> None:

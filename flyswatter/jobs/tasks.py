@@ -40,6 +40,7 @@ from flyswatter.observability.metrics import (
     JOB_RETRIES,
     JOB_RUN_TIME,
     JOBS_FINISHED,
+    create_job_series,
 )
 from flyswatter.projects.models import Project
 from flyswatter.storage.models import Artifact
@@ -301,6 +302,7 @@ def expire_artifacts(runtime: JobRuntime) -> int:
 def register_tasks(app: JobsCelery) -> None:
     settings = app.flyswatter_settings
     runtime = JobRuntime(settings)
+    create_job_series(kind.value for kind in JobKind)
 
     @app.task(
         name=BUILD_REPORT,

@@ -7,6 +7,8 @@ imports prometheus_client, so every metric here is written to the shared directo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 # ``*_created`` series double the series count and no dashboard or alert reads them.
@@ -88,6 +90,18 @@ JOB_RUN_TIME = Histogram(
     ["kind"],
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
 )
+
+
+def create_job_series(kinds: Iterable[str]) -> None:
+    """Zero-valued series for every job kind and final state, so that dashboards and alerts
+    see a flat zero, not "no data", before the first job of a kind finishes or retries."""
+    for kind in kinds:
+        JOBS_REQUESTED.labels(kind)
+        JOB_RETRIES.labels(kind)
+        JOB_QUEUE_WAIT.labels(kind)
+        JOB_RUN_TIME.labels(kind)
+        for state in ("succeeded", "failed", "cancelled"):
+            JOBS_FINISHED.labels(kind, state)
 
 
 def count_jwks_refresh(outcome: str) -> None:
