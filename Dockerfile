@@ -29,6 +29,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     FLYSWATTER_HOST=0.0.0.0 \
     FLYSWATTER_PORT=8000
+# Report PDFs: Chinese, Japanese and Korean glyphs (DejaVu, for the rest, comes with matplotlib).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-droid-fallback \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 flyswatter \
     && useradd --system --uid 10001 --gid flyswatter --no-create-home --shell /usr/sbin/nologin flyswatter
 COPY --from=builder /opt/venv /opt/venv
