@@ -31,7 +31,6 @@ from flyswatter.http.requests import RequestContextMiddleware
 from flyswatter.issues.routes import router as issues_router
 from flyswatter.jobs.routes import router as jobs_router
 from flyswatter.jobs.service import JobQueue
-from flyswatter.jobs.worker import make_celery
 from flyswatter.labels.routes import router as labels_router
 from flyswatter.observability.errors import init_error_reporting
 from flyswatter.observability.exposition import router as metrics_router
@@ -41,7 +40,6 @@ from flyswatter.openapi_links import add_links
 from flyswatter.projects.routes import router as projects_router
 from flyswatter.ratelimit import RateLimitMiddleware, build_limiter, close_limiter
 from flyswatter.services import Flyswatter, Services, ServicesDep
-from flyswatter.storage.service import storage_from_settings
 from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror
 
@@ -130,8 +128,8 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
             token_verifier=verifier,
             user_mirror=mirror,
             limiter=limiter,
+            jobs=JobQueue(settings),
         )
-        app.state.job_queue = JobQueue(make_celery(settings), storage_from_settings(settings))
         # Not fatal: the service starts, reports not-ready, and loads keys on the first token.
         if settings.keycloak_url:
             await verifier.refresh_keys(force=True)

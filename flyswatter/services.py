@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from flyswatter.auth.tokens import TokenVerifier
     from flyswatter.config import Settings
+    from flyswatter.jobs.service import JobQueue
     from flyswatter.users.service import UserMirror
 
 
@@ -33,6 +34,8 @@ class Services:
     user_mirror: UserMirror
     # The rate limiter (flyswatter.ratelimit): its budgets and where its counters live.
     limiter: Limiter
+    # Publishes jobs to the broker and reads their files from storage.
+    jobs: JobQueue
 
 
 class Flyswatter(FastAPI):

@@ -19,9 +19,8 @@ from fastapi import FastAPI
 from flyswatter.app import create_app
 from flyswatter.config import Settings
 from flyswatter.observability.errors import scrub_text
-from tests.conftest import Api
-from tests.issue_helpers import make_team
-from tests.job_helpers import in_process_worker, wait_for_job
+from tests.support.api import Api, make_team
+from tests.support.jobs import in_process_worker, wait_for_job
 
 
 class EnvelopeSink:

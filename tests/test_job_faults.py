@@ -13,21 +13,28 @@ import pytest
 import sqlalchemy as sa
 
 from flyswatter.config import Settings
-from tests.identity import JwksServer, TokenFactory
-from tests.job_helpers import PrivateRedis, WorkerProcess, worker_environment
-from tests.served import ServedFlyswatter, free_port, served_database
+from tests.support.identity import JwksServer, TokenFactory
+from tests.support.jobs import WorkerProcess
+from tests.support.servers import (
+    PrivateRedis,
+    ServedFlyswatter,
+    free_port,
+    serve_environment,
+    served_database,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def served_url(database_url: str, clean_database: str) -> Iterator[str]:
-    with served_database(database_url) as url:
+def served_url(database_url: str, clean_database: str, postgres_url: str) -> Iterator[str]:
+    with served_database(database_url, postgres_url) as url:
         yield url
 
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    (tmp_path / "redis").mkdir()
     server = PrivateRedis(tmp_path / "redis")
     server.start()
     yield server
@@ -114,9 +121,9 @@ def test_broker_stopped_and_restarted_while_jobs_are_queued_loses_nothing(
             assert owner.job(location)["state"] == "queued"
         redis_server.start()
         worker = WorkerProcess(
-            worker_environment(
-                served_url,
-                redis_server.url,
+            serve_environment(
+                database_url=served_url,
+                redis_url=redis_server.url,
                 storage_dir=str(tmp_path / "artifacts"),
                 job_requeue_after_seconds="5",
             ),
@@ -168,9 +175,9 @@ def test_worker_killed_during_a_report_is_retried_and_succeeds_once(
         owner = project(served, tokens)
         # A report long enough to be caught running: a few thousand rows in its table.
         seed_issues(served_url, 6000)
-        environment = worker_environment(
-            served_url,
-            redis_server.url,
+        environment = serve_environment(
+            database_url=served_url,
+            redis_url=redis_server.url,
             storage_dir=str(tmp_path / "artifacts"),
             report_table_limit="6000",
             job_visibility_timeout_seconds="5",
@@ -221,9 +228,9 @@ def test_storage_down_is_retried_then_fails_with_a_clear_reason(
     try:
         owner = project(served, tokens)
         worker = WorkerProcess(
-            worker_environment(
-                served_url,
-                redis_server.url,
+            serve_environment(
+                database_url=served_url,
+                redis_url=redis_server.url,
                 job_max_retries="2",
                 job_retry_backoff_seconds="1",
                 job_retry_backoff_max_seconds="2",

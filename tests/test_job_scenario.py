@@ -19,8 +19,14 @@ import pytest
 from flyswatter.config import Settings
 from flyswatter.dev.demo import seed_demo_project
 from flyswatter.dev.identity_provider import start_dev_identity_provider
-from tests.job_helpers import MotoServer, PrivateRedis, WorkerProcess, worker_environment
-from tests.served import ServedFlyswatter, free_port, served_database
+from tests.support.jobs import MotoServer, WorkerProcess
+from tests.support.servers import (
+    PrivateRedis,
+    ServedFlyswatter,
+    free_port,
+    serve_environment,
+    served_database,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +114,7 @@ def test_readme_scenario_in_flyswatter_dev(tmp_path: Path) -> None:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    (tmp_path / "redis").mkdir()
     server = PrivateRedis(tmp_path / "redis")
     server.start()
     yield server
@@ -123,7 +130,11 @@ def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
 
 
 def test_readme_scenario_with_a_separate_worker_on_redis_and_s3(
-    tmp_path: Path, database_url: str, redis_server: PrivateRedis, moto_server: MotoServer
+    tmp_path: Path,
+    database_url: str,
+    postgres_url: str,
+    redis_server: PrivateRedis,
+    moto_server: MotoServer,
 ) -> None:
     provider, idp = start_dev_identity_provider("127.0.0.1", 0)
     storage = {
@@ -134,11 +145,14 @@ def test_readme_scenario_with_a_separate_worker_on_redis_and_s3(
         "s3_secret_access_key": "testing",
     }
     try:
-        with served_database(database_url) as served_url:
+        with served_database(database_url, postgres_url) as served_url:
             asyncio.run(seed_demo_project(Settings(database_url=served_url), provider.realm))
             worker = WorkerProcess(
-                worker_environment(
-                    served_url, redis_server.url, s3_create_bucket="true", **storage
+                serve_environment(
+                    database_url=served_url,
+                    redis_url=redis_server.url,
+                    s3_create_bucket="true",
+                    **storage,
                 ),
                 tmp_path / "worker.log",
                 "--concurrency=1",

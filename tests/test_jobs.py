@@ -11,9 +11,8 @@ import pytest
 from pypdf import PdfReader
 
 from flyswatter.config import Settings
-from tests.conftest import Api
-from tests.issue_helpers import Team, make_team, walk_pages
-from tests.job_helpers import in_process_worker, wait_for_job
+from tests.support.api import Api, Team, make_team, walk_pages
+from tests.support.jobs import in_process_worker, wait_for_job
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ from pypdf import PdfReader
 from flyswatter.config import Settings
 from flyswatter.issues.models import Priority
 from flyswatter.reports.fonts import report_fonts
-from tests.conftest import Api
-from tests.issue_helpers import Team, make_team
-from tests.job_helpers import in_process_worker, wait_for_job
+from tests.support.api import Api, Team, make_team
+from tests.support.jobs import in_process_worker, wait_for_job
 
 PERIOD_START = datetime(2026, 9, 1, tzinfo=UTC)
 PERIOD_END = datetime(2026, 10, 27, tzinfo=UTC)  # eight weeks

@@ -24,10 +24,9 @@ from flyswatter.storage.service import (
     StorageUnavailable,
     content_disposition,
 )
-from tests.conftest import Api
-from tests.issue_helpers import make_team
-from tests.job_helpers import MotoServer, in_process_worker, wait_for_job
-from tests.served import free_port
+from tests.support.api import Api, make_team
+from tests.support.jobs import MotoServer, in_process_worker, wait_for_job
+from tests.support.servers import free_port
 
 
 @pytest.fixture(scope="module")

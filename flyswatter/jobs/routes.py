@@ -27,7 +27,6 @@ from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportRequest
 from flyswatter.jobs.service import (
     JobIdPath,
-    JobQueueDep,
     after_cursor,
     job_filter,
     job_location,
@@ -37,9 +36,10 @@ from flyswatter.jobs.service import (
     retry_after,
     visible_jobs,
 )
-from flyswatter.observability.metrics import JOBS_FINISHED, JOBS_REQUESTED
+from flyswatter.observability.metrics import JOBS_FINISHED, JOBS_REQUESTED, create_job_series
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess, project_access
+from flyswatter.services import ServicesDep
 from flyswatter.storage.service import ObjectMissing, StorageUnavailable, content_disposition
 
 router = APIRouter(tags=["jobs"])
@@ -50,6 +50,8 @@ ProjectForReports = Annotated[
 ]
 AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
 LIST_SORT = "-created_at"
+# The API's job series exist from start-up (zeros), as the worker's do.
+create_job_series(kind.value for kind in JobKind)
 
 
 @router.post(
@@ -64,7 +66,7 @@ async def request_report(
     session: SessionDep,
     access: ProjectForReports,
     idempotency: IdempotencyDep,
-    queue: JobQueueDep,
+    services: ServicesDep,
     body: Annotated[ReportRequest | None, Body()] = None,
 ) -> JobPublic | JSONResponse:
     """Ask for a PDF report of the project (reporters and up): its period (`from`/`to`,
@@ -85,7 +87,7 @@ async def request_report(
     JOBS_REQUESTED.labels(JobKind.report.value).inc()
     # After the commit, and never failing the request: a broker that is down leaves the
     # job queued in the database, and the worker's sweep publishes it again later.
-    await queue.publish(job.public_id)
+    await services.jobs.publish(job.public_id)
     response.headers["Location"] = location
     response.headers.update(retry_after(job))
     return public
@@ -172,7 +174,7 @@ async def download_artifact(
     request: Request,
     session: SessionDep,
     principal: IssuesRead,
-    queue: JobQueueDep,
+    services: ServicesDep,
 ) -> Response:
     """The job's file: streamed, or a redirect to a presigned URL when the storage is S3
     and `FLYSWATTER_S3_PRESIGNED_DOWNLOADS` is on."""
@@ -182,8 +184,8 @@ async def download_artifact(
         if access.job.state == JobState.succeeded:
             raise NotFound(f"the file of job {job_id} has expired; request the report again")
         raise Conflict(f"job {job_id} is {access.job.state}; it has no file")
-    settings = request.app.state.settings
-    storage = queue.storage
+    settings = services.settings
+    storage = services.jobs.storage
     disposition = content_disposition(artifact.filename)
     if settings.storage_backend == "s3" and settings.s3_presigned_downloads:
         url = await anyio.to_thread.run_sync(

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Annotated, Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio.to_thread
-from fastapi import Depends, Path, Request
+from fastapi import Path
 from sqlalchemy import Select, and_, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
+from flyswatter.config import Settings
 from flyswatter.errors import NotFound
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportParameters
-from flyswatter.jobs.worker import JobsCelery, publish_job
 from flyswatter.projects.models import Project, ProjectMember, Role
 from flyswatter.projects.service import ProjectAccess
 from flyswatter.storage.models import Artifact, ArtifactPublic
-from flyswatter.storage.service import Storage
+from flyswatter.storage.service import Storage, storage_from_settings
+
+if TYPE_CHECKING:
+    from flyswatter.jobs.worker import JobsCelery
 
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 JobIdPath = Annotated[
@@ -37,23 +41,30 @@ POLL_SECONDS = 2
 
 
 class JobQueue:
-    """The API's side of the job system: a Celery app that publishes, and the storage."""
+    """The API's side of the job system: a Celery app that publishes, and the storage.
 
-    def __init__(self, celery: JobsCelery, storage: Storage) -> None:
-        self.celery = celery
-        self.storage = storage
+    Both are made on first use: Celery and the S3 client cost start-up time that a worker
+    process of the API that never meets a report need not pay.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def celery(self) -> JobsCelery:
+        from flyswatter.jobs.worker import make_celery
+
+        return make_celery(self.settings)
+
+    @cached_property
+    def storage(self) -> Storage:
+        return storage_from_settings(self.settings)
 
     async def publish(self, public_id: str) -> bool:
         """Hand the job to the broker; False when it cannot now (the sweep retries later)."""
+        from flyswatter.jobs.worker import publish_job
+
         return await anyio.to_thread.run_sync(publish_job, self.celery, public_id)
-
-
-def job_queue(request: Request) -> JobQueue:
-    queue: JobQueue = request.app.state.job_queue
-    return queue
-
-
-JobQueueDep = Annotated[JobQueue, Depends(job_queue)]
 
 
 def new_report_job(access: ProjectAccess, body: ReportParameters, request_id: str | None) -> Job:

@@ -34,7 +34,7 @@ from flyswatter.jobs.worker import (
     JobsCelery,
     publish_job,
 )
-from flyswatter.observability.errors import tag_current_scope
+from flyswatter.observability.errors import report_unhandled
 from flyswatter.observability.metrics import (
     JOB_QUEUE_WAIT,
     JOB_RETRIES,
@@ -90,7 +90,6 @@ class Claim:
     parameters: str
     created_at: datetime
     attempts: int
-    request_id: str | None
 
 
 def claim_job(engine: Engine, public_id: str, task_id: str, lease_seconds: int) -> Claim | None:
@@ -126,14 +125,22 @@ def claim_job(engine: Engine, public_id: str, task_id: str, lease_seconds: int) 
                 col(Job.parameters),
                 col(Job.created_at),
                 col(Job.attempts),
-                col(Job.request_id),
             ).where(col(Job.public_id) == public_id)
         ).one()
-    job_id, kind, project_id, requested_by, parameters, created_at, attempts, request_id = row
+    job_id, kind, project_id, requested_by, parameters, created_at, attempts = row
     assert job_id is not None
-    return Claim(
-        job_id, kind, project_id, requested_by, parameters, created_at, attempts, request_id
-    )
+    return Claim(job_id, kind, project_id, requested_by, parameters, created_at, attempts)
+
+
+def job_request_id(engine: Engine, public_id: str) -> str | None:
+    """The id of the request that asked for the job, for error reports (None if unknown)."""
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                select(col(Job.request_id)).where(col(Job.public_id) == public_id)
+            ).scalar()
+    except DBAPIError:
+        return None
 
 
 def fail_job(engine: Engine, public_id: str, reason: str) -> bool:
@@ -194,8 +201,6 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
     if claim is None:
         logger.info("job %s: finished or taken by another worker; nothing to do", public_id)
         return None
-    # An error report from this run names the request that asked for the job.
-    tag_current_scope(request_id=claim.request_id, job_id=public_id)
     started = utcnow()
     if claim.attempts == 1:
         JOB_QUEUE_WAIT.labels(claim.kind).observe((started - claim.created_at).total_seconds())
@@ -342,9 +347,15 @@ def register_tasks(app: JobsCelery) -> None:
             )
             if fail_job(runtime.engine, public_id, message):
                 JOBS_FINISHED.labels(JobKind.report.value, JobState.failed.value).inc()
-            logger.error("job %s failed: %s", public_id, message)
             if reason is None:
-                raise
+                # The traceback for the logs and one error report, and the task ends here:
+                # the job's outcome is in the database, nothing is left for Celery to retry.
+                logger.exception("job %s failed: %s", public_id, message)
+                report_unhandled(
+                    exc, request_id=job_request_id(runtime.engine, public_id), job_id=public_id
+                )
+            else:
+                logger.error("job %s failed: %s", public_id, message)
             return JobState.failed.value
         return state.value if state is not None else "skipped"
 

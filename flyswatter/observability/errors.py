@@ -93,17 +93,9 @@ def init_error_reporting(settings: Settings, component: str) -> bool:
     return True
 
 
-def report_unhandled(exc: BaseException, request_id: str | None) -> None:
+def report_unhandled(exc: BaseException, request_id: str | None, **tags: str) -> None:
     """One event for an error nothing handled (a no-op when error reporting is off)."""
     import sentry_sdk
 
-    sentry_sdk.capture_exception(exc, tags={"request_id": request_id} if request_id else None)
-
-
-def tag_current_scope(**tags: str | None) -> None:
-    """Tags for what this task or request reports from here on (no-op when off)."""
-    import sentry_sdk
-
-    for name, value in tags.items():
-        if value:
-            sentry_sdk.set_tag(name, value)
+    named = {"request_id": request_id, **tags} if request_id else tags
+    sentry_sdk.capture_exception(exc, tags=named or None)

@@ -1,10 +1,10 @@
-"""Helpers for the job tests: an in-process Celery worker, a real S3 server, polling a job."""
+"""Job helpers: an in-process Celery worker, ``flyswatter worker`` processes, a real S3-compatible
+server (moto's), and polling a job until it is finished."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +18,8 @@ import httpx
 
 from flyswatter.config import Settings
 from flyswatter.jobs.worker import InProcessWorker, make_celery
-from tests.conftest import AuthedClient
-from tests.served import free_port, redis_is_up
+from tests.support.api import AuthedClient
+from tests.support.servers import FLYSWATTER, free_port
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -94,50 +94,6 @@ class MotoServer:
         )
 
 
-class PrivateRedis:
-    """A redis-server of the test's own on a free port, so stopping it disturbs nobody."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 20.0) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is missing: install Debian's redis-server (.ci/run does)"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.root),
-            ],
-            stdout=(self.root / "redis.log").open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while not redis_is_up(self.port):
-            assert self.process.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
 class WorkerProcess:
     """``python -m flyswatter.cli worker`` in its own process group."""
 
@@ -152,7 +108,7 @@ class WorkerProcess:
         env = {**self.environment, "FLYSWATTER_WORKER_METRICS_PORT": str(self.metrics_port)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flyswatter.cli", "worker", *self.args],
+                [FLYSWATTER, "worker", *self.args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -195,21 +151,3 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
         self.process = None
-
-
-def worker_environment(database_url: str, redis_url: str, **settings: str) -> dict[str, str]:
-    environment = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("FLYSWATTER_", "PROMETHEUS_"))
-    }
-    environment.update(
-        {
-            "FLYSWATTER_DATABASE_URL": database_url,
-            "FLYSWATTER_REDIS_URL": redis_url,
-            "FLYSWATTER_LOG_FORMAT": "text",
-            "FLYSWATTER_LOG_LEVEL": "info",
-            **{f"FLYSWATTER_{name.upper()}": value for name, value in settings.items()},
-        }
-    )
-    return environment
