@@ -1,17 +1,24 @@
 """The worker's own HTTP endpoint: ``/metrics`` for Prometheus and ``/healthz`` for compose.
 
 The worker's pool processes write their samples to a shared ``PROMETHEUS_MULTIPROC_DIR``, as
-the API's workers do; the main process sums them here. ``/healthz`` answers 200 when the
+the API's workers do; the main process sums the job metrics here. ``/healthz`` answers 200 when the
 broker takes a connection, so an orchestrator restarts a worker that lost it for good.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery import Celery
+
+if TYPE_CHECKING:
+    from prometheus_client import Metric
 
 logger = logging.getLogger("flyswatter.jobs")
 
@@ -26,12 +33,49 @@ def broker_reachable(app: Celery) -> bool:
     return True
 
 
+JOB_METRIC_PREFIXES = ("flyswatter_jobs_", "flyswatter_job_")
+
+
+def job_metrics_renderer() -> Callable[[], bytes]:
+    """The exposition of the job metrics summed over this worker's processes.
+
+    Only the job families: the worker imports the API's metric definitions too, and their
+    zero-valued series would sit beside the API's own under the same names.
+    """
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client.registry import Collector
+
+    from flyswatter.observability.exposition import remove_dead_workers
+    from flyswatter.observability.multiprocess import MULTIPROC_DIR_ENV
+
+    directory = os.environ[MULTIPROC_DIR_ENV]
+
+    class JobMetrics(Collector):
+        def __init__(self) -> None:
+            self.processes = MultiProcessCollector(None, path=directory)
+
+        def collect(self) -> Iterator[Metric]:
+            for metric in self.processes.collect():
+                if metric.name.startswith(JOB_METRIC_PREFIXES):
+                    yield metric
+
+    registry = CollectorRegistry()
+    registry.register(JobMetrics())
+
+    def render() -> bytes:
+        remove_dead_workers(Path(directory))
+        return generate_latest(registry)
+
+    return render
+
+
 def serve_worker_endpoint(app: Celery, host: str, port: int) -> ThreadingHTTPServer:
     """Start the endpoint on a daemon thread of this process; returns the server."""
     # Imported here: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set at start-up.
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    from flyswatter.observability.exposition import render_metrics
+    render_metrics = job_metrics_renderer()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
