@@ -18,7 +18,7 @@ import pytest
 
 from flyswatter.config import Settings
 from flyswatter.dev.demo import seed_demo_project
-from flyswatter.dev.identity_provider import start_dev_identity_provider
+from flyswatter.dev.server import start_dev_identity_provider
 from tests.support.jobs import MotoServer, WorkerProcess
 from tests.support.servers import (
     PrivateRedis,

@@ -22,6 +22,7 @@ from flyswatter.errors import (
     ServiceUnavailable,
     problem_responses,
 )
+from flyswatter.http.context import request_context
 from flyswatter.http.idempotency import IdempotencyDep
 from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportRequest
@@ -76,7 +77,7 @@ async def request_report(
         return replayed
     access.require_active()
     parameters = body or ReportRequest()
-    job = new_report_job(access, parameters, request.scope.get("state", {}).get("request_id"))
+    job = new_report_job(access, parameters, request_context(request.scope).request_id)
     session.add(job)
     await session.flush()
     public = public_job(job, access.project.key, None)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from flyswatter.db import UTCDateTime
-from flyswatter.issues.listing import IssueFilters, IssueSort, list_statement
+from flyswatter.issues.listing import IssueFilters, list_statement
 from flyswatter.issues.models import Issue, IssueStatus
 from flyswatter.jobs.models import ReportParameters
 from flyswatter.projects.models import Project
@@ -127,7 +127,7 @@ def collect_report(
     dialect = connection.dialect.name
     period = resolve_period(parameters, now, default_days)
     filters = issue_filters(parameters, requested_by)
-    matching = list_statement(project.id, filters, IssueSort.created_desc, dialect)
+    matching = list_statement(project.id, filters, dialect)
     created = col(Issue.created_at)
     in_period = matching.where(created >= period.start, created < period.end)
 
