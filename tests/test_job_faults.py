@@ -16,7 +16,7 @@ from flyswatter.config import Settings
 from tests.support.identity import JwksServer, TokenFactory
 from tests.support.jobs import WorkerProcess
 from tests.support.servers import (
-    PrivateRedis,
+    RedisServer,
     ServedFlyswatter,
     free_port,
     serve_environment,
@@ -33,9 +33,9 @@ def served_url(database_url: str, clean_database: str, postgres_url: str) -> Ite
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     (tmp_path / "redis").mkdir()
-    server = PrivateRedis(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis")
     server.start()
     yield server
     server.stop()
@@ -74,7 +74,7 @@ class Client:
 
 
 def serve(
-    served_url: str, jwks_server: JwksServer, tmp_path: Path, redis: PrivateRedis, **extra: str
+    served_url: str, jwks_server: JwksServer, tmp_path: Path, redis: RedisServer, **extra: str
 ) -> ServedFlyswatter:
     served = ServedFlyswatter(
         database_url=served_url,
@@ -107,7 +107,7 @@ def test_broker_stopped_and_restarted_while_jobs_are_queued_loses_nothing(
     jwks_server: JwksServer,
     tokens: TokenFactory,
     tmp_path: Path,
-    redis_server: PrivateRedis,
+    redis_server: RedisServer,
 ) -> None:
     served = serve(served_url, jwks_server, tmp_path, redis_server)
     try:
@@ -168,7 +168,7 @@ def test_worker_killed_during_a_report_is_retried_and_succeeds_once(
     jwks_server: JwksServer,
     tokens: TokenFactory,
     tmp_path: Path,
-    redis_server: PrivateRedis,
+    redis_server: RedisServer,
 ) -> None:
     served = serve(served_url, jwks_server, tmp_path, redis_server)
     try:
@@ -215,7 +215,7 @@ def test_storage_down_is_retried_then_fails_with_a_clear_reason(
     jwks_server: JwksServer,
     tokens: TokenFactory,
     tmp_path: Path,
-    redis_server: PrivateRedis,
+    redis_server: RedisServer,
 ) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
     storage = {

@@ -21,7 +21,7 @@ from flyswatter.dev.demo import seed_demo_project
 from flyswatter.dev.server import start_dev_identity_provider
 from tests.support.jobs import MotoServer, WorkerProcess
 from tests.support.servers import (
-    PrivateRedis,
+    RedisServer,
     ServedFlyswatter,
     free_port,
     serve_environment,
@@ -113,9 +113,9 @@ def test_readme_scenario_in_flyswatter_dev(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     (tmp_path / "redis").mkdir()
-    server = PrivateRedis(tmp_path / "redis")
+    server = RedisServer(tmp_path / "redis")
     server.start()
     yield server
     server.stop()
@@ -133,7 +133,7 @@ def test_readme_scenario_with_a_separate_worker_on_redis_and_s3(
     tmp_path: Path,
     database_url: str,
     postgres_url: str,
-    redis_server: PrivateRedis,
+    redis_server: RedisServer,
     moto_server: MotoServer,
 ) -> None:
     provider, idp = start_dev_identity_provider("127.0.0.1", 0)

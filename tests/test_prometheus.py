@@ -29,7 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from tests.support.identity import JwksServer, TokenFactory, new_signing_key
 from tests.support.jobs import WorkerProcess
 from tests.support.servers import (
-    PrivateRedis,
+    RedisServer,
     ServedFlyswatter,
     free_port,
     serve_environment,
@@ -279,7 +279,7 @@ def served_url(database_url: str, migrated_database: str, postgres_url: str) -> 
 @pytest.fixture(scope="module")
 def stack(served_url: str, jwks_server: JwksServer, stack_root: Path) -> Iterator[Stack]:
     # A Redis of this stack's own: rate limits and the job broker start empty.
-    redis = PrivateRedis(stack_root)
+    redis = RedisServer(stack_root)
     redis.start()
     metrics_dir = stack_root / "metrics"
     metrics_dir.mkdir()
