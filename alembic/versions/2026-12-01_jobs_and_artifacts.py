@@ -6,7 +6,7 @@ delivered twice finishes the job once. An artifact row describes one stored file
 periodic sweep deletes the file and the row once ``expires_at`` has passed.
 
 Revision ID: e9c9c03b0c20
-Revises: 9b2e4c7d1f30
+Revises: 3c8a5e1f7b42
 Create Date: 2026-12-01 09:39:23.058092
 
 """
@@ -20,7 +20,7 @@ import flyswatter.db
 
 # revision identifiers, used by Alembic.
 revision: str = "e9c9c03b0c20"
-down_revision: str | Sequence[str] | None = "9b2e4c7d1f30"
+down_revision: str | Sequence[str] | None = "3c8a5e1f7b42"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
