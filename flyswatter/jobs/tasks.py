@@ -366,5 +366,3 @@ def register_tasks(app: JobsCelery) -> None:
     @app.task(name=EXPIRE_ARTIFACTS, shared=False, lazy=False, acks_late=True)
     def expire() -> int:
         return expire_artifacts(runtime)
-
-    app.flyswatter_runtime = runtime

@@ -34,7 +34,6 @@ class JobsCelery(Celery):
     """A Celery app that carries the settings its tasks run with."""
 
     flyswatter_settings: Settings
-    flyswatter_runtime: Any
 
 
 def broker_url(settings: Settings) -> str:

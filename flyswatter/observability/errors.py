@@ -44,7 +44,7 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def before_send(event: dict[str, Any], _hint: dict[str, Any]) -> dict[str, Any]:
     request = event.get("request")
     if isinstance(request, dict):
         for field in ("data", "cookies"):
@@ -63,7 +63,7 @@ def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
     return scrubbed
 
 
-def before_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def before_breadcrumb(crumb: dict[str, Any], _hint: dict[str, Any]) -> dict[str, Any]:
     scrubbed: dict[str, Any] = _scrub(crumb)
     return scrubbed
 
