@@ -153,7 +153,7 @@ print(json.dumps({
 
 
 def build_once(url: str, body: dict[str, Any], storage: Path) -> dict[str, Any]:
-    result = subprocess.run(  # noqa: S603 - this interpreter, this module's own script
+    result = subprocess.run(
         [sys.executable, "-c", CHILD, url, str(storage), json.dumps(body)],
         capture_output=True,
         text=True,
