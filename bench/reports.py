@@ -113,6 +113,7 @@ def seed(url: str, size: int) -> None:
 CHILD = r"""
 import json, resource, sys, time
 import sqlalchemy as sa
+import flyswatter.tables  # every table on the metadata: the job's foreign keys resolve
 from flyswatter.config import Settings
 from flyswatter.db import utcnow
 from flyswatter.jobs.worker import InProcessWorker, make_celery, publish_job
