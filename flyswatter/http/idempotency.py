@@ -139,7 +139,8 @@ class Idempotency:
                 path=self.path,
                 request_hash=self.request_hash,
                 status_code=status_code,
-                response_body=body.model_dump_json(),
+                # As FastAPI answers the first time: by alias (a report's ``from``).
+                response_body=body.model_dump_json(by_alias=True),
                 location=location,
                 etag=etag,
             )
