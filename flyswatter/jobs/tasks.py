@@ -251,30 +251,53 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
 
 
 def requeue_stale_jobs(app: Celery, runtime: JobRuntime) -> int:
-    """Publish again the jobs that stayed queued (their message was never delivered)."""
+    """Publish again the jobs whose message is gone: queued ones it never reached, and
+    running ones whose worker stopped renewing its lease. A job abandoned with no attempt
+    left is failed here, since the run that would have failed it is gone too."""
     settings = runtime.settings
-    cutoff = utcnow() - timedelta(seconds=settings.job_requeue_after_seconds)
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.job_requeue_after_seconds)
+    # Past its lease by a further requeue period: the broker's own redelivery (after the
+    # same visibility timeout) had its chance first.
+    abandoned = and_(col(Job.state) == JobState.running, col(Job.lease_expires_at) < cutoff)
+    # Not published again within the period, so that a busy fleet is not sent twins.
+    not_just_published = or_(col(Job.enqueued_at).is_(None), col(Job.enqueued_at) < cutoff)
     with runtime.engine.connect() as connection:
         stale = list(
             connection.execute(
-                select(col(Job.public_id))
-                .where(
-                    col(Job.state) == JobState.queued,
-                    or_(col(Job.enqueued_at).is_(None), col(Job.enqueued_at) < cutoff),
-                )
+                select(col(Job.public_id), col(Job.state), col(Job.attempts))
+                .where(or_(col(Job.state) == JobState.queued, abandoned), not_just_published)
                 .order_by(col(Job.created_at))
                 .limit(REQUEUE_BATCH)
-            ).scalars()
+            )
         )
-    published = [public_id for public_id in stale if publish_job(app, public_id)]
+    exhausted = [
+        (public_id, attempts)
+        for public_id, state, attempts in stale
+        if state == JobState.running and attempts > settings.job_max_retries
+    ]
+    for public_id, attempts in exhausted:
+        reason = f"its worker stopped answering; gave up after {attempts} attempt(s)"
+        if fail_job(runtime.engine, public_id, reason):
+            JOBS_FINISHED.labels(JobKind.report.value, JobState.failed.value).inc()
+            logger.error("job %s failed: %s", public_id, reason)
+    given_up = {public_id for public_id, _ in exhausted}
+    published = [
+        public_id
+        for public_id, _, _ in stale
+        if public_id not in given_up and publish_job(app, public_id)
+    ]
     if published:
         with runtime.engine.begin() as connection:
             connection.execute(
                 update(Job)
-                .where(col(Job.public_id).in_(published), col(Job.state) == JobState.queued)
+                .where(
+                    col(Job.public_id).in_(published),
+                    col(Job.state).in_([JobState.queued, JobState.running]),
+                )
                 .values(enqueued_at=utcnow())
             )
-        logger.info("republished %d queued job(s)", len(published))
+        logger.info("republished %d job(s) whose message was lost", len(published))
     return len(published)
 
 
