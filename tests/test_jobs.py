@@ -100,6 +100,14 @@ async def test_reporters_and_up_may_request_reports(team: Team, role: str, expec
     assert response.status_code == expected, response.text
 
 
+async def test_a_read_only_token_may_request_and_cancel_its_report(team: Team, api: Api) -> None:
+    read_only = api.as_user("reporter", scopes=["issues:read"])
+    response = await read_only.post("/api/v1/projects/FLY/reports")
+    assert response.status_code == 202, response.text
+    cancelled = await read_only.delete(response.headers["Location"])
+    assert cancelled.status_code == 204, cancelled.text
+
+
 async def test_jobs_are_visible_to_project_members_only(team: Team) -> None:
     created = await team["reporter"].post("/api/v1/projects/FLY/reports")
     location = created.headers["Location"]

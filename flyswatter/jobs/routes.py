@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from sqlmodel import col
 
-from flyswatter.auth.dependencies import IssuesRead, IssuesWrite
+from flyswatter.auth.dependencies import IssuesRead
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep
 from flyswatter.errors import (
@@ -45,9 +45,11 @@ from flyswatter.storage.service import ObjectMissing, StorageUnavailable, conten
 
 router = APIRouter(tags=["jobs"])
 
+# A report only reads issues: `issues:read` (a read-only integration may ask for one); the
+# project role (reporter and up) decides who may make the service do that work.
 ProjectForReports = Annotated[
     ProjectAccess,
-    Depends(project_access(Role.reporter, Scope.issues_write, "requesting reports")),
+    Depends(project_access(Role.reporter, Scope.issues_read, "requesting reports")),
 ]
 AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
 LIST_SORT = "-created_at"
@@ -141,7 +143,7 @@ async def get_job(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(409) | AUTH_ERRORS,
 )
-async def cancel_job(job_id: JobIdPath, session: SessionDep, principal: IssuesWrite) -> None:
+async def cancel_job(job_id: JobIdPath, session: SessionDep, principal: IssuesRead) -> None:
     """Cancel a queued job (whoever requested it, or a maintainer); a job that started
     cannot be cancelled (409)."""
     access = await load_job_access(session, principal, job_id, for_update=True)
