@@ -7,6 +7,7 @@ reading the file back, find them in the text layer.
 from __future__ import annotations
 
 import logging
+import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -26,6 +27,8 @@ LINE = 5.5
 BAR_OPENED = (52, 101, 164)
 BAR_CLOSED = (115, 185, 90)
 GRID = (200, 200, 200)
+# Unicode bidirectional classes of right-to-left letters and Arabic digits.
+RIGHT_TO_LEFT = frozenset({"R", "AL", "AN"})
 TABLE_COLUMNS: tuple[tuple[str, float], ...] = (
     ("Key", 24),
     ("Title", 82),
@@ -40,6 +43,13 @@ def _date(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def needs_shaping(text: str) -> bool:
+    """Right-to-left text (Hebrew, Arabic and their numbers) is there to be shaped."""
+    return not text.isascii() and any(
+        unicodedata.bidirectional(char) in RIGHT_TO_LEFT for char in text
+    )
+
+
 class ReportPDF(FPDF):
     def __init__(self, title: str) -> None:
         super().__init__(orientation="P", unit="mm", format="A4")
@@ -49,6 +59,7 @@ class ReportPDF(FPDF):
         self.add_font(FONT, "B", fonts.bold)
         self.coverage = regular_coverage()
         self.has_fallbacks = False
+        self.shaping = False
         self.set_margins(MARGIN, MARGIN, MARGIN)
         self.set_auto_page_break(auto=True, margin=MARGIN + 4)
         self.set_title(title)
@@ -70,6 +81,13 @@ class ReportPDF(FPDF):
             # A bold heading falls back to a regular face rather than to nothing.
             self.set_fallback_fonts(names, exact_match=False)
             self.has_fallbacks = True
+        shaped = needs_shaping(text)
+        if shaped != self.shaping:
+            # Arabic letters join and right-to-left runs are drawn in visual order only when
+            # HarfBuzz shapes them. It costs ~3 ms a cell (bench/REPORTS.md), so it is on for
+            # the cells that need it only, not for the whole document.
+            self.set_text_shaping(use_shaping_engine=shaped)
+            self.shaping = shaped
         return text
 
     def footer(self) -> None:
