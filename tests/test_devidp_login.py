@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from flyswatter.config import Settings
-from flyswatter.dev import identity_provider
+from flyswatter.dev import identity_provider, oauth
 from flyswatter.dev.identity_provider import DevIdentityProvider
 from flyswatter.dev.realm import REALM_FILE, load_realm
 from flyswatter.dev.server import BackgroundServer
@@ -210,7 +210,7 @@ def test_unfinished_sign_ins_are_capped_oldest_first(
         }
     )
     first, second, third = (provider.start_login(pending) for _ in range(3))
-    with pytest.raises(identity_provider.OAuthError):
+    with pytest.raises(oauth.OAuthError):
         provider.login(first, "maria", DEMO_PASSWORD)
     assert provider.login(third, "maria", DEMO_PASSWORD).startswith(REDIRECT_URI + "?")
     assert provider.login(second, "maria", DEMO_PASSWORD).startswith(REDIRECT_URI + "?")

@@ -7,48 +7,39 @@ and ``refresh_token`` grants) and issues tokens shaped as Keycloak's (``tests/te
 compares their claims with a real Keycloak's), so the service talks to it exactly as it talks
 to Keycloak. It trusts the demo passwords and secrets in that file: it binds to loopback
 only and ``flyswatter serve`` never imports it.
-
-The authorization-code grant is written here rather than on authlib's
-``AuthorizationServer``: authlib has no Starlette server integration (it would need a request
-adapter, client and code models and a token generator wrapping the Keycloak-shaped tokens
-below), and it would own the token endpoint for one grant while the three others stay here.
-What the grant needs is small and checked by tests: an exact ``redirect_uri`` match, S256
-PKCE, and single-use codes bound to client, redirect URI and verifier.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
-import html
-import json
-import os
-import re
 import secrets
 import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import unquote, urlencode
 
-from jwcrypto import jwk, jwt
+from jwcrypto import jwk
 from jwcrypto.common import JWException
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
 
-from flyswatter.dev.claims import Grant, Session, access_claims, b64url, id_claims
+from flyswatter.dev.claims import Grant, Session, access_claims, id_claims
+from flyswatter.dev.endpoints import build_app
+from flyswatter.dev.keys import RealmKeys
+from flyswatter.dev.oauth import (
+    CODE_VERIFIER,
+    S256_CHALLENGE,
+    AuthorizationCode,
+    AuthorizationRedirect,
+    AuthorizationRequest,
+    OAuthError,
+    asks_openid,
+    s256,
+    session_id,
+)
 from flyswatter.dev.realm import DevRealm, Identity
 
-_MAX_FORM_BYTES = 64 * 1024
-# RFC 7636 4.1 and 4.2: a verifier of 43 to 128 unreserved characters; an S256 challenge is
-# the 43-character base64url of a SHA-256 digest.
-_CODE_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
-_S256_CHALLENGE = re.compile(r"[A-Za-z0-9\-_]{43}")
 # Keycloak's defaults: a code lives a minute (accessCodeLifespan); the login page half an hour.
 CODE_LIFESPAN_SECONDS = 60
 LOGIN_LIFESPAN_SECONDS = 1800
@@ -57,61 +48,19 @@ LOGIN_LIFESPAN_SECONDS = 1800
 MAX_PENDING_LOGINS = 1000
 
 
-class OAuthError(Exception):
-    """An error of the token endpoint, answered as Keycloak answers it."""
-
-    def __init__(self, status: int, error: str, description: str) -> None:
-        super().__init__(description)
-        self.status = status
-        self.error = error
-        self.description = description
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorizationRequest:
-    """A checked ``/auth`` request waiting for its user to sign in on the login page."""
-
-    client_id: str
-    redirect_uri: str
-    state: str | None
-    scopes: list[str]
-    openid: bool
-    code_challenge: str
-    nonce: str | None
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorizationCode:
-    """What a code stands for: one token request by this client, with this redirect URI and
-    the verifier of this challenge, within a minute."""
-
-    request: AuthorizationRequest
-    session: Session
-    expires_at: float
-
-
-def _new_signing_key() -> jwk.JWK:
-    return jwk.JWK.generate(
-        kty="RSA", size=2048, kid=b64url(os.urandom(16)), use="sig", alg="RS256"
-    )
-
-
 class DevIdentityProvider:
     """Keycloak's token service for one realm, in memory, with keys made at start-up."""
 
     def __init__(self, realm: Mapping[str, Any], base_url: str) -> None:
         self.realm = DevRealm.from_representation(realm)
         self.base_url = base_url.rstrip("/")
-        self._keys: list[jwk.JWK] = [_new_signing_key()]
-        # Keycloak signs refresh tokens with a realm HMAC key that never leaves the server.
-        self._refresh_key = jwk.JWK.generate(kty="oct", size=512, kid=b64url(os.urandom(16)))
+        self.keys = RealmKeys()
         self._lock = threading.Lock()
         # In memory, as the provider's keys are: a restart signs everybody out.
         self._sessions: dict[str, Session] = {}
         self._logins: dict[str, AuthorizationRequest] = {}
         self._codes: dict[str, AuthorizationCode] = {}
-        self.app = self._build_app()
+        self.app = build_app(self)
 
     @property
     def issuer(self) -> str:
@@ -127,49 +76,10 @@ class DevIdentityProvider:
 
     @property
     def signing_key(self) -> jwk.JWK:
-        return self._keys[0]
+        return self.keys.signing_key
 
     def jwks(self) -> dict[str, Any]:
-        with self._lock:
-            keys = list(self._keys)
-        return {"keys": [json.loads(key.export_public()) for key in keys]}
-
-    def discovery(self) -> dict[str, Any]:
-        endpoints = f"{self.issuer}/protocol/openid-connect"
-        return {
-            "issuer": self.issuer,
-            "authorization_endpoint": self.authorization_endpoint,
-            "token_endpoint": f"{endpoints}/token",
-            "jwks_uri": f"{endpoints}/certs",
-            "grant_types_supported": [
-                "authorization_code",
-                "client_credentials",
-                "password",
-                "refresh_token",
-            ],
-            "response_types_supported": ["code"],
-            "response_modes_supported": ["query"],
-            "code_challenge_methods_supported": ["S256"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "scopes_supported": ["openid", *self.realm.client_scopes],
-            "claims_supported": [
-                "aud",
-                "sub",
-                "iss",
-                "auth_time",
-                "name",
-                "given_name",
-                "family_name",
-                "preferred_username",
-                "email",
-                "email_verified",
-                "acr",
-                "azp",
-                "scope",
-            ],
-        }
+        return self.keys.jwks()
 
     # -- the authorization endpoint and its login page ------------------------------------
 
@@ -201,7 +111,7 @@ class DevIdentityProvider:
                 "Missing or unsupported parameter: code_challenge_method (S256 only)",
             )
         challenge = query.get("code_challenge", "")
-        if not _S256_CHALLENGE.fullmatch(challenge):
+        if not S256_CHALLENGE.fullmatch(challenge):
             raise redirect.error("invalid_request", "Invalid parameter: code_challenge")
         try:
             scopes = self._granted_scopes(client, query.get("scope", ""))
@@ -212,7 +122,7 @@ class DevIdentityProvider:
             redirect_uri=redirect_uri,
             state=state,
             scopes=scopes,
-            openid=_asks_openid(query),
+            openid=asks_openid(query),
             code_challenge=challenge,
             nonce=query.get("nonce"),
             expires_at=time.monotonic() + LOGIN_LIFESPAN_SECONDS,
@@ -243,7 +153,7 @@ class DevIdentityProvider:
         with self._lock:
             if self._logins.pop(session_code, None) is None:
                 raise OAuthError(400, "invalid_request", "The sign-in expired: start again")
-            session = Session(id=_session_id(), user_id=identity.id, auth_time=int(time.time()))
+            session = Session(id=session_id(), user_id=identity.id, auth_time=int(time.time()))
             self._sessions[session.id] = session
             code = secrets.token_urlsafe(32)
             self._codes[code] = AuthorizationCode(
@@ -275,9 +185,9 @@ class DevIdentityProvider:
         if form.get("redirect_uri") != request.redirect_uri:
             raise OAuthError(400, "invalid_grant", "Incorrect redirect_uri")
         verifier = form.get("code_verifier", "")
-        if not _CODE_VERIFIER.fullmatch(verifier):
+        if not CODE_VERIFIER.fullmatch(verifier):
             raise OAuthError(400, "invalid_grant", "PKCE code verifier not specified")
-        if not hmac.compare_digest(_s256(verifier), request.code_challenge):
+        if not hmac.compare_digest(s256(verifier), request.code_challenge):
             raise OAuthError(400, "invalid_grant", "PKCE verification failed")
         return code
 
@@ -313,7 +223,7 @@ class DevIdentityProvider:
                 )
             identity = self.realm.service_account(client["clientId"])
             scopes = self._granted_scopes(client, form.get("scope", ""))
-            grant = Grant(identity, scopes, _asks_openid(form), client_host=client_host)
+            grant = Grant(identity, scopes, asks_openid(form), client_host=client_host)
             return self._token_response(client, grant, refresh=False)
         if grant_type == "password":
             if not client.get("directAccessGrantsEnabled"):
@@ -322,10 +232,10 @@ class DevIdentityProvider:
                 )
             identity = self._check_password(form.get("username", ""), form.get("password", ""))
             scopes = self._granted_scopes(client, form.get("scope", ""))
-            session = Session(id=_session_id(), user_id=identity.id)
+            session = Session(id=session_id(), user_id=identity.id)
             with self._lock:
                 self._sessions[session.id] = session
-            grant = Grant(identity, scopes, _asks_openid(form), session)
+            grant = Grant(identity, scopes, asks_openid(form), session)
             return self._token_response(client, grant, refresh=True)
         if grant_type == "refresh_token":
             grant = self._check_refresh_token(client, form.get("refresh_token", ""))
@@ -374,13 +284,7 @@ class DevIdentityProvider:
     def _check_refresh_token(self, client: Mapping[str, Any], token: str) -> Grant:
         invalid = OAuthError(400, "invalid_grant", "Invalid refresh token")
         try:
-            parsed = jwt.JWT(
-                jwt=token,
-                key=self._refresh_key,
-                algs=["HS512"],
-                check_claims={"exp": None, "typ": "Refresh", "iss": self.issuer},
-            )
-            claims = json.loads(parsed.claims)
+            claims = self.keys.read_refresh(token, self.issuer)
         except (JWException, ValueError, TypeError):
             raise invalid from None
         if claims.get("azp") != client["clientId"]:
@@ -415,7 +319,7 @@ class DevIdentityProvider:
         client_id = str(client["clientId"])
         access = access_claims(self.realm, self.issuer, client, grant, now)
         scope_claim = access["scope"]
-        access_token = self._sign(access)
+        access_token = self.keys.sign(access)
         body: dict[str, Any] = {
             "access_token": access_token,
             "expires_in": self.realm.access_token_lifespan,
@@ -425,9 +329,9 @@ class DevIdentityProvider:
             "scope": scope_claim,
         }
         if grant.openid:
-            body["id_token"] = self._sign(id_claims(client_id, grant, access, access_token))
+            body["id_token"] = self.keys.sign(id_claims(client_id, grant, access, access_token))
         if refresh and grant.session is not None:
-            body["refresh_token"] = self._sign_refresh(
+            body["refresh_token"] = self.keys.sign_refresh(
                 {
                     "exp": now + self.realm.session_idle_timeout,
                     "iat": now,
@@ -444,207 +348,3 @@ class DevIdentityProvider:
             body["refresh_expires_in"] = self.realm.session_idle_timeout
             body["session_state"] = grant.session.id
         return body
-
-    def _sign(self, claims: Mapping[str, Any]) -> str:
-        key = self.signing_key
-        token = jwt.JWT(
-            header={"alg": "RS256", "typ": "JWT", "kid": key["kid"]}, claims=dict(claims)
-        )
-        token.make_signed_token(key)
-        return str(token.serialize())
-
-    def _sign_refresh(self, claims: Mapping[str, Any]) -> str:
-        header = {"alg": "HS512", "typ": "JWT", "kid": self._refresh_key["kid"]}
-        token = jwt.JWT(header=header, claims=dict(claims))
-        token.make_signed_token(self._refresh_key)
-        return str(token.serialize())
-
-    # -- HTTP ------------------------------------------------------------------------------
-
-    def _allowed_origins(self) -> set[str]:
-        return {
-            origin
-            for client in self.realm.clients.values()
-            for origin in client.get("webOrigins", [])
-            if origin not in ("+", "*")
-        }
-
-    def _cors(self, request: Request, response: Response) -> Response:
-        origin = request.headers.get("origin")
-        if origin and origin in self._allowed_origins():
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-            response.headers["Vary"] = "Origin"
-        return response
-
-    def _build_app(self) -> Starlette:
-        realm_path = f"/realms/{self.realm.name}"
-        login_action = f"{realm_path}/login-actions/authenticate"
-
-        async def discovery(request: Request) -> Response:
-            return self._cors(request, JSONResponse(self.discovery()))
-
-        async def certs(request: Request) -> Response:
-            return self._cors(request, JSONResponse(self.jwks()))
-
-        async def auth(request: Request) -> Response:
-            try:
-                pending = self.authorize(request.query_params)
-            except AuthorizationRedirect.Error as refused:
-                return RedirectResponse(refused.location, status_code=302)
-            except OAuthError as error:
-                return _page(_error_page(error.description), status=error.status)
-            action = f"{login_action}?{urlencode({'session_code': self.start_login(pending)})}"
-            return _page(_login_page(self.realm, action, error=None))
-
-        async def authenticate(request: Request) -> Response:
-            session_code = request.query_params.get("session_code", "")
-            try:
-                form = await _read_form(request)
-                location = self.login(
-                    session_code, form.get("username", ""), form.get("password", "")
-                )
-            except OAuthError as error:
-                if error.error != "invalid_grant":
-                    return _page(_error_page(error.description), status=error.status)
-                action = f"{login_action}?{urlencode({'session_code': session_code})}"
-                page = _login_page(self.realm, action, error="Invalid username or password.")
-                return _page(page, status=200)
-            return RedirectResponse(location, status_code=302)
-
-        async def token(request: Request) -> Response:
-            if request.method == "OPTIONS":
-                preflight = Response(status_code=200)
-                preflight.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
-                preflight.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-                return self._cors(request, preflight)
-            headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-            client_host = request.client.host if request.client else "127.0.0.1"
-            try:
-                form = await _read_form(request)
-                body = self.issue(form, request.headers.get("authorization"), client_host)
-            except OAuthError as error:
-                payload = {"error": error.error, "error_description": error.description}
-                response = JSONResponse(payload, status_code=error.status, headers=headers)
-                return self._cors(request, response)
-            return self._cors(request, JSONResponse(body, headers=headers))
-
-        return Starlette(
-            routes=[
-                Route(f"{realm_path}/.well-known/openid-configuration", discovery),
-                Route(f"{realm_path}/protocol/openid-connect/certs", certs),
-                Route(f"{realm_path}/protocol/openid-connect/auth", auth),
-                Route(login_action, authenticate, methods=["POST"]),
-                Route(
-                    f"{realm_path}/protocol/openid-connect/token",
-                    token,
-                    methods=["POST", "OPTIONS"],
-                ),
-            ]
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorizationRedirect:
-    """Errors of an ``/auth`` request whose redirect URI is the client's own: sent back there."""
-
-    redirect_uri: str
-    state: str | None
-
-    class Error(OAuthError):
-        def __init__(self, location: str, error: str, description: str) -> None:
-            super().__init__(302, error, description)
-            self.location = location
-
-    def error(self, error: str, description: str) -> AuthorizationRedirect.Error:
-        answer = {"error": error, "error_description": description}
-        if self.state is not None:
-            answer["state"] = self.state
-        return self.Error(f"{self.redirect_uri}?{urlencode(answer)}", error, description)
-
-
-def _session_id() -> str:
-    return secrets.token_urlsafe(18)
-
-
-def _s256(verifier: str) -> str:
-    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
-
-
-# The login page: plain HTML, no script, nothing loaded from anywhere. Its field ids are
-# Keycloak's (username, password, kc-login), so one browser test signs in on either.
-_PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-}
-_STYLE = (
-    "body{font-family:sans-serif;max-width:22rem;margin:4rem auto;padding:0 1rem}"
-    "label,input,button{display:block;width:100%;margin:.3rem 0}"
-    "input,button{padding:.5rem;box-sizing:border-box}.error{color:#b00}"
-)
-
-
-def _page(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
-
-
-def _html(title: str, content: str) -> str:
-    return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body>{content}</body></html>"
-    )
-
-
-def _login_page(realm: DevRealm, action: str, error: str | None) -> str:
-    users = ", ".join(
-        html.escape(name) for name in realm.users if not name.startswith("service-account-")
-    )
-    message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
-    return _html(
-        f"Sign in to {realm.name}",
-        f"<h1>Sign in to {html.escape(realm.name)}</h1>"
-        "<p>Development identity provider: the realm file's demo users "
-        f"({users}) with their password from keycloak/flyswatter-realm.json.</p>"
-        f"{message}"
-        f'<form method="post" action="{html.escape(action)}">'
-        '<label for="username">Username</label>'
-        '<input id="username" name="username" autocomplete="username" autofocus required>'
-        '<label for="password">Password</label>'
-        '<input id="password" name="password" type="password"'
-        ' autocomplete="current-password" required>'
-        '<button id="kc-login" type="submit">Sign in</button></form>',
-    )
-
-
-def _error_page(description: str) -> str:
-    return _html(
-        "Sign-in error",
-        f'<h1>We are sorry...</h1><p class="error" role="alert">{html.escape(description)}</p>',
-    )
-
-
-def _asks_openid(form: Mapping[str, str]) -> bool:
-    return "openid" in form.get("scope", "").split()
-
-
-async def _read_form(request: Request) -> dict[str, str]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise OAuthError(
-            400, "invalid_request", "Content-Type must be application/x-www-form-urlencoded"
-        )
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > _MAX_FORM_BYTES:
-            raise OAuthError(400, "invalid_request", "Request too large")
-    try:
-        pairs = parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False)
-    except UnicodeDecodeError:
-        raise OAuthError(400, "invalid_request", "Invalid form encoding") from None
-    return dict(pairs)
