@@ -12,9 +12,10 @@ import time
 import traceback
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from flyswatter.errors import InternalError, problem_response_for
+from flyswatter.http.asgi import HttpMiddleware
 from flyswatter.http.context import request_context
 from flyswatter.http.headers import (
     SECURITY_HEADER_PAIRS,
@@ -29,14 +30,8 @@ logger = logging.getLogger("flyswatter.requests")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class RequestContextMiddleware(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = request_context(scope)
         request_id = context.request_id
         context_token = request_id_var.set(request_id)

@@ -17,6 +17,7 @@ from fastapi.routing import iter_route_contexts
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flyswatter.http.asgi import HttpMiddleware
 from flyswatter.http.context import find_request_context
 from flyswatter.observability.metrics import (
     AUTH_FAILURES,
@@ -35,18 +36,18 @@ _DATABASE_ERROR_KIND = {409: "integrity", 503: "unavailable"}
 _RouteTable = list[tuple[re.Pattern[str], str, frozenset[str] | None]]
 
 
-class HttpMetricsMiddleware:
+class HttpMetricsMiddleware(HttpMiddleware):
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        super().__init__(app)
         self._routes: _RouteTable | None = None
         # Label children are looked up once per series, not once per request.
         self._finished: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._in_progress: dict[tuple[str, str], Any] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in NOT_TRAFFIC:
-            await self.app(scope, receive, send)
-            return
+    def applies(self, scope: Scope) -> bool:
+        return super().applies(scope) and scope["path"] not in NOT_TRAFFIC
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
         route = self._route_template(scope)
         in_progress = self._in_progress.get((method, route))

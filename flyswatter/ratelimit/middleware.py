@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from flyswatter.errors import problem_response_for
+from flyswatter.http.asgi import HttpMiddleware
 from flyswatter.http.context import request_context
 from flyswatter.ratelimit.limiter import (
     SPENT,
@@ -16,7 +17,7 @@ from flyswatter.ratelimit.limiter import (
 )
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(HttpMiddleware):
     """Adds ``X-RateLimit-*`` to every limited response and limits failed authentication by IP.
 
     A 401 is known only once the token has been checked, so the caller's address is charged
@@ -24,13 +25,7 @@ class RateLimitMiddleware:
     429. Pure ASGI, like every middleware here.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limiter = running_limiter(scope["app"])
         if limiter is None:
             await self.app(scope, receive, send)
