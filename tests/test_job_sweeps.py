@@ -15,7 +15,8 @@ from sqlmodel import col
 from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
 from flyswatter.jobs.models import Job, JobState
-from flyswatter.jobs.tasks import JobRuntime, requeue_stale_jobs
+from flyswatter.jobs.sweeps import requeue_stale_jobs
+from flyswatter.jobs.tasks import JobRuntime
 from flyswatter.jobs.worker import make_celery
 from flyswatter.storage.models import Artifact
 from tests.support.api import Api, Team, make_team

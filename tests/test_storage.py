@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from flyswatter.config import Settings
 from flyswatter.db import utcnow
-from flyswatter.jobs.tasks import JobRuntime, expire_artifacts
+from flyswatter.jobs.sweeps import expire_artifacts
+from flyswatter.jobs.tasks import JobRuntime
 from flyswatter.storage.service import (
     LocalStorage,
     ObjectMissing,

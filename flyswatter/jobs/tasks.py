@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-from celery import Celery, Task
+from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine, and_, delete, insert, or_, select, update
@@ -32,7 +32,6 @@ from flyswatter.jobs.worker import (
     EXPIRE_ARTIFACTS,
     REQUEUE_STALE_JOBS,
     JobsCelery,
-    publish_job,
 )
 from flyswatter.observability.errors import report_unhandled
 from flyswatter.observability.metrics import (
@@ -49,8 +48,6 @@ from flyswatter.storage.service import Storage, StorageUnavailable, storage_from
 logger = logging.getLogger("flyswatter.jobs")
 
 PDF = "application/pdf"
-REQUEUE_BATCH = 100
-EXPIRE_BATCH = 500
 
 
 def transient_reason(exc: BaseException) -> str | None:
@@ -250,84 +247,11 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
     return JobState.succeeded
 
 
-def requeue_stale_jobs(app: Celery, runtime: JobRuntime) -> int:
-    """Publish again the jobs whose message is gone: queued ones it never reached, and
-    running ones whose worker stopped renewing its lease. A job abandoned with no attempt
-    left is failed here, since the run that would have failed it is gone too."""
-    settings = runtime.settings
-    now = utcnow()
-    cutoff = now - timedelta(seconds=settings.job_requeue_after_seconds)
-    # Past its lease by a further requeue period: the broker's own redelivery (after the
-    # same visibility timeout) had its chance first.
-    abandoned = and_(col(Job.state) == JobState.running, col(Job.lease_expires_at) < cutoff)
-    # Not published again within the period, so that a busy fleet is not sent twins.
-    not_just_published = or_(col(Job.enqueued_at).is_(None), col(Job.enqueued_at) < cutoff)
-    with runtime.engine.connect() as connection:
-        stale = list(
-            connection.execute(
-                select(col(Job.public_id), col(Job.state), col(Job.attempts))
-                .where(or_(col(Job.state) == JobState.queued, abandoned), not_just_published)
-                .order_by(col(Job.created_at))
-                .limit(REQUEUE_BATCH)
-            )
-        )
-    exhausted = [
-        (public_id, attempts)
-        for public_id, state, attempts in stale
-        if state == JobState.running and attempts > settings.job_max_retries
-    ]
-    for public_id, attempts in exhausted:
-        reason = f"its worker stopped answering; gave up after {attempts} attempt(s)"
-        if fail_job(runtime.engine, public_id, reason):
-            JOBS_FINISHED.labels(JobKind.report.value, JobState.failed.value).inc()
-            logger.error("job %s failed: %s", public_id, reason)
-    given_up = {public_id for public_id, _ in exhausted}
-    published = [
-        public_id
-        for public_id, _, _ in stale
-        if public_id not in given_up and publish_job(app, public_id)
-    ]
-    if published:
-        with runtime.engine.begin() as connection:
-            connection.execute(
-                update(Job)
-                .where(
-                    col(Job.public_id).in_(published),
-                    col(Job.state).in_([JobState.queued, JobState.running]),
-                )
-                .values(enqueued_at=utcnow())
-            )
-        logger.info("republished %d job(s) whose message was lost", len(published))
-    return len(published)
-
-
-def expire_artifacts(runtime: JobRuntime) -> int:
-    """Delete the files past their expiry, then their rows (jobs keep their history)."""
-    now = utcnow()
-    with runtime.engine.connect() as connection:
-        expired = list(
-            connection.execute(
-                select(col(Artifact.id), col(Artifact.key))
-                .where(col(Artifact.expires_at) < now)
-                .order_by(col(Artifact.expires_at))
-                .limit(EXPIRE_BATCH)
-            )
-        )
-    removed = []
-    for artifact_id, key in expired:
-        runtime.storage.delete(key)
-        removed.append(artifact_id)
-    if removed:
-        with runtime.engine.begin() as connection:
-            connection.execute(
-                update(Job).where(col(Job.artifact_id).in_(removed)).values(artifact_id=None)
-            )
-            connection.execute(delete(Artifact).where(col(Artifact.id).in_(removed)))
-        logger.info("expired %d artifact(s)", len(removed))
-    return len(removed)
-
-
 def register_tasks(app: JobsCelery) -> None:
+    # The sweeps build on this module's steps (claims, failing a job): imported here, once
+    # both modules are loaded.
+    from flyswatter.jobs.sweeps import expire_artifacts, requeue_stale_jobs
+
     settings = app.flyswatter_settings
     runtime = JobRuntime(settings)
     create_job_series(kind.value for kind in JobKind)
