@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -17,6 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
+from flyswatter.ratelimit.limiter import build_limiter
 from tests.support.api import Api
 from tests.support.identity import JwksServer, TokenFactory
 from tests.support.servers import RedisServer, ServedFlyswatter, free_port, served_database
@@ -354,3 +356,25 @@ async def test_only_a_429_carries_the_limit_retry_after(limited_app: AppFactory)
     assert response.status_code == 200
     assert response.headers["x-ratelimit-remaining"] == "4"
     assert "retry-after" not in response.headers
+
+
+def test_the_slowapi_internals_the_limiter_builds_on_are_still_there() -> None:
+    """slowapi's middleware checks limits through ``Limiter`` methods that are not public API;
+    the service calls them where the principal is known. An upgrade that renames or reshapes
+    them fails here, not at the first request."""
+    limiter = build_limiter(Settings(rate_limit_enabled=True))
+    assert list(inspect.signature(limiter._check_request_limit).parameters) == [
+        "request",
+        "endpoint_func",
+        "in_middleware",
+    ]
+    assert list(inspect.signature(limiter._inject_asgi_headers).parameters) == [
+        "headers",
+        "current_limit",
+    ]
+    assert limiter._storage_dead is False
+    assert limiter._storage is not None
+    assert [limit.scope for group in limiter._application_limits for limit in group] == [
+        "write",
+        "read",
+    ]
