@@ -185,7 +185,11 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
             async with services.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
         except Exception as exc:
-            logger.warning("readiness: database unreachable (%s)", type(exc).__name__)
+            logger.warning(
+                "readiness: database at %s unreachable (%s)",
+                request.app.state.settings.database_address,
+                type(exc).__name__,
+            )
             raise ServiceUnavailable("the database is unreachable") from None
         verifier = services.token_verifier
         if not verifier.has_keys:

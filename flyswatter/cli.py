@@ -1,25 +1,64 @@
-"""The ``flyswatter`` command: ``serve``, ``dev``, ``worker`` and ``migrate``."""
+"""flyswatter: the bug tracker's command line (serve, dev, worker, migrate).
+
+Settings come from FLYSWATTER_* environment variables (see the README's Configuration).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from flyswatter.config import Settings, UnsafeSettings, is_loopback_host
 
+# A setting that cannot be read at all (as opposed to one that is unsafe to run with).
+EXIT_BAD_SETTING = 2
+
+
+def _refuse(message: str, code: int = 1) -> NoReturn:
+    print(f"flyswatter: refusing to start: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
 
 def _settings_or_exit(**overrides: object) -> Settings:
+    """The settings, or one line naming the variable and what is wrong with it (exit 2).
+    The value itself is never printed: it may be a URL with a password."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "FLYSWATTER_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
-        sys.exit(f"flyswatter: refusing to start: {name}: {first['msg']}")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        _refuse(f"{name}: {message}", EXIT_BAD_SETTING)
+    except SettingsError as exc:
+        # pydantic-settings could not parse a list or mapping variable: name it.
+        field = str(exc).split('"')[1] if '"' in str(exc) else "settings"
+        _refuse(f"FLYSWATTER_{field.upper()}: not valid JSON", EXIT_BAD_SETTING)
+
+
+def _listen_or_exit(host: str, port: int, how_to_change: str) -> socket.socket:
+    """A socket bound to ``host:port``, or one line naming the port and how to pick another,
+    before anything else is printed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        print(
+            f"flyswatter: cannot listen on {host}:{port} ({exc.strerror}): {how_to_change}",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
+    return sock
 
 
 def serve_options(settings: Settings) -> dict[str, Any]:
@@ -74,7 +113,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         settings.check_production()
     except UnsafeSettings as unsafe:
-        sys.exit(f"flyswatter: refusing to start: {unsafe}")
+        _refuse(str(unsafe))
+    # A taken port is one line naming it, not a bind error inside a log record; the probe
+    # closes at once, as uvicorn's supervisor binds the socket its workers share.
+    _listen_or_exit(settings.host, settings.port, "set FLYSWATTER_PORT to a free port").close()
     # Before any worker imports prometheus_client, which picks its storage at import.
     prepare_multiprocess_dir(settings.workers)
     uvicorn.run("flyswatter.app:create_app", **serve_options(settings))
@@ -93,8 +135,12 @@ def cmd_dev(args: argparse.Namespace) -> None:
     from flyswatter.observability.logs import configure_logging
 
     if not is_loopback_host(args.host):
-        sys.exit("flyswatter: dev binds to loopback only (it trusts its development identities)")
-    api_url = f"http://{args.host}:{args.port}"
+        _refuse("dev binds to loopback only (it trusts its development identities)")
+    # The service trusts exactly the provider started below, whatever FLYSWATTER_KEYCLOAK_*
+    # says; its URL is known once its port is bound.
+    port = args.port if args.port is not None else _settings_or_exit().port
+    api_socket = _listen_or_exit(args.host, port, "choose another port with --port")
+    api_url = f"http://{args.host}:{port}"
     # The realm's browser client (Swagger UI) redirects back to this very server, unless the
     # environment names another base URL, as it does for Keycloak's import.
     environ = {"FLYSWATTER_BASE_URL": api_url, **os.environ}
@@ -103,12 +149,18 @@ def cmd_dev(args: argparse.Namespace) -> None:
             args.host, args.idp_port, environ=environ
         )
     except OSError as exc:
-        sys.exit(f"flyswatter: the development identity provider cannot bind: {exc.strerror}")
+        api_socket.close()
+        print(
+            f"flyswatter: the development identity provider cannot listen on "
+            f"{args.host}:{args.idp_port} ({exc.strerror}): choose another port with --idp-port",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
     try:
-        # The service trusts exactly this provider, whatever FLYSWATTER_KEYCLOAK_* says.
         settings = _settings_or_exit(
             host=args.host,
-            port=args.port,
+            port=port,
             log_format="text",
             keycloak_url=provider.base_url,
             keycloak_realm=provider.realm.name,
@@ -125,13 +177,31 @@ def cmd_dev(args: argparse.Namespace) -> None:
             if transport == "memory"
             else "Jobs: a Celery worker (with beat) runs in this process on FLYSWATTER_REDIS_URL"
         )
-        print(dev_banner(api_url, provider) + jobs + "\n", flush=True)
-        app = create_app(settings)
+        config = uvicorn.Config(
+            create_app(settings),
+            lifespan="on",
+            **dev_options(args.host, port, args.forwarded_allow_ips),
+        )
         # The in-memory transport's queues are per process: API and worker share them here.
         with InProcessWorker(make_celery(settings), beat=True):
-            uvicorn.run(app, **dev_options(args.host, args.port, args.forwarded_allow_ips))
+            _serve_then_announce(config, [api_socket], dev_banner(api_url, provider) + jobs + "\n")
     finally:
         idp_server.stop()
+        api_socket.close()
+
+
+def _serve_then_announce(config: Any, sockets: list[socket.socket], banner: str) -> None:
+    """uvicorn on these sockets, printing the banner once it accepts connections (not before:
+    a banner above a start-up failure would send people to a URL nothing answers)."""
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                print(banner, flush=True)
+
+    AnnouncingServer(config).run(sockets=sockets)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -189,9 +259,9 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
     config = alembic_config(_settings_or_exit())
     if args.action == "upgrade":
-        command.upgrade(config, args.revision or "head")
+        command.upgrade(config, args.revision)
     elif args.action == "downgrade":
-        command.downgrade(config, args.revision or "-1")
+        command.downgrade(config, args.revision)
     elif args.action == "check":
         command.check(config)
     elif args.action == "current":
@@ -201,22 +271,41 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flyswatter", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="flyswatter", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="production server; settings from FLYSWATTER_*")
+    serve = commands.add_parser(
+        "serve",
+        help="the production server (uvicorn workers; settings from FLYSWATTER_*)",
+        description="The production server. Refuses unsafe settings with one line, never "
+        "migrates (run 'flyswatter migrate upgrade' first) and stops gracefully on SIGTERM. "
+        "Listens on FLYSWATTER_HOST:FLYSWATTER_PORT.",
+    )
     serve.add_argument(
-        "--workers", type=int, help="worker processes (overrides FLYSWATTER_WORKERS)"
+        "--workers", type=int, help="worker processes (default: FLYSWATTER_WORKERS, else 1)"
     )
     serve.set_defaults(handler=cmd_serve)
 
     dev = commands.add_parser(
-        "dev", help="local server on SQLite with the development identity provider"
+        "dev",
+        help="a local server on SQLite with the development identity provider and demo data",
+        description="A local server: migrates the database (SQLite ./flyswatter.db unless "
+        "FLYSWATTER_DATABASE_URL says otherwise), starts the development identity provider, "
+        "seeds the DEMO project with the demo users, and prints commands to try it.",
     )
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=int(os.environ.get("FLYSWATTER_PORT", "8000")))
     dev.add_argument(
-        "--idp-port", type=int, default=8081, help="port of the development identity provider"
+        "--host", default="127.0.0.1", help="loopback address to listen on (default: 127.0.0.1)"
+    )
+    dev.add_argument(
+        "--port", type=int, help="port of the API (default: FLYSWATTER_PORT, else 8000)"
+    )
+    dev.add_argument(
+        "--idp-port",
+        type=int,
+        default=8081,
+        help="port of the development identity provider (default: 8081)",
     )
     dev.add_argument(
         "--forwarded-allow-ips",
@@ -235,9 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--hostname", default="flyswatter@%h", help="the worker's node name")
     worker.set_defaults(handler=cmd_worker)
 
-    migrate = commands.add_parser("migrate", help="database migrations (Alembic)")
-    migrate.add_argument("action", choices=["upgrade", "downgrade", "check", "current", "history"])
-    migrate.add_argument("revision", nargs="?")
+    migrate = commands.add_parser(
+        "migrate",
+        help="database migrations (Alembic) on FLYSWATTER_DATABASE_URL",
+        description="Database migrations (Alembic) on FLYSWATTER_DATABASE_URL.",
+    )
+    actions = migrate.add_subparsers(dest="action", required=True, metavar="ACTION")
+    upgrade = actions.add_parser("upgrade", help="apply migrations up to REVISION")
+    upgrade.add_argument("revision", nargs="?", default="head", help="default: head")
+    downgrade = actions.add_parser("downgrade", help="undo migrations down to REVISION")
+    downgrade.add_argument(
+        "revision", nargs="?", default="-1", help="default: -1 (the last one); base undoes all"
+    )
+    actions.add_parser("current", help="the revision the database is at")
+    actions.add_parser("history", help="every revision, newest first")
+    actions.add_parser("check", help="fail when the models and the migrations disagree")
     migrate.set_defaults(handler=cmd_migrate)
     return parser
 

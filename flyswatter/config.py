@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_SQLITE_URL = "sqlite:///./flyswatter.db"
 
@@ -25,6 +27,18 @@ def is_loopback_host(host: str | None) -> bool:
         return ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def address_of(url: str, default_port: int | None = None) -> str:
+    """``host:port`` of a URL: what a log line may say of where something is."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = default_port or {"https": 443, "http": 80}.get(parts.scheme)
+    return f"{parts.hostname or '?'}:{port or '?'}"
 
 
 def normalise_database_url(url: str) -> str:
@@ -133,7 +147,17 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         value = normalise_database_url(value)
         if not value.startswith(("sqlite://", "sqlite+aiosqlite://", "postgresql+psycopg://")):
-            raise ValueError("database_url must be a sqlite:// or postgresql:// URL")
+            raise ValueError("must be a sqlite:// or postgresql:// URL")
+        try:
+            # An unencoded @ in a password leaves part of it in the host: refused, so that
+            # no log line naming the host can carry it.
+            if "@" in (make_url(value).host or ""):
+                raise ValueError("@ in the host")
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "is not a URL of the form postgresql://user:password@host:5432/database "
+                "(a password with @, : or / must be percent-encoded)"
+            ) from None
         return value
 
     @field_validator("keycloak_url", "issuer")
@@ -174,6 +198,25 @@ class Settings(BaseSettings):
         if url.startswith("sqlite+aiosqlite://"):
             return "sqlite://" + url[len("sqlite+aiosqlite://") :]
         return url
+
+    @property
+    def database_address(self) -> str:
+        """Where the database is, for log lines: host and port, or the SQLite file; never
+        the user or the password."""
+        url = make_url(self.sync_database_url)
+        if url.get_backend_name() == "sqlite":
+            return f"SQLite file {url.database or ':memory:'}"
+        return f"{url.host or 'localhost'}:{url.port or 5432}"
+
+    @property
+    def keycloak_address(self) -> str:
+        """Keycloak's host and port, for log lines."""
+        return address_of(self.keycloak_url or "")
+
+    @property
+    def redis_address(self) -> str:
+        """Redis' host and port, for log lines (the URL may carry a password)."""
+        return address_of(self.redis_url or "", default_port=6379)
 
     @property
     def realm_url(self) -> str:

@@ -258,7 +258,11 @@ async def _handle_database_error(request: Request, exc: Exception) -> ProblemRes
     if isinstance(exc, OperationalError | PoolTimeoutError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
-        logger.error("database unavailable: %s", database_error_summary(exc))
+        logger.error(
+            "database at %s unavailable: %s",
+            request.app.state.settings.database_address,
+            database_error_summary(exc),
+        )
         return problem_response_for(request, DatabaseUnavailable())
     logger.error("database error: %s", database_error_summary(exc))
     return problem_response_for(request, InternalError())

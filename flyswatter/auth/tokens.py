@@ -199,7 +199,11 @@ class TokenVerifier:
                         kids.add(cert["kid"])
             except Exception as exc:
                 # The message of a connection error can carry URLs with credentials; log the kind.
-                logger.warning("JWKS fetch failed: %s", type(exc).__name__)
+                logger.warning(
+                    "JWKS fetch from Keycloak at %s failed: %s",
+                    self._settings.keycloak_address,
+                    type(exc).__name__,
+                )
                 self._on_refresh("error")
                 return False
             changed = frozenset(kids) != self._kids

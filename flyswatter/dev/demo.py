@@ -88,22 +88,25 @@ def quickstart(api_url: str, provider: DevIdentityProvider) -> str:
         "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
     )
     json_header = "-H 'Content-Type: application/json'"
+    # -S and --fail-with-body: a failure (a 409 on a second run, say) shows its problem+json
+    # and stops the commands, instead of passing silently or an empty token further on.
+    curl = "curl -sS --fail-with-body"
     q = shlex.quote
     return "\n".join(
         [
             f"# A token for {DEMO_OWNER} (maintainer of {DEMO_PROJECT_KEY}), password grant:",
-            f"TOKEN=$(curl -sf -d grant_type=password -d client_id=flyswatter-cli "
+            f"TOKEN=$({curl} -d grant_type=password -d client_id=flyswatter-cli "
             f"-d username={q(DEMO_OWNER)} --data-urlencode password={q(password)} "
             f"{token_url} | {pick_access_field})",
             "# Create a project and an issue in it:",
-            f'curl -sf -H "Authorization: Bearer $TOKEN" {json_header} '
+            f'{curl} -H "Authorization: Bearer $TOKEN" {json_header} '
             f"""-d '{{"key": "MINE", "name": "My project"}}' {api_url}/api/v1/projects""",
-            f'curl -sf -H "Authorization: Bearer $TOKEN" {json_header} '
+            f'{curl} -H "Authorization: Bearer $TOKEN" {json_header} '
             f"""-d '{{"title": "My first bug"}}' {api_url}/api/v1/projects/MINE/issues""",
             "# A service token (client credentials) filing an issue in the demo project:",
-            f"SERVICE_TOKEN=$(curl -sf -u {q('flyswatter-service:' + str(service['secret']))} "
+            f"SERVICE_TOKEN=$({curl} -u {q('flyswatter-service:' + str(service['secret']))} "
             f"-d grant_type=client_credentials {token_url} | {pick_access_field})",
-            f'curl -sf -H "Authorization: Bearer $SERVICE_TOKEN" {json_header} '
+            f'{curl} -H "Authorization: Bearer $SERVICE_TOKEN" {json_header} '
             f"""-d '{{"title": "Nightly import failed"}}' """
             f"{api_url}/api/v1/projects/{DEMO_PROJECT_KEY}/issues",
         ]

@@ -1,0 +1,288 @@
+"""A newcomer's first steps: the README's commands say what they do, and failures are one line.
+
+The commands CI runs word for word (``.ci/run``: start, test, test-postgres, migrate) are
+checked here for what can go wrong before running them: programs that exist, arguments the
+command line accepts, variables set on the command that reads them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from flyswatter.app import create_app
+from flyswatter.cli import build_parser
+from flyswatter.config import Settings
+from flyswatter.dev.demo import quickstart
+from flyswatter.dev.identity_provider import REALM_FILE, DevIdentityProvider, load_realm
+from tests.support import readme
+from tests.support.identity import JwksServer
+from tests.support.servers import FLYSWATTER, free_port, serve_environment
+
+# Programs the README runs from the virtualenv, and what reads FLYSWATTER_* among them.
+READS_SETTINGS = {".venv/bin/flyswatter", ".venv/bin/pytest", ".venv/bin/alembic"}
+
+
+def readme_commands() -> list[readme.SimpleCommand]:
+    commands = []
+    for block in readme.blocks():
+        if block.language != "sh":
+            continue
+        for line in readme.shell_lines(block.text):
+            if "$(" not in line:
+                commands.extend(readme.simple_commands(line))
+    return commands
+
+
+def test_ci_runs_the_readme_blocks_it_names() -> None:
+    names = {block.name for block in readme.blocks() if block.name}
+    assert {"start", "test", "test-postgres", "migrate", "quickstart"} <= names
+    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    for name in ("start", "test-postgres", "migrate"):
+        assert f"readme_command {name}" in ci, name
+    assert (
+        "python3 -m tests.support.readme test"
+        in (Path(__file__).resolve().parent.parent / ".ci" / "bare-machine").read_text()
+    )
+
+
+def test_variables_in_front_of_a_command_are_read_by_that_command() -> None:
+    """``X=1 a && b`` sets X for ``a`` only: a setting in front of ``python3 -m venv`` never
+    reaches the tests it was meant for."""
+    for command in readme_commands():
+        for name in command.environment:
+            if name.startswith("FLYSWATTER_"):
+                assert command.program in READS_SETTINGS, f"{name} is set for {command.argv}"
+
+
+def test_every_program_the_readme_runs_from_the_virtualenv_is_installed() -> None:
+    for command in readme_commands():
+        if not command.program.startswith(".venv/bin/"):
+            continue
+        installed = Path(sys.executable).with_name(command.program.removeprefix(".venv/bin/"))
+        assert installed.exists(), command.argv
+        if command.argv[1:2] == ["-m"]:
+            assert importlib.util.find_spec(command.argv[2]), command.argv
+
+
+def test_every_flyswatter_command_in_the_readme_is_accepted() -> None:
+    parser = build_parser()
+    seen = 0
+    for command in readme_commands():
+        if command.program == ".venv/bin/flyswatter":
+            parser.parse_args(command.argv[1:])
+            seen += 1
+    assert seen >= 2
+
+
+def test_the_readme_shows_the_commands_flyswatter_dev_prints() -> None:
+    provider = DevIdentityProvider(load_realm(REALM_FILE, {}), "http://127.0.0.1:8081")
+    printed = [line for line in quickstart("http://127.0.0.1:8000", provider).splitlines() if line]
+    shown = readme.shell_lines(readme.named("quickstart"))
+    commands = [" ".join(line.split()) for line in printed if not line.startswith("#")]
+    assert [" ".join(line.split()) for line in shown] == commands[: len(shown)]
+    assert all("-sf" not in line for line in printed)
+
+
+# --- --help ------------------------------------------------------------------------------
+
+
+def _help_pages() -> Iterator[list[str]]:
+    yield []
+    for command in ("serve", "dev", "migrate"):
+        yield [command]
+    for action in ("upgrade", "downgrade", "current", "history", "check"):
+        yield ["migrate", action]
+
+
+@pytest.mark.parametrize("words", list(_help_pages()), ids=lambda words: " ".join(words) or "-")
+def test_help_is_plain_text_and_describes_every_option(words: list[str]) -> None:
+    result = subprocess.run(
+        [FLYSWATTER, *words, "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "``" not in result.stdout
+    options = [line for line in result.stdout.splitlines() if line.startswith("  -")]
+    # Every option line has words after the option itself (argparse puts them there).
+    for line in options:
+        assert len(line.split()) > 2 or line.strip().startswith("-h, --help"), line
+
+
+def test_migrate_lists_its_actions_with_what_each_does() -> None:
+    result = subprocess.run(
+        [FLYSWATTER, "migrate", "--help"], capture_output=True, text=True, timeout=60, check=True
+    )
+    for action in ("upgrade", "downgrade", "current", "history", "check"):
+        assert action in result.stdout
+
+
+# --- one-line failures ---------------------------------------------------------------------
+
+
+def run_flyswatter(
+    *words: str, cwd: Path, timeout: float = 60, **settings: object
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLYSWATTER, *words],
+        env=serve_environment(**settings),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+def test_dev_on_a_taken_port_says_so_in_one_line_naming_the_flag(
+    taken_port: int, tmp_path: Path
+) -> None:
+    result = run_flyswatter(
+        "dev", "--port", str(taken_port), "--idp-port", str(free_port()), cwd=tmp_path
+    )
+    assert result.returncode != 0
+    assert result.stdout == ""  # no banner, no commands to copy
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"127.0.0.1:{taken_port}" in result.stderr
+    assert "--port" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing migrated
+
+
+def test_dev_with_the_identity_provider_port_taken_names_it_and_its_flag(
+    taken_port: int, tmp_path: Path
+) -> None:
+    result = run_flyswatter(
+        "dev", "--port", str(free_port()), "--idp-port", str(taken_port), cwd=tmp_path
+    )
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"127.0.0.1:{taken_port}" in result.stderr
+    assert "--idp-port" in result.stderr
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line(taken_port: int, tmp_path: Path) -> None:
+    result = run_flyswatter(
+        "serve",
+        cwd=tmp_path,
+        port=taken_port,
+        keycloak_url="https://sso.example.org",
+    )
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"127.0.0.1:{taken_port}" in result.stderr
+    assert "FLYSWATTER_PORT" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("database_url", "postgresql://flyswatter:s3cret@db:notaport/flyswatter", "postgresql://"),
+        ("database_url", "postgresql://flyswatter:p@ss@db/flyswatter", "percent-encoded"),
+        ("database_url", "mysql://flyswatter:s3cret@db/flyswatter", "sqlite:// or postgresql://"),
+        ("port", "eighty", "integer"),
+        ("workers", "0", "greater than or equal to 1"),
+        ("cors_origins", "https://app.example.org", "JSON"),
+        ("keycloak_url", "sso.example.org", "http(s) URL"),
+    ],
+)
+def test_a_malformed_setting_is_one_line_naming_the_variable_and_exit_2(
+    setting: str, value: str, says: str, tmp_path: Path
+) -> None:
+    # serve here; dev and migrate read their settings through the same function (below).
+    settings = {"keycloak_url": "https://sso.example.org", setting: value}
+    result = run_flyswatter("serve", cwd=tmp_path, **settings)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"FLYSWATTER_{setting.upper()}" in result.stderr
+    assert says in result.stderr
+    assert "s3cret" not in result.stderr
+    assert "p@ss" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["dev", "migrate current"])
+def test_dev_and_migrate_refuse_a_malformed_setting_the_same_way(
+    command: str, tmp_path: Path
+) -> None:
+    result = run_flyswatter(*command.split(), cwd=tmp_path, port="eighty")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "FLYSWATTER_PORT" in result.stderr
+
+
+def test_dev_prints_its_banner_once_the_api_answers(tmp_path: Path) -> None:
+    port, idp_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [FLYSWATTER, "dev", "--port", str(port), "--idp-port", str(idp_port)],
+        env=serve_environment(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        # The moment the banner's first line is out, the URL it names answers.
+        assert first.startswith(f"Flyswatter (dev) on http://127.0.0.1:{port}/docs"), first
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+# --- what a log line says of an unreachable peer --------------------------------------------
+
+
+async def test_an_unreachable_database_is_logged_with_host_and_port_never_the_password(
+    base_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    settings = base_settings.model_copy(
+        update={
+            "database_url": f"postgresql://flyswatter:s3cret@127.0.0.1:{port}/flyswatter",
+            "database_timeout_seconds": 2.0,
+        }
+    )
+    app: FastAPI = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    with caplog.at_level(logging.WARNING):
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
+            assert (await client.get("/readyz")).status_code == 503
+    assert f"127.0.0.1:{port}" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+async def test_an_unreachable_keycloak_is_logged_with_host_and_port(
+    base_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = JwksServer()
+    down.start()
+    down.stop()  # its port, with nothing behind it
+    settings = base_settings.model_copy(update={"keycloak_url": down.base_url})
+    app = create_app(settings)
+    with caplog.at_level(logging.WARNING):
+        async with app.router.lifespan_context(app):
+            started = time.monotonic()
+            assert not app.state.token_verifier.has_keys
+            assert time.monotonic() - started < 30
+    assert f"Keycloak at 127.0.0.1:{down.port}" in caplog.text
