@@ -182,7 +182,9 @@ class HttpError(Problem):
     ) -> None:
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
         super().__init__(detail, headers=headers)
-        self.status, self.slug, self.title = status, phrase.lower().replace(" ", "-"), phrase
+        # The family's spelling (sentence case, "Not found"), whoever raised the error.
+        title = phrase[:1] + phrase[1:].lower()
+        self.status, self.slug, self.title = status, phrase.lower().replace(" ", "-"), title
 
 
 def problem_response_for(request: Request, problem: Problem) -> ProblemResponse:

@@ -79,6 +79,7 @@ class TestConditionalWrite:
         assert response.status_code == 412
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["current_etag"] == now
+        assert response.headers["ETag"] == now
         assert await current(team) == (before, now)
 
     @pytest.mark.parametrize(

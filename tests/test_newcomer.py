@@ -25,7 +25,9 @@ from flyswatter.cli import build_parser
 from flyswatter.config import Settings
 from flyswatter.dev.demo import quickstart
 from flyswatter.dev.identity_provider import REALM_FILE, DevIdentityProvider, load_realm
+from flyswatter.errors import Problem
 from tests.support import readme
+from tests.support.api import Api
 from tests.support.identity import JwksServer
 from tests.support.servers import FLYSWATTER, free_port, serve_environment
 
@@ -286,3 +288,31 @@ async def test_an_unreachable_keycloak_is_logged_with_host_and_port(
             assert not app.state.token_verifier.has_keys
             assert time.monotonic() - started < 30
     assert f"Keycloak at 127.0.0.1:{down.port}" in caplog.text
+
+
+# --- one contract ---------------------------------------------------------------------------
+
+
+async def test_a_missing_route_and_a_missing_project_are_the_same_problem(api: Api) -> None:
+    alice = api.as_user("alice")
+    no_route = await alice.get("/api/v1/nothing-here")
+    no_project = await alice.get("/api/v1/projects/NOPE")
+    assert no_route.status_code == no_project.status_code == 404
+    for field in ("type", "title"):
+        assert no_route.json()[field] == no_project.json()[field]
+    assert no_project.json()["title"] == "Not found"
+
+
+async def test_every_problem_title_is_spelled_in_sentence_case(client: httpx.AsyncClient) -> None:
+    not_allowed = await client.request("PUT", "/healthz")
+    assert not_allowed.status_code == 405
+    assert not_allowed.json()["title"] == "Method not allowed"
+    for problem in _problem_classes(Problem):
+        assert problem.title == problem.title[:1] + problem.title[1:].lower(), problem
+
+
+def _problem_classes(base: type[Problem]) -> list[type[Problem]]:
+    found = []
+    for subclass in base.__subclasses__():
+        found += [subclass, *_problem_classes(subclass)]
+    return found

@@ -39,6 +39,8 @@ def check_if_match(if_match: str | None, etag: str) -> None:
     if if_match is not None and not _etag_matches(if_match, etag):
         raise PreconditionFailed(
             "the resource changed since you read it; fetch it again and retry",
+            # The current tag in the header too, where clients read ETags from (RFC 9110).
+            headers={"ETag": etag},
             extra={"current_etag": etag},
         )
 
