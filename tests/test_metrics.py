@@ -25,6 +25,7 @@ from flyswatter.observability.http_metrics import HttpMetricsMiddleware
 from flyswatter.observability.multiprocess import MULTIPROC_DIR_ENV, prepare_multiprocess_dir
 from tests.support.api import Api, make_team
 from tests.support.identity import TokenFactory, new_signing_key
+from tests.support.servers import system_program
 
 
 def sample(name: str, **labels: str) -> float:
@@ -202,8 +203,7 @@ async def test_database_errors_are_counted_by_kind(status: int, kind: str) -> No
 
 
 def test_metrics_output_passes_promtool_check(project_root: Path) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing (Debian package prometheus; .ci/run installs it)"
+    promtool = system_program("promtool", "prometheus")
     checked = subprocess.run(
         [promtool, "check", "metrics"],
         input=render_metrics(),
@@ -300,8 +300,7 @@ def test_the_dashboard_is_provisionable_as_is(project_root: Path) -> None:
 
 
 def test_the_compose_scrape_config_passes_promtool_check(project_root: Path) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing (Debian package prometheus; .ci/run installs it)"
+    promtool = system_program("promtool", "prometheus")
     checked = subprocess.run(
         [promtool, "check", "config", str(project_root / "grafana/prometheus.yml")],
         capture_output=True,

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from flyswatter.app import create_app
 from flyswatter.cli import build_parser
 from flyswatter.config import Settings
-from flyswatter.dev.demo import quickstart
+from flyswatter.dev.demo import quickstart, seed_demo_project
 from flyswatter.dev.identity_provider import REALM_FILE, DevIdentityProvider, load_realm
 from flyswatter.errors import Problem
 from tests.support import readme
@@ -316,3 +316,32 @@ def _problem_classes(base: type[Problem]) -> list[type[Problem]]:
     for subclass in base.__subclasses__():
         found += [subclass, *_problem_classes(subclass)]
     return found
+
+
+# --- people by name -------------------------------------------------------------------------
+
+
+async def test_members_are_added_by_username_as_well_as_by_id(api: Api) -> None:
+    owner = api.as_user("owner")
+    assert (await owner.post("/api/v1/projects", json={"key": "MINE", "name": "M"})).status_code
+    alice_id = await api.as_user("alice").sign_in()
+    added = await owner.put("/api/v1/projects/MINE/members/alice", json={"role": "developer"})
+    assert added.status_code == 201, added.text
+    assert added.json()["user_id"] == alice_id
+    again = await owner.put(f"/api/v1/projects/MINE/members/{alice_id}", json={"role": "viewer"})
+    assert again.status_code == 200
+    assert (await owner.delete("/api/v1/projects/MINE/members/alice")).status_code == 204
+    unknown = await owner.put("/api/v1/projects/MINE/members/nobody", json={"role": "viewer"})
+    assert unknown.status_code == 404
+
+
+async def test_demo_users_can_be_added_before_they_first_sign_in(
+    api: Api, settings: Settings
+) -> None:
+    provider = DevIdentityProvider(load_realm(REALM_FILE, {}), "http://127.0.0.1:8081")
+    await seed_demo_project(settings, provider.realm)
+    admin = api.as_user("root", roles=["flyswatter-admin"])
+    assert (await admin.post("/api/v1/projects", json={"key": "MINE", "name": "M"})).status_code
+    added = await admin.put("/api/v1/projects/MINE/members/dev", json={"role": "developer"})
+    assert added.status_code == 201, added.text
+    assert added.json()["username"] == "dev"

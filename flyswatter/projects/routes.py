@@ -45,7 +45,26 @@ ProjectForManaging = Annotated[
     ProjectAccess,
     Depends(project_access(Role.maintainer, Scope.projects_write, "managing the project")),
 ]
-UserIdPath = Annotated[SingleLine, Path(min_length=1, max_length=255)]
+UserIdPath = Annotated[
+    SingleLine,
+    Path(
+        min_length=1,
+        max_length=255,
+        description="The user's id (Keycloak's `sub`, as `GET /api/v1/users/me` shows it) or "
+        "username.",
+        examples=["dev"],
+    ),
+]
+
+
+async def _find_user(session: SessionDep, user_ref: str) -> User | None:
+    """A known user by id, else by username (demo users and anyone who signed in once)."""
+    user = await session.get(User, user_ref)
+    if user is not None:
+        return user
+    named = (await session.exec(select(User).where(User.username == user_ref).limit(2))).all()
+    return named[0] if len(named) == 1 else None
+
 
 
 def to_public(project: Project, role: Role | None) -> ProjectPublic:
@@ -232,13 +251,15 @@ async def put_member(
 ) -> MemberPublic:
     """Add a member or change a member's role (maintainers).
 
-    The user must have signed in to Flyswatter once, so that its identity is known here.
+    The user is named by id or by username, and must be known to Flyswatter: signed in once,
+    or seeded (the demo users of `flyswatter dev`).
     """
     access = await load_project_access(session, principal, key, for_update=True)
     access.require(Role.maintainer, "managing members")
-    user = await session.get(User, user_id)
+    user = await _find_user(session, user_id)
     if user is None:
-        raise NotFound(f"user {user_id} has never signed in to Flyswatter")
+        raise NotFound(f"no user {user_id} is known to Flyswatter (people appear once signed in)")
+    user_id = user.id
     member = await session.get(ProjectMember, (access.project_id, user_id))
     if member is None:
         member = ProjectMember(project_id=access.project_id, user_id=user_id, role=body.role)
@@ -265,6 +286,9 @@ async def remove_member(
 ) -> None:
     """Remove a member (maintainers), or leave a project yourself."""
     access = await load_project_access(session, principal, key, for_update=True)
+    user = await _find_user(session, user_id)
+    if user is not None:
+        user_id = user.id
     if user_id != principal.subject:
         access.require(Role.maintainer, "managing members")
     member = await session.get(ProjectMember, (access.project_id, user_id))
