@@ -187,7 +187,7 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
         except Exception as exc:
             logger.warning(
                 "readiness: database at %s unreachable (%s)",
-                request.app.state.settings.database_address,
+                settings.database_address,
                 type(exc).__name__,
             )
             raise ServiceUnavailable("the database is unreachable") from None

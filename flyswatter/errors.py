@@ -260,9 +260,12 @@ async def _handle_database_error(request: Request, exc: Exception) -> ProblemRes
     if isinstance(exc, OperationalError | PoolTimeoutError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
+        # Imported here: the services module builds on this one.
+        from flyswatter.services import settings_of
+
         logger.error(
             "database at %s unavailable: %s",
-            request.app.state.settings.database_address,
+            settings_of(request.app).database_address,
             database_error_summary(exc),
         )
         return problem_response_for(request, DatabaseUnavailable())

@@ -24,7 +24,8 @@ from flyswatter.app import create_app
 from flyswatter.cli import build_parser
 from flyswatter.config import Settings
 from flyswatter.dev.demo import quickstart, seed_demo_project
-from flyswatter.dev.identity_provider import REALM_FILE, DevIdentityProvider, load_realm
+from flyswatter.dev.identity_provider import DevIdentityProvider
+from flyswatter.dev.realm import REALM_FILE, load_realm
 from flyswatter.errors import Problem
 from tests.support import readme
 from tests.support.api import Api
@@ -285,7 +286,7 @@ async def test_an_unreachable_keycloak_is_logged_with_host_and_port(
     with caplog.at_level(logging.WARNING):
         async with app.router.lifespan_context(app):
             started = time.monotonic()
-            assert not app.state.token_verifier.has_keys
+            assert not app.services.token_verifier.has_keys
             assert time.monotonic() - started < 30
     assert f"Keycloak at 127.0.0.1:{down.port}" in caplog.text
 

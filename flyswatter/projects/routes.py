@@ -66,7 +66,6 @@ async def _find_user(session: SessionDep, user_ref: str) -> User | None:
     return named[0] if len(named) == 1 else None
 
 
-
 def to_public(project: Project, role: Role | None) -> ProjectPublic:
     return ProjectPublic.model_validate(project, update={"role": role})
 
