@@ -36,7 +36,8 @@ def main() -> int:
             reason = skipped.get("message") or ""
             if not any(text in reason for text in allowed):
                 refused.append(f"skipped: {case.get('classname')}.{case.get('name')}: {reason}")
-    ran = {case.get("classname", "") for case in suite.iter("testcase") if case.find("skipped") is None}
+    cases = suite.iter("testcase")
+    ran = {case.get("classname", "") for case in cases if case.find("skipped") is None}
     for module in values_of("--must-run"):
         if not any(name == module or name.startswith(module + ".") for name in ran):
             refused.append(f"no test of {module} ran")
