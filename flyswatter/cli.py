@@ -117,9 +117,29 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # A taken port is one line naming it, not a bind error inside a log record; the probe
     # closes at once, as uvicorn's supervisor binds the socket its workers share.
     _listen_or_exit(settings.host, settings.port, "set FLYSWATTER_PORT to a free port").close()
+    _require_migrated(settings)
     # Before any worker imports prometheus_client, which picks its storage at import.
     prepare_multiprocess_dir(settings.workers)
     uvicorn.run("flyswatter.app:create_app", **serve_options(settings))
+
+
+def _require_migrated(settings: Settings) -> None:
+    """``serve`` never migrates: on a database behind this release's migrations it refuses
+    to start, before any worker, rather than answer with queries the schema cannot run."""
+    from sqlalchemy.exc import DBAPIError
+
+    from flyswatter.migrations import SchemaBehind, require_head
+
+    try:
+        require_head(settings)
+    except SchemaBehind as behind:
+        _refuse(f"{behind}: run 'flyswatter migrate upgrade' first")
+    except DBAPIError:
+        # Never the driver's message: it may quote the URL or the SQL.
+        _refuse(
+            f"cannot read which migrations the database at {settings.database_address} "
+            f"has applied (unreachable, or no access)"
+        )
 
 
 def cmd_dev(args: argparse.Namespace) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.pool import NullPool
 
 from flyswatter.config import Settings
 
@@ -47,3 +51,26 @@ def downgrade(settings: Settings, revision: str) -> None:
 def check(settings: Settings) -> None:
     """Raise when the models and the migrations disagree."""
     command.check(alembic_config(settings))
+
+
+class SchemaBehind(Exception):
+    """The database is not at the migrations' head: this release's code would not fit it."""
+
+
+def require_head(settings: Settings) -> None:
+    """Return when the database is at the migrations' head; else raise ``SchemaBehind``
+    saying where it is (or ``sqlalchemy.exc.DBAPIError`` when it cannot be read)."""
+    heads = set(ScriptDirectory.from_config(alembic_config(settings)).get_heads())
+    # Bounded: a start that cannot reach its database says so instead of hanging.
+    connect_args = {} if settings.is_sqlite else {"connect_timeout": 10}
+    engine = sa.create_engine(
+        settings.sync_database_url, poolclass=NullPool, connect_args=connect_args
+    )
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    finally:
+        engine.dispose()
+    if current != heads:
+        at = ", ".join(sorted(current)) or "no revision (an empty database)"
+        raise SchemaBehind(f"the database is at {at}, the migrations' head is {', '.join(heads)}")

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from flyswatter import migrations
 from flyswatter.app import create_app
 from flyswatter.cli import build_parser
 from flyswatter.config import Settings
@@ -196,6 +197,43 @@ def test_serve_on_a_taken_port_says_so_in_one_line(taken_port: int, tmp_path: Pa
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"127.0.0.1:{taken_port}" in result.stderr
     assert "FLYSWATTER_PORT" in result.stderr
+
+
+def test_serve_refuses_a_database_behind_the_migrations_in_one_line(tmp_path: Path) -> None:
+    database = tmp_path / "flyswatter.db"
+    settings = Settings(database_url=f"sqlite:///{database}")
+    migrations.upgrade(settings)
+    migrations.downgrade(settings, "-1")
+    result = run_flyswatter(
+        "serve",
+        cwd=tmp_path,
+        port=free_port(),
+        database_url=settings.database_url,
+        keycloak_url="https://sso.example.org",
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "the migrations' head is" in result.stderr
+    assert "flyswatter migrate upgrade" in result.stderr
+
+
+def test_serve_refuses_a_database_it_cannot_reach_naming_host_and_port(tmp_path: Path) -> None:
+    port = free_port()
+    result = run_flyswatter(
+        "serve",
+        cwd=tmp_path,
+        port=free_port(),
+        database_url=f"postgresql://flyswatter:s3cret@127.0.0.1:{port}/flyswatter",
+        keycloak_url="https://sso.example.org",
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_a_migrated_database_is_at_the_head(settings: Settings) -> None:
+    migrations.require_head(settings)  # the suite's database, migrated by its fixtures
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ OPEN_TO_ANY_TOKEN = {("GET", "/api/v1/users/me")}
 # Routes not inside one project: membership cannot hide them.
 NOT_PROJECT_SCOPED = {
     ("GET", "/api/v1/users/me"),
+    # The people of every project the caller may see (itself only, for a stranger).
+    ("GET", "/api/v1/users"),
     ("GET", "/api/v1/projects"),
     ("POST", "/api/v1/projects"),
     # Lists the jobs of every project the caller may see (none, for a stranger).

@@ -147,15 +147,16 @@ class TokenFactory:
         roles: list[str] | None = None,
         **overrides: Any,
     ) -> str:
-        claims = self.claims(
-            sub=subject_of(username),
-            preferred_username=username,
-            email=f"{username}@example.org",
-            name=username.title(),
-            scope=" ".join(ALL_SCOPES if scopes is None else scopes),
-            realm_access={"roles": ["default-roles-flyswatter", *(roles or [])]},
-            **overrides,
-        )
+        # A user's claims, any of which the overrides replace (a name, an email address).
+        defaults: dict[str, Any] = {
+            "sub": subject_of(username),
+            "preferred_username": username,
+            "email": f"{username}@example.org",
+            "name": username.title(),
+            "scope": " ".join(ALL_SCOPES if scopes is None else scopes),
+            "realm_access": {"roles": ["default-roles-flyswatter", *(roles or [])]},
+        }
+        claims = self.claims(**(defaults | overrides))
         return self.sign(claims)
 
     def service_token(
