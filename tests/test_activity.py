@@ -54,19 +54,19 @@ class TestRecorded:
 
         entries = await history(team["viewer"], limit=3)
         assert [summary(entry) for entry in entries] == [
-            ("created", None, None, "FLY-1", "reporter"),
+            ("created", "key", None, "FLY-1", "reporter"),
             ("updated", "title", "Crash", "Crash on save", "developer"),
             ("updated", "priority", "medium", "high", "developer"),
             ("assigned", "assignee_id", None, dev_id, "developer"),
             ("assigned", "assignee_id", dev_id, None, "developer"),
             ("transitioned", "status", "open", "in_progress", "developer"),
-            ("labeled", "labels", None, "ui", "developer"),
-            ("labeled", "labels", None, "bug", "developer"),
-            ("unlabeled", "labels", "ui", None, "developer"),
-            ("unlabeled", "labels", "bug", None, "developer"),
-            ("commented", None, None, comment["id"], "developer"),
-            ("comment_edited", "body", comment["id"], comment["id"], "developer"),
-            ("comment_deleted", None, comment["id"], None, "developer"),
+            ("labeled", "label", None, "ui", "developer"),
+            ("labeled", "label", None, "bug", "developer"),
+            ("unlabeled", "label", "ui", None, "developer"),
+            ("unlabeled", "label", "bug", None, "developer"),
+            ("commented", "comment_id", None, comment["id"], "developer"),
+            ("comment_edited", "comment_id", None, comment["id"], "developer"),
+            ("comment_deleted", "comment_id", comment["id"], None, "developer"),
             ("updated", "description", "", "Steps", "developer"),
             ("updated", "type", "bug", "task", "developer"),
         ]

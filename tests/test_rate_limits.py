@@ -193,7 +193,8 @@ async def test_two_app_instances_sharing_redis_spend_one_budget(
 async def test_unreachable_redis_fails_open_to_per_process_limits(
     limited_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    closed = f"redis://127.0.0.1:{free_port()}/0"
+    closed_port = free_port()
+    closed = f"redis://127.0.0.1:{closed_port}/0"
     errors_before = counter("flyswatter_rate_limit_storage_errors_total")
     with caplog.at_level(logging.WARNING, logger="flyswatter.ratelimit"):
         async with limited_app(redis_url=closed) as api:
@@ -216,6 +217,7 @@ async def test_unreachable_redis_fails_open_to_per_process_limits(
         warnings[0].getMessage()
     ]
     assert len(warnings) == 1
+    assert f"127.0.0.1:{closed_port}" in warnings[0].getMessage()  # where it was looked for
     assert closed not in caplog.text
 
 

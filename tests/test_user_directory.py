@@ -74,7 +74,7 @@ async def test_a_deleted_project_no_longer_makes_its_people_visible(team: Team) 
     assert await usernames(team["viewer"]) == ["viewer"]
 
 
-async def test_the_list_pages_by_username_through_cursors_and_counts(team: Team) -> None:
+async def test_the_list_pages_by_username_through_cursors(team: Team) -> None:
     maintainer = team["maintainer"]
     walked = await walk_pages(maintainer, f"{USERS}?limit=1")
     assert [user["username"] for user in walked] == [
@@ -83,8 +83,6 @@ async def test_the_list_pages_by_username_through_cursors_and_counts(team: Team)
         "reporter",
         "viewer",
     ]
-    counted = await maintainer.get(USERS, params={"count": "true", "limit": "1"})
-    assert counted.json()["total"] == 4
 
 
 async def test_finding_people_needs_the_projects_read_scope(api: Api) -> None:

@@ -36,11 +36,16 @@ class Comment(CommentBase, table=True):
 
 
 class CommentCreate(CommentBase):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid", json_schema_extra={"examples": [{"body": "Reproduced on 1.4.2."}]}
+    )
 
 
 class CommentUpdate(CommentBase):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={"examples": [{"body": "Reproduced on 1.4.2 and 1.5.0."}]},
+    )
 
 
 class CommentPublic(CommentBase):

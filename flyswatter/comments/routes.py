@@ -23,7 +23,7 @@ from flyswatter.projects.service import PROJECT_ERRORS
 router = APIRouter(tags=["comments"])
 
 # Ids are 32-bit columns; a larger one would fail in the driver instead of missing.
-CommentIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Comment id.")]
+CommentIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Comment id.", examples=[1])]
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 
 

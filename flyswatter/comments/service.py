@@ -22,6 +22,17 @@ from flyswatter.projects.models import Project, Role
 from flyswatter.users.service import user_summaries
 
 
+def _record(
+    session: AsyncSession,
+    principal: Principal,
+    issue_id: int,
+    action: ActivityAction,
+    **change: int | None,
+) -> None:
+    """An entry of the issue's history about one comment, named by its id."""
+    record_activity(session, principal, issue_id, action, field="comment_id", **change)
+
+
 async def build_public_comments(
     session: AsyncSession, issue_key: str, comments: Sequence[Comment]
 ) -> list[CommentPublic]:
@@ -107,9 +118,7 @@ async def create_comment(
     )
     session.add(comment)
     await session.flush()
-    record_activity(
-        session, access.principal, access.issue_id, ActivityAction.commented, new=comment.id
-    )
+    _record(session, access.principal, access.issue_id, ActivityAction.commented, new=comment.id)
     (public,) = await build_public_comments(session, access.key, [comment])
     return Created(public, f"/api/v1/comments/{comment.id}", comment_etag(comment))
 
@@ -140,15 +149,8 @@ async def edit_comment(
     comment = access.comment
     if body.body != comment.body:
         assert comment.id is not None
-        record_activity(
-            session,
-            principal,
-            comment.issue_id,
-            ActivityAction.comment_edited,
-            field="body",
-            old=comment.id,
-            new=comment.id,
-        )
+        # The history names the comment; its text is the comment's own.
+        _record(session, principal, comment.issue_id, ActivityAction.comment_edited, new=comment.id)
         comment.body = body.body
         comment.edited_at = comment.updated_at = utcnow()
         comment.version += 1
@@ -164,12 +166,7 @@ async def delete_comment(
     access = await load_comment_access(session, principal, comment_id, for_update=True)
     _may_moderate(access, principal, "deleting")
     check_if_match(if_match, comment_etag(access.comment))
-    record_activity(
-        session,
-        principal,
-        access.comment.issue_id,
-        ActivityAction.comment_deleted,
-        old=access.comment.id,
-    )
+    issue_id, deleted = access.comment.issue_id, access.comment.id
+    _record(session, principal, issue_id, ActivityAction.comment_deleted, old=deleted)
     await session.delete(access.comment)
     await session.commit()

@@ -22,7 +22,7 @@ def record_activity(
     issue_id: int,
     action: ActivityAction,
     *,
-    field: str | None = None,
+    field: str,
     old: Any = None,
     new: Any = None,
 ) -> None:
@@ -58,7 +58,8 @@ async def activity_page(
             ActivityPublic(
                 id=row.id or 0,
                 action=row.action,
-                field=row.field,
+                # Never empty since the activity-fields migration filled in the old rows.
+                field=row.field or "",
                 old_value=None if row.old_value is None else json.loads(row.old_value),
                 new_value=None if row.new_value is None else json.loads(row.new_value),
                 actor=actors[row.actor_id],

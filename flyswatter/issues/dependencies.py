@@ -30,7 +30,7 @@ IssueKeyPath = Annotated[
         max_length=21,
         pattern=ISSUE_KEY_PATTERN,
         description="Project key and number, e.g. `FLY-42`.",
-        examples=["FLY-42"],
+        examples=["DEMO-1"],
     ),
 ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import ConfigDict, StringConstraints
 from sqlalchemy import CheckConstraint, Index, SmallInteger, String, Text, UniqueConstraint, text
@@ -112,8 +112,25 @@ class Issue(IssueBase, table=True):
     version: int = Field(default=1)
 
 
+# The demo user ``dev`` (keycloak/flyswatter-realm.json), a member of DEMO.
+_DEMO_DEVELOPER_ID = "9a6e1e0c-4a4b-4c39-9d4e-0a1f5b6c7d03"
+
+
 class IssueCreate(IssueBase):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Crash on save",
+                    "description": "Saving a draft twice closes the app.",
+                    "type": "bug",
+                    "priority": "high",
+                    "assignee_id": _DEMO_DEVELOPER_ID,
+                }
+            ]
+        },
+    )
 
     assignee_id: SingleLine | None = Field(default=None, max_length=255)
     labels: list[LabelName] = Field(default_factory=list, max_length=MAX_LABELS)
@@ -122,7 +139,9 @@ class IssueCreate(IssueBase):
 class IssueUpdate(SQLModel):
     """Fields to change; absent fields stay. ``assignee_id: null`` unassigns."""
 
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid", json_schema_extra={"examples": [{"priority": "critical"}]}
+    )
 
     title: Title | None = None
     description: MultiLine | None = Field(default=None, max_length=MAX_DESCRIPTION)
@@ -133,13 +152,15 @@ class IssueUpdate(SQLModel):
 
 
 class TransitionRequest(SQLModel):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid", json_schema_extra={"examples": [{"to": "in_progress"}]}
+    )
 
     to: IssueStatus
 
 
 class IssuePublic(IssueBase):
-    key: str = Field(schema_extra={"examples": ["FLY-42"]})
+    key: str = Field(schema_extra={"examples": ["DEMO-1"]})
     number: int
     project_key: str
     status: IssueStatus
@@ -175,20 +196,35 @@ class Activity(SQLModel, table=True):
     # The Keycloak client that made the call, for service accounts.
     client_id: str | None = Field(default=None, max_length=255)
     action: ActivityAction = Field(sa_type=String(20))
+    # What old_value and new_value are the values of (ACTIVITY_FIELDS); every entry since
+    # the activity-fields migration has one (the column stays nullable: SQLite would have to
+    # rebuild the table to say otherwise).
     field: str | None = Field(default=None, max_length=50)
-    # JSON texts, so every value keeps its type (null, string, list of labels).
+    # JSON texts, so every value keeps its type (null, string, integer).
     old_value: str | None = Field(default=None, sa_type=Text)
     new_value: str | None = Field(default=None, sa_type=Text)
     request_id: str | None = Field(default=None, max_length=128)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
+ACTIVITY_FIELDS = (
+    "`field` names what `old_value` and `new_value` are, and they keep its type (null where "
+    "there is none): `created`: `key` (the issue's key, a string); `updated`: `title`, "
+    "`description`, `type` or `priority` (strings); `assigned`: `assignee_id` (a user id or "
+    "null); `transitioned`: `status` (a string); `labeled` / `unlabeled`: `label` (one "
+    "label's name); `commented`, `comment_edited`, `comment_deleted`: `comment_id` (an "
+    "integer: the comment written, edited or deleted)."
+)
+
+
 class ActivityPublic(SQLModel):
+    """One change to an issue."""
+
     id: int
     action: ActivityAction
-    field: str | None
-    old_value: Any = Field(description="The value before the change (JSON), if any.")
-    new_value: Any = Field(description="The value after the change (JSON), if any.")
+    field: str = Field(description=ACTIVITY_FIELDS)
+    old_value: str | int | None = Field(description="The value before the change, if any.")
+    new_value: str | int | None = Field(description="The value after the change, if any.")
     actor: UserSummary
     client_id: str | None
     request_id: str | None

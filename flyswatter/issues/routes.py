@@ -52,7 +52,9 @@ ProjectForReporting = Annotated[
 ]
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 ISSUE_LABEL = "/issues/{issue_key}/labels/{name}"
-LabelNamePath = Annotated[SingleLine, Path(min_length=1, max_length=50, description="Label name.")]
+LabelNamePath = Annotated[
+    SingleLine, Path(min_length=1, max_length=50, description="Label name.", examples=["bug"])
+]
 
 
 @router.post("/projects/{key}/issues", **creates(IssuePublic, PROJECT_ERRORS))

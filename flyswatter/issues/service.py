@@ -115,7 +115,7 @@ async def create_issue(
     for label in labels:
         session.add(IssueLabel(issue_id=issue.id, label_id=label_id(label)))
     key = f"{access.project.key}-{number}"
-    record_activity(session, principal, issue.id, ActivityAction.created, new=key)
+    record_activity(session, principal, issue.id, ActivityAction.created, field="key", new=key)
     await session.flush()
     (public,) = await build_public_issues(session, access.project, [issue])
     return Created(public, f"/api/v1/issues/{key}", etag_of("issue", issue.id, issue.version))
@@ -213,7 +213,8 @@ async def _replace_labels(session: AsyncSession, access: IssueAccess, names: lis
 def _record_labels(
     session: AsyncSession, access: IssueAccess, action: ActivityAction, **change: str
 ) -> None:
-    record_activity(session, access.principal, access.issue_id, action, field="labels", **change)
+    # One label's name per entry: the field is the label, not the issue's list of labels.
+    record_activity(session, access.principal, access.issue_id, action, field="label", **change)
 
 
 async def _commit_change(session: AsyncSession, access: IssueAccess) -> None:

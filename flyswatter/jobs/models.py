@@ -108,6 +108,14 @@ class ReportParameters(SQLModel):
 class ReportRequest(ReportParameters):
     """``POST /projects/{key}/reports``: everything is optional."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [{"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}]
+        },
+    )
+
 
 class JobPublic(JobBase):
     id: str = Field(description="The job's public id.")

@@ -45,11 +45,18 @@ def label_id(label: Label) -> int:
 
 
 class LabelCreate(LabelBase):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "bug", "color": "#d73a4a", "description": "Something broke"}]
+        },
+    )
 
 
 class LabelUpdate(SQLModel):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid", json_schema_extra={"examples": [{"color": "#b60205"}]}
+    )
 
     name: LabelName | None = None
     color: Color | None = None

@@ -31,7 +31,9 @@ ProjectForLabelling = Annotated[
     ProjectAccess,
     Depends(project_access(Role.maintainer, Scope.projects_write, "managing labels")),
 ]
-LabelNamePath = Annotated[SingleLine, Path(min_length=1, max_length=50, description="Label name.")]
+LabelNamePath = Annotated[
+    SingleLine, Path(min_length=1, max_length=50, description="Label name.", examples=["bug"])
+]
 
 
 def to_public(label: Label) -> LabelPublic:

@@ -56,18 +56,24 @@ class Project(ProjectBase, table=True):
 
 
 class ProjectCreate(ProjectBase):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={"examples": [{"key": "MINE", "name": "My project"}]},
+    )
 
     # SQLModel's Field drops ``regex=``; the pattern has to ride on the type to be enforced.
     key: Annotated[str, StringConstraints(pattern=PROJECT_KEY_PATTERN), ONE_LINE] = Field(
         description="2-10 capital letters or digits, starting with a letter; issue keys "
         "start with it.",
-        schema_extra={"examples": ["FLY"]},
+        schema_extra={"examples": ["MINE"]},
     )
 
 
 class ProjectUpdate(SQLModel):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={"examples": [{"description": "Where the demo users try things."}]},
+    )
 
     name: SingleLine | None = Field(default=None, min_length=1, max_length=200)
     description: MultiLine | None = Field(default=None, max_length=10_000)
@@ -104,7 +110,9 @@ class ProjectMember(SQLModel, table=True):
 
 
 class MemberUpsert(SQLModel):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid", json_schema_extra={"examples": [{"role": "developer"}]}
+    )
 
     role: Role
 

@@ -25,7 +25,8 @@ ProjectKeyPath = Annotated[
         max_length=10,
         pattern=r"^[A-Za-z][A-Za-z0-9]{1,9}$",
         description="Project key, e.g. `FLY` (case-insensitive).",
-        examples=["FLY"],
+        # Examples name `flyswatter dev`'s demo data, so Swagger UI's requests succeed there.
+        examples=["DEMO"],
     ),
 ]
 

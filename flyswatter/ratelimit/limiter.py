@@ -41,7 +41,7 @@ from flyswatter.config import Settings
 from flyswatter.errors import Problem
 from flyswatter.http.context import request_context
 from flyswatter.observability.metrics import RATE_LIMIT_STORAGE_ERRORS, RATE_LIMITED
-from flyswatter.services import Services
+from flyswatter.services import Services, settings_of
 
 logger = logging.getLogger("flyswatter.ratelimit")
 # slowapi logs a warning with the caller's key for every refused request (the access log and
@@ -188,17 +188,19 @@ def check(limiter: Limiter, request: Request) -> None:
             limit.scope, limit.limit.amount, limit_headers(limiter, request)
         ) from None
     finally:
-        _report_storage(limiter, was_down)
+        _report_storage(limiter, was_down, request)
 
 
-def _report_storage(limiter: Limiter, was_down: bool) -> None:
+def _report_storage(limiter: Limiter, was_down: bool, request: Request) -> None:
     if limiter._storage_dead == was_down:
         return
     if limiter._storage_dead:
         RATE_LIMIT_STORAGE_ERRORS.inc()
-        # slowapi keeps the exception to itself; its message may name the Redis host anyway.
+        # slowapi keeps the exception to itself; the line names where Redis was looked for
+        # (host and port: the URL may carry a password).
         logger.warning(
-            "rate limits: Redis unreachable; workers limit on their own until it is back"
+            "rate limits: Redis unreachable at %s; workers limit on their own until it is back",
+            settings_of(request.app).redis_address,
         )
     else:
         logger.info("rate limits: Redis is back; limits are shared again")

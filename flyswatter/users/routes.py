@@ -12,7 +12,7 @@ from sqlmodel import col, select
 from flyswatter.auth.dependencies import AUTH_ERRORS, AnyPrincipal, ProjectsRead
 from flyswatter.db import SessionDep
 from flyswatter.errors import problem_responses
-from flyswatter.http.pagination import CountParam, KeysetDep, Page, lists
+from flyswatter.http.pagination import KeysetDep, Page, lists
 from flyswatter.projects.models import Project, ProjectMember
 from flyswatter.text import SingleLine
 from flyswatter.users.models import User, UserMe, UserSummary
@@ -37,11 +37,7 @@ def _escaped_prefix(text: str) -> str:
 
 @router.get("", **lists(UserSummary, AUTH_ERRORS))
 async def list_users(
-    session: SessionDep,
-    principal: ProjectsRead,
-    keyset: KeysetDep,
-    q: UserQuery = None,
-    count: CountParam = False,
+    session: SessionDep, principal: ProjectsRead, keyset: KeysetDep, q: UserQuery = None
 ) -> Page[UserSummary]:
     """People to assign or add as members: the caller, everyone who shares a (not deleted)
     project with the caller, and for admins every user Flyswatter knows (signed in once, or
@@ -74,9 +70,6 @@ async def list_users(
                 )
             )
         )
-    total = None
-    if count:
-        total = (await session.exec(select(func.count()).select_from(statement.subquery()))).one()
     if (after := keyset.after("username", (str, str))) is not None:
         username, user_id = after
         statement = statement.where(
@@ -92,7 +85,6 @@ async def list_users(
         sort="username",
         key=lambda user: [user.username, user.id],
         build=lambda page: [UserSummary.model_validate(user) for user in page],
-        total=total,
     )
 
 
