@@ -46,5 +46,6 @@ EXPOSE 8000
 # No curl in the slim image: the interpreter that is there anyway does the probe.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('FLYSWATTER_PORT', '8000'), timeout=2)"]
-# Exec form: `flyswatter` is PID 1 and gets SIGTERM itself (graceful shutdown).
+# Exec form: `flyswatter` is PID 1 and gets SIGTERM itself (graceful shutdown). serve refuses
+# to start without FLYSWATTER_KEYCLOAK_URL and FLYSWATTER_CURSOR_SECRET (README, "Production").
 CMD ["flyswatter", "serve"]

@@ -82,9 +82,9 @@ class Settings(BaseSettings):
     rate_limit_reads: str = "1200/minute"
     rate_limit_enabled: bool = True
 
-    # Signs page cursors (HMAC-SHA256); unset, a key is derived from the database URL, which
-    # every replica shares. Set it to rotate cursors or to keep them unforgeable by anyone
-    # who knows the URL.
+    # Signs page cursors (HMAC-SHA256). ``serve`` refuses to start without it: every replica
+    # must sign alike, and nothing else the replicas share is secret. Unset (``dev``, an app
+    # built in-process), the process signs with a random key of its own.
     cursor_secret: SecretStr | None = None
 
     # How long a POST's Idempotency-Key is remembered (and its response replayed).
@@ -256,3 +256,8 @@ class Settings(BaseSettings):
             )
         if "*" in self.cors_origins:
             raise UnsafeSettings("FLYSWATTER_CORS_ORIGINS must list origins, not '*'")
+        if self.cursor_secret is None or not self.cursor_secret.get_secret_value().strip():
+            raise UnsafeSettings(
+                "FLYSWATTER_CURSOR_SECRET is not set: serve signs page cursors with it; give "
+                "every replica the same random value (e.g. `openssl rand -hex 32`)"
+            )

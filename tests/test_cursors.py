@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from flyswatter.config import Settings
 from flyswatter.http.pagination import cursor_key, signed_cursor
@@ -157,8 +158,17 @@ async def test_a_signed_cursor_with_impossible_contents_is_a_400(
 
 
 async def test_a_configured_secret_signs_cursors(settings: Settings) -> None:
-    derived = cursor_key(settings)
+    unset = cursor_key(settings)
     configured = Settings(**{**settings.model_dump(), "cursor_secret": "rotate-me"})
-    assert cursor_key(configured) != derived
+    assert cursor_key(configured) != unset
     again = Settings(**{**settings.model_dump(), "cursor_secret": "rotate-me"})
     assert cursor_key(again) == cursor_key(configured)
+
+
+def test_without_a_secret_the_key_owes_nothing_to_the_database_url(settings: Settings) -> None:
+    # A key derived from the URL would be forgeable by anyone who knows a password-less URL.
+    unset = settings.model_copy(update={"cursor_secret": None})
+    elsewhere = unset.model_copy(update={"database_url": "postgresql://other@db.test/x"})
+    assert cursor_key(unset) == cursor_key(elsewhere)
+    as_secret = unset.model_copy(update={"cursor_secret": SecretStr(unset.database_url)})
+    assert cursor_key(unset) != cursor_key(as_secret)

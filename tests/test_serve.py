@@ -68,6 +68,11 @@ IN_FLIGHT = 12
             "FLYSWATTER_REDIS_URL",
             id="workers-without-shared-limits",
         ),
+        pytest.param(
+            {"keycloak_url": "https://sso.example.org"},
+            "FLYSWATTER_CURSOR_SECRET is not set",
+            id="no-cursor-secret",
+        ),
     ],
 )
 def test_serve_refuses_unsafe_settings_with_one_line_and_a_failing_exit(
@@ -92,7 +97,9 @@ def test_serve_refuses_unsafe_settings_with_one_line_and_a_failing_exit(
 
 
 def test_loopback_keycloak_is_accepted_when_explicitly_allowed() -> None:
-    settings = Settings(keycloak_url="http://127.0.0.1:8080", allow_loopback_keycloak=True)
+    settings = Settings(
+        keycloak_url="http://127.0.0.1:8080", allow_loopback_keycloak=True, cursor_secret="s"
+    )
     settings.check_production()
     with pytest.raises(UnsafeSettings, match="loopback"):
         settings.model_copy(update={"allow_loopback_keycloak": False}).check_production()

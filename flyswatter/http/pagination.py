@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,17 +79,21 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# Without FLYSWATTER_CURSOR_SECRET (``dev``, an app built in-process) cursors are signed with
+# a key of this process alone: they do not outlive a restart, and nobody can derive it.
+# ``serve`` refuses to start without the setting, so that its replicas sign alike.
+_PROCESS_KEY = secrets.token_bytes(32)
+
+
 @lru_cache(maxsize=8)
-def _signing_key(secret: str | None, database_url: str) -> bytes:
-    # Without a configured secret, one every replica derives alike: from the database URL
-    # they share. FLYSWATTER_CURSOR_SECRET gives the key its own value.
-    source = secret if secret is not None else f"database:{database_url}"
-    return hmac.new(source.encode(), b"flyswatter cursor signing key", hashlib.sha256).digest()
+def _signing_key(secret: str) -> bytes:
+    return hmac.new(secret.encode(), b"flyswatter cursor signing key", hashlib.sha256).digest()
 
 
 def cursor_key(settings: Settings) -> bytes:
-    secret = settings.cursor_secret.get_secret_value() if settings.cursor_secret else None
-    return _signing_key(secret, settings.database_url)
+    if settings.cursor_secret is None:
+        return _PROCESS_KEY
+    return _signing_key(settings.cursor_secret.get_secret_value())
 
 
 def _signature(key: bytes, list_path: str, payload: str) -> bytes:

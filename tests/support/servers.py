@@ -153,6 +153,7 @@ class ServedFlyswatter:
             "audience": "flyswatter-api",
             # The test JWKS server, or the tests' Keycloak, runs on this host.
             "allow_loopback_keycloak": "true",
+            "cursor_secret": "the tests' cursor secret",
             "redis_url": redis_url,
             "workers": workers,
             "port": self.port,
