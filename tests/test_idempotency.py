@@ -8,7 +8,12 @@ from collections.abc import Mapping
 import httpx
 import pytest
 
+from flyswatter.app import create_app
+from flyswatter.auth.dependencies import IssuesWrite
+from flyswatter.config import Settings
+from flyswatter.http.idempotency import IdempotencyDep
 from tests.support.api import Api, AuthedClient, Team, make_team
+from tests.support.identity import TokenFactory
 
 ISSUES = "/api/v1/projects/FLY/issues"
 COMMENTS = "/api/v1/issues/FLY-1/comments"
@@ -146,3 +151,37 @@ class TestComments:
         assert [r.status_code for r in responses] == [201] * PARALLEL
         assert len({r.json()["id"] for r in responses}) == 1
         assert await comment_count(issue) == 1
+
+
+async def test_a_read_only_integration_requests_a_report_idempotently(api: Api) -> None:
+    # A report needs issues:read only: its idempotency record is owned under that scope too.
+    await make_team(api)
+    reader = api.as_user("reporter", scopes=["issues:read"])
+    first = await post(reader, "/api/v1/projects/FLY/reports", {}, "report-1")
+    assert first.status_code == 202, first.text
+    again = await post(reader, "/api/v1/projects/FLY/reports", {}, "report-1")
+    assert again.headers.get(REPLAYED) == "true"
+    assert again.json() == first.json()
+
+
+@pytest.mark.parametrize("idempotency_first", [True, False], ids=["key-first", "scope-first"])
+async def test_the_key_owner_is_the_principal_the_scope_check_passed(
+    settings: Settings, tokens: TokenFactory, idempotency_first: bool
+) -> None:
+    # FastAPI solves authenticate once per request and scope set: both parameters get the
+    # one principal, whichever the route lists first.
+    application = create_app(settings)
+
+    async def key_first(idempotency: IdempotencyDep, principal: IssuesWrite) -> dict[str, bool]:
+        return {"same": idempotency.principal is principal}
+
+    async def scope_first(principal: IssuesWrite, idempotency: IdempotencyDep) -> dict[str, bool]:
+        return {"same": idempotency.principal is principal}
+
+    application.add_api_route("/owner", key_first if idempotency_first else scope_first)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            caller = AuthedClient(http, tokens.user_token("alice"))
+            response = await caller.get("/owner", headers={"Idempotency-Key": "k"})
+    assert response.json() == {"same": True}

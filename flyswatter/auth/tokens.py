@@ -80,6 +80,13 @@ class Principal:
     def is_admin(self) -> bool:
         return ADMIN_ROLE in self.realm_roles
 
+    @property
+    def key(self) -> str:
+        """Who is calling, for rate limits, idempotency records and logs; never the token."""
+        if self.is_service_account:
+            return f"client:{self.client_id}"
+        return f"user:{self.subject}"
+
     @classmethod
     def from_claims(cls, claims: dict[str, Any]) -> Principal:
         username = str(claims.get("preferred_username") or claims["sub"])

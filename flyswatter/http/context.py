@@ -43,12 +43,7 @@ class RequestContext:
     @property
     def principal_key(self) -> str | None:
         """Who is calling, for rate limits, idempotency records and logs; never the token."""
-        principal = self.principal
-        if principal is None:
-            return None
-        if principal.is_service_account:
-            return f"client:{principal.client_id}"
-        return f"user:{principal.subject}"
+        return None if self.principal is None else self.principal.key
 
 
 def incoming_request_id(scope: Scope) -> str:

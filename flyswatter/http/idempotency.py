@@ -5,6 +5,10 @@ the response it produced. A retry within the window replays that response; the s
 with another body (or on another route) is a 422. Two concurrent requests with one key
 race on the record's primary key: the loser's whole transaction rolls back and it replays
 the winner's response, so exactly one thing is created.
+
+The record's owner is the principal the route authenticated, taken as a dependency of its
+own with the route's scope: FastAPI solves ``authenticate`` once per scope set and request,
+so the scope check and the key's owner are one object, whatever order parameters come in.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flyswatter.auth.dependencies import require_scopes
+from flyswatter.auth.scopes import Scope
+from flyswatter.auth.tokens import Principal
 from flyswatter.db import SessionDep, UTCDateTime, utcnow
 from flyswatter.errors import UnprocessableEntity
-from flyswatter.http.context import request_context
 from flyswatter.http.created import Body, Created
 from flyswatter.services import settings_of
 
@@ -63,6 +69,7 @@ class Idempotency:
     def __init__(
         self,
         request: Request,
+        principal: Principal,
         key: str | None,
         body: bytes,
         session: AsyncSession,
@@ -71,7 +78,8 @@ class Idempotency:
         self.key = key
         self.session = session
         self.response = response
-        self.principal_key = request_context(request.scope).principal_key or ""
+        self.principal = principal
+        self.principal_key = principal.key
         self.method = request.method
         self.path = request.url.path
         self.request_hash = hashlib.sha256(canonical_body(body)).hexdigest()
@@ -178,23 +186,37 @@ class Idempotency:
         return None
 
 
-async def idempotency(
-    request: Request,
-    session: SessionDep,
-    response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=255,
-            pattern=r"^[\x21-\x7e]+$",
-            description="Makes a retried POST safe: the same key within the window replays "
-            "the first response and creates nothing new.",
-        ),
-    ] = None,
-) -> Idempotency:
-    body = await request.body() if idempotency_key is not None else b""
-    return Idempotency(request, idempotency_key, body, session, response)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Makes a retried POST safe: the same key within the window replays "
+        "the first response and creates nothing new.",
+    ),
+]
 
 
-IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]
+def idempotent(scope: Scope) -> Callable[..., Awaitable[Idempotency]]:
+    """Dependency: the idempotency context of a route whose caller needs ``scope``, owned by
+    the very principal the route's ``require_scopes(scope)`` authenticated."""
+
+    async def dependency(
+        request: Request,
+        session: SessionDep,
+        response: Response,
+        # A default rather than Annotated: the scope is a closure variable, which string
+        # annotations (PEP 563) could not resolve.
+        principal: Principal = require_scopes(scope),
+        idempotency_key: IdempotencyKey = None,
+    ) -> Idempotency:
+        body = await request.body() if idempotency_key is not None else b""
+        return Idempotency(request, principal, idempotency_key, body, session, response)
+
+    return dependency
+
+
+# The routes that create issues and comments need issues:write; a report, issues:read.
+IdempotencyDep = Annotated[Idempotency, Depends(idempotent(Scope.issues_write))]
+ReadIdempotencyDep = Annotated[Idempotency, Depends(idempotent(Scope.issues_read))]

@@ -23,7 +23,7 @@ from flyswatter.errors import (
     problem_responses,
 )
 from flyswatter.http.context import request_context
-from flyswatter.http.idempotency import IdempotencyDep
+from flyswatter.http.idempotency import ReadIdempotencyDep
 from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportRequest
 from flyswatter.jobs.service import (
@@ -68,7 +68,7 @@ async def request_report(
     response: Response,
     session: SessionDep,
     access: ProjectForReports,
-    idempotency: IdempotencyDep,
+    idempotency: ReadIdempotencyDep,
     services: ServicesDep,
     body: Annotated[ReportRequest | None, Body()] = None,
 ) -> JobPublic | JSONResponse:
