@@ -27,6 +27,7 @@ from flyswatter.errors import (
     register_error_handlers,
 )
 from flyswatter.http.body_limit import BodySizeLimitMiddleware
+from flyswatter.http.headers import API_PREFIX
 from flyswatter.http.requests import RequestContextMiddleware
 from flyswatter.issues.routes import router as issues_router
 from flyswatter.jobs.routes import router as jobs_router
@@ -44,8 +45,6 @@ from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror
 
 logger = logging.getLogger("flyswatter")
-
-API_PREFIX = "/api/v1"
 
 
 class Health(BaseModel):

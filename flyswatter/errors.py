@@ -23,6 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flyswatter.http.context import find_request_context, request_context
+from flyswatter.http.headers import bearer_challenge, retry_after
 
 logger = logging.getLogger("flyswatter.errors")
 
@@ -87,7 +88,7 @@ class InvalidAuthorizationRequest(Problem):
     status, slug, title = 400, "invalid-request", "Invalid request"
 
     def __init__(self, detail: str) -> None:
-        challenge = f'Bearer error="invalid_request", error_description="{detail}"'
+        challenge = bearer_challenge("invalid_request", error_description=detail)
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
@@ -96,7 +97,7 @@ class Unauthorized(Problem):
 
     def __init__(self, detail: str, *, reason: str) -> None:
         # The reason is for metrics and logs; clients see the RFC 6750 challenge.
-        challenge = f'Bearer error="invalid_token", error_description="{detail}"'
+        challenge = bearer_challenge("invalid_token", error_description=detail)
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
         self.reason = reason
 
@@ -108,7 +109,7 @@ class InsufficientScope(Problem):
         scopes = " ".join(missing)
         super().__init__(
             f"this route needs the scope(s): {scopes}",
-            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scopes}"'},
+            headers={"WWW-Authenticate": bearer_challenge("insufficient_scope", scope=scopes)},
             extra={"required_scopes": list(missing)},
         )
 
@@ -171,7 +172,9 @@ class DatabaseUnavailable(ServiceUnavailable):
     slug = "database-unavailable"
 
     def __init__(self) -> None:
-        super().__init__("the database is unavailable; retry later", headers={"Retry-After": "5"})
+        super().__init__(
+            "the database is unavailable; retry later", headers={"Retry-After": retry_after(5)}
+        )
 
 
 class HttpError(Problem):

@@ -8,9 +8,11 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+import sqlalchemy as sa
 from pypdf import PdfReader
 
 from flyswatter.config import Settings
+from flyswatter.storage.models import Artifact
 from tests.support.api import Api, Team, make_team, walk_pages
 from tests.support.jobs import in_process_worker, wait_for_job
 
@@ -65,6 +67,25 @@ async def test_report_request_is_accepted_and_the_worker_builds_the_pdf(
     text = pdf_text(download.content)
     assert "Total issues: 1" in text
     assert "Crash on save" in text
+
+
+@pytest.mark.parametrize("filename", ["отчёт 🐞 缺陷 באג.pdf"])
+async def test_a_file_name_in_any_script_round_trips_through_content_disposition(
+    team: Team, worker: None, settings: Settings, filename: str
+) -> None:
+    requested = await team["reporter"].post("/api/v1/projects/FLY/reports", json={})
+    finished = await wait_for_job(team["viewer"], requested.headers["Location"])
+    # The service names its files by project key; a stored name in other scripts must
+    # still make a header that encodes, with the exact name in filename* (RFC 8187).
+    engine = sa.create_engine(settings.sync_database_url)
+    with engine.begin() as connection:
+        connection.execute(sa.update(Artifact).values(filename=filename))
+    engine.dispose()
+    download = await team["viewer"].get(finished["links"]["artifact"])
+    assert download.status_code == 200, download.text
+    disposition = download.headers["Content-Disposition"]
+    assert disposition.isascii()
+    assert unquote(disposition.split("filename*=UTF-8''")[1], errors="strict") == filename
 
 
 def pdf_text(content: bytes) -> str:

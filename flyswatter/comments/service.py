@@ -14,6 +14,7 @@ from flyswatter.db import utcnow
 from flyswatter.errors import Forbidden, NotFound
 from flyswatter.http.conditional import check_if_match, etag_of
 from flyswatter.http.created import Created
+from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueAccess, load_issue_access
@@ -118,9 +119,10 @@ async def create_comment(
     )
     session.add(comment)
     await session.flush()
+    assert comment.id is not None
     _record(session, access.principal, access.issue_id, ActivityAction.commented, new=comment.id)
     (public,) = await build_public_comments(session, access.key, [comment])
-    return Created(public, f"/api/v1/comments/{comment.id}", comment_etag(comment))
+    return Created(public, api_path("comments", comment.id), comment_etag(comment))
 
 
 def _may_moderate(access: CommentAccess, principal: Principal, action: str) -> None:

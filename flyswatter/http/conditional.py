@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import Header, Response, status
 
 from flyswatter.errors import PreconditionFailed
+from flyswatter.http.headers import entity_tag
 from flyswatter.text import SingleLine
 
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
@@ -26,7 +27,7 @@ IfNoneMatch = Annotated[
 
 
 def etag_of(kind: str, row_id: int | None, version: int) -> str:
-    return f'"{kind}-{row_id}-v{version}"'
+    return entity_tag(kind, str(row_id), f"v{version}")
 
 
 def _etag_matches(header: str, etag: str) -> bool:

@@ -1,10 +1,81 @@
-"""Headers every response carries, added in one pass over the raw ASGI header list."""
+"""Every header value the service emits is built here.
+
+Values that carry names (``Location``, ``Link``, ``ETag``, ``Content-Disposition``) are
+percent-encoded (RFC 3986, RFC 8187) from UTF-8 with unencodable code points replaced, so
+each is printable ASCII: none can fail to encode as latin-1, and none can carry CR/LF into
+another header, whatever Unicode a label, user or file is called. Routes build them before
+they commit, so that nothing that can fail runs after a write.
+
+Below them: the headers every response carries, added in one pass over the raw header list.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from urllib.parse import quote
 
+from starlette.datastructures import URL
 from starlette.types import Message
+
+API_PREFIX = "/api/v1"
+
+# RFC 3986 3.3: what a path may hold unencoded besides unreserved characters and "%".
+_PATH_SAFE = "/!$&'()*+,;=:@"
+# RFC 3986 3.2: a host (IPv6 in brackets), a port, never userinfo.
+_AUTHORITY_SAFE = ":[]"
+# RFC 6750 3: error_description and scope values are printable ASCII without '"' and '\'.
+_CHALLENGE_UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _encoded(text: str, safe: str = "") -> str:
+    # "replace": a lone surrogate (which no valid input carries) still becomes a "%3F".
+    return quote(text, safe=safe, errors="replace")
+
+
+def api_path(*segments: str | int) -> str:
+    """An API path, each segment percent-encoded: ``api_path("projects", "FLY", "labels",
+    "🐞")`` is ``/api/v1/projects/FLY/labels/%F0%9F%90%9E``."""
+    return API_PREFIX + "".join("/" + _encoded(str(segment)) for segment in segments)
+
+
+def next_link(url: URL) -> str:
+    """RFC 8288 ``Link`` to the next page at ``url`` (the request's, query replaced)."""
+    target = f"{url.scheme}://{_encoded(url.netloc, _AUTHORITY_SAFE)}"
+    target += _encoded(url.path, _PATH_SAFE)
+    if url.query:
+        # Starlette's query is already form-encoded; anything else is encoded here.
+        target += "?" + _encoded(url.query, "&=%+")
+    return f'<{target}>; rel="next"'
+
+
+def entity_tag(*parts: str | int) -> str:
+    """A strong ETag (RFC 9110 8.8.3) of ``parts``, joined by ``-``."""
+    return '"' + "-".join(_encoded(str(part)) for part in parts) + '"'
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback name and the exact one in RFC 8187 encoding."""
+    fallback = "".join(
+        char if char.isascii() and char.isprintable() and char not in '"\\%' else "_"
+        for char in filename
+    )
+    return f"attachment; filename=\"{fallback or '_'}\"; filename*=UTF-8''{_encoded(filename)}"
+
+
+def retry_after(seconds: float) -> str:
+    """``Retry-After`` in whole seconds, at least one (RFC 9110 10.2.3)."""
+    return str(max(1, int(seconds)))
+
+
+def bearer_challenge(error: str, **parameters: str) -> str:
+    """A ``WWW-Authenticate`` Bearer challenge (RFC 6750 3), its values kept to the
+    characters a quoted parameter may hold."""
+    pairs = {"error": error, **parameters}
+    return "Bearer " + ", ".join(
+        f'{name}="{_CHALLENGE_UNSAFE.sub("?", value)}"' for name, value in pairs.items()
+    )
+
 
 SECURITY_HEADERS = (
     ("x-content-type-options", "nosniff"),

@@ -164,11 +164,12 @@ class Idempotency:
             return replayed
         created = await make()
         await self.record(session, 201, created.body, location=created.location, etag=created.etag)
+        # Before the commit: a replay answers with its own response instead.
+        self.response.headers["Location"] = created.location
+        self.response.headers["ETag"] = created.etag
         if (replayed := await self.commit(session)) is not None:
             return replayed
         on_created()
-        self.response.headers["Location"] = created.location
-        self.response.headers["ETag"] = created.etag
         return created.body
 
     async def commit(self, session: AsyncSession) -> JSONResponse | None:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from flyswatter.config import Settings
 from flyswatter.db import MAX_ROW_ID
 from flyswatter.errors import BadRequest, problem_responses
+from flyswatter.http.headers import next_link
 from flyswatter.services import settings_of
 from flyswatter.text import SingleLine, first_unsafe_character
 
@@ -207,7 +208,7 @@ class Keyset:
         )
         if next_cursor is not None:
             url = self.request.url.include_query_params(cursor=next_cursor)
-            self.response.headers["Link"] = f'<{url}>; rel="next"'
+            self.response.headers["Link"] = next_link(url)
         items = build(shown)
         if isawaitable(items):
             items = await items

@@ -14,6 +14,7 @@ from flyswatter.db import utcnow
 from flyswatter.errors import Conflict, NotFound, UnprocessableEntity
 from flyswatter.http.conditional import check_if_match, etag_of
 from flyswatter.http.created import Created
+from flyswatter.http.headers import api_path
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueAccess, IssueWrite
 from flyswatter.issues.models import (
@@ -118,7 +119,7 @@ async def create_issue(
     record_activity(session, principal, issue.id, ActivityAction.created, field="key", new=key)
     await session.flush()
     (public,) = await build_public_issues(session, access.project, [issue])
-    return Created(public, f"/api/v1/issues/{key}", etag_of("issue", issue.id, issue.version))
+    return Created(public, api_path("issues", key), etag_of("issue", issue.id, issue.version))
 
 
 async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:

@@ -23,6 +23,7 @@ from flyswatter.errors import (
     problem_responses,
 )
 from flyswatter.http.context import request_context
+from flyswatter.http.headers import content_disposition, entity_tag, retry_after
 from flyswatter.http.idempotency import ReadIdempotencyDep
 from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportRequest
@@ -33,15 +34,15 @@ from flyswatter.jobs.service import (
     job_location,
     load_job_access,
     new_report_job,
+    polling_headers,
     public_job,
-    retry_after,
     visible_jobs,
 )
 from flyswatter.observability.metrics import JOBS_FINISHED, JOBS_REQUESTED, create_job_series
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess, project_access
 from flyswatter.services import ServicesDep
-from flyswatter.storage.service import ObjectMissing, StorageUnavailable, content_disposition
+from flyswatter.storage.service import ObjectMissing, StorageUnavailable
 
 router = APIRouter(tags=["jobs"])
 
@@ -85,14 +86,15 @@ async def request_report(
     public = public_job(job, access.project.key, None)
     location = job_location(job.public_id)
     await idempotency.record(session, 202, public, location=location)
+    # Before the commit: a replay answers with its own response, and nothing here can fail.
+    response.headers["Location"] = location
+    response.headers.update(polling_headers(job))
     if (replayed := await idempotency.commit(session)) is not None:
         return replayed
     JOBS_REQUESTED.labels(JobKind.report.value).inc()
     # After the commit, and never failing the request: a broker that is down leaves the
     # job queued in the database, and the worker's sweep publishes it again later.
     await services.jobs.publish(job.public_id)
-    response.headers["Location"] = location
-    response.headers.update(retry_after(job))
     return public
 
 
@@ -134,7 +136,7 @@ async def get_job(
 ) -> JobPublic:
     """The job's state; `Retry-After` says when to look again while it is queued or running."""
     access = await load_job_access(session, principal, job_id)
-    response.headers.update(retry_after(access.job))
+    response.headers.update(polling_headers(access.job))
     return access.public()
 
 
@@ -207,7 +209,7 @@ async def download_artifact(
         raise NotFound(f"the file of job {job_id} is gone; request the report again") from None
     except StorageUnavailable:
         raise ServiceUnavailable(
-            "the file storage is unavailable; retry later", headers={"Retry-After": "5"}
+            "the file storage is unavailable; retry later", headers={"Retry-After": retry_after(5)}
         ) from None
     return StreamingResponse(
         _in_thread(chunks),
@@ -215,7 +217,7 @@ async def download_artifact(
         headers={
             "Content-Disposition": disposition,
             "Content-Length": str(artifact.size),
-            "ETag": f'"{artifact.checksum}"',
+            "ETag": entity_tag(artifact.checksum),
         },
     )
 

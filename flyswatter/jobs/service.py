@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.auth.tokens import Principal
 from flyswatter.config import Settings
 from flyswatter.errors import NotFound
+from flyswatter.http.headers import api_path, retry_after
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportParameters
 from flyswatter.projects.models import Project, ProjectMember, Role
 from flyswatter.projects.service import ProjectAccess
@@ -132,13 +133,13 @@ async def load_job_access(
 
 
 def job_location(public_id: str) -> str:
-    return f"/api/v1/jobs/{public_id}"
+    return api_path("jobs", public_id)
 
 
 def public_job(job: Job, project_key: str, artifact: Artifact | None) -> JobPublic:
     links = {"self": job_location(job.public_id)}
     if artifact is not None:
-        links["artifact"] = f"{job_location(job.public_id)}/artifact"
+        links["artifact"] = api_path("jobs", job.public_id, "artifact")
     # The shared fields (JobBase) come from the row; the public ones are named here.
     return JobPublic.model_validate(
         job,
@@ -179,5 +180,6 @@ def after_cursor(statement: Select[Any], created_at: Any, job_id: int) -> Select
     )
 
 
-def retry_after(job: Job) -> dict[str, str]:
-    return {} if JobState(job.state).finished else {"Retry-After": str(POLL_SECONDS)}
+def polling_headers(job: Job) -> dict[str, str]:
+    """``Retry-After`` while the job is queued or running: when to look again."""
+    return {} if JobState(job.state).finished else {"Retry-After": retry_after(POLL_SECONDS)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Response, status
 from sqlalchemy.exc import IntegrityError
@@ -14,6 +13,7 @@ from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep
 from flyswatter.errors import Conflict, NotFound, problem_responses
 from flyswatter.http.created import creates
+from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import KeysetDep, Page, lists
 from flyswatter.labels.models import Label, LabelCreate, LabelPublic, LabelUpdate
 from flyswatter.projects.models import Role
@@ -84,11 +84,8 @@ async def create_label(
     access.require_active()
     label = Label.model_validate(body, update={"project_id": access.project_id})
     session.add(label)
+    response.headers["Location"] = api_path("projects", access.project.key, "labels", label.name)
     await _commit_or_conflict(session, body.name)
-    # Names may be any Unicode: a header carries them percent-encoded (RFC 3986).
-    response.headers["Location"] = (
-        f"/api/v1/projects/{access.project.key}/labels/{quote(label.name, safe='')}"
-    )
     return to_public(label)
 
 

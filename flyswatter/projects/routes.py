@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import func
@@ -15,6 +14,7 @@ from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep, utcnow
 from flyswatter.errors import Conflict, NotFound, problem_responses
 from flyswatter.http.created import creates
+from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import CountParam, KeysetDep, Page, lists
 from flyswatter.projects.models import (
     MemberPublic,
@@ -137,8 +137,8 @@ async def create_project(
     session.add(
         ProjectMember(project_id=project.id, user_id=principal.subject, role=Role.maintainer)
     )
+    response.headers["Location"] = api_path("projects", project.key)
     await session.commit()
-    response.headers["Location"] = f"/api/v1/projects/{project.key}"
     return to_public(project, Role.maintainer)
 
 
@@ -263,9 +263,7 @@ async def put_member(
     if member is None:
         member = ProjectMember(project_id=access.project_id, user_id=user_id, role=body.role)
         response.status_code = status.HTTP_201_CREATED
-        response.headers["Location"] = (
-            f"/api/v1/projects/{access.project.key}/members/{quote(user_id, safe='')}"
-        )
+        response.headers["Location"] = api_path("projects", access.project.key, "members", user_id)
     else:
         if member.role == Role.maintainer and body.role != Role.maintainer:
             await _keep_a_maintainer(session, access)

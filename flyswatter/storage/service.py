@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from flyswatter.config import Settings
+from flyswatter.http.headers import content_disposition
 
 CHUNK_SIZE = 64 * 1024
 
@@ -34,15 +34,6 @@ class StoredObject:
     key: str
     size: int
     checksum: str
-
-
-def content_disposition(filename: str) -> str:
-    """``attachment`` with an ASCII fallback name and the exact one in RFC 8187 encoding."""
-    fallback = "".join(
-        char if char.isascii() and char.isprintable() and char not in '"\\' else "_"
-        for char in filename
-    )
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _checked_key(key: str) -> PurePosixPath:
