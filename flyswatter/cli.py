@@ -1,4 +1,4 @@
-"""flyswatter: the bug tracker's command line (serve, dev, worker, migrate).
+"""flyswatter: the bug tracker's command line (serve, dev, worker, migrate, smoke).
 
 Settings come from FLYSWATTER_* environment variables (see the README's Configuration).
 """
@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from flyswatter.config import Settings, UnsafeSettings, is_loopback_host
+from flyswatter.smoke import add_smoke_command
 
 # A setting that cannot be read at all (as opposed to one that is unsafe to run with).
 EXIT_BAD_SETTING = 2
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("history", help="every revision, newest first")
     actions.add_parser("check", help="fail when the models and the migrations disagree")
     migrate.set_defaults(handler=cmd_migrate)
+    add_smoke_command(commands)
     return parser
 
 

@@ -169,8 +169,9 @@ class ServedFlyswatter:
             self.environment["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start, and return once every worker runs and ``/readyz`` answers 200."""
+    def start(self, timeout: float = 60.0, probe: str = "/readyz") -> None:
+        """Start, and return once every worker runs and ``probe`` (``/healthz`` for a
+        service meant to stay unready) answers 200."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [FLYSWATTER, "serve"],
@@ -186,7 +187,7 @@ class ServedFlyswatter:
             # One worker runs in the launcher's own process; more are its children.
             if len(self.worker_pids()) == (self.workers if self.workers > 1 else 0):
                 try:
-                    if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    if httpx.get(f"{self.base_url}{probe}", timeout=2).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
@@ -271,6 +272,53 @@ class ServedFlyswatter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class DevFlyswatter:
+    """``flyswatter dev`` (the service and its development identity provider) on free ports,
+    on its own SQLite file in ``root``; ready once ``/readyz`` answers 200."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port, self.idp_port = free_port(), free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.token_url = (
+            f"http://127.0.0.1:{self.idp_port}/realms/flyswatter/protocol/openid-connect/token"
+        )
+        self.log_path = root / "dev.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _answers_ready(self) -> bool:
+        assert self.process is not None
+        assert self.process.poll() is None, self.log_path.read_text()
+        try:
+            return httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def __enter__(self) -> DevFlyswatter:
+        environment = serve_environment(database_url=f"sqlite:///{self.root / 'dev.db'}")
+        command = [FLYSWATTER, "dev", "--port", str(self.port), "--idp-port", str(self.idp_port)]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                env=environment,
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_until(self._answers_ready, 90, "flyswatter dev did not get ready")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
 
 
 def _postgres_install() -> Path:
