@@ -41,9 +41,9 @@ class SmokeRun:
     failed: list[str] = field(default_factory=list)
 
     def report(self, name: str, ok: bool, reason: str, ms: float) -> None:
-        line = f"{name:<16} {'ok' if ok else 'FAILED':<7} {reason[:160]:<60} {ms:7.0f} ms"
         for secret in self.secrets:
-            line = line.replace(secret, "***")
+            reason = reason.replace(secret, "***")  # before it is cut short, or a piece shows
+        line = f"{name:<16} {'ok' if ok else 'FAILED':<7} {reason[:160]:<60} {ms:7.0f} ms"
         print(line.rstrip(), file=self.out, flush=True)
         if ok:
             self.passed += 1
