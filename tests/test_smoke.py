@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flyswatter import migrations
+from flyswatter.config import Settings
 from tests.support.servers import FLYSWATTER, DevFlyswatter, ServedFlyswatter, free_port
 
 SERVICE_CLIENT = "flyswatter-service"
@@ -119,8 +121,10 @@ def test_no_credentials_is_a_usage_error_naming_the_options(dev: DevFlyswatter) 
 
 def test_a_service_whose_readyz_fails_fails_the_smoke_with_its_reason(tmp_path: Path) -> None:
     # Nothing listens where its Keycloak should be: it lives, and never gets ready.
+    database_url = f"sqlite:///{tmp_path / 'unready.db'}"
+    migrations.upgrade(Settings(database_url=database_url))
     served = ServedFlyswatter(
-        database_url=f"sqlite:///{tmp_path / 'unready.db'}",
+        database_url=database_url,
         keycloak_url=f"http://127.0.0.1:{free_port()}",
         log_path=tmp_path / "serve.log",
         redis_url=None,
