@@ -1,6 +1,7 @@
 """Every table model, imported so that ``SQLModel.metadata`` is complete (Alembic, tests)."""
 
 from flyswatter.comments.models import Comment
+from flyswatter.events.models import Event, EventSequence
 from flyswatter.http.idempotency import IdempotencyRecord
 from flyswatter.issues.models import Activity, Issue
 from flyswatter.jobs.models import Job
@@ -8,11 +9,14 @@ from flyswatter.labels.models import IssueLabel, Label
 from flyswatter.projects.models import Project, ProjectMember
 from flyswatter.storage.models import Artifact
 from flyswatter.users.models import User
+from flyswatter.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt
 
 __all__ = [
     "Activity",
     "Artifact",
     "Comment",
+    "Event",
+    "EventSequence",
     "IdempotencyRecord",
     "Issue",
     "IssueLabel",
@@ -21,4 +25,7 @@ __all__ = [
     "Project",
     "ProjectMember",
     "User",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookDeliveryAttempt",
 ]

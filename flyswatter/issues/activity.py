@@ -10,6 +10,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
+from flyswatter.events.outbox import note_activity
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.models import Activity, ActivityAction, ActivityPublic
 from flyswatter.observability.logs import request_id_var
@@ -30,18 +31,19 @@ def record_activity(
 
     It names the request by the id its log lines carry, so a change can be traced to them.
     """
-    session.add(
-        Activity(
-            issue_id=issue_id,
-            actor_id=principal.subject,
-            client_id=principal.client_id if principal.is_service_account else None,
-            action=action,
-            field=field,
-            old_value=None if old is None else json.dumps(old, default=str),
-            new_value=None if new is None else json.dumps(new, default=str),
-            request_id=request_id_var.get(),
-        )
+    activity = Activity(
+        issue_id=issue_id,
+        actor_id=principal.subject,
+        client_id=principal.client_id if principal.is_service_account else None,
+        action=action,
+        field=field,
+        old_value=None if old is None else json.dumps(old, default=str),
+        new_value=None if new is None else json.dumps(new, default=str),
+        request_id=request_id_var.get(),
     )
+    session.add(activity)
+    # The transaction's event (one per issue changed) is written from it at commit.
+    note_activity(session, activity)
 
 
 async def activity_page(

@@ -107,3 +107,32 @@ def create_job_series(kinds: Iterable[str]) -> None:
 def count_jwks_refresh(outcome: str) -> None:
     """``TokenVerifier``'s ``on_refresh`` hook."""
     JWKS_REFRESHES.labels(outcome).inc()
+
+
+EVENTS_WRITTEN = Counter(
+    "flyswatter_events_written",
+    "Events written to the outbox (committed), by type",
+    ["type"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "flyswatter_webhook_deliveries",
+    "Webhook delivery attempts, by outcome (succeeded, http_error, timeout, ...)",
+    ["outcome"],
+)
+WEBHOOK_DELIVERY_LATENCY = Histogram(
+    "flyswatter_webhook_delivery_duration_seconds",
+    "Time from sending a webhook to the receiver's answer (or the failure), by outcome",
+    ["outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+WEBHOOK_RETRY_BACKLOG_AGE = Gauge(
+    "flyswatter_webhook_retry_backlog_age_seconds",
+    "Age of the oldest webhook delivery still waiting for a retry (0 when none waits)",
+    # Each sweep measures the whole backlog: the latest measurement of a live process holds.
+    multiprocess_mode="livemostrecent",
+)
+EVENT_STREAMS_OPEN = Gauge(
+    "flyswatter_event_streams_open",
+    "Live event streams (Server-Sent Events) open now",
+    multiprocess_mode="livesum",
+)

@@ -1,0 +1,146 @@
+"""The outbox: every committed change to an issue writes exactly one event, in its transaction."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import sqlalchemy as sa
+
+from flyswatter.config import Settings
+from tests.conftest import Api, AuthedClient
+
+
+def stored_events(settings: Settings) -> list[dict[str, Any]]:
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT project_id, sequence, type, uid, payload FROM event ORDER BY id"
+            ).all()
+    finally:
+        engine.dispose()
+    return [
+        {"sequence": row[1], "type": row[2], "uid": row[3], **{"doc": json.loads(row[4])}}
+        for row in rows
+    ]
+
+
+async def project_with_issue(api: Api) -> tuple[AuthedClient, AuthedClient]:
+    owner = api.as_user("olivia")
+    developer = api.as_user("dana")
+    developer_id = await developer.sign_in()
+    assert (
+        await owner.post("/api/v1/projects", json={"key": "EVT", "name": "E"})
+    ).status_code == 201
+    member = await owner.put(
+        f"/api/v1/projects/EVT/members/{developer_id}", json={"role": "developer"}
+    )
+    assert member.status_code == 201
+    label = await owner.post("/api/v1/projects/EVT/labels", json={"name": "ui", "color": "#00ff00"})
+    assert label.status_code == 201
+    created = await owner.post("/api/v1/projects/EVT/issues", json={"title": "Broken"})
+    assert created.status_code == 201
+    return owner, developer
+
+
+async def test_each_kind_of_change_writes_one_event_of_its_type(
+    api: Api, settings: Settings
+) -> None:
+    owner, developer = await project_with_issue(api)
+    developer_id = await developer.sign_in()
+    steps = [
+        ("PATCH", "/api/v1/issues/EVT-1", {"title": "Still broken", "priority": "high"}),
+        ("POST", "/api/v1/issues/EVT-1/transitions", {"to": "in_progress"}),
+        ("PATCH", "/api/v1/issues/EVT-1", {"assignee_id": developer_id}),
+        ("POST", "/api/v1/issues/EVT-1/labels/ui", None),
+        ("POST", "/api/v1/issues/EVT-1/comments", {"body": "looking"}),
+    ]
+    for method, url, body in steps:
+        response = await owner.request(method, url, json=body)
+        assert response.status_code in (200, 201), response.text
+    comment_id = response.json()["id"]
+    assert (
+        await owner.patch(f"/api/v1/comments/{comment_id}", json={"body": "fixed"})
+    ).status_code == 200
+    assert (await owner.delete(f"/api/v1/comments/{comment_id}")).status_code == 204
+
+    events = stored_events(settings)
+    assert [event["type"] for event in events] == [
+        "issue.created",
+        "issue.updated",
+        "issue.transitioned",
+        "issue.assigned",
+        "issue.labelled",
+        "comment.created",
+        "comment.updated",
+        "comment.deleted",
+    ]
+    assert [event["sequence"] for event in events] == list(range(1, 9))
+    updated = events[1]["doc"]
+    # One event for the change, however many fields it touched.
+    assert {change["field"] for change in updated["data"]["changes"]} == {"title", "priority"}
+    assert updated["data"]["issue"]["title"] == "Still broken"
+    assert updated["actor"]["username"] == "olivia"
+    assert updated["id"] == events[1]["uid"]
+    assert updated["project_key"] == "EVT"
+    assert events[5]["doc"]["data"]["comment"]["body"] == "looking"
+    assert events[6]["doc"]["data"]["comment"]["body"] == "fixed"
+    assert events[7]["doc"]["data"]["comment"] is None
+    assert events[7]["doc"]["data"]["comment_id"] == comment_id
+
+
+async def test_event_carries_the_issue_as_the_api_shows_it(api: Api, settings: Settings) -> None:
+    owner, _ = await project_with_issue(api)
+    await owner.post("/api/v1/issues/EVT-1/labels/ui")
+    shown = (await owner.get("/api/v1/issues/EVT-1")).json()
+    assert stored_events(settings)[-1]["doc"]["data"]["issue"] == shown
+
+
+async def test_rolled_back_change_leaves_no_event(api: Api, settings: Settings) -> None:
+    owner, _ = await project_with_issue(api)
+    # The title change is recorded, then the unknown label fails the request: nothing commits.
+    failed = await owner.patch("/api/v1/issues/EVT-1", json={"title": "New", "labels": ["nope"]})
+    assert failed.status_code == 422
+    assert [event["type"] for event in stored_events(settings)] == ["issue.created"]
+    assert (await owner.get("/api/v1/issues/EVT-1")).json()["title"] == "Broken"
+    # The number the rolled-back change took is given back: the project's events stay gapless.
+    assert (await owner.patch("/api/v1/issues/EVT-1", json={"title": "New"})).status_code == 200
+    assert [event["sequence"] for event in stored_events(settings)] == [1, 2]
+
+
+async def test_a_change_that_changes_nothing_writes_no_event(api: Api, settings: Settings) -> None:
+    owner, _ = await project_with_issue(api)
+    assert (await owner.patch("/api/v1/issues/EVT-1", json={"title": "Broken"})).status_code == 200
+    assert len(stored_events(settings)) == 1
+
+
+async def test_concurrent_changes_to_one_issue_keep_their_order(
+    api: Api, settings: Settings
+) -> None:
+    owner, _ = await project_with_issue(api)
+
+    async def rename(number: int) -> None:
+        response = await owner.patch("/api/v1/issues/EVT-1", json={"title": f"Title {number}"})
+        assert response.status_code == 200, response.text
+
+    async def file_another() -> None:
+        response = await owner.post("/api/v1/projects/EVT/issues", json={"title": "Other"})
+        assert response.status_code == 201, response.text
+
+    async with anyio.create_task_group() as group:
+        for number in range(8):
+            group.start_soon(rename, number)
+        group.start_soon(file_another)
+
+    events = stored_events(settings)
+    assert [event["sequence"] for event in events] == list(range(1, len(events) + 1))
+    versions = [
+        event["doc"]["data"]["issue"]["version"]
+        for event in events
+        if event["doc"]["data"]["issue"]["key"] == "EVT-1"
+    ]
+    # Sequence order is commit order: each event of the issue shows the next version.
+    assert versions == sorted(versions)
+    assert len(set(versions)) == len(versions)
