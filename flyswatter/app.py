@@ -43,6 +43,8 @@ from flyswatter.ratelimit import RateLimitMiddleware, build_limiter, close_limit
 from flyswatter.services import Flyswatter, Services, ServicesDep
 from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror
+from flyswatter.webhooks.routes import router as webhooks_router
+from flyswatter.webhooks.targets import TargetPolicy
 
 logger = logging.getLogger("flyswatter")
 
@@ -59,6 +61,7 @@ def api_router() -> APIRouter:
     router.include_router(issues_router)
     router.include_router(comments_router)
     router.include_router(jobs_router)
+    router.include_router(webhooks_router)
     return router
 
 
@@ -129,6 +132,7 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
             limiter=limiter,
             jobs=JobQueue(settings),
         )
+        app.state.webhook_target_policy = TargetPolicy.from_settings(settings)
         # Not fatal: the service starts, reports not-ready, and loads keys on the first token.
         if settings.keycloak_url:
             await verifier.refresh_keys(force=True)

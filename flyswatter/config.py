@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -142,6 +142,41 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
+    # Webhooks. Targets must be https unless plain http is allowed (``flyswatter dev`` does);
+    # loopback, private, link-local, multicast and cloud-metadata addresses are refused
+    # unless they are in ``webhook_allowed_networks`` (CIDRs). ``webhook_allow_loopback`` is
+    # for ``flyswatter dev`` only: ``serve`` refuses it (allow-list the address instead).
+    webhook_allow_http: bool = False
+    webhook_allow_loopback: bool = False
+    webhook_allowed_networks: list[str] = []
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # Attempts per delivery, the backoff between them (doubling from the base, capped): the
+    # defaults retry for about a day (1 min, 2, 4, ... then every 6 h; 13 attempts, 26 h).
+    webhook_max_attempts: int = Field(default=13, ge=1, le=30)
+    webhook_retry_base_seconds: float = Field(default=60.0, gt=0, le=3600)
+    webhook_retry_max_delay_seconds: float = Field(default=6 * 3600.0, gt=0, le=86_400)
+    # A webhook is disabled after this many failed attempts in a row (any success resets).
+    webhook_disable_after_failures: int = Field(default=50, ge=1, le=10_000)
+    # After a secret rotation the previous secret keeps signing this long, beside the new one.
+    webhook_secret_overlap_seconds: int = Field(default=86_400, ge=0, le=7 * 86_400)
+    # Deliveries a worker claims at once, and sends concurrently.
+    webhook_batch_size: int = Field(default=20, ge=1, le=500)
+    # The periodic sweep's interval (due deliveries, pruning).
+    webhook_sweep_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Events (and their delivery logs) are kept this long, then pruned.
+    event_retention_days: int = Field(default=7, ge=2, le=365)
+
+    # The live event stream (Server-Sent Events).
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    events_max_streams_per_principal: int = Field(default=5, ge=1, le=1000)
+    # Events waiting for one slow client; past this it is told to resync instead.
+    events_stream_buffer: int = Field(default=256, ge=1, le=100_000)
+    # A stream ends after this long (the client resumes with Last-Event-ID), so that access
+    # withdrawn from a member, or an expired token, ends their stream too.
+    events_stream_max_seconds: int = Field(default=900, ge=5, le=86_400)
+    # Redis pub/sub channel that fans events out to every worker and replica.
+    events_channel: str = Field(default="flyswatter:events", min_length=1, max_length=200)
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -177,6 +212,16 @@ class Settings(BaseSettings):
         bad = [alg for alg in value if alg not in allowed]
         if bad or not value:
             raise ValueError(f"token_algorithms must be asymmetric algorithms, got {bad or value}")
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"not a network (CIDR or address): {network!r}") from None
         return value
 
     @property
@@ -253,6 +298,11 @@ class Settings(BaseSettings):
             raise UnsafeSettings(
                 "several workers need shared rate limits: set FLYSWATTER_REDIS_URL "
                 "(or FLYSWATTER_RATE_LIMIT_ENABLED=false)"
+            )
+        if self.webhook_allow_loopback:
+            raise UnsafeSettings(
+                "FLYSWATTER_WEBHOOK_ALLOW_LOOPBACK is for flyswatter dev: list the receiver's "
+                "address in FLYSWATTER_WEBHOOK_ALLOWED_NETWORKS instead"
             )
         if "*" in self.cors_origins:
             raise UnsafeSettings("FLYSWATTER_CORS_ORIGINS must list origins, not '*'")

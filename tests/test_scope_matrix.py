@@ -86,6 +86,8 @@ SAMPLE_BODIES: dict[str, dict[str, object]] = {
     "PATCH /api/v1/comments/{id}": {"body": "edited"},
     "POST /api/v1/projects/{key}/labels": {"name": "ui", "color": "#00ff00"},
     "PATCH /api/v1/projects/{key}/labels/{name}": {"color": "#0000ff"},
+    "POST /api/v1/projects/{key}/webhooks": {"url": "https://93.184.215.14/hook"},
+    "PATCH /api/v1/projects/{key}/webhooks/{webhook_id}": {"description": "renamed"},
 }
 
 

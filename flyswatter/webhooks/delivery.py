@@ -1,0 +1,314 @@
+"""The webhook deliverer: claim due deliveries, sign, send, record, schedule the retry.
+
+Synchronous, for the Celery worker (``flyswatter.webhooks.tasks``); any number of workers may
+run it at once. A claim takes due rows with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (on
+SQLite, ``BEGIN IMMEDIATE`` makes the claiming transaction the only writer) and moves their
+due time a lease ahead before anything is sent. No transaction stays open while a receiver
+is called: a worker killed mid-delivery leaves its rows due again once the lease runs out,
+and the next worker sends them again, under the same ``webhook-id`` (at least once).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+from sqlalchemy import Engine, delete, insert, select, update
+
+from flyswatter.config import Settings
+from flyswatter.db import utcnow
+from flyswatter.events.models import Event
+from flyswatter.observability.metrics import (
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_DELIVERY_LATENCY,
+    WEBHOOK_RETRY_BACKLOG_AGE,
+)
+from flyswatter.webhooks.models import (
+    MAX_EXCERPT,
+    AttemptOutcome,
+    DeliveryState,
+    Webhook,
+    WebhookDelivery,
+    WebhookDeliveryAttempt,
+)
+from flyswatter.webhooks.signing import signed_headers, signing_secrets
+from flyswatter.webhooks.targets import PinnedTransport, RefusedTarget, TargetPolicy
+
+logger = logging.getLogger("flyswatter.webhooks")
+
+_DELIVERY = WebhookDelivery.__table__  # type: ignore[attr-defined]
+_ATTEMPT = WebhookDeliveryAttempt.__table__  # type: ignore[attr-defined]
+_WEBHOOK = Webhook.__table__  # type: ignore[attr-defined]
+_EVENT = Event.__table__  # type: ignore[attr-defined]
+USER_AGENT = "Flyswatter-Webhooks/1"
+# Jitter spreads retries of many deliveries that failed together; not a secret.
+_jitter = random.Random()  # noqa: S311
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    delivery_id: int
+    attempt: int
+    webhook_id: int
+    url: str
+    secrets: list[str]
+    event_uid: str
+    payload: str
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    outcome: AttemptOutcome
+    status_code: int | None
+    duration_ms: float
+    excerpt: str | None
+    error: str | None
+    started_at: datetime
+
+
+def lease_seconds(settings: Settings) -> float:
+    """How long a claimed delivery stays out of other workers' reach while it is sent."""
+    return 2 * settings.webhook_timeout_seconds + 5
+
+
+def backoff_seconds(settings: Settings, attempts: int) -> float:
+    """The wait after the ``attempts``-th failure: doubling from the base, capped, ±20 %."""
+    delay = min(
+        settings.webhook_retry_base_seconds * 2 ** (attempts - 1),
+        settings.webhook_retry_max_delay_seconds,
+    )
+    return float(delay * _jitter.uniform(0.8, 1.2))
+
+
+def claim_due(engine: Engine, settings: Settings, now: datetime, limit: int) -> list[Claim]:
+    statement = (
+        select(
+            _DELIVERY.c.id,
+            _DELIVERY.c.attempts,
+            _DELIVERY.c.next_attempt_at,
+            _WEBHOOK.c.id.label("webhook_id"),
+            _WEBHOOK.c.url,
+            _WEBHOOK.c.secret,
+            _WEBHOOK.c.previous_secret,
+            _WEBHOOK.c.previous_secret_expires_at,
+            _EVENT.c.uid,
+            _EVENT.c.payload,
+        )
+        .join(_WEBHOOK, _WEBHOOK.c.id == _DELIVERY.c.webhook_id)
+        .join(_EVENT, _EVENT.c.id == _DELIVERY.c.event_id)
+        .where(
+            _DELIVERY.c.state == DeliveryState.pending.value,
+            _DELIVERY.c.next_attempt_at <= now,
+            _WEBHOOK.c.active.is_(True),
+        )
+        .order_by(_DELIVERY.c.next_attempt_at, _DELIVERY.c.id)
+        .limit(limit)
+        # Rows another worker is claiming right now are skipped, not waited for (SQLite
+        # renders no FOR UPDATE; its claiming transaction holds the write lock instead).
+        .with_for_update(skip_locked=True, of=_DELIVERY)
+    )
+    with engine.begin() as connection:
+        rows = list(connection.execute(statement))
+        if not rows:
+            return []
+        connection.execute(
+            update(_DELIVERY)
+            .where(_DELIVERY.c.id.in_([row.id for row in rows]))
+            .values(
+                attempts=_DELIVERY.c.attempts + 1,
+                next_attempt_at=now + timedelta(seconds=lease_seconds(settings)),
+                updated_at=now,
+            )
+        )
+    return [
+        Claim(
+            delivery_id=row.id,
+            attempt=row.attempts + 1,
+            webhook_id=row.webhook_id,
+            url=row.url,
+            secrets=signing_secrets(
+                row.secret, row.previous_secret, row.previous_secret_expires_at, now
+            ),
+            event_uid=row.uid,
+            payload=row.payload,
+            due_at=row.next_attempt_at,
+        )
+        for row in rows
+    ]
+
+
+def send(claim: Claim, client: httpx.Client) -> AttemptResult:
+    """POST the signed event; never raises for what the receiver or the network does."""
+    started_at = utcnow()
+    headers = {
+        **signed_headers(claim.secrets, claim.event_uid, started_at, claim.payload),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+    start = time.perf_counter()
+    status_code = None
+    excerpt = None
+    try:
+        with client.stream("POST", claim.url, content=claim.payload, headers=headers) as response:
+            status_code = response.status_code
+            received = b""
+            for chunk in response.iter_bytes():
+                received += chunk
+                if len(received) >= MAX_EXCERPT:
+                    break
+            excerpt = received.decode("utf-8", errors="replace")[:MAX_EXCERPT]
+        outcome = (
+            AttemptOutcome.succeeded if 200 <= status_code < 300 else AttemptOutcome.http_error
+        )
+        error = None if outcome is AttemptOutcome.succeeded else f"HTTP {status_code}"
+    except RefusedTarget as refused:
+        outcome, error = AttemptOutcome.refused_target, refused.message
+    except httpx.TimeoutException as exc:
+        outcome, error = AttemptOutcome.timeout, f"no answer in time ({type(exc).__name__})"
+    except httpx.HTTPError as exc:
+        outcome, error = AttemptOutcome.connection_error, type(exc).__name__
+    duration_ms = (time.perf_counter() - start) * 1000
+    return AttemptResult(
+        outcome=outcome,
+        status_code=status_code,
+        duration_ms=round(duration_ms, 3),
+        excerpt=excerpt,
+        error=error,
+        started_at=started_at,
+    )
+
+
+def record(engine: Engine, settings: Settings, claim: Claim, result: AttemptResult) -> None:
+    """Log the attempt, then settle the delivery or schedule its retry; count the webhook's
+    failures and disable it after a run of them."""
+    now = utcnow()
+    succeeded = result.outcome is AttemptOutcome.succeeded
+    exhausted = claim.attempt >= settings.webhook_max_attempts
+    values: dict[str, object]
+    if succeeded:
+        values = {"state": DeliveryState.succeeded.value, "next_attempt_at": None}
+    elif exhausted:
+        values = {"state": DeliveryState.failed.value, "next_attempt_at": None}
+    else:
+        retry_at = now + timedelta(seconds=backoff_seconds(settings, claim.attempt))
+        values = {"next_attempt_at": retry_at}
+    with engine.begin() as connection:
+        connection.execute(
+            insert(_ATTEMPT).values(
+                delivery_id=claim.delivery_id,
+                number=claim.attempt,
+                outcome=result.outcome.value,
+                status_code=result.status_code,
+                duration_ms=result.duration_ms,
+                response_excerpt=result.excerpt,
+                error=result.error,
+                started_at=result.started_at,
+            )
+        )
+        # Only while the claim is still this worker's: a redelivery or a newer claim wins.
+        connection.execute(
+            update(_DELIVERY)
+            .where(
+                _DELIVERY.c.id == claim.delivery_id,
+                _DELIVERY.c.attempts == claim.attempt,
+                _DELIVERY.c.state == DeliveryState.pending.value,
+            )
+            .values(updated_at=now, **values)
+        )
+        if succeeded:
+            connection.execute(
+                update(_WEBHOOK)
+                .where(_WEBHOOK.c.id == claim.webhook_id, _WEBHOOK.c.consecutive_failures != 0)
+                .values(consecutive_failures=0)
+            )
+        else:
+            failures = connection.execute(
+                update(_WEBHOOK)
+                .where(_WEBHOOK.c.id == claim.webhook_id)
+                .values(consecutive_failures=_WEBHOOK.c.consecutive_failures + 1)
+                .returning(_WEBHOOK.c.consecutive_failures)
+            ).scalar_one_or_none()
+            if failures is not None and failures >= settings.webhook_disable_after_failures:
+                connection.execute(
+                    update(_WEBHOOK)
+                    .where(_WEBHOOK.c.id == claim.webhook_id, _WEBHOOK.c.active.is_(True))
+                    .values(
+                        active=False,
+                        disabled_at=now,
+                        updated_at=now,
+                        disabled_reason=(
+                            f"disabled after {failures} failed attempts in a row; the last: "
+                            f"{result.error}"
+                        )[:500],
+                    )
+                )
+    WEBHOOK_DELIVERIES.labels(outcome=result.outcome.value).inc()
+    WEBHOOK_DELIVERY_LATENCY.labels(outcome=result.outcome.value).observe(result.duration_ms / 1000)
+
+
+def delivery_client(settings: Settings, policy: TargetPolicy | None = None) -> httpx.Client:
+    """The HTTP client deliveries use: the SSRF guard as transport, no redirects, a timeout."""
+    return httpx.Client(
+        transport=PinnedTransport(policy or TargetPolicy.from_settings(settings)),
+        follow_redirects=False,
+        timeout=settings.webhook_timeout_seconds,
+        trust_env=False,
+    )
+
+
+def deliver_due(
+    engine: Engine,
+    settings: Settings,
+    *,
+    client: httpx.Client | None = None,
+    batches: int = 1,
+) -> Counter[str]:
+    """Send up to ``batches`` batches of due deliveries; the outcomes, counted."""
+    outcomes: Counter[str] = Counter()
+    own_client = client is None
+    http = client or delivery_client(settings)
+    try:
+        for _ in range(batches):
+            claims = claim_due(engine, settings, utcnow(), settings.webhook_batch_size)
+            if not claims:
+                break
+
+            def attempt(claim: Claim) -> AttemptOutcome:
+                result = send(claim, http)
+                record(engine, settings, claim, result)
+                return result.outcome
+
+            with ThreadPoolExecutor(max_workers=len(claims)) as pool:
+                outcomes.update(outcome.value for outcome in pool.map(attempt, claims))
+    finally:
+        if own_client:
+            http.close()
+    observe_backlog(engine)
+    return outcomes
+
+
+def observe_backlog(engine: Engine) -> None:
+    """The age of the oldest delivery waiting for a retry, as a gauge."""
+    with engine.connect() as connection:
+        oldest = connection.execute(
+            select(_DELIVERY.c.created_at)
+            .where(_DELIVERY.c.state == DeliveryState.pending.value, _DELIVERY.c.attempts > 0)
+            .order_by(_DELIVERY.c.created_at)
+            .limit(1)
+        ).scalar_one_or_none()
+    WEBHOOK_RETRY_BACKLOG_AGE.set(0 if oldest is None else (utcnow() - oldest).total_seconds())
+
+
+def prune(engine: Engine, settings: Settings) -> int:
+    """Delete events past their retention; their deliveries and attempt logs go with them."""
+    cutoff = utcnow() - timedelta(days=settings.event_retention_days)
+    with engine.begin() as connection:
+        pruned = connection.execute(delete(_EVENT).where(_EVENT.c.occurred_at < cutoff))
+    return int(pruned.rowcount or 0)

@@ -1,0 +1,237 @@
+"""``/api/v1/projects/{key}/webhooks``: subscriptions, their delivery log and redelivery."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response, status
+from sqlalchemy import update
+
+from flyswatter.auth.scopes import Scope
+from flyswatter.db import MAX_ROW_ID, SessionDep, utcnow
+from flyswatter.errors import NotFound, problem_responses
+from flyswatter.pagination import (
+    DEFAULT_LIMIT,
+    CursorParam,
+    LimitParam,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    set_next_link,
+)
+from flyswatter.projects.models import Role
+from flyswatter.projects.service import ProjectAccess, project_access
+from flyswatter.webhooks.models import (
+    DeliveryPublic,
+    DeliveryState,
+    SecretRotation,
+    Webhook,
+    WebhookCreate,
+    WebhookPublic,
+    WebhookUpdate,
+    WebhookWithSecret,
+)
+from flyswatter.webhooks.service import (
+    DELIVERIES,
+    DELIVERY,
+    WEBHOOK,
+    check_webhook_url,
+    load_webhook,
+    public_deliveries,
+    target_policy,
+    webhook_public,
+    webhook_with_secret,
+)
+from flyswatter.webhooks.signing import new_secret
+
+router = APIRouter(prefix="/projects/{key}/webhooks", tags=["webhooks"])
+
+ProjectForWebhooks = Annotated[
+    ProjectAccess,
+    Depends(project_access(Role.maintainer, Scope.projects_write, "managing webhooks")),
+]
+WebhookIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Webhook id.")]
+DeliveryIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Delivery id.")]
+AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WebhookWithSecret,
+    responses=AUTH_ERRORS,
+)
+async def create_webhook(
+    body: WebhookCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    access: ProjectForWebhooks,
+) -> WebhookWithSecret:
+    """Subscribe a URL to the project's events (maintainers). The answer shows the signing
+    secret; it is never shown again (rotate it to get a new one)."""
+    await check_webhook_url(target_policy(request), body.url)
+    webhook = Webhook.model_validate(
+        body,
+        update={
+            "project_id": access.project_id,
+            "event_types": list(dict.fromkeys(body.event_types)),
+            "secret": new_secret(),
+            "created_by": access.principal.subject,
+        },
+    )
+    session.add(webhook)
+    await session.commit()
+    response.headers["Location"] = f"/api/v1/projects/{access.project.key}/webhooks/{webhook.id}"
+    return webhook_with_secret(webhook)
+
+
+@router.get("", response_model=Page[WebhookPublic], responses=problem_responses(400) | AUTH_ERRORS)
+async def list_webhooks(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    access: ProjectForWebhooks,
+    cursor: CursorParam = None,
+    limit: LimitParam = DEFAULT_LIMIT,
+) -> Page[WebhookPublic]:
+    """The project's webhooks, oldest first (maintainers)."""
+    statement = WEBHOOK.select().where(WEBHOOK.c.project_id == access.project_id)
+    if cursor is not None:
+        (after,) = decode_cursor(cursor, "id", (int,))
+        statement = statement.where(WEBHOOK.c.id > after)
+    connection = await session.connection()
+    rows = list(await connection.execute(statement.order_by(WEBHOOK.c.id).limit(limit + 1)))
+    items = [WebhookPublic.model_validate(row, from_attributes=True) for row in rows[:limit]]
+    next_cursor = encode_cursor("id", [items[-1].id]) if len(rows) > limit else None
+    set_next_link(request, response, next_cursor)
+    return Page(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{webhook_id}", response_model=WebhookPublic, responses=AUTH_ERRORS)
+async def get_webhook(
+    webhook_id: WebhookIdPath, session: SessionDep, access: ProjectForWebhooks
+) -> WebhookPublic:
+    """One webhook, with its failure count and, if the service disabled it, why."""
+    return webhook_public(await load_webhook(session, access, webhook_id))
+
+
+@router.patch("/{webhook_id}", response_model=WebhookPublic, responses=AUTH_ERRORS)
+async def update_webhook(
+    webhook_id: WebhookIdPath,
+    body: WebhookUpdate,
+    request: Request,
+    session: SessionDep,
+    access: ProjectForWebhooks,
+) -> WebhookPublic:
+    """Change the URL, event types, description or ``active``; ``active: true`` re-enables a
+    webhook the service disabled, and its pending deliveries resume."""
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    if "url" in changes:
+        await check_webhook_url(target_policy(request), changes["url"])
+    webhook = await load_webhook(session, access, webhook_id, for_update=True)
+    if "event_types" in changes:
+        changes["event_types"] = list(dict.fromkeys(changes["event_types"]))
+    if changes.get("active") is True:
+        changes.update(consecutive_failures=0, disabled_reason=None, disabled_at=None)
+    if changes:
+        webhook.sqlmodel_update(changes)
+        webhook.updated_at = utcnow()
+        session.add(webhook)
+        await session.commit()
+    return webhook_public(webhook)
+
+
+@router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT, responses=AUTH_ERRORS)
+async def delete_webhook(
+    webhook_id: WebhookIdPath, session: SessionDep, access: ProjectForWebhooks
+) -> None:
+    """Delete the webhook with its delivery log; nothing more is sent to it."""
+    webhook = await load_webhook(session, access, webhook_id, for_update=True)
+    await session.delete(webhook)
+    await session.commit()
+
+
+@router.post("/{webhook_id}/rotate-secret", response_model=WebhookWithSecret, responses=AUTH_ERRORS)
+async def rotate_secret(
+    webhook_id: WebhookIdPath,
+    request: Request,
+    session: SessionDep,
+    access: ProjectForWebhooks,
+    body: SecretRotation | None = None,
+) -> WebhookWithSecret:
+    """A new signing secret, shown once. During the overlap (a day unless asked otherwise)
+    deliveries carry a signature with each secret, so receivers can switch at their pace."""
+    webhook = await load_webhook(session, access, webhook_id, for_update=True)
+    overlap = (
+        body.overlap_seconds
+        if body is not None and body.overlap_seconds is not None
+        else request.app.state.settings.webhook_secret_overlap_seconds
+    )
+    now = utcnow()
+    webhook.previous_secret = webhook.secret if overlap > 0 else None
+    webhook.previous_secret_expires_at = now + timedelta(seconds=overlap) if overlap > 0 else None
+    webhook.secret = new_secret()
+    webhook.updated_at = now
+    session.add(webhook)
+    await session.commit()
+    return webhook_with_secret(webhook)
+
+
+@router.get(
+    "/{webhook_id}/deliveries",
+    response_model=Page[DeliveryPublic],
+    responses=problem_responses(400) | AUTH_ERRORS,
+)
+async def list_deliveries(
+    webhook_id: WebhookIdPath,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    access: ProjectForWebhooks,
+    cursor: CursorParam = None,
+    limit: LimitParam = DEFAULT_LIMIT,
+) -> Page[DeliveryPublic]:
+    """The delivery log, newest first: each event sent, its state and every attempt
+    (status, duration, the start of the receiver's answer)."""
+    webhook = await load_webhook(session, access, webhook_id)
+    query = DELIVERIES.where(DELIVERY.c.webhook_id == webhook.id)
+    if cursor is not None:
+        (before,) = decode_cursor(cursor, "id", (int,))
+        query = query.where(DELIVERY.c.id < before)
+    connection = await session.connection()
+    rows = list(await connection.execute(query.order_by(DELIVERY.c.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    next_cursor = encode_cursor("id", [page[-1].id]) if len(rows) > limit else None
+    set_next_link(request, response, next_cursor)
+    return Page(items=await public_deliveries(session, page), next_cursor=next_cursor)
+
+
+@router.post(
+    "/{webhook_id}/deliveries/{delivery_id}/redeliver",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeliveryPublic,
+    responses=AUTH_ERRORS,
+)
+async def redeliver(
+    webhook_id: WebhookIdPath,
+    delivery_id: DeliveryIdPath,
+    session: SessionDep,
+    access: ProjectForWebhooks,
+) -> DeliveryPublic:
+    """Send the event again, now, under the same ``webhook-id`` (one more attempt)."""
+    webhook = await load_webhook(session, access, webhook_id)
+    now = utcnow()
+    connection = await session.connection()
+    changed = await connection.execute(
+        update(DELIVERY)
+        .where(DELIVERY.c.id == delivery_id, DELIVERY.c.webhook_id == webhook.id)
+        .values(state=DeliveryState.pending.value, next_attempt_at=now, updated_at=now)
+    )
+    if changed.rowcount == 0:
+        raise NotFound(f"delivery {delivery_id} not found for webhook {webhook_id}")
+    row = (await connection.execute(DELIVERIES.where(DELIVERY.c.id == delivery_id))).one()
+    (public,) = await public_deliveries(session, [row])
+    await session.commit()
+    return public

@@ -1,0 +1,110 @@
+"""Webhook logic for the API: the webhook-or-404 lookup, target checks, the delivery log."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio.to_thread
+from fastapi import Request
+from sqlalchemy import bindparam, select
+from sqlmodel import select as sqlmodel_select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.errors import NotFound, UnprocessableEntity
+from flyswatter.events.models import Event
+from flyswatter.projects.service import ProjectAccess
+from flyswatter.webhooks.models import (
+    AttemptPublic,
+    DeliveryPublic,
+    Webhook,
+    WebhookDelivery,
+    WebhookDeliveryAttempt,
+    WebhookPublic,
+    WebhookWithSecret,
+)
+from flyswatter.webhooks.targets import RefusedTarget, TargetPolicy, check_target
+
+WEBHOOK = Webhook.__table__  # type: ignore[attr-defined]
+DELIVERY = WebhookDelivery.__table__  # type: ignore[attr-defined]
+_ATTEMPT = WebhookDeliveryAttempt.__table__  # type: ignore[attr-defined]
+_EVENT = Event.__table__  # type: ignore[attr-defined]
+
+DELIVERY_COLUMNS = (
+    DELIVERY.c.id,
+    _EVENT.c.uid,
+    _EVENT.c.type,
+    DELIVERY.c.state,
+    DELIVERY.c.attempts,
+    DELIVERY.c.next_attempt_at,
+    DELIVERY.c.created_at,
+    DELIVERY.c.updated_at,
+)
+DELIVERIES = select(*DELIVERY_COLUMNS).join(_EVENT, _EVENT.c.id == DELIVERY.c.event_id)
+_ATTEMPTS_OF = (
+    select(_ATTEMPT)
+    .where(_ATTEMPT.c.delivery_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_ATTEMPT.c.delivery_id, _ATTEMPT.c.id)
+)
+
+
+def target_policy(request: Request) -> TargetPolicy:
+    policy: TargetPolicy = request.app.state.webhook_target_policy
+    return policy
+
+
+async def check_webhook_url(policy: TargetPolicy, url: str) -> None:
+    """422 for a URL the deliverer would refuse; resolving the host runs off the event loop."""
+    try:
+        await anyio.to_thread.run_sync(check_target, url, policy)
+    except RefusedTarget as refused:
+        raise UnprocessableEntity(
+            f"this webhook URL is refused: {refused.message}", loc=("body", "url")
+        ) from None
+
+
+async def load_webhook(
+    session: AsyncSession, access: ProjectAccess, webhook_id: int, *, for_update: bool = False
+) -> Webhook:
+    statement = sqlmodel_select(Webhook).where(
+        Webhook.project_id == access.project_id, Webhook.id == webhook_id
+    )
+    if for_update:
+        statement = statement.with_for_update()
+    webhook = (await session.exec(statement)).first()
+    if webhook is None:
+        raise NotFound(f"webhook {webhook_id} not found in {access.project.key}")
+    return webhook
+
+
+def webhook_public(webhook: Webhook) -> WebhookPublic:
+    return WebhookPublic.model_validate(webhook)
+
+
+def webhook_with_secret(webhook: Webhook) -> WebhookWithSecret:
+    return WebhookWithSecret.model_validate(webhook)
+
+
+async def public_deliveries(session: AsyncSession, rows: Sequence[Any]) -> list[DeliveryPublic]:
+    """Deliveries with every attempt at them: one more statement for the whole page."""
+    attempts: dict[int, list[AttemptPublic]] = {}
+    if rows:
+        connection = await session.connection()
+        for attempt in await connection.execute(_ATTEMPTS_OF, {"ids": [row.id for row in rows]}):
+            attempts.setdefault(attempt.delivery_id, []).append(
+                AttemptPublic.model_validate(attempt, from_attributes=True)
+            )
+    return [
+        DeliveryPublic(
+            id=row.id,
+            event_id=row.uid,
+            event_type=row.type,
+            state=row.state,
+            attempts=row.attempts,
+            next_attempt_at=row.next_attempt_at,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            attempt_log=attempts.get(row.id, []),
+        )
+        for row in rows
+    ]

@@ -1,0 +1,287 @@
+"""Server-side request forgery: which webhook URLs are refused, at creation and at delivery."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from ipaddress import ip_address
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from flyswatter.config import Settings, UnsafeSettings
+from flyswatter.db import create_sync_engine
+from flyswatter.webhooks.delivery import deliver_due, delivery_client
+from flyswatter.webhooks.targets import (
+    IPAddress,
+    RefusedTarget,
+    TargetPolicy,
+    check_target,
+)
+from tests.conftest import Api, AuthedClient
+from tests.webhook_receiver import WebhookReceiver, running_receiver
+
+# URL -> the class of refusal, for a service with the production defaults.
+REFUSED = {
+    "http://93.184.215.14/hook": "scheme",
+    "ftp://93.184.215.14/hook": "scheme",
+    "file:///etc/passwd": "scheme",
+    "https://user:secret@93.184.215.14/hook": "credentials",
+    "https://127.0.0.1/hook": "loopback",
+    "https://127.1.2.3/hook": "loopback",
+    "https://[::1]/hook": "loopback",
+    "https://localhost/hook": "loopback",
+    # Integer and hexadecimal spellings, which the system resolver turns into 127.0.0.1.
+    "https://2130706433/hook": "loopback",
+    "https://0x7f000001/hook": "loopback",
+    "https://10.0.0.1/hook": "private",
+    "https://172.16.5.4/hook": "private",
+    "https://192.168.1.1/hook": "private",
+    "https://[fd12:3456::1]/hook": "private",
+    "https://169.254.10.10/hook": "link-local",
+    "https://[fe80::1]/hook": "link-local",
+    "https://224.0.0.1/hook": "multicast",
+    "https://[ff02::1]/hook": "multicast",
+    "https://0.0.0.0/hook": "unspecified",
+    "https://[::]/hook": "unspecified",
+    "https://169.254.169.254/latest/meta-data/": "cloud-metadata",
+    "https://[fd00:ec2::254]/latest/meta-data/": "cloud-metadata",
+    "https://169.254.170.2/v2/credentials": "cloud-metadata",
+    "https://100.100.100.200/latest/meta-data": "cloud-metadata",
+    "https://metadata.google.internal/computeMetadata/v1/": "cloud-metadata",
+    "https://100.64.0.1/hook": "reserved",
+    "https://240.0.0.1/hook": "reserved",
+    # IPv6 forms that carry an IPv4 address are judged by that address.
+    "https://[::ffff:127.0.0.1]/hook": "loopback",
+    "https://[::ffff:169.254.169.254]/hook": "cloud-metadata",
+    "https://[64:ff9b::a9fe:a9fe]/hook": "cloud-metadata",
+    "https://[2002:a00:1::]/hook": "private",
+}
+
+
+def production_policy(**changes: object) -> TargetPolicy:
+    return TargetPolicy.from_settings(Settings(**changes))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("url", "kind"), REFUSED.items(), ids=list(REFUSED))
+def test_production_refuses(url: str, kind: str) -> None:
+    with pytest.raises(RefusedTarget) as refused:
+        check_target(url, production_policy())
+    assert refused.value.kind == kind
+
+
+def test_a_public_https_url_passes() -> None:
+    target = check_target("https://93.184.215.14:8443/hook", production_policy())
+    assert target.addresses == (ip_address("93.184.215.14"),)
+    assert target.port == 8443
+
+
+def test_a_name_that_also_resolves_to_an_internal_address_is_refused() -> None:
+    def mixed(host: str, port: int) -> Sequence[IPAddress]:
+        return [ip_address("93.184.215.14"), ip_address("10.1.2.3")]
+
+    with pytest.raises(RefusedTarget) as refused:
+        check_target("https://mixed.example/hook", TargetPolicy(resolver=mixed))
+    assert refused.value.kind == "private"
+
+
+def test_the_allow_list_lets_a_private_network_through() -> None:
+    policy = production_policy(webhook_allowed_networks=["10.20.0.0/16"])
+    assert check_target("https://10.20.1.2/hook", policy).addresses == (ip_address("10.20.1.2"),)
+    with pytest.raises(RefusedTarget):
+        check_target("https://10.21.1.2/hook", policy)
+
+
+def test_dev_allows_http_and_loopback_but_not_metadata_or_private_ranges() -> None:
+    dev = production_policy(webhook_allow_http=True, webhook_allow_loopback=True)
+    check_target("http://127.0.0.1:9000/hook", dev)
+    check_target("http://localhost:9000/hook", dev)
+    for url, kind in [
+        ("http://169.254.169.254/latest/meta-data/", "cloud-metadata"),
+        ("http://[fd00:ec2::254]/", "cloud-metadata"),
+        ("http://10.0.0.1/hook", "private"),
+        ("http://192.168.0.10/hook", "private"),
+        ("http://169.254.1.1/hook", "link-local"),
+    ]:
+        with pytest.raises(RefusedTarget) as refused:
+            check_target(url, dev)
+        assert refused.value.kind == kind
+
+
+def test_serve_refuses_to_allow_loopback_targets() -> None:
+    settings = Settings(keycloak_url="https://sso.example.org", webhook_allow_loopback=True)
+    with pytest.raises(UnsafeSettings, match="WEBHOOK_ALLOWED_NETWORKS"):
+        settings.check_production()
+
+
+def test_an_invalid_allow_list_entry_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a network"):
+        Settings(webhook_allowed_networks=["nonsense"])
+
+
+async def owner_of_project(api: Api) -> AuthedClient:
+    owner = api.as_user("sam")
+    assert (
+        await owner.post("/api/v1/projects", json={"key": "SSRF", "name": "S"})
+    ).status_code == 201
+    return owner
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://93.184.215.14/hook",
+        "https://127.0.0.1/hook",
+        "https://10.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[fd00:ec2::254]/",
+        "https://[::ffff:127.0.0.1]/",
+        "https://224.0.0.1/",
+        "https://0.0.0.0/",
+        "https://169.254.10.10/",
+        "https://no-such-host.invalid/hook",
+    ],
+)
+async def test_creating_a_webhook_to_a_refused_target_is_422(
+    app: FastAPI, api: Api, url: str
+) -> None:
+    app.state.webhook_target_policy = production_policy()
+    owner = await owner_of_project(api)
+    response = await owner.post("/api/v1/projects/SSRF/webhooks", json={"url": url})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", "url"]
+    assert (await owner.get("/api/v1/projects/SSRF/webhooks")).json()["items"] == []
+
+
+async def test_changing_the_url_to_a_refused_target_is_422(app: FastAPI, api: Api) -> None:
+    app.state.webhook_target_policy = production_policy()
+    owner = await owner_of_project(api)
+    hook = await owner.post(
+        "/api/v1/projects/SSRF/webhooks", json={"url": "https://93.184.215.14/hook"}
+    )
+    response = await owner.patch(
+        f"/api/v1/projects/SSRF/webhooks/{hook.json()['id']}",
+        json={"url": "https://169.254.169.254/"},
+    )
+    assert response.status_code == 422
+
+
+class FlippingResolver:
+    """DNS that answers a public address first and a loopback one afterwards (rebinding)."""
+
+    def __init__(self, later: str) -> None:
+        self.later = later
+        self.calls: list[str] = []
+
+    def __call__(self, host: str, port: int) -> Sequence[IPAddress]:
+        self.calls.append(host)
+        return [ip_address("93.184.215.14" if len(self.calls) == 1 else self.later)]
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with running_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def settings(base_settings: Settings, clean_database: str) -> Settings:
+    return base_settings.model_copy(
+        update={"webhook_allow_http": True, "webhook_timeout_seconds": 1.0}
+    )
+
+
+def attempts_of(settings: Settings) -> list[tuple[str, str | None]]:
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT outcome, error FROM webhook_delivery_attempt ORDER BY id"
+            ).all()
+    finally:
+        engine.dispose()
+    return [(row[0], row[1]) for row in rows]
+
+
+async def test_dns_rebinding_after_creation_is_refused_at_delivery(
+    app: FastAPI, api: Api, settings: Settings, receiver: WebhookReceiver
+) -> None:
+    resolver = FlippingResolver(later="127.0.0.1")
+    policy = TargetPolicy.from_settings(settings, resolver=resolver)
+    app.state.webhook_target_policy = policy
+    owner = await owner_of_project(api)
+    url = f"http://rebind.example:{receiver.port}/hook"
+    assert (
+        await owner.post("/api/v1/projects/SSRF/webhooks", json={"url": url})
+    ).status_code == 201
+    await owner.post("/api/v1/projects/SSRF/issues", json={"title": "Rebind"})
+    engine = create_sync_engine(settings)
+    try:
+        with delivery_client(settings, policy) as client:
+            assert deliver_due(engine, settings, client=client) == {"refused_target": 1}
+    finally:
+        engine.dispose()
+    assert receiver.received == []
+    assert attempts_of(settings) == [("refused_target", "127.0.0.1 is a loopback address")]
+
+
+async def test_delivery_connects_to_the_address_it_checked(
+    app: FastAPI, api: Api, settings: Settings, receiver: WebhookReceiver
+) -> None:
+    """The name is resolved once, by the guard; the connection goes to that very address,
+    with the URL's name in Host (the system resolver never sees ``pinned.example``)."""
+    settings = settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.1/32"]})
+    resolver = FlippingResolver(later="127.0.0.1")
+    policy = TargetPolicy.from_settings(settings, resolver=resolver)
+    app.state.webhook_target_policy = policy
+    owner = await owner_of_project(api)
+    hook = await owner.post(
+        "/api/v1/projects/SSRF/webhooks",
+        json={"url": f"http://pinned.example:{receiver.port}/hook"},
+    )
+    receiver.secrets.append(hook.json()["secret"])
+    await owner.post("/api/v1/projects/SSRF/issues", json={"title": "Pinned"})
+    engine = create_sync_engine(settings)
+    try:
+        with delivery_client(settings, policy) as client:
+            assert deliver_due(engine, settings, client=client) == {"succeeded": 1}
+    finally:
+        engine.dispose()
+    (delivery,) = receiver.wait_for(1)
+    assert delivery.headers["host"] == f"pinned.example:{receiver.port}"
+    assert delivery.verified_with == [0]
+    assert resolver.calls == ["pinned.example", "pinned.example"]
+
+
+async def test_target_is_checked_again_at_delivery(
+    api: Api, settings: Settings, receiver: WebhookReceiver, app: FastAPI
+) -> None:
+    allowed = settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.1/32"]})
+    app.state.webhook_target_policy = TargetPolicy.from_settings(allowed)
+    owner = await owner_of_project(api)
+    await owner.post("/api/v1/projects/SSRF/webhooks", json={"url": receiver.url})
+    await owner.post("/api/v1/projects/SSRF/issues", json={"title": "Later"})
+    # The allow list is gone by the time the worker delivers.
+    engine = create_sync_engine(settings)
+    try:
+        assert deliver_due(engine, settings) == {"refused_target": 1}
+    finally:
+        engine.dispose()
+    assert receiver.received == []
+
+
+async def test_redirects_are_not_followed(api: Api, settings: Settings, app: FastAPI) -> None:
+    settings = settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.1/32"]})
+    app.state.webhook_target_policy = TargetPolicy.from_settings(settings)
+    with running_receiver(redirect_to="http://169.254.169.254/latest/meta-data/") as receiver:
+        receiver.statuses = [302]
+        owner = await owner_of_project(api)
+        await owner.post("/api/v1/projects/SSRF/webhooks", json={"url": receiver.url})
+        await owner.post("/api/v1/projects/SSRF/issues", json={"title": "Moved"})
+        engine = create_sync_engine(settings)
+        try:
+            assert deliver_due(engine, settings) == {"http_error": 1}
+        finally:
+            engine.dispose()
+        assert len(receiver.received) == 1
+    assert attempts_of(settings) == [("http_error", "HTTP 302")]

@@ -1,0 +1,323 @@
+"""Webhooks: subscriptions per project, signed deliveries to a real receiver, retries, the log."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from flyswatter.config import Settings
+from flyswatter.db import create_sync_engine, utcnow
+from flyswatter.webhooks.delivery import backoff_seconds, deliver_due, prune
+from tests.conftest import Api, AuthedClient
+from tests.webhook_receiver import WebhookReceiver, running_receiver
+
+# A public address, so that creation passes the target check without DNS.
+PUBLIC_URL = "https://93.184.215.14/hooks/flyswatter"
+
+
+@pytest.fixture
+def settings(base_settings: Settings, clean_database: str) -> Settings:
+    # The receiver listens on loopback, which only the allow list lets through.
+    return base_settings.model_copy(
+        update={
+            "webhook_allow_http": True,
+            "webhook_allowed_networks": ["127.0.0.1/32"],
+            "webhook_timeout_seconds": 1.0,
+            "webhook_retry_base_seconds": 0.01,
+            "webhook_retry_max_delay_seconds": 0.05,
+        }
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = create_sync_engine(settings)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with running_receiver() as receiver:
+        yield receiver
+
+
+async def maintainer(api: Api) -> AuthedClient:
+    owner = api.as_user("mona")
+    assert (
+        await owner.post("/api/v1/projects", json={"key": "HOOK", "name": "H"})
+    ).status_code == 201
+    return owner
+
+
+async def subscribe(owner: AuthedClient, receiver: WebhookReceiver, **fields: object) -> dict:
+    response = await owner.post(
+        "/api/v1/projects/HOOK/webhooks", json={"url": receiver.url, **fields}
+    )
+    assert response.status_code == 201, response.text
+    receiver.secrets.append(response.json()["secret"])
+    return dict(response.json())
+
+
+def drain(engine: Engine, settings: Settings, rounds: int = 50) -> None:
+    """Run the deliverer until nothing is due any more (retries here wait milliseconds)."""
+    for _ in range(rounds):
+        deliver_due(engine, settings, batches=10)
+        with engine.connect() as connection:
+            pending = connection.exec_driver_sql(
+                "SELECT count(*) FROM webhook_delivery WHERE state = 'pending'"
+            ).scalar_one()
+        if not pending:
+            return
+        time.sleep(0.06)
+
+
+class TestSubscriptions:
+    async def test_maintainer_creates_a_webhook_and_sees_the_secret_once(self, api: Api) -> None:
+        owner = await maintainer(api)
+        created = await owner.post(
+            "/api/v1/projects/HOOK/webhooks",
+            json={"url": PUBLIC_URL, "event_types": ["issue.created"], "description": "CI"},
+        )
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert body["secret"].startswith("whsec_")
+        assert created.headers["Location"] == f"/api/v1/projects/HOOK/webhooks/{body['id']}"
+        shown = await owner.get(created.headers["Location"])
+        assert shown.status_code == 200
+        assert "secret" not in shown.json()
+        listed = (await owner.get("/api/v1/projects/HOOK/webhooks")).json()
+        assert [hook["id"] for hook in listed["items"]] == [body["id"]]
+        assert all("secret" not in hook for hook in listed["items"])
+        assert body["secret"] not in json.dumps(listed)
+
+    async def test_webhooks_are_managed_by_maintainers_only(self, api: Api) -> None:
+        owner = await maintainer(api)
+        developer = api.as_user("devon")
+        developer_id = await developer.sign_in()
+        await owner.put(f"/api/v1/projects/HOOK/members/{developer_id}", json={"role": "developer"})
+        refused = await developer.post("/api/v1/projects/HOOK/webhooks", json={"url": PUBLIC_URL})
+        assert refused.status_code == 403
+        assert (await developer.get("/api/v1/projects/HOOK/webhooks")).status_code == 403
+
+    async def test_patch_changes_fields_and_delete_removes(self, api: Api) -> None:
+        owner = await maintainer(api)
+        hook = (await owner.post("/api/v1/projects/HOOK/webhooks", json={"url": PUBLIC_URL})).json()
+        url = f"/api/v1/projects/HOOK/webhooks/{hook['id']}"
+        changed = await owner.patch(
+            url, json={"active": False, "event_types": ["comment.created"], "description": "x"}
+        )
+        assert changed.status_code == 200
+        assert changed.json()["active"] is False
+        assert changed.json()["event_types"] == ["comment.created"]
+        assert (await owner.delete(url)).status_code == 204
+        assert (await owner.get(url)).status_code == 404
+
+    async def test_unknown_event_type_is_422(self, api: Api) -> None:
+        owner = await maintainer(api)
+        response = await owner.post(
+            "/api/v1/projects/HOOK/webhooks", json={"url": PUBLIC_URL, "event_types": ["nope"]}
+        )
+        assert response.status_code == 422
+
+    async def test_another_projects_webhook_is_not_found(self, api: Api) -> None:
+        owner = await maintainer(api)
+        hook = (await owner.post("/api/v1/projects/HOOK/webhooks", json={"url": PUBLIC_URL})).json()
+        assert (
+            await owner.post("/api/v1/projects", json={"key": "OTHER", "name": "O"})
+        ).status_code == 201
+        response = await owner.get(f"/api/v1/projects/OTHER/webhooks/{hook['id']}")
+        assert response.status_code == 404
+
+
+class TestDelivery:
+    async def test_delivery_is_signed_and_verified_by_the_receiver(
+        self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
+    ) -> None:
+        owner = await maintainer(api)
+        await subscribe(owner, receiver)
+        created = await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Signed"})
+        assert created.status_code == 201
+        drain(engine, settings)
+        (delivery,) = receiver.wait_for(1)
+        assert delivery.verified_with == [0], receiver.rejected
+        event = delivery.event
+        assert event["type"] == "issue.created"
+        assert event["data"]["issue"]["key"] == "HOOK-1"
+        assert delivery.webhook_id == event["id"]
+        assert delivery.headers["content-type"] == "application/json"
+
+    async def test_only_subscribed_types_are_delivered(
+        self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
+    ) -> None:
+        owner = await maintainer(api)
+        await subscribe(owner, receiver, event_types=["comment.created"])
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Quiet"})
+        await owner.post("/api/v1/issues/HOOK-1/comments", json={"body": "loud"})
+        drain(engine, settings)
+        assert [r.event["type"] for r in receiver.wait_for(1)] == ["comment.created"]
+
+    async def test_failing_receiver_is_retried_with_the_same_id_until_it_recovers(
+        self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
+    ) -> None:
+        owner = await maintainer(api)
+        hook = await subscribe(owner, receiver)
+        receiver.statuses = [500, 503, 200]
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Flaky"})
+        drain(engine, settings)
+        received = receiver.wait_for(3)
+        assert len({r.webhook_id for r in received}) == 1
+        assert all(r.verified_with == [0] for r in received)
+        # A fresh timestamp (and so signature) on each attempt; the body stays the same.
+        assert len({r.body for r in received}) == 1
+        log = (await owner.get(f"/api/v1/projects/HOOK/webhooks/{hook['id']}/deliveries")).json()
+        (delivery,) = log["items"]
+        assert delivery["state"] == "succeeded"
+        assert delivery["attempts"] == 3
+        assert delivery["event_id"] == received[0].webhook_id
+        attempts = delivery["attempt_log"]
+        assert [a["status_code"] for a in attempts] == [500, 503, 200]
+        assert [a["outcome"] for a in attempts] == ["http_error", "http_error", "succeeded"]
+        assert attempts[-1]["response_excerpt"] == '{"seen": 2}'
+        assert all(a["duration_ms"] > 0 for a in attempts)
+        webhook = (await owner.get(f"/api/v1/projects/HOOK/webhooks/{hook['id']}")).json()
+        assert webhook["consecutive_failures"] == 0
+
+    async def test_hanging_receiver_times_out_and_is_retried(
+        self, api: Api, settings: Settings, engine: Engine
+    ) -> None:
+        with running_receiver(hang_seconds=3, hang_requests=1) as receiver:
+            owner = await maintainer(api)
+            hook = await subscribe(owner, receiver)
+            await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Slow"})
+            drain(engine, settings)
+            received = receiver.wait_for(2)
+        assert received[0].webhook_id == received[1].webhook_id
+        log = (await owner.get(f"/api/v1/projects/HOOK/webhooks/{hook['id']}/deliveries")).json()
+        attempts = log["items"][0]["attempt_log"]
+        assert attempts[0]["outcome"] == "timeout"
+        assert attempts[0]["status_code"] is None
+        assert 900 <= attempts[0]["duration_ms"] < 3000
+        assert attempts[1]["outcome"] == "succeeded"
+
+    async def test_delivery_gives_up_after_the_last_attempt(
+        self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
+    ) -> None:
+        settings = settings.model_copy(update={"webhook_max_attempts": 3})
+        owner = await maintainer(api)
+        hook = await subscribe(owner, receiver)
+        receiver.statuses = [500] * 10
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Doomed"})
+        drain(engine, settings)
+        assert len(receiver.wait_for(3)) == 3
+        log = (await owner.get(f"/api/v1/projects/HOOK/webhooks/{hook['id']}/deliveries")).json()
+        assert log["items"][0]["state"] == "failed"
+        assert log["items"][0]["next_attempt_at"] is None
+
+    async def test_endpoint_is_disabled_after_a_run_of_failures_and_re_enabled_by_patch(
+        self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
+    ) -> None:
+        settings = settings.model_copy(update={"webhook_disable_after_failures": 3})
+        owner = await maintainer(api)
+        hook = await subscribe(owner, receiver)
+        url = f"/api/v1/projects/HOOK/webhooks/{hook['id']}"
+        receiver.statuses = [500] * 3
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Down"})
+        drain(engine, settings, rounds=10)
+        webhook = (await owner.get(url)).json()
+        assert webhook["active"] is False
+        assert "3 failed attempts in a row" in webhook["disabled_reason"]
+        assert "HTTP 500" in webhook["disabled_reason"]
+        assert len(receiver.received) == 3
+        # While disabled nothing is sent; re-enabled, the pending delivery goes out.
+        enabled = await owner.patch(url, json={"active": True})
+        assert enabled.json()["disabled_reason"] is None
+        assert enabled.json()["active"] is True
+        drain(engine, settings)
+        assert receiver.wait_for(4)[-1].webhook_id == receiver.received[0].webhook_id
+
+    async def test_redeliver_sends_the_event_again_with_the_same_id(
+        self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
+    ) -> None:
+        owner = await maintainer(api)
+        hook = await subscribe(owner, receiver)
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Again"})
+        drain(engine, settings)
+        log = (await owner.get(f"/api/v1/projects/HOOK/webhooks/{hook['id']}/deliveries")).json()
+        delivery_id = log["items"][0]["id"]
+        again = await owner.post(
+            f"/api/v1/projects/HOOK/webhooks/{hook['id']}/deliveries/{delivery_id}/redeliver"
+        )
+        assert again.status_code == 202
+        assert again.json()["state"] == "pending"
+        drain(engine, settings)
+        first, second = receiver.wait_for(2)
+        assert first.webhook_id == second.webhook_id
+        missing = await owner.post(
+            f"/api/v1/projects/HOOK/webhooks/{hook['id']}/deliveries/999/redeliver"
+        )
+        assert missing.status_code == 404
+
+    async def test_rotated_secret_signs_beside_the_old_one_during_the_overlap(
+        self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
+    ) -> None:
+        owner = await maintainer(api)
+        hook = await subscribe(owner, receiver)
+        rotated = await owner.post(f"/api/v1/projects/HOOK/webhooks/{hook['id']}/rotate-secret")
+        assert rotated.status_code == 200
+        new_secret = rotated.json()["secret"]
+        assert new_secret != hook["secret"]
+        assert rotated.json()["previous_secret_expires_at"]
+        receiver.secrets.append(new_secret)
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Both"})
+        drain(engine, settings)
+        (delivery,) = receiver.wait_for(1)
+        assert delivery.verified_with == [0, 1]
+        assert len(delivery.signature.split(" ")) == 2
+        # Without overlap the old secret stops at once.
+        again = await owner.post(
+            f"/api/v1/projects/HOOK/webhooks/{hook['id']}/rotate-secret",
+            json={"overlap_seconds": 0},
+        )
+        receiver.secrets.append(again.json()["secret"])
+        await owner.post("/api/v1/issues/HOOK-1/comments", json={"body": "only new"})
+        drain(engine, settings)
+        assert receiver.wait_for(2)[1].verified_with == [2]
+
+    async def test_old_events_and_their_delivery_logs_are_pruned(
+        self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
+    ) -> None:
+        owner = await maintainer(api)
+        await subscribe(owner, receiver)
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Old"})
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "New"})
+        drain(engine, settings)
+        old = utcnow() - timedelta(days=settings.event_retention_days + 1)
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("UPDATE event SET occurred_at = :old WHERE sequence = 1"),
+                {"old": old.replace(tzinfo=None) if engine.dialect.name == "sqlite" else old},
+            )
+        assert prune(engine, settings) == 1
+        with engine.connect() as connection:
+            counts = [
+                connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+                for table in ("event", "webhook_delivery", "webhook_delivery_attempt")
+            ]
+        assert counts == [1, 1, 1]
+
+
+def test_backoff_doubles_and_spans_about_a_day(base_settings: Settings) -> None:
+    delays = [
+        backoff_seconds(base_settings, attempt)
+        for attempt in range(1, base_settings.webhook_max_attempts)
+    ]
+    assert 0.8 * 60 <= delays[0] <= 1.2 * 60
+    assert all(delay <= 1.2 * base_settings.webhook_retry_max_delay_seconds for delay in delays)
+    assert 0.8 * 86_400 <= sum(delays) <= 1.2 * 2 * 86_400
