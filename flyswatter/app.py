@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -26,6 +27,9 @@ from flyswatter.errors import (
     problem_responses,
     register_error_handlers,
 )
+from flyswatter.events.broker import EventBroker, StreamSlots
+from flyswatter.events.outbox import register_announcer, unregister_announcer
+from flyswatter.events.routes import router as events_router
 from flyswatter.http.body_limit import BodySizeLimitMiddleware
 from flyswatter.http.headers import API_PREFIX
 from flyswatter.http.requests import RequestContextMiddleware
@@ -62,6 +66,7 @@ def api_router() -> APIRouter:
     router.include_router(comments_router)
     router.include_router(jobs_router)
     router.include_router(webhooks_router)
+    router.include_router(events_router)
     return router
 
 
@@ -123,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
         mirror = UserMirror(engine)
         verifier = TokenVerifier(settings, on_refresh=count_jwks_refresh, on_verified=mirror.ensure)
         limiter = build_limiter(settings)
+        broker = EventBroker(settings)
         app.running = Services(
             settings=settings,
             engine=engine,
@@ -131,8 +137,12 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
             user_mirror=mirror,
             limiter=limiter,
             jobs=JobQueue(settings),
+            webhook_targets=TargetPolicy.from_settings(settings),
+            event_broker=broker,
+            stream_slots=StreamSlots(settings, broker.redis),
         )
-        app.state.webhook_target_policy = TargetPolicy.from_settings(settings)
+        # Events committed through this engine are announced to this app's streams.
+        register_announcer(engine.sync_engine, asyncio.get_running_loop(), broker.announce)
         # Not fatal: the service starts, reports not-ready, and loads keys on the first token.
         if settings.keycloak_url:
             await verifier.refresh_keys(force=True)
@@ -141,6 +151,8 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
             yield
         finally:
             app.running = None
+            unregister_announcer(engine.sync_engine)
+            await broker.close()
             await verifier.close()
             close_limiter(limiter)
             await engine.dispose()

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from flyswatter.auth.tokens import TokenVerifier
     from flyswatter.config import Settings
     from flyswatter.jobs.service import JobQueue
+    from flyswatter.events.broker import EventBroker, StreamSlots
     from flyswatter.users.service import UserMirror
+    from flyswatter.webhooks.targets import TargetPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,11 @@ class Services:
     limiter: Limiter
     # Publishes jobs to the broker and reads their files from storage.
     jobs: JobQueue
+    # Which webhook URLs may be called (the SSRF guard's rules).
+    webhook_targets: TargetPolicy
+    # Fan-out of committed events to this process' live streams, and the cap on them.
+    event_broker: EventBroker
+    stream_slots: StreamSlots
 
 
 class Flyswatter(FastAPI):

@@ -1,0 +1,148 @@
+"""One client's live stream of a project's events, as Server-Sent Events.
+
+Each event goes out with its project number as ``id:``, so a client that reconnects sends it
+back as ``Last-Event-ID`` and gets what it missed from the outbox, then the live events.
+Because a project's numbers have no gaps, the stream sends them strictly in order: a live
+event that skips ahead sends the stream to the outbox for the ones between.
+
+A ``resync`` event (no ``id:``) tells the client that it must reload what it shows rather than
+rely on the stream: when it fell behind by more than the buffer (the stream then ends; it may
+reconnect with its Last-Event-ID), or when the events after its Last-Event-ID were pruned or
+never existed (the stream then goes on from now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sse_starlette import ServerSentEvent
+
+from flyswatter.config import Settings
+from flyswatter.events.broker import EventBroker, StreamSlots, Subscription
+from flyswatter.events.models import Event, EventSequence
+from flyswatter.observability.metrics import EVENT_STREAMS_OPEN
+
+_EVENT = Event.__table__  # type: ignore[attr-defined]
+_SEQUENCE = EventSequence.__table__  # type: ignore[attr-defined]
+PAGE = 100
+# Tells EventSource clients how soon to reconnect when a stream ends (milliseconds).
+RECONNECT_MS = 1000
+
+_AFTER = (
+    select(_EVENT.c.sequence, _EVENT.c.type, _EVENT.c.payload)
+    .where(_EVENT.c.project_id == bindparam("project_id"))
+    .where(_EVENT.c.sequence > bindparam("after"))
+    .order_by(_EVENT.c.sequence)
+    .limit(PAGE)
+)
+_LAST = select(_SEQUENCE.c.last_sequence).where(_SEQUENCE.c.project_id == bindparam("project_id"))
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    """The number a reconnecting client last saw; None for a fresh (or unusable) one."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+def resync(reason: str, last_event_id: int, detail: str) -> ServerSentEvent:
+    body = {"reason": reason, "last_event_id": last_event_id, "detail": detail}
+    return ServerSentEvent(data=json.dumps(body), event="resync", retry=RECONNECT_MS)
+
+
+@dataclass
+class ProjectStream:
+    engine: AsyncEngine
+    broker: EventBroker
+    slots: StreamSlots
+    settings: Settings
+    project_id: int
+    principal_key: str
+    slot: str
+    last_event_id_header: str | None
+
+    async def _last_sequence(self) -> int:
+        async with self.engine.connect() as connection:
+            last = (await connection.execute(_LAST, {"project_id": self.project_id})).scalar()
+        return int(last or 0)
+
+    async def _read_after(self, after: int) -> list[tuple[int, str, str]]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(_AFTER, {"project_id": self.project_id, "after": after})
+            return [(row.sequence, row.type, row.payload) for row in rows]
+
+    async def events(self) -> AsyncIterator[ServerSentEvent]:
+        # Subscribed before anything is read: whatever commits from here on is either read
+        # below or arrives through the subscription (twice at worst; numbers dedupe).
+        async with self.broker.subscribe(self.project_id) as subscription:
+            EVENT_STREAMS_OPEN.inc()
+            try:
+                async for event in self._stream(subscription):
+                    yield event
+            finally:
+                EVENT_STREAMS_OPEN.dec()
+                await self.slots.release(self.principal_key, self.slot)
+
+    async def _stream(self, subscription: Subscription) -> AsyncIterator[ServerSentEvent]:
+        await self.broker.ready()
+        current = await self._last_sequence()
+        asked = parse_last_event_id(self.last_event_id_header)
+        last = current
+        if self.last_event_id_header is not None:
+            if asked is None or asked > current:
+                yield resync(
+                    "unknown_event_id", current, "Last-Event-ID names no event of this project"
+                )
+            else:
+                last = asked
+        deadline = time.monotonic() + self.settings.events_stream_max_seconds
+        yield ServerSentEvent(comment="stream open", retry=RECONNECT_MS)
+        while time.monotonic() < deadline:
+            if subscription.overflowed:
+                yield resync(
+                    "too_slow", last, "the stream fell behind; reconnect with Last-Event-ID"
+                )
+                return
+            # Catch up from the outbox: after a resume, a gap, or a quiet heartbeat.
+            while True:
+                rows = await self._read_after(last)
+                if rows and rows[0][0] != last + 1:
+                    yield resync(
+                        "history_pruned",
+                        last,
+                        "events after Last-Event-ID are no longer kept; reload and follow on",
+                    )
+                for sequence, kind, document in rows:
+                    yield ServerSentEvent(data=document, event=kind, id=str(sequence))
+                    last = sequence
+                if len(rows) < PAGE:
+                    break
+            # Live: events as they commit, until a gap, a heartbeat or the end.
+            heartbeat_at = time.monotonic() + self.settings.events_heartbeat_seconds
+            while True:
+                if subscription.overflowed:
+                    break
+                if subscription.queue.empty():
+                    subscription.wake.clear()
+                    timeout = min(heartbeat_at, deadline) - time.monotonic()
+                    if timeout <= 0:
+                        await self.slots.refresh(self.principal_key, self.slot)
+                        break
+                    try:
+                        await asyncio.wait_for(subscription.wake.wait(), timeout)
+                    except TimeoutError:
+                        continue
+                    continue
+                event = subscription.queue.get_nowait()
+                if event.sequence <= last:
+                    continue
+                if event.sequence != last + 1:
+                    break
+                yield ServerSentEvent(data=event.document, event=event.type, id=str(event.sequence))
+                last = event.sequence

@@ -1,0 +1,249 @@
+"""The live event stream: Server-Sent Events read by a real HTTP client over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import sqlalchemy as sa
+import uvicorn
+from fastapi import FastAPI
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from flyswatter.app import create_app
+from flyswatter.config import Settings
+from flyswatter.events.stream import ProjectStream
+from tests.conftest import Api
+from tests.identity import TokenFactory
+from tests.served import free_port
+
+
+class LiveServer:
+    """The app under uvicorn in a thread of this process: one process, no Redis."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def settings(base_settings: Settings, clean_database: str) -> Settings:
+    return base_settings.model_copy(
+        update={"events_heartbeat_seconds": 0.5, "events_max_streams_per_principal": 2}
+    )
+
+
+@pytest.fixture
+def live(settings: Settings) -> Iterator[LiveServer]:
+    with LiveServer(settings) as server:
+        yield server
+
+
+def bearer(tokens: TokenFactory, username: str, **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens.user_token(username, **claims)}"}
+
+
+async def setup_project(http: httpx.AsyncClient, tokens: TokenFactory) -> None:
+    owner = bearer(tokens, "otto")
+    created = await http.post(
+        "/api/v1/projects", json={"key": "LIVE", "name": "Live"}, headers=owner
+    )
+    assert created.status_code == 201, created.text
+
+
+async def file_issue(http: httpx.AsyncClient, tokens: TokenFactory, title: str) -> None:
+    response = await http.post(
+        "/api/v1/projects/LIVE/issues", json={"title": title}, headers=bearer(tokens, "otto")
+    )
+    assert response.status_code == 201, response.text
+
+
+@asynccontextmanager
+async def follow(
+    http: httpx.AsyncClient, headers: dict[str, str]
+) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+    async with aconnect_sse(http, "GET", "/api/v1/projects/LIVE/events", headers=headers) as source:
+        assert source.response.status_code == 200, await source.response.aread()
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        yield source.aiter_sse()
+
+
+async def next_events(events: AsyncIterator[ServerSentEvent], count: int) -> list[ServerSentEvent]:
+    """The next ``count`` events that carry data (heartbeats and comments skipped)."""
+    found: list[ServerSentEvent] = []
+    with anyio.fail_after(15):
+        async for event in events:
+            if event.data:
+                found.append(event)
+                if len(found) == count:
+                    break
+    return found
+
+
+async def test_member_follows_events_as_they_commit(live: LiveServer, tokens: TokenFactory) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
+        await setup_project(http, tokens)
+        async with follow(http, bearer(tokens, "otto")) as events:
+            await file_issue(http, tokens, "Live one")
+            await file_issue(http, tokens, "Live two")
+            first, second = await next_events(events, 2)
+    assert (first.event, first.id, second.id) == ("issue.created", "1", "2")
+    document = json.loads(first.data)
+    assert document["data"]["issue"]["title"] == "Live one"
+    assert document["sequence"] == 1
+    assert document["project_key"] == "LIVE"
+
+
+async def test_last_event_id_resumes_from_the_outbox(
+    live: LiveServer, tokens: TokenFactory
+) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
+        await setup_project(http, tokens)
+        for number in range(3):
+            await file_issue(http, tokens, f"Missed {number}")
+        headers = {**bearer(tokens, "otto"), "Last-Event-ID": "1"}
+        async with follow(http, headers) as events:
+            missed = await next_events(events, 2)
+            await file_issue(http, tokens, "Live")
+            (live_event,) = await next_events(events, 1)
+    assert [event.id for event in missed] == ["2", "3"]
+    assert live_event.id == "4"
+    assert json.loads(live_event.data)["data"]["issue"]["title"] == "Live"
+
+
+async def test_unknown_last_event_id_is_told_to_resync(
+    live: LiveServer, tokens: TokenFactory
+) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
+        await setup_project(http, tokens)
+        await file_issue(http, tokens, "Only")
+        headers = {**bearer(tokens, "otto"), "Last-Event-ID": "99"}
+        async with follow(http, headers) as events:
+            (told,) = await next_events(events, 1)
+            await file_issue(http, tokens, "After")
+            (after,) = await next_events(events, 1)
+    assert told.event == "resync"
+    assert told.id == ""
+    assert json.loads(told.data)["reason"] == "unknown_event_id"
+    assert after.id == "2"
+
+
+async def test_pruned_history_is_told_to_resync(
+    live: LiveServer, tokens: TokenFactory, settings: Settings
+) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
+        await setup_project(http, tokens)
+        for number in range(3):
+            await file_issue(http, tokens, f"Old {number}")
+        engine = sa.create_engine(settings.sync_database_url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DELETE FROM event WHERE sequence < 3")
+        engine.dispose()
+        headers = {**bearer(tokens, "otto"), "Last-Event-ID": "0"}
+        async with follow(http, headers) as events:
+            told, kept = await next_events(events, 2)
+    assert told.event == "resync"
+    assert json.loads(told.data)["reason"] == "history_pruned"
+    assert kept.id == "3"
+
+
+async def test_outsiders_and_missing_scopes_are_refused(
+    live: LiveServer, tokens: TokenFactory
+) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
+        await setup_project(http, tokens)
+        url = "/api/v1/projects/LIVE/events"
+        assert (await http.get(url)).status_code == 401
+        assert (await http.get(url, headers=bearer(tokens, "stranger"))).status_code == 404
+        narrow = bearer(tokens, "otto", scopes=["projects:read"])
+        assert (await http.get(url, headers=narrow)).status_code == 403
+
+
+async def test_streams_per_principal_are_capped(live: LiveServer, tokens: TokenFactory) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
+        await setup_project(http, tokens)
+        headers = bearer(tokens, "otto")
+        async with follow(http, headers), follow(http, headers):
+            refused = await http.get("/api/v1/projects/LIVE/events", headers=headers)
+            assert refused.status_code == 429
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert "Retry-After" in refused.headers
+        # Closed streams give their slots back.
+        async with follow(http, headers) as events:
+            await file_issue(http, tokens, "Again")
+            assert len(await next_events(events, 1)) == 1
+
+
+async def test_a_client_that_falls_behind_is_told_to_resync(
+    base_settings: Settings, clean_database: str, api: Api
+) -> None:
+    settings = base_settings.model_copy(update={"events_stream_buffer": 2})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            writer = Api(http, api.tokens).as_user("otto")
+            await writer.post("/api/v1/projects", json={"key": "LIVE", "name": "Live"})
+            project_id = await project_id_of(app, "LIVE")
+            slot = await app.state.stream_slots.acquire("user:otto")
+            stream = ProjectStream(
+                engine=app.state.read_engine,
+                broker=app.state.event_broker,
+                slots=app.state.stream_slots,
+                settings=settings,
+                project_id=project_id,
+                principal_key="user:otto",
+                slot=slot,
+                last_event_id_header=None,
+            )
+            events = stream.events()
+            assert (await anext(events)).comment == "stream open"
+            # The client reads nothing while five events commit.
+            for number in range(5):
+                await writer.post("/api/v1/projects/LIVE/issues", json={"title": f"T{number}"})
+            await asyncio.sleep(0.1)
+            told = await anext(events)
+            await events.aclose()
+    assert told.event == "resync"
+    assert json.loads(str(told.data)) == {
+        "reason": "too_slow",
+        "last_event_id": 0,
+        "detail": "the stream fell behind; reconnect with Last-Event-ID",
+    }
+
+
+async def project_id_of(app: FastAPI, key: str) -> int:
+    async with app.state.engine.connect() as connection:
+        result = await connection.execute(
+            sa.text("SELECT id FROM project WHERE key = :k"), {"k": key}
+        )
+        return int(result.scalar_one())
