@@ -187,6 +187,9 @@ def cmd_dev(args: argparse.Namespace) -> None:
             keycloak_realm=provider.realm.name,
             audience="flyswatter-api",
             issuer=None,
+            # A webhook receiver on this laptop works; metadata and private ranges stay refused.
+            webhook_allow_http=True,
+            webhook_allow_loopback=True,
         )
         configure_logging(settings.log_format, settings.log_level)
         migrations.upgrade(settings)
