@@ -32,9 +32,11 @@ from flyswatter.dev.server import BackgroundServer
 from tests.support.database import empty_all_tables
 from tests.support.identity import JwksServer, TokenFactory
 
+# The event stream is left out: a 200 there is an endless response, which a generated call
+# cannot finish; tests/test_event_stream.py drives its inputs (key, Last-Event-ID) instead.
 schema = schemathesis.openapi.from_dict(
     create_app(Settings(keycloak_url="http://127.0.0.1:9")).openapi()
-)
+).exclude(method="GET", path="/api/v1/projects/{key}/events")
 # Valid requests and invalid ones (wrong types, missing fields, out-of-range values).
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 
