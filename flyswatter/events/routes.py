@@ -60,9 +60,13 @@ async def follow_events(
             f"at most {slots.cap} event streams may be open at once; close one first",
             headers={"Retry-After": str(int(settings.events_heartbeat_seconds))},
         )
-    # The stream reads the outbox with short-lived connections of its own: the request's
-    # session must not hold a pooled connection for as long as the stream stays open.
-    await session.close()
+    try:
+        # The stream reads the outbox with short-lived connections of its own: the request's
+        # session must not hold a pooled connection for as long as the stream stays open.
+        await session.close()
+    except BaseException:
+        await slots.release(principal_key, slot)
+        raise
     stream = ProjectStream(
         engine=services.read_engine,
         broker=services.event_broker,
