@@ -11,15 +11,7 @@ from sqlalchemy import update
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import MAX_ROW_ID, SessionDep, utcnow
 from flyswatter.errors import NotFound, problem_responses
-from flyswatter.pagination import (
-    DEFAULT_LIMIT,
-    CursorParam,
-    LimitParam,
-    Page,
-    decode_cursor,
-    encode_cursor,
-    set_next_link,
-)
+from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess, project_access
 from flyswatter.webhooks.models import (
@@ -89,24 +81,22 @@ async def create_webhook(
 
 @router.get("", response_model=Page[WebhookPublic], responses=problem_responses(400) | AUTH_ERRORS)
 async def list_webhooks(
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    access: ProjectForWebhooks,
-    cursor: CursorParam = None,
-    limit: LimitParam = DEFAULT_LIMIT,
+    session: SessionDep, access: ProjectForWebhooks, keyset: KeysetDep
 ) -> Page[WebhookPublic]:
     """The project's webhooks, oldest first (maintainers)."""
     statement = WEBHOOK.select().where(WEBHOOK.c.project_id == access.project_id)
-    if cursor is not None:
-        (after,) = decode_cursor(cursor, "id", (int,))
-        statement = statement.where(WEBHOOK.c.id > after)
+    if (after := keyset.after("id", (int,))) is not None:
+        statement = statement.where(WEBHOOK.c.id > after[0])
     connection = await session.connection()
-    rows = list(await connection.execute(statement.order_by(WEBHOOK.c.id).limit(limit + 1)))
-    items = [WebhookPublic.model_validate(row, from_attributes=True) for row in rows[:limit]]
-    next_cursor = encode_cursor("id", [items[-1].id]) if len(rows) > limit else None
-    set_next_link(request, response, next_cursor)
-    return Page(items=items, next_cursor=next_cursor)
+    rows = list(await connection.execute(statement.order_by(WEBHOOK.c.id).limit(keyset.fetch)))
+    return await keyset.page(
+        rows,
+        sort="id",
+        key=lambda row: [row.id],
+        build=lambda shown: [
+            WebhookPublic.model_validate(row, from_attributes=True) for row in shown
+        ],
+    )
 
 
 @router.get("/{webhook_id}", response_model=WebhookPublic, responses=AUTH_ERRORS)
@@ -185,27 +175,22 @@ async def rotate_secret(
     responses=problem_responses(400) | AUTH_ERRORS,
 )
 async def list_deliveries(
-    webhook_id: WebhookIdPath,
-    request: Request,
-    response: Response,
-    session: SessionDep,
-    access: ProjectForWebhooks,
-    cursor: CursorParam = None,
-    limit: LimitParam = DEFAULT_LIMIT,
+    webhook_id: WebhookIdPath, session: SessionDep, access: ProjectForWebhooks, keyset: KeysetDep
 ) -> Page[DeliveryPublic]:
     """The delivery log, newest first: each event sent, its state and every attempt
     (status, duration, the start of the receiver's answer)."""
     webhook = await load_webhook(session, access, webhook_id)
     query = DELIVERIES.where(DELIVERY.c.webhook_id == webhook.id)
-    if cursor is not None:
-        (before,) = decode_cursor(cursor, "id", (int,))
-        query = query.where(DELIVERY.c.id < before)
+    if (before := keyset.after("id", (int,))) is not None:
+        query = query.where(DELIVERY.c.id < before[0])
     connection = await session.connection()
-    rows = list(await connection.execute(query.order_by(DELIVERY.c.id.desc()).limit(limit + 1)))
-    page = rows[:limit]
-    next_cursor = encode_cursor("id", [page[-1].id]) if len(rows) > limit else None
-    set_next_link(request, response, next_cursor)
-    return Page(items=await public_deliveries(session, page), next_cursor=next_cursor)
+    rows = list(await connection.execute(query.order_by(DELIVERY.c.id.desc()).limit(keyset.fetch)))
+    return await keyset.page(
+        rows,
+        sort="id",
+        key=lambda row: [row.id],
+        build=lambda shown: public_deliveries(session, shown),
+    )
 
 
 @router.post(
