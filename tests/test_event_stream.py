@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,45 +12,15 @@ import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from fastapi import FastAPI
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
+from flyswatter.dev.identity_provider import BackgroundServer
 from flyswatter.events.stream import ProjectStream
-from tests.conftest import Api
-from tests.identity import TokenFactory
-from tests.served import free_port
-
-
-class LiveServer:
-    """The app under uvicorn in a thread of this process: one process, no Redis."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_app(settings),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            timeout_graceful_shutdown=1,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+from tests.support.api import Api
+from tests.support.identity import TokenFactory
 
 
 @pytest.fixture
@@ -63,9 +31,12 @@ def settings(base_settings: Settings, clean_database: str) -> Settings:
 
 
 @pytest.fixture
-def live(settings: Settings) -> Iterator[LiveServer]:
-    with LiveServer(settings) as server:
-        yield server
+def live(settings: Settings) -> Iterator[BackgroundServer]:
+    """The app under uvicorn in a thread of this process: one process, no Redis."""
+    server = BackgroundServer()
+    server.start(create_app(settings))
+    yield server
+    server.stop()
 
 
 def bearer(tokens: TokenFactory, username: str, **claims: Any) -> dict[str, str]:
@@ -109,7 +80,9 @@ async def next_events(events: AsyncIterator[ServerSentEvent], count: int) -> lis
     return found
 
 
-async def test_member_follows_events_as_they_commit(live: LiveServer, tokens: TokenFactory) -> None:
+async def test_member_follows_events_as_they_commit(
+    live: BackgroundServer, tokens: TokenFactory
+) -> None:
     async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
         await setup_project(http, tokens)
         async with follow(http, bearer(tokens, "otto")) as events:
@@ -124,7 +97,7 @@ async def test_member_follows_events_as_they_commit(live: LiveServer, tokens: To
 
 
 async def test_last_event_id_resumes_from_the_outbox(
-    live: LiveServer, tokens: TokenFactory
+    live: BackgroundServer, tokens: TokenFactory
 ) -> None:
     async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
         await setup_project(http, tokens)
@@ -141,7 +114,7 @@ async def test_last_event_id_resumes_from_the_outbox(
 
 
 async def test_unknown_last_event_id_is_told_to_resync(
-    live: LiveServer, tokens: TokenFactory
+    live: BackgroundServer, tokens: TokenFactory
 ) -> None:
     async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
         await setup_project(http, tokens)
@@ -158,7 +131,7 @@ async def test_unknown_last_event_id_is_told_to_resync(
 
 
 async def test_pruned_history_is_told_to_resync(
-    live: LiveServer, tokens: TokenFactory, settings: Settings
+    live: BackgroundServer, tokens: TokenFactory, settings: Settings
 ) -> None:
     async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
         await setup_project(http, tokens)
@@ -177,7 +150,7 @@ async def test_pruned_history_is_told_to_resync(
 
 
 async def test_outsiders_and_missing_scopes_are_refused(
-    live: LiveServer, tokens: TokenFactory
+    live: BackgroundServer, tokens: TokenFactory
 ) -> None:
     async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
         await setup_project(http, tokens)
@@ -188,7 +161,9 @@ async def test_outsiders_and_missing_scopes_are_refused(
         assert (await http.get(url, headers=narrow)).status_code == 403
 
 
-async def test_streams_per_principal_are_capped(live: LiveServer, tokens: TokenFactory) -> None:
+async def test_streams_per_principal_are_capped(
+    live: BackgroundServer, tokens: TokenFactory
+) -> None:
     async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
         await setup_project(http, tokens)
         headers = bearer(tokens, "otto")

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from tests.identity import JwksServer, TokenFactory
-from tests.served import ServedFlyswatter, redis_is_up, served_database
+from tests.support.identity import JwksServer, TokenFactory
+from tests.support.servers import ServedFlyswatter, served_database
 
 pytestmark = pytest.mark.slow
 
@@ -31,17 +31,19 @@ MAX_STREAMS = 40
 @pytest.fixture(scope="module")
 def served(
     database_url: str,
+    postgres_url: str,
+    redis_url: str,
     migrated_database: str,
     jwks_server: JwksServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServedFlyswatter]:
-    assert redis_is_up(), "Redis must run on 127.0.0.1:6379 (.ci/run starts it)"
     root = tmp_path_factory.mktemp("served-events")
     with (
-        served_database(database_url) as url,
+        served_database(database_url, postgres_url) as url,
         ServedFlyswatter(
             database_url=url,
             jwks_server=jwks_server,
+            redis_url=redis_url,
             log_path=root / "serve.log",
             # A channel of this run's own on the shared Redis.
             events_channel=f"flyswatter-test:{uuid.uuid4().hex}",

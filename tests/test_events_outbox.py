@@ -9,7 +9,7 @@ import anyio
 import sqlalchemy as sa
 
 from flyswatter.config import Settings
-from tests.conftest import Api, AuthedClient
+from tests.support.api import Api, AuthedClient
 
 
 def stored_events(settings: Settings) -> list[dict[str, Any]]:

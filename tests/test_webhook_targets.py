@@ -18,7 +18,7 @@ from flyswatter.webhooks.targets import (
     TargetPolicy,
     check_target,
 )
-from tests.conftest import Api, AuthedClient
+from tests.support.api import Api, AuthedClient
 from tests.webhook_receiver import WebhookReceiver, running_receiver
 
 # URL -> the class of refusal, for a service with the production defaults.

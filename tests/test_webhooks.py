@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
@@ -17,7 +17,8 @@ from sqlalchemy import Engine
 from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
 from flyswatter.webhooks.delivery import backoff_seconds, deliver_due, lease_seconds, prune
-from tests.conftest import Api, AuthedClient
+from tests.support.api import Api, AuthedClient
+from tests.support.servers import serve_environment
 from tests.webhook_receiver import WebhookReceiver, running_receiver
 
 # A public address, so that creation passes the target check without DNS.
@@ -324,6 +325,10 @@ DELIVER_ONCE = (
 )
 
 
+def start_deliverer(environment: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", DELIVER_ONCE], env=environment)
+
+
 async def test_a_worker_killed_mid_delivery_leaves_it_to_be_delivered_again(
     api: Api, settings: Settings, engine: Engine
 ) -> None:
@@ -332,14 +337,13 @@ async def test_a_worker_killed_mid_delivery_leaves_it_to_be_delivered_again(
         owner = await maintainer(api)
         hook = await subscribe(owner, receiver)
         await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Interrupted"})
-        environment = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("FLYSWATTER_")},
-            "FLYSWATTER_DATABASE_URL": settings.database_url,
-            "FLYSWATTER_WEBHOOK_ALLOW_HTTP": "true",
-            "FLYSWATTER_WEBHOOK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
-            "FLYSWATTER_WEBHOOK_TIMEOUT_SECONDS": "2",
-        }
-        worker = subprocess.Popen([sys.executable, "-c", DELIVER_ONCE], env=environment)
+        environment = serve_environment(
+            database_url=settings.database_url,
+            webhook_allow_http="true",
+            webhook_allowed_networks='["127.0.0.1/32"]',
+            webhook_timeout_seconds="2",
+        )
+        worker = start_deliverer(environment)
         try:
             receiver.wait_for(1, timeout=30)
         finally:
@@ -353,7 +357,7 @@ async def test_a_worker_killed_mid_delivery_leaves_it_to_be_delivered_again(
         deadline = time.monotonic() + 4 * lease_seconds(settings)
         while len(receiver.received) < 2 and time.monotonic() < deadline:
             deliver_due(engine, settings)
-            time.sleep(0.2)
+            await anyio.sleep(0.2)
         first, second = receiver.wait_for(2)
     assert first.webhook_id == second.webhook_id
     assert second.verified_with == [0]
