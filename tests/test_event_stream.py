@@ -12,13 +12,13 @@ import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi import FastAPI
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from flyswatter.dev.identity_provider import BackgroundServer
+from flyswatter.dev.server import BackgroundServer
 from flyswatter.events.stream import ProjectStream
+from flyswatter.services import Flyswatter
 from tests.support.api import Api
 from tests.support.identity import TokenFactory
 
@@ -189,11 +189,12 @@ async def test_a_client_that_falls_behind_is_told_to_resync(
             writer = Api(http, api.tokens).as_user("otto")
             await writer.post("/api/v1/projects", json={"key": "LIVE", "name": "Live"})
             project_id = await project_id_of(app, "LIVE")
-            slot = await app.state.stream_slots.acquire("user:otto")
+            services = app.services
+            slot = await services.stream_slots.acquire("user:otto")
             stream = ProjectStream(
-                engine=app.state.read_engine,
-                broker=app.state.event_broker,
-                slots=app.state.stream_slots,
+                engine=services.read_engine,
+                broker=services.event_broker,
+                slots=services.stream_slots,
                 settings=settings,
                 project_id=project_id,
                 principal_key="user:otto",
@@ -216,8 +217,8 @@ async def test_a_client_that_falls_behind_is_told_to_resync(
     }
 
 
-async def project_id_of(app: FastAPI, key: str) -> int:
-    async with app.state.engine.connect() as connection:
+async def project_id_of(app: Flyswatter, key: str) -> int:
+    async with app.services.engine.connect() as connection:
         result = await connection.execute(
             sa.text("SELECT id FROM project WHERE key = :k"), {"k": key}
         )

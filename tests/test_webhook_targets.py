@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 
 from flyswatter.config import Settings, UnsafeSettings
 from flyswatter.db import create_sync_engine
+from flyswatter.services import services_of
 from flyswatter.webhooks.delivery import deliver_due, delivery_client
 from flyswatter.webhooks.targets import (
     IPAddress,
@@ -57,6 +59,11 @@ REFUSED = {
     "https://[64:ff9b::a9fe:a9fe]/hook": "cloud-metadata",
     "https://[2002:a00:1::]/hook": "private",
 }
+
+
+def set_targets(app: FastAPI, policy: TargetPolicy) -> None:
+    """Run the app's target checks with ``policy`` (another resolver, other settings)."""
+    app.running = replace(services_of(app), webhook_targets=policy)  # type: ignore[attr-defined]
 
 
 def production_policy(**changes: object) -> TargetPolicy:
@@ -145,7 +152,7 @@ async def owner_of_project(api: Api) -> AuthedClient:
 async def test_creating_a_webhook_to_a_refused_target_is_422(
     app: FastAPI, api: Api, url: str
 ) -> None:
-    app.state.webhook_target_policy = production_policy()
+    set_targets(app, production_policy())
     owner = await owner_of_project(api)
     response = await owner.post("/api/v1/projects/SSRF/webhooks", json={"url": url})
     assert response.status_code == 422, response.text
@@ -154,7 +161,7 @@ async def test_creating_a_webhook_to_a_refused_target_is_422(
 
 
 async def test_changing_the_url_to_a_refused_target_is_422(app: FastAPI, api: Api) -> None:
-    app.state.webhook_target_policy = production_policy()
+    set_targets(app, production_policy())
     owner = await owner_of_project(api)
     hook = await owner.post(
         "/api/v1/projects/SSRF/webhooks", json={"url": "https://93.184.215.14/hook"}
@@ -208,7 +215,7 @@ async def test_dns_rebinding_after_creation_is_refused_at_delivery(
 ) -> None:
     resolver = FlippingResolver(later="127.0.0.1")
     policy = TargetPolicy.from_settings(settings, resolver=resolver)
-    app.state.webhook_target_policy = policy
+    set_targets(app, policy)
     owner = await owner_of_project(api)
     url = f"http://rebind.example:{receiver.port}/hook"
     assert (
@@ -233,7 +240,7 @@ async def test_delivery_connects_to_the_address_it_checked(
     settings = settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.1/32"]})
     resolver = FlippingResolver(later="127.0.0.1")
     policy = TargetPolicy.from_settings(settings, resolver=resolver)
-    app.state.webhook_target_policy = policy
+    set_targets(app, policy)
     owner = await owner_of_project(api)
     hook = await owner.post(
         "/api/v1/projects/SSRF/webhooks",
@@ -257,7 +264,7 @@ async def test_target_is_checked_again_at_delivery(
     api: Api, settings: Settings, receiver: WebhookReceiver, app: FastAPI
 ) -> None:
     allowed = settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.1/32"]})
-    app.state.webhook_target_policy = TargetPolicy.from_settings(allowed)
+    set_targets(app, TargetPolicy.from_settings(allowed))
     owner = await owner_of_project(api)
     await owner.post("/api/v1/projects/SSRF/webhooks", json={"url": receiver.url})
     await owner.post("/api/v1/projects/SSRF/issues", json={"title": "Later"})
@@ -272,7 +279,7 @@ async def test_target_is_checked_again_at_delivery(
 
 async def test_redirects_are_not_followed(api: Api, settings: Settings, app: FastAPI) -> None:
     settings = settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.1/32"]})
-    app.state.webhook_target_policy = TargetPolicy.from_settings(settings)
+    set_targets(app, TargetPolicy.from_settings(settings))
     with running_receiver(redirect_to="http://169.254.169.254/latest/meta-data/") as receiver:
         receiver.statuses = [302]
         owner = await owner_of_project(api)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Response, status
 from sqlalchemy import update
 
 from flyswatter.auth.scopes import Scope
@@ -14,6 +14,7 @@ from flyswatter.errors import NotFound, problem_responses
 from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess, project_access
+from flyswatter.services import ServicesDep
 from flyswatter.webhooks.models import (
     DeliveryPublic,
     DeliveryState,
@@ -31,7 +32,6 @@ from flyswatter.webhooks.service import (
     check_webhook_url,
     load_webhook,
     public_deliveries,
-    target_policy,
     webhook_public,
     webhook_with_secret,
 )
@@ -56,14 +56,14 @@ AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
 )
 async def create_webhook(
     body: WebhookCreate,
-    request: Request,
+    services: ServicesDep,
     response: Response,
     session: SessionDep,
     access: ProjectForWebhooks,
 ) -> WebhookWithSecret:
     """Subscribe a URL to the project's events (maintainers). The answer shows the signing
     secret; it is never shown again (rotate it to get a new one)."""
-    await check_webhook_url(target_policy(request), body.url)
+    await check_webhook_url(services.webhook_targets, body.url)
     webhook = Webhook.model_validate(
         body,
         update={
@@ -111,7 +111,7 @@ async def get_webhook(
 async def update_webhook(
     webhook_id: WebhookIdPath,
     body: WebhookUpdate,
-    request: Request,
+    services: ServicesDep,
     session: SessionDep,
     access: ProjectForWebhooks,
 ) -> WebhookPublic:
@@ -119,7 +119,7 @@ async def update_webhook(
     webhook the service disabled, and its pending deliveries resume."""
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
     if "url" in changes:
-        await check_webhook_url(target_policy(request), changes["url"])
+        await check_webhook_url(services.webhook_targets, changes["url"])
     webhook = await load_webhook(session, access, webhook_id, for_update=True)
     if "event_types" in changes:
         changes["event_types"] = list(dict.fromkeys(changes["event_types"]))
@@ -146,7 +146,7 @@ async def delete_webhook(
 @router.post("/{webhook_id}/rotate-secret", response_model=WebhookWithSecret, responses=AUTH_ERRORS)
 async def rotate_secret(
     webhook_id: WebhookIdPath,
-    request: Request,
+    services: ServicesDep,
     session: SessionDep,
     access: ProjectForWebhooks,
     body: SecretRotation | None = None,
@@ -157,7 +157,7 @@ async def rotate_secret(
     overlap = (
         body.overlap_seconds
         if body is not None and body.overlap_seconds is not None
-        else request.app.state.settings.webhook_secret_overlap_seconds
+        else services.settings.webhook_secret_overlap_seconds
     )
     now = utcnow()
     webhook.previous_secret = webhook.secret if overlap > 0 else None

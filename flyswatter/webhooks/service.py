@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio.to_thread
-from fastapi import Request
 from sqlalchemy import bindparam, select
 from sqlmodel import select as sqlmodel_select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -46,11 +45,6 @@ _ATTEMPTS_OF = (
     .where(_ATTEMPT.c.delivery_id.in_(bindparam("ids", expanding=True)))
     .order_by(_ATTEMPT.c.delivery_id, _ATTEMPT.c.id)
 )
-
-
-def target_policy(request: Request) -> TargetPolicy:
-    policy: TargetPolicy = request.app.state.webhook_target_policy
-    return policy
 
 
 async def check_webhook_url(policy: TargetPolicy, url: str) -> None:
