@@ -60,7 +60,6 @@ class Claim:
     secrets: list[str]
     event_uid: str
     payload: str
-    due_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +137,6 @@ def claim_due(engine: Engine, settings: Settings, now: datetime, limit: int) -> 
             ),
             event_uid=row.uid,
             payload=row.payload,
-            due_at=row.next_attempt_at,
         )
         for row in rows
     ]
