@@ -196,10 +196,11 @@ def cmd_dev(args: argparse.Namespace) -> None:
         asyncio.run(seed_demo_project(settings, provider.realm))
         transport = broker_url(settings).split("://", 1)[0]
         jobs = (
-            "Jobs: a Celery worker (with beat) runs in this process on kombu's in-memory "
-            "transport; reports need no Redis"
+            "Jobs and webhook deliveries: a Celery worker (with beat) runs in this process on "
+            "kombu's in-memory transport; they need no Redis"
             if transport == "memory"
-            else "Jobs: a Celery worker (with beat) runs in this process on FLYSWATTER_REDIS_URL"
+            else "Jobs and webhook deliveries: a Celery worker (with beat) runs in this process "
+            "on FLYSWATTER_REDIS_URL"
         )
         config = uvicorn.Config(
             create_app(settings),
@@ -339,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(handler=cmd_dev)
 
     worker = commands.add_parser(
-        "worker", help="Celery worker for jobs (reports); broker: FLYSWATTER_REDIS_URL"
+        "worker",
+        help="Celery worker for jobs (reports) and webhook deliveries; broker: "
+        "FLYSWATTER_REDIS_URL",
     )
     worker.add_argument("--concurrency", type=int, default=2, help="worker processes")
     worker.add_argument(

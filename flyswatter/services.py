@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
     from flyswatter.auth.tokens import TokenVerifier
     from flyswatter.config import Settings
-    from flyswatter.jobs.service import JobQueue
     from flyswatter.events.broker import EventBroker, StreamSlots
+    from flyswatter.jobs.service import JobQueue
     from flyswatter.users.service import UserMirror
     from flyswatter.webhooks.targets import TargetPolicy
 

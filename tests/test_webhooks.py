@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 
-import anyio
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
-from flyswatter.webhooks.delivery import backoff_seconds, deliver_due, lease_seconds, prune
+from flyswatter.webhooks.delivery import backoff_seconds, deliver_due, prune
 from tests.support.api import Api, AuthedClient
-from tests.support.servers import serve_environment
 from tests.webhook_receiver import WebhookReceiver, running_receiver
 
 # A public address, so that creation passes the target check without DNS.
@@ -315,55 +311,6 @@ class TestDelivery:
                 for table in ("event", "webhook_delivery", "webhook_delivery_attempt")
             ]
         assert counts == [1, 1, 1]
-
-
-# A worker process delivering due webhooks once, with the settings of the environment.
-DELIVER_ONCE = (
-    "from flyswatter.config import Settings; from flyswatter.db import create_sync_engine; "
-    "from flyswatter.webhooks.delivery import deliver_due; "
-    "settings = Settings(); deliver_due(create_sync_engine(settings), settings)"
-)
-
-
-def start_deliverer(environment: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", DELIVER_ONCE], env=environment)
-
-
-async def test_a_worker_killed_mid_delivery_leaves_it_to_be_delivered_again(
-    api: Api, settings: Settings, engine: Engine
-) -> None:
-    settings = settings.model_copy(update={"webhook_timeout_seconds": 2.0})
-    with running_receiver(hang_seconds=30, hang_requests=1) as receiver:
-        owner = await maintainer(api)
-        hook = await subscribe(owner, receiver)
-        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Interrupted"})
-        environment = serve_environment(
-            database_url=settings.database_url,
-            webhook_allow_http="true",
-            webhook_allowed_networks='["127.0.0.1/32"]',
-            webhook_timeout_seconds="2",
-        )
-        worker = start_deliverer(environment)
-        try:
-            receiver.wait_for(1, timeout=30)
-        finally:
-            worker.kill()
-            worker.wait()
-        # The worker died with the request in flight: nothing was recorded, nothing is lost.
-        log = (await owner.get(f"/api/v1/projects/HOOK/webhooks/{hook['id']}/deliveries")).json()
-        assert log["items"][0]["state"] == "pending"
-        assert log["items"][0]["attempt_log"] == []
-        # Once the dead worker's lease runs out, the next worker sends it again.
-        deadline = time.monotonic() + 4 * lease_seconds(settings)
-        while len(receiver.received) < 2 and time.monotonic() < deadline:
-            deliver_due(engine, settings)
-            await anyio.sleep(0.2)
-        first, second = receiver.wait_for(2)
-    assert first.webhook_id == second.webhook_id
-    assert second.verified_with == [0]
-    log = (await owner.get(f"/api/v1/projects/HOOK/webhooks/{hook['id']}/deliveries")).json()
-    assert log["items"][0]["state"] == "succeeded"
-    assert log["items"][0]["attempts"] == 2
 
 
 def test_backoff_doubles_and_spans_about_a_day(base_settings: Settings) -> None:

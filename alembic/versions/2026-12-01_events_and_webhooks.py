@@ -7,7 +7,7 @@
 its deliveries and their attempts.
 
 Revision ID: 061d766b1c2f
-Revises: 3c8a5e1f7b42
+Revises: e9c9c03b0c20
 Create Date: 2026-12-01 09:40:51.057631
 
 """
@@ -22,7 +22,7 @@ import flyswatter.db
 
 # revision identifiers, used by Alembic.
 revision: str = "061d766b1c2f"
-down_revision: str | Sequence[str] | None = "3c8a5e1f7b42"
+down_revision: str | Sequence[str] | None = "e9c9c03b0c20"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,8 +1,9 @@
 """The worker's own HTTP endpoint: ``/metrics`` for Prometheus and ``/healthz`` for compose.
 
 The worker's pool processes write their samples to a shared ``PROMETHEUS_MULTIPROC_DIR``, as
-the API's workers do; the main process sums the job metrics here. ``/healthz`` answers 200 when the
-broker takes a connection, so an orchestrator restarts a worker that lost it for good.
+the API's workers do; the main process sums the job and webhook metrics here. ``/healthz``
+answers 200 when the broker takes a connection, so an orchestrator restarts a worker that lost
+it for good.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ def broker_reachable(app: Celery) -> bool:
     return True
 
 
-JOB_METRIC_PREFIXES = ("flyswatter_jobs_", "flyswatter_job_")
+# The families the worker counts: jobs, and webhook deliveries.
+WORKER_METRIC_PREFIXES = ("flyswatter_jobs_", "flyswatter_job_", "flyswatter_webhook_")
 
 
-def job_metrics_renderer() -> Callable[[], bytes]:
-    """The exposition of the job metrics summed over this worker's processes.
+def worker_metrics_renderer() -> Callable[[], bytes]:
+    """The exposition of the job and webhook metrics summed over this worker's processes.
 
-    Only the job families: the worker imports the API's metric definitions too, and their
+    Only the worker's families: it imports the API's metric definitions too, and their
     zero-valued series would sit beside the API's own under the same names.
     """
     from prometheus_client import CollectorRegistry, generate_latest
@@ -57,7 +59,7 @@ def job_metrics_renderer() -> Callable[[], bytes]:
 
         def collect(self) -> Iterator[Metric]:
             for metric in self.processes.collect():
-                if metric.name.startswith(JOB_METRIC_PREFIXES):
+                if metric.name.startswith(WORKER_METRIC_PREFIXES):
                     yield metric
 
     registry = CollectorRegistry()
@@ -75,7 +77,7 @@ def serve_worker_endpoint(app: Celery, host: str, port: int) -> ThreadingHTTPSer
     # Imported here: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set at start-up.
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    render_metrics = job_metrics_renderer()
+    render_metrics = worker_metrics_renderer()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

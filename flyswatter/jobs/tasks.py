@@ -247,13 +247,12 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
     return JobState.succeeded
 
 
-def register_tasks(app: JobsCelery) -> None:
+def register_tasks(app: JobsCelery, runtime: JobRuntime) -> None:
     # The sweeps build on this module's steps (claims, failing a job): imported here, once
     # both modules are loaded.
     from flyswatter.jobs.sweeps import expire_artifacts, requeue_stale_jobs
 
     settings = app.flyswatter_settings
-    runtime = JobRuntime(settings)
     create_job_series(kind.value for kind in JobKind)
 
     @app.task(

@@ -81,9 +81,13 @@ def make_celery(settings: Settings, *, broker: str | None = None) -> JobsCelery:
             },
         },
     )
-    from flyswatter.jobs.tasks import register_tasks
+    from flyswatter.jobs.tasks import JobRuntime, register_tasks
+    from flyswatter.webhooks.tasks import register_webhook_tasks
 
-    register_tasks(app)
+    # One engine per process for every task: the jobs' and the webhook deliverer's.
+    runtime = JobRuntime(settings)
+    register_tasks(app, runtime)
+    register_webhook_tasks(app, runtime)
     return app
 
 

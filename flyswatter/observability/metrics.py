@@ -104,6 +104,15 @@ def create_job_series(kinds: Iterable[str]) -> None:
             JOBS_FINISHED.labels(kind, state)
 
 
+def create_webhook_series(outcomes: Iterable[str]) -> None:
+    """Zero-valued delivery series for every outcome, as for jobs: a flat zero before the
+    first delivery, not "no data"."""
+    for outcome in outcomes:
+        WEBHOOK_DELIVERIES.labels(outcome)
+        WEBHOOK_DELIVERY_LATENCY.labels(outcome)
+    WEBHOOK_RETRY_BACKLOG_AGE.set(0)
+
+
 def count_jwks_refresh(outcome: str) -> None:
     """``TokenVerifier``'s ``on_refresh`` hook."""
     JWKS_REFRESHES.labels(outcome).inc()
