@@ -22,6 +22,8 @@ from flyswatter.text import first_unsafe_character
 from tests.support.api import Api, AuthedClient
 
 PROJECT = "/api/v1/projects/FLY"
+# A public address: a webhook is accepted without DNS or an allow list.
+HOOK_URL = "https://93.184.215.14/hooks"
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,15 @@ BODY_FIELDS = [
     BodyField("PATCH", "/api/v1/issues/FLY-1", "labels", False, {}),
     BodyField("POST", "/api/v1/issues/FLY-1/comments", "body", True, {}),
     BodyField("PATCH", "/api/v1/comments/{comment}", "body", True, {}),
+    BodyField("POST", f"{PROJECT}/webhooks", "url", False, {"url": HOOK_URL}),
+    BodyField("POST", f"{PROJECT}/webhooks", "description", True, {"url": HOOK_URL}),
+    BodyField("POST", f"{PROJECT}/webhooks", "event_types", False, {"url": HOOK_URL}),
+    BodyField("PATCH", f"{PROJECT}/webhooks/{{webhook}}", "url", False, {}),
+    BodyField("PATCH", f"{PROJECT}/webhooks/{{webhook}}", "description", True, {}),
+    BodyField("PATCH", f"{PROJECT}/webhooks/{{webhook}}", "event_types", False, {}),
 ]
+# Fields whose value is a list of one-line strings.
+LIST_FIELDS = ("labels", "event_types")
 
 # JSON escapes, sent as written: a client's serialiser could not encode a lone surrogate.
 REFUSED_EVERYWHERE = {"nul": "a\\u0000b", "lone high surrogate": "a\\ud800", "lone low": "\\udfff"}
@@ -69,22 +79,25 @@ async def world(api: Api) -> dict[str, Any]:
     await owner.post(f"{PROJECT}/labels", json={"name": "bug", "color": "#d73a4a"})
     await owner.post(f"{PROJECT}/issues", json={"title": "first"})
     comment = await owner.post("/api/v1/issues/FLY-1/comments", json={"body": "hello"})
-    return {"owner": owner, "comment": comment.json()["id"]}
+    webhook = await owner.post(f"{PROJECT}/webhooks", json={"url": HOOK_URL})
+    return {"owner": owner, "comment": comment.json()["id"], "webhook": webhook.json()["id"]}
 
 
 def _body(field: BodyField, escaped: str) -> bytes:
     # Rendered by hand around the escaped text, which must reach the service as written.
     literal = f'"{escaped}"'
-    value = f"[{literal}]" if field.field == "labels" else literal
+    value = f"[{literal}]" if field.field in LIST_FIELDS else literal
     others = {k: v for k, v in field.valid.items() if k != field.field}
     rest = json.dumps(others)[1:-1]
     return ("{" + (rest + ", " if rest else "") + f'"{field.field}": {value}' + "}").encode()
 
 
-async def _send(owner: AuthedClient, field: BodyField, content: bytes, comment: int) -> Any:
+async def _send(
+    owner: AuthedClient, field: BodyField, content: bytes, world: dict[str, Any]
+) -> Any:
     return await owner.request(
         field.method,
-        field.path.format(comment=comment),
+        field.path.format(comment=world["comment"], webhook=world["webhook"]),
         content=content,
         headers={"Content-Type": "application/json"},
     )
@@ -107,7 +120,7 @@ async def test_unstorable_text_in_a_body_is_a_422_naming_the_field(
     world: dict[str, Any], field: BodyField
 ) -> None:
     for kind, escaped in _refused_for(field).items():
-        response = await _send(world["owner"], field, _body(field, escaped), world["comment"])
+        response = await _send(world["owner"], field, _body(field, escaped), world)
         assert response.status_code == 422, kind
         _assert_refused(response, "body", field.field)
 
@@ -119,7 +132,7 @@ async def test_multi_line_text_keeps_tabs_and_newlines(
     world: dict[str, Any], field: BodyField
 ) -> None:
     text = "line one\\n\\tindented\\r\\nline three"
-    response = await _send(world["owner"], field, _body(field, text), world["comment"])
+    response = await _send(world["owner"], field, _body(field, text), world)
     assert response.is_success, response.text
     assert response.json()[field.field] == "line one\n\tindented\r\nline three"
 
@@ -212,15 +225,15 @@ def _storable(text: str, multiline: bool) -> bool:
 async def test_any_unicode_in_a_body_field_is_stored_as_sent_or_refused_with_a_422(
     world: dict[str, Any], field: BodyField, text: str
 ) -> None:
-    value: Any = [text] if field.field == "labels" else text
+    value: Any = [text] if field.field in LIST_FIELDS else text
     body = {**field.valid, field.field: value}
-    response = await _send(world["owner"], field, _json(body), world["comment"])
+    response = await _send(world["owner"], field, _json(body), world)
     assert response.status_code < 500, response.text
     # What the service reads: JSON joins an escaped high and low surrogate into one character.
     received = json.loads(_json(text))
     if not _storable(received, field.multiline):
         _assert_refused(response, "body", field.field)
-    elif response.is_success and field.field not in ("labels", "assignee_id"):
+    elif response.is_success and field.field not in ("labels", "assignee_id", "event_types"):
         stored = response.json()[field.field]
         assert stored == (received.strip() if field.field == "title" else received)
 

@@ -11,6 +11,7 @@ from sqlalchemy import JSON, CheckConstraint, Index, String, Text, UniqueConstra
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.text import MultiLine, SingleLine
 
 MAX_URL = 2000
 MAX_EXCERPT = 1000
@@ -38,13 +39,13 @@ def _in(column: str, enum: type[StrEnum]) -> CheckConstraint:
 
 
 class WebhookBase(SQLModel):
-    url: str = Field(
+    url: SingleLine = Field(
         max_length=MAX_URL,
         description="Where events are POSTed: https (plain http only where the service "
         "allows it); private and loopback addresses are refused.",
         schema_extra={"examples": ["https://hooks.example.org/flyswatter"]},
     )
-    description: str = Field(default="", max_length=500)
+    description: MultiLine = Field(default="", max_length=500)
 
 
 class Webhook(WebhookBase, table=True):
@@ -80,10 +81,10 @@ class WebhookUpdate(SQLModel):
 
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
-    url: str | None = Field(default=None, max_length=MAX_URL)
+    url: SingleLine | None = Field(default=None, max_length=MAX_URL)
     event_types: list[SubscribedType] | None = Field(default=None, min_length=1)
     active: StrictBool | None = None
-    description: str | None = Field(default=None, max_length=500)
+    description: MultiLine | None = Field(default=None, max_length=500)
 
 
 class SecretRotation(SQLModel):
