@@ -98,6 +98,32 @@ async def test_event_carries_the_issue_as_the_api_shows_it(api: Api, settings: S
     assert stored_events(settings)[-1]["doc"]["data"]["issue"] == shown
 
 
+async def test_deleting_an_issue_writes_issue_deleted_with_the_issue_as_it_was(
+    api: Api, settings: Settings
+) -> None:
+    owner, developer = await project_with_issue(api)
+    await owner.post("/api/v1/issues/EVT-1/comments", json={"body": "gone soon"})
+    shown = (await owner.get("/api/v1/issues/EVT-1")).json()
+    # Refused deletions write nothing: a developer may not, a stale If-Match may not.
+    assert (await developer.delete("/api/v1/issues/EVT-1")).status_code == 403
+    stale = await owner.delete("/api/v1/issues/EVT-1", headers={"If-Match": '"stale"'})
+    assert stale.status_code == 412
+    assert (await owner.delete("/api/v1/issues/EVT-1")).status_code == 204
+
+    events = stored_events(settings)
+    assert [event["type"] for event in events] == [
+        "issue.created",
+        "comment.created",
+        "issue.deleted",
+    ]
+    deleted = events[-1]["doc"]
+    # The event outlives the issue and its history, and shows it as it was last seen.
+    assert deleted["data"]["issue"] == shown
+    assert deleted["data"]["changes"] == []
+    assert deleted["actor"]["username"] == "olivia"
+    assert deleted["sequence"] == 3
+
+
 async def test_rolled_back_change_leaves_no_event(api: Api, settings: Settings) -> None:
     owner, _ = await project_with_issue(api)
     # The title change is recorded, then the unknown label fails the request: nothing commits.

@@ -40,7 +40,7 @@ def upgrade() -> None:
         sa.Column("occurred_at", flyswatter.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("payload", sa.Text(), nullable=False),
         sa.CheckConstraint(
-            "type IN ('issue.created', 'issue.updated', 'issue.transitioned', 'issue.assigned', 'issue.labelled', 'comment.created', 'comment.updated', 'comment.deleted')",
+            "type IN ('issue.created', 'issue.updated', 'issue.transitioned', 'issue.assigned', 'issue.labelled', 'comment.created', 'comment.updated', 'comment.deleted', 'issue.deleted')",
             name=op.f("ck_event_type_known"),
         ),
         sa.ForeignKeyConstraint(["actor_id"], ["user.id"], name=op.f("fk_event_actor_id_user")),

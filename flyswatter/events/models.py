@@ -23,6 +23,7 @@ class EventType(StrEnum):
     comment_created = "comment.created"
     comment_updated = "comment.updated"
     comment_deleted = "comment.deleted"
+    issue_deleted = "issue.deleted"
 
 
 class Event(SQLModel, table=True):
@@ -77,7 +78,9 @@ class EventChange(SQLModel):
 
 
 class EventData(SQLModel):
-    issue: IssuePublic = Field(description="The issue after the change.")
+    issue: IssuePublic = Field(
+        description="The issue after the change (for issue.deleted: as it was when deleted)."
+    )
     changes: list[EventChange]
     comment: CommentPublic | None = Field(
         default=None, description="The comment, for comment.created and comment.updated."

@@ -40,6 +40,17 @@ def note_activity(session: HasInfo, activity: Any) -> None:
     session.info.setdefault(_NOTED, []).append(activity)
 
 
+def write_deletion_event(
+    session: Session, issue_id: int, actor_id: str, client_id: str | None
+) -> None:
+    """Write ``issue.deleted`` now, in the session's transaction, while the issue is there
+    to be read; it is announced after the commit like every other event."""
+    from flyswatter.events.writer import write_issue_deleted
+
+    written = write_issue_deleted(session.connection(), issue_id, actor_id, client_id)
+    session.info.setdefault(_WRITTEN, []).append(written)
+
+
 # Who announces the events committed through an engine: the app of that engine, in this
 # process. A weak mapping, so an engine that is disposed and dropped takes its entry along.
 Announcer = Callable[[list[Any]], None]

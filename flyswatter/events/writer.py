@@ -25,7 +25,13 @@ from flyswatter.events.models import (
     EventSequence,
     EventType,
 )
-from flyswatter.issues.models import Activity, ActivityAction, Issue, UserSummary
+from flyswatter.issues.models import (
+    Activity,
+    ActivityAction,
+    Issue,
+    IssuePublic,
+    UserSummary,
+)
 from flyswatter.issues.read_model import ISSUES_WITH_PEOPLE, PUBLIC_ISSUE_COLUMNS, public_issue
 from flyswatter.labels.models import IssueLabel, Label, LabelPublic
 from flyswatter.projects.models import Project
@@ -165,12 +171,7 @@ def _write_issue_event(
     # The number first: once its lock is ours, every earlier event of the project is
     # committed, so what is read next is at least as new as what those events showed.
     sequence = _next_sequence(connection, project_id)
-    snapshot = connection.execute(_ISSUE_SNAPSHOT, {"issue_id": issue_id}).one()
-    labels = [
-        LabelPublic(name=row.name, color=row.color, description=row.description)
-        for row in connection.execute(_LABELS, {"issue_id": issue_id})
-    ]
-    issue = public_issue(snapshot, snapshot.project_key, {snapshot.id: labels})
+    issue = _public_issue(connection, issue_id)
     people = _people(connection, {first.actor_id})
     comment_id: int | None = None
     comment = None
@@ -188,17 +189,43 @@ def _write_issue_event(
         )
         for activity in activities
     ]
+    return _store(
+        connection,
+        project_id=project_id,
+        sequence=sequence,
+        kind=kind,
+        issue_id=issue_id,
+        actor_id=first.actor_id,
+        actor=people[first.actor_id],
+        client_id=first.client_id,
+        data=EventData(issue=issue, changes=changes, comment=comment, comment_id=comment_id),
+    )
+
+
+def _store(
+    connection: Connection,
+    *,
+    project_id: int,
+    sequence: int,
+    kind: EventType,
+    issue_id: int,
+    actor_id: str,
+    actor: UserSummary,
+    client_id: str | None,
+    data: EventData,
+) -> WrittenEvent:
+    """Insert the event and one pending delivery for every active webhook subscribed to it."""
     occurred_at = utcnow()
     uid = f"evt_{uuid.uuid4().hex}"
     document = EventPublic(
         id=uid,
         type=kind,
         timestamp=occurred_at,
-        project_key=snapshot.project_key,
+        project_key=data.issue.project_key,
         sequence=sequence,
-        actor=people[first.actor_id],
-        client_id=first.client_id,
-        data=EventData(issue=issue, changes=changes, comment=comment, comment_id=comment_id),
+        actor=actor,
+        client_id=client_id,
+        data=data,
     ).model_dump_json()
     event_id = connection.execute(
         insert(_EVENT)
@@ -208,7 +235,7 @@ def _write_issue_event(
             sequence=sequence,
             type=kind.value,
             issue_id=issue_id,
-            actor_id=first.actor_id,
+            actor_id=actor_id,
             occurred_at=occurred_at,
             payload=document,
         )
@@ -231,6 +258,36 @@ def _write_issue_event(
         connection.execute(insert(_DELIVERY), deliveries)
     return WrittenEvent(
         project_id=project_id, sequence=sequence, type=kind.value, document=document
+    )
+
+
+def _public_issue(connection: Connection, issue_id: int) -> IssuePublic:
+    snapshot = connection.execute(_ISSUE_SNAPSHOT, {"issue_id": issue_id}).one()
+    labels = [
+        LabelPublic(name=row.name, color=row.color, description=row.description)
+        for row in connection.execute(_LABELS, {"issue_id": issue_id})
+    ]
+    return public_issue(snapshot, snapshot.project_key, {snapshot.id: labels})
+
+
+def write_issue_deleted(
+    connection: Connection, issue_id: int, actor_id: str, client_id: str | None
+) -> WrittenEvent:
+    """The ``issue.deleted`` event, with the issue as it was: written before the delete, in
+    its transaction (the rows it is read from go with the issue)."""
+    project_id = connection.execute(_ISSUE_PROJECT, {"issue_id": issue_id}).scalar_one()
+    sequence = _next_sequence(connection, project_id)
+    issue = _public_issue(connection, issue_id)
+    return _store(
+        connection,
+        project_id=project_id,
+        sequence=sequence,
+        kind=EventType.issue_deleted,
+        issue_id=issue_id,
+        actor_id=actor_id,
+        actor=_people(connection, {actor_id})[actor_id],
+        client_id=client_id,
+        data=EventData(issue=issue, changes=[]),
     )
 
 

@@ -10,7 +10,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
-from flyswatter.events.outbox import note_activity
+from flyswatter.events.outbox import note_activity, write_deletion_event
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.models import Activity, ActivityAction, ActivityPublic
 from flyswatter.observability.logs import request_id_var
@@ -44,6 +44,12 @@ def record_activity(
     session.add(activity)
     # The transaction's event (one per issue changed) is written from it at commit.
     note_activity(session, activity)
+
+
+async def record_deletion(session: AsyncSession, principal: Principal, issue_id: int) -> None:
+    """The deletion's event, in the deleting transaction; the issue's history goes with it."""
+    client_id = principal.client_id if principal.is_service_account else None
+    await session.run_sync(write_deletion_event, issue_id, principal.subject, client_id)
 
 
 async def activity_page(

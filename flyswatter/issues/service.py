@@ -15,7 +15,7 @@ from flyswatter.errors import Conflict, NotFound, UnprocessableEntity
 from flyswatter.http.conditional import check_if_match, etag_of
 from flyswatter.http.created import Created
 from flyswatter.http.headers import api_path
-from flyswatter.issues.activity import record_activity
+from flyswatter.issues.activity import record_activity, record_deletion
 from flyswatter.issues.dependencies import IssueAccess, IssueWrite
 from flyswatter.issues.models import (
     TRANSITIONS,
@@ -284,5 +284,6 @@ async def delete_issue(write: IssueWrite) -> None:
     """Delete an issue with its comments and history (maintainers)."""
     write.access.project_access.require(Role.maintainer, "deleting issues")
     check_if_match(write.if_match, write.access.etag)
+    await record_deletion(write.session, write.access.principal, write.access.issue_id)
     await write.session.delete(write.access.issue)
     await write.session.commit()

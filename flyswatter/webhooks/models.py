@@ -28,6 +28,7 @@ SubscribedType = Annotated[
         "comment.created",
         "comment.updated",
         "comment.deleted",
+        "issue.deleted",
     ],
     Field(description="An event type, or `*` for all of them."),
 ]
