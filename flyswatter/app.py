@@ -48,6 +48,7 @@ from flyswatter.services import Flyswatter, Services, ServicesDep
 from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror
 from flyswatter.webhooks.routes import router as webhooks_router
+from flyswatter.webhooks.secret_box import SecretBox
 from flyswatter.webhooks.targets import TargetPolicy
 
 logger = logging.getLogger("flyswatter")
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
             limiter=limiter,
             jobs=JobQueue(settings),
             webhook_targets=TargetPolicy.from_settings(settings),
+            webhook_secrets=SecretBox.from_settings(settings),
             event_broker=broker,
             stream_slots=StreamSlots(settings, broker.redis),
         )

@@ -6,6 +6,7 @@ from ipaddress import ip_address, ip_network
 from typing import Literal
 from urllib.parse import urlsplit
 
+from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -157,6 +158,9 @@ class Settings(BaseSettings):
     webhook_retry_max_delay_seconds: float = Field(default=6 * 3600.0, gt=0, le=86_400)
     # A webhook is disabled after this many failed attempts in a row (any success resets).
     webhook_disable_after_failures: int = Field(default=50, ge=1, le=10_000)
+    # Fernet keys that encrypt webhook signing secrets in the database (flyswatter.webhooks.
+    # secret_box): the first encrypts, all decrypt. Unset, one is derived from the database URL.
+    webhook_secret_keys: list[SecretStr] = []
     # After a secret rotation the previous secret keeps signing this long, beside the new one.
     webhook_secret_overlap_seconds: int = Field(default=86_400, ge=0, le=7 * 86_400)
     # Deliveries a worker claims at once, and sends concurrently.
@@ -212,6 +216,19 @@ class Settings(BaseSettings):
         bad = [alg for alg in value if alg not in allowed]
         if bad or not value:
             raise ValueError(f"token_algorithms must be asymmetric algorithms, got {bad or value}")
+        return value
+
+    @field_validator("webhook_secret_keys")
+    @classmethod
+    def _fernet_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for number, key in enumerate(value, start=1):
+            try:
+                Fernet(key.get_secret_value().encode())
+            except ValueError:
+                # The key itself stays out of the message.
+                raise ValueError(
+                    f"key {number} is not a Fernet key (32 url-safe base64-encoded bytes)"
+                ) from None
         return value
 
     @field_validator("webhook_allowed_networks")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from flyswatter.events.broker import EventBroker, StreamSlots
     from flyswatter.jobs.service import JobQueue
     from flyswatter.users.service import UserMirror
+    from flyswatter.webhooks.secret_box import SecretBox
     from flyswatter.webhooks.targets import TargetPolicy
 
 
@@ -40,6 +41,8 @@ class Services:
     jobs: JobQueue
     # Which webhook URLs may be called (the SSRF guard's rules).
     webhook_targets: TargetPolicy
+    # Encrypts webhook signing secrets for the database.
+    webhook_secrets: SecretBox
     # Fan-out of committed events to this process' live streams, and the cap on them.
     event_broker: EventBroker
     stream_slots: StreamSlots

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet, InvalidToken
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import Engine
 
 from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
 from flyswatter.webhooks.delivery import backoff_seconds, deliver_due, prune
+from flyswatter.webhooks.secret_box import SecretBox
 from tests.support.api import Api, AuthedClient
 from tests.webhook_receiver import WebhookReceiver, running_receiver
 
@@ -96,6 +100,54 @@ class TestSubscriptions:
         assert [hook["id"] for hook in listed["items"]] == [body["id"]]
         assert all("secret" not in hook for hook in listed["items"])
         assert body["secret"] not in json.dumps(listed)
+
+    async def test_secrets_are_stored_encrypted_and_never_logged(
+        self, api: Api, settings: Settings, engine: Engine, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        owner = await maintainer(api)
+        with caplog.at_level(logging.DEBUG):
+            created = await owner.post("/api/v1/projects/HOOK/webhooks", json={"url": PUBLIC_URL})
+            hook_id = created.json()["id"]
+            rotated = await owner.post(f"/api/v1/projects/HOOK/webhooks/{hook_id}/rotate-secret")
+        first, second = created.json()["secret"], rotated.json()["secret"]
+        with engine.connect() as connection:
+            row = connection.execute(
+                sa.text("SELECT * FROM webhook WHERE id = :id"), {"id": hook_id}
+            ).one()
+        stored = " ".join(str(value) for value in row)
+        assert first not in stored
+        assert second not in stored
+        assert first[len("whsec_") :] not in stored
+        box = SecretBox.from_settings(settings)
+        assert box.open(row.secret_sealed) == second
+        assert box.open(row.previous_secret_sealed) == first
+        logged = "\n".join(record.getMessage() for record in caplog.records)
+        assert caplog.records
+        assert first not in logged
+        assert second not in logged
+
+    def test_secrets_sealed_with_an_older_key_open_while_it_is_listed(
+        self, settings: Settings
+    ) -> None:
+        old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+        sealed = SecretBox.from_settings(
+            settings.model_copy(update={"webhook_secret_keys": [SecretStr(old_key)]})
+        ).seal("whsec_x")
+        rotated = settings.model_copy(
+            update={"webhook_secret_keys": [SecretStr(new_key), SecretStr(old_key)]}
+        )
+        assert SecretBox.from_settings(rotated).open(sealed) == "whsec_x"
+        alone = settings.model_copy(update={"webhook_secret_keys": [SecretStr(new_key)]})
+        with pytest.raises(InvalidToken):
+            SecretBox.from_settings(alone).open(sealed)
+
+    def test_a_secret_key_that_is_not_a_fernet_key_is_refused_without_showing_it(self) -> None:
+        with pytest.raises(ValidationError) as refused:
+            Settings(webhook_secret_keys=["not-a-key-but-a-secret"])
+        # What the command line prints of a refused setting: the message, not the input.
+        message = refused.value.errors()[0]["msg"]
+        assert "key 1 is not a Fernet key" in message
+        assert "not-a-key-but-a-secret" not in message
 
     async def test_webhooks_are_managed_by_maintainers_only(self, api: Api) -> None:
         owner = await maintainer(api)

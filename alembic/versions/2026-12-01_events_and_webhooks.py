@@ -1,7 +1,7 @@
 """Events and webhooks: the outbox, each project's event numbering, subscriptions, deliveries.
 
 ``event`` is the transactional outbox (one row per committed change, numbered per project by
-``event_sequence``); ``webhook`` holds a project's subscriptions and their signing secrets;
+``event_sequence``); ``webhook`` holds a project's subscriptions and their signing secrets (encrypted);
 ``webhook_delivery`` is one event for one webhook, retried until it settles, and
 ``webhook_delivery_attempt`` the log of every attempt. Deleting an event (pruning) deletes
 its deliveries and their attempts.
@@ -77,8 +77,10 @@ def upgrade() -> None:
         sa.Column("project_id", sa.Integer(), nullable=False),
         sa.Column("event_types", sa.JSON(), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
-        sa.Column("secret", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
-        sa.Column("previous_secret", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
+        sa.Column("secret_sealed", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+        sa.Column(
+            "previous_secret_sealed", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True
+        ),
         sa.Column(
             "previous_secret_expires_at", flyswatter.db.UTCDateTime(timezone=True), nullable=True
         ),

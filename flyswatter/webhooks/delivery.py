@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
+from cryptography.fernet import InvalidToken
 from sqlalchemy import Engine, delete, insert, select, update
 
 from flyswatter.config import Settings
@@ -37,6 +38,7 @@ from flyswatter.webhooks.models import (
     WebhookDelivery,
     WebhookDeliveryAttempt,
 )
+from flyswatter.webhooks.secret_box import SecretBox
 from flyswatter.webhooks.signing import signed_headers, signing_secrets
 from flyswatter.webhooks.targets import PinnedTransport, RefusedTarget, TargetPolicy
 
@@ -86,7 +88,9 @@ def backoff_seconds(settings: Settings, attempts: int) -> float:
     return float(delay * _jitter.uniform(0.8, 1.2))
 
 
-def claim_due(engine: Engine, settings: Settings, now: datetime, limit: int) -> list[Claim]:
+def claim_due(
+    engine: Engine, settings: Settings, box: SecretBox, now: datetime, limit: int
+) -> list[Claim]:
     statement = (
         select(
             _DELIVERY.c.id,
@@ -94,8 +98,8 @@ def claim_due(engine: Engine, settings: Settings, now: datetime, limit: int) -> 
             _DELIVERY.c.next_attempt_at,
             _WEBHOOK.c.id.label("webhook_id"),
             _WEBHOOK.c.url,
-            _WEBHOOK.c.secret,
-            _WEBHOOK.c.previous_secret,
+            _WEBHOOK.c.secret_sealed,
+            _WEBHOOK.c.previous_secret_sealed,
             _WEBHOOK.c.previous_secret_expires_at,
             _EVENT.c.uid,
             _EVENT.c.payload,
@@ -126,20 +130,31 @@ def claim_due(engine: Engine, settings: Settings, now: datetime, limit: int) -> 
                 updated_at=now,
             )
         )
-    return [
-        Claim(
-            delivery_id=row.id,
-            attempt=row.attempts + 1,
-            webhook_id=row.webhook_id,
-            url=row.url,
-            secrets=signing_secrets(
-                row.secret, row.previous_secret, row.previous_secret_expires_at, now
-            ),
-            event_uid=row.uid,
-            payload=row.payload,
+    claims = []
+    for row in rows:
+        try:
+            current = box.open(row.secret_sealed)
+            previous = box.open(row.previous_secret_sealed) if row.previous_secret_sealed else None
+        except InvalidToken:
+            # Left claimed: it is due again after the lease, once the key is configured back.
+            logger.error(
+                "webhook %d: its signing secret does not decrypt with the configured "
+                "FLYSWATTER_WEBHOOK_SECRET_KEYS; its deliveries wait",
+                row.webhook_id,
+            )
+            continue
+        claims.append(
+            Claim(
+                delivery_id=row.id,
+                attempt=row.attempts + 1,
+                webhook_id=row.webhook_id,
+                url=row.url,
+                secrets=signing_secrets(current, previous, row.previous_secret_expires_at, now),
+                event_uid=row.uid,
+                payload=row.payload,
+            )
         )
-        for row in rows
-    ]
+    return claims
 
 
 def send(claim: Claim, client: httpx.Client) -> AttemptResult:
@@ -272,9 +287,10 @@ def deliver_due(
     outcomes: Counter[str] = Counter()
     own_client = client is None
     http = client or delivery_client(settings)
+    box = SecretBox.from_settings(settings)
     try:
         for _ in range(batches):
-            claims = claim_due(engine, settings, utcnow(), settings.webhook_batch_size)
+            claims = claim_due(engine, settings, box, utcnow(), settings.webhook_batch_size)
             if not claims:
                 break
 

@@ -56,10 +56,11 @@ class Webhook(WebhookBase, table=True):
     project_id: int = Field(foreign_key="project.id", ondelete="CASCADE")
     event_types: list[str] = Field(sa_type=JSON)
     active: bool = True
-    # Standard Webhooks secrets (``whsec_`` + base64). The previous one keeps signing, beside
-    # the new one, until ``previous_secret_expires_at``, so receivers can roll over.
-    secret: str = Field(max_length=100)
-    previous_secret: str | None = Field(default=None, max_length=100)
+    # Standard Webhooks secrets (``whsec_`` + base64), encrypted (SecretBox; never stored
+    # as they are). The previous one keeps signing, beside the new one, until
+    # ``previous_secret_expires_at``, so receivers can roll over.
+    secret_sealed: str = Field(max_length=255)
+    previous_secret_sealed: str | None = Field(default=None, max_length=255)
     previous_secret_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # Failed attempts since the last success; past a threshold the webhook is disabled.
     consecutive_failures: int = 0

@@ -64,19 +64,20 @@ async def create_webhook(
     """Subscribe a URL to the project's events (maintainers). The answer shows the signing
     secret; it is never shown again (rotate it to get a new one)."""
     await check_webhook_url(services.webhook_targets, body.url)
+    secret = new_secret()
     webhook = Webhook.model_validate(
         body,
         update={
             "project_id": access.project_id,
             "event_types": list(dict.fromkeys(body.event_types)),
-            "secret": new_secret(),
+            "secret_sealed": services.webhook_secrets.seal(secret),
             "created_by": access.principal.subject,
         },
     )
     session.add(webhook)
     await session.commit()
     response.headers["Location"] = f"/api/v1/projects/{access.project.key}/webhooks/{webhook.id}"
-    return webhook_with_secret(webhook)
+    return webhook_with_secret(webhook, secret)
 
 
 @router.get("", response_model=Page[WebhookPublic], responses=problem_responses(400) | AUTH_ERRORS)
@@ -160,13 +161,14 @@ async def rotate_secret(
         else services.settings.webhook_secret_overlap_seconds
     )
     now = utcnow()
-    webhook.previous_secret = webhook.secret if overlap > 0 else None
+    webhook.previous_secret_sealed = webhook.secret_sealed if overlap > 0 else None
     webhook.previous_secret_expires_at = now + timedelta(seconds=overlap) if overlap > 0 else None
-    webhook.secret = new_secret()
+    secret = new_secret()
+    webhook.secret_sealed = services.webhook_secrets.seal(secret)
     webhook.updated_at = now
     session.add(webhook)
     await session.commit()
-    return webhook_with_secret(webhook)
+    return webhook_with_secret(webhook, secret)
 
 
 @router.get(

@@ -75,8 +75,9 @@ def webhook_public(webhook: Webhook) -> WebhookPublic:
     return WebhookPublic.model_validate(webhook)
 
 
-def webhook_with_secret(webhook: Webhook) -> WebhookWithSecret:
-    return WebhookWithSecret.model_validate(webhook)
+def webhook_with_secret(webhook: Webhook, secret: str) -> WebhookWithSecret:
+    """The answer to a creation or a rotation: the only one that holds the secret."""
+    return WebhookWithSecret.model_validate(webhook, update={"secret": secret})
 
 
 async def public_deliveries(session: AsyncSession, rows: Sequence[Any]) -> list[DeliveryPublic]:
