@@ -7,7 +7,7 @@
 its deliveries and their attempts.
 
 Revision ID: 061d766b1c2f
-Revises: e9c9c03b0c20
+Revises: 5d7f2a9c4e18
 Create Date: 2026-12-01 09:40:51.057631
 
 """
@@ -22,7 +22,7 @@ import flyswatter.db
 
 # revision identifiers, used by Alembic.
 revision: str = "061d766b1c2f"
-down_revision: str | Sequence[str] | None = "e9c9c03b0c20"
+down_revision: str | Sequence[str] | None = "5d7f2a9c4e18"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
