@@ -137,7 +137,7 @@ def test_broker_stopped_and_restarted_while_jobs_are_queued_loses_nothing(
                 job = owner.wait(location, {"succeeded", "failed"})
                 assert job["state"] == "succeeded", job
                 assert job["attempts"] == 1
-            assert "republished 3 queued job(s)" in worker.log_path.read_text()
+            assert "republished 3 job(s) whose message was lost" in worker.log_path.read_text()
         finally:
             worker.stop()
     finally:

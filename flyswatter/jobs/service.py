@@ -140,18 +140,22 @@ def public_job(job: Job, project_key: str, artifact: Artifact | None) -> JobPubl
     links = {"self": job_location(job.public_id)}
     if artifact is not None:
         links["artifact"] = api_path("jobs", job.public_id, "artifact")
-    # The shared fields (JobBase) come from the row; the public ones are named here.
-    return JobPublic.model_validate(
-        job,
-        update={
-            "id": job.public_id,
-            "project_key": project_key,
-            "parameters": ReportParameters.model_validate_json(job.parameters),
-            "artifact": ArtifactPublic.model_validate(artifact, from_attributes=True)
-            if artifact is not None
-            else None,
-            "links": links,
-        },
+    return JobPublic(
+        id=job.public_id,
+        kind=job.kind,
+        state=job.state,
+        attempts=job.attempts,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        project_key=project_key,
+        requested_by=job.requested_by,
+        parameters=ReportParameters.model_validate_json(job.parameters),
+        artifact=ArtifactPublic.model_validate(artifact, from_attributes=True)
+        if artifact is not None
+        else None,
+        links=links,
     )
 
 
