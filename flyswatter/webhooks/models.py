@@ -72,7 +72,18 @@ class Webhook(WebhookBase, table=True):
 
 
 class WebhookCreate(WebhookBase):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://hooks.example.org/flyswatter",
+                    "event_types": ["issue.created", "issue.transitioned"],
+                    "description": "Tell the team chat about new and moved issues",
+                }
+            ]
+        },
+    )
 
     event_types: list[SubscribedType] = Field(default_factory=lambda: ["*"], min_length=1)
     active: StrictBool = True
@@ -81,7 +92,9 @@ class WebhookCreate(WebhookBase):
 class WebhookUpdate(SQLModel):
     """Fields to change; absent fields stay. ``active: true`` re-enables a disabled webhook."""
 
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid", json_schema_extra={"examples": [{"event_types": ["*"]}]}
+    )
 
     url: SingleLine | None = Field(default=None, max_length=MAX_URL)
     event_types: list[SubscribedType] | None = Field(default=None, min_length=1)
@@ -90,7 +103,9 @@ class WebhookUpdate(SQLModel):
 
 
 class SecretRotation(SQLModel):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = ConfigDict(  # type: ignore[assignment]
+        extra="forbid", json_schema_extra={"examples": [{"overlap_seconds": 3600}]}
+    )
 
     overlap_seconds: int | None = Field(
         default=None,

@@ -43,8 +43,8 @@ ProjectForWebhooks = Annotated[
     ProjectAccess,
     Depends(project_access(Role.maintainer, Scope.projects_write, "managing webhooks")),
 ]
-WebhookIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Webhook id.")]
-DeliveryIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Delivery id.")]
+WebhookIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Webhook id.", examples=[1])]
+DeliveryIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Delivery id.", examples=[1])]
 AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
 
 
