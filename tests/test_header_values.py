@@ -224,7 +224,14 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
         ),
         ("POST", "/api/v1/projects/{key}/reports"): (reporter, "/api/v1/projects/FLY/reports", {}),
     }
-    assert _create_routes(app) == {*creates, ("PUT", "/api/v1/projects/{key}/members/{user_id}")}
+    # Elsewhere: a member's Location (above); a webhook's, whose receiver must pass the
+    # address checks (tests/test_webhooks.py); a redelivery answers the delivery it sent again.
+    assert _create_routes(app) == {
+        *creates,
+        ("PUT", "/api/v1/projects/{key}/members/{user_id}"),
+        ("POST", "/api/v1/projects/{key}/webhooks"),
+        ("POST", "/api/v1/projects/{key}/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),
+    }
     for index in range(2):
         for route, (client, url, fields) in creates.items():
             body = dict(fields)
@@ -245,8 +252,13 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
         "/api/v1/issues/{issue_key}/activity": "/api/v1/issues/FLY-1/activity",
         "/api/v1/jobs": "/api/v1/jobs",
     }
-    assert _list_routes(app) <= set(lists) | {"/api/v1/users"}
-    for path in _list_routes(app):
+    # Webhook lists page with the same helper; tests/test_webhooks.py walks them.
+    webhook_lists = {
+        "/api/v1/projects/{key}/webhooks",
+        "/api/v1/projects/{key}/webhooks/{webhook_id}/deliveries",
+    }
+    assert _list_routes(app) <= set(lists) | {"/api/v1/users"} | webhook_lists
+    for path in _list_routes(app) - webhook_lists:
         url = lists.get(path, path)
         everything = (await maintainer.get(url, params={"limit": 200})).json()["items"]
         assert len(everything) >= 2, url

@@ -18,7 +18,7 @@ from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
 from flyswatter.webhooks.delivery import backoff_seconds, deliver_due, prune
 from flyswatter.webhooks.secret_box import SecretBox
-from tests.support.api import Api, AuthedClient
+from tests.support.api import Api, AuthedClient, walk_pages
 from tests.webhook_receiver import WebhookReceiver, running_receiver
 
 # A public address, so that creation passes the target check without DNS.
@@ -83,6 +83,26 @@ def drain(engine: Engine, settings: Settings, rounds: int = 50) -> None:
 
 
 class TestSubscriptions:
+    async def test_webhooks_and_their_deliveries_page_with_link_headers(self, api: Api) -> None:
+        owner = await maintainer(api)
+        for index in range(3):
+            response = await owner.post(
+                "/api/v1/projects/HOOK/webhooks", json={"url": f"{PUBLIC_URL}/{index}"}
+            )
+            assert response.status_code == 201, response.text
+        for title in ("one", "two", "three"):
+            assert (
+                await owner.post("/api/v1/projects/HOOK/issues", json={"title": title})
+            ).status_code == 201
+        url = "/api/v1/projects/HOOK/webhooks"
+        hooks = (await owner.get(url, params={"limit": 200})).json()["items"]
+        assert len(hooks) == 3
+        assert await walk_pages(owner, f"{url}?limit=1") == hooks
+        deliveries_url = f"{url}/{hooks[0]['id']}/deliveries"
+        deliveries = (await owner.get(deliveries_url, params={"limit": 200})).json()["items"]
+        assert len(deliveries) == 3
+        assert await walk_pages(owner, f"{deliveries_url}?limit=1") == deliveries
+
     async def test_maintainer_creates_a_webhook_and_sees_the_secret_once(self, api: Api) -> None:
         owner = await maintainer(api)
         created = await owner.post(

@@ -11,6 +11,7 @@ from sqlalchemy import update
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import MAX_ROW_ID, SessionDep, utcnow
 from flyswatter.errors import NotFound, problem_responses
+from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess, project_access
@@ -75,9 +76,14 @@ async def create_webhook(
         },
     )
     session.add(webhook)
+    await session.flush()
+    # Built before the commit: nothing that can fail runs after it.
+    assert webhook.id is not None
+    location = api_path("projects", access.project.key, "webhooks", webhook.id)
+    created = webhook_with_secret(webhook, secret)
     await session.commit()
-    response.headers["Location"] = f"/api/v1/projects/{access.project.key}/webhooks/{webhook.id}"
-    return webhook_with_secret(webhook, secret)
+    response.headers["Location"] = location
+    return created
 
 
 @router.get("", response_model=Page[WebhookPublic], responses=problem_responses(400) | AUTH_ERRORS)
