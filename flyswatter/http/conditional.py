@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import Header, Response, status
@@ -30,14 +31,42 @@ def etag_of(kind: str, row_id: int | None, version: int) -> str:
     return entity_tag(kind, str(row_id), f"v{version}")
 
 
-def _etag_matches(header: str, etag: str) -> bool:
-    candidates = [part.strip() for part in header.split(",")]
-    # Weak comparison, as RFC 9110 asks for If-None-Match; our tags are strong anyway.
-    return "*" in candidates or etag in candidates or f"W/{etag}" in candidates
+# RFC 9110 8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, in a comma-separated list.
+_ENTITY_TAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
+
+
+def _tags(header: str) -> list[tuple[bool, str]] | None:
+    """``(weak, opaque-tag)`` for each tag of the list; None for ``*``, [] when malformed
+    (matches nothing, as a tag the resource never had)."""
+    if header.strip() == "*":
+        return None
+    tags: list[tuple[bool, str]] = []
+    position = 0
+    while position < len(header):
+        if not header[position:].strip(" \t,"):
+            break
+        match = _ENTITY_TAG.match(header, position)
+        if match is None:
+            return []
+        tags.append((match.group(1) is not None, match.group(2)))
+        position = match.end()
+    return tags
+
+
+def _strong_match(header: str, etag: str) -> bool:
+    """If-Match (RFC 9110 13.1.1): strong comparison, a weak tag never matches."""
+    tags = _tags(header)
+    return tags is None or (False, etag) in tags
+
+
+def _weak_match(header: str, etag: str) -> bool:
+    """If-None-Match (RFC 9110 13.1.2): weak comparison, ``W/`` is ignored on both sides."""
+    tags = _tags(header)
+    return tags is None or etag.removeprefix("W/") in {tag for _weak, tag in tags}
 
 
 def check_if_match(if_match: str | None, etag: str) -> None:
-    if if_match is not None and not _etag_matches(if_match, etag):
+    if if_match is not None and not _strong_match(if_match, etag):
         raise PreconditionFailed(
             "the resource changed since you read it; fetch it again and retry",
             # The current tag in the header too, where clients read ETags from (RFC 9110).
@@ -48,6 +77,6 @@ def check_if_match(if_match: str | None, etag: str) -> None:
 
 def not_modified(if_none_match: str | None, etag: str) -> Response | None:
     """The 304 answer when the client's copy is current, else None."""
-    if if_none_match is not None and _etag_matches(if_none_match, etag):
+    if if_none_match is not None and _weak_match(if_none_match, etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     return None

@@ -15,7 +15,8 @@ from flyswatter.errors import Conflict, NotFound, problem_responses
 from flyswatter.http.created import creates
 from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import KeysetDep, Page, lists
-from flyswatter.labels.models import Label, LabelCreate, LabelPublic, LabelUpdate
+from flyswatter.issues.revisions import label_changed
+from flyswatter.labels.models import Label, LabelCreate, LabelPublic, LabelUpdate, label_id
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import (
     PROJECT_ERRORS,
@@ -99,9 +100,11 @@ async def update_label(
     access.require_active()
     label = await _label(session, access, name)
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
-    if changes:
+    if any(getattr(label, field) != value for field, value in changes.items()):
         label.sqlmodel_update(changes)
         session.add(label)
+        # The issues showing the label show it changed: new versions, new ETags.
+        await label_changed(session, label_id(label))
         await _commit_or_conflict(session, label.name)
     return to_public(label)
 
@@ -116,5 +119,7 @@ async def delete_label(
 ) -> None:
     """Delete a label (maintainers); it is removed from every issue that had it."""
     access.require_active()
-    await session.delete(await _label(session, access, name))
+    label = await _label(session, access, name)
+    await label_changed(session, label_id(label))
+    await session.delete(label)
     await session.commit()

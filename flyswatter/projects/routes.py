@@ -16,6 +16,7 @@ from flyswatter.errors import Conflict, NotFound, problem_responses
 from flyswatter.http.created import creates
 from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import CountParam, KeysetDep, Page, lists
+from flyswatter.issues.revisions import member_left
 from flyswatter.projects.models import (
     MemberPublic,
     MemberUpsert,
@@ -294,6 +295,7 @@ async def remove_member(
     if member.role == Role.maintainer:
         await _keep_a_maintainer(session, access)
     await session.delete(member)
+    await member_left(session, principal, access.project_id, user_id)
     await session.commit()
 
 

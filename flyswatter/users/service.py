@@ -5,17 +5,24 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
+from flyswatter.comments.models import Comment
 from flyswatter.db import utcnow
+from flyswatter.issues.models import Issue
 from flyswatter.users.models import User, UserSummary
 
 _USER = User.__table__  # type: ignore[attr-defined]
 SUMMARY_FIELDS = tuple(UserSummary.model_fields)
+# What a user's work shows of them (``UserSummary`` less the id), before an upsert.
+_SHOWN = select(_USER.c.username, _USER.c.name, _USER.c.is_service_account).where(
+    _USER.c.id == bindparam("id")
+)
 # Built once, with an expanding bind parameter: every list of issues, comments or history runs it.
 _SUMMARIES = select(*(_USER.c[name] for name in SUMMARY_FIELDS)).where(
     _USER.c.id.in_(bindparam("ids", expanding=True))
@@ -83,7 +90,30 @@ class UserMirror:
             },
         )
         async with self._engine.begin() as connection:
+            shown = (await connection.execute(_SHOWN, {"id": principal.subject})).first()
             await connection.execute(statement)
+            # What issues and comments show of the user changed: their ETags must too.
+            if shown is not None and tuple(shown) != (
+                username[:255],
+                values["name"],
+                is_service_account,
+            ):
+                await person_changed(connection, principal.subject)
         self._seen[principal.subject] = fingerprint
         if len(self._seen) > self._capacity:
             self._seen.popitem(last=False)
+
+
+async def person_changed(connection: AsyncConnection, user_id: str) -> None:
+    """A user's summary (username, display name) changed: the issues they reported or are
+    assigned and the comments they wrote show it, so they get new versions (and ETags)."""
+    await connection.execute(
+        update(Issue)
+        .where(or_(col(Issue.reporter_id) == user_id, col(Issue.assignee_id) == user_id))
+        .values(version=col(Issue.version) + 1)
+    )
+    await connection.execute(
+        update(Comment)
+        .where(col(Comment.author_id) == user_id)
+        .values(version=col(Comment.version) + 1)
+    )

@@ -1,0 +1,147 @@
+"""An issue's ETag changes whenever its served document does, through related rows too, and
+conditional requests compare tags as RFC 9110 13.1 says: strongly for ``If-Match``, weakly for
+``If-None-Match``, with ``*`` and lists."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.support.api import Api, AuthedClient, Team, make_team
+from tests.support.identity import subject_of
+
+ISSUE = "/api/v1/issues/FLY-1"
+LABEL = "/api/v1/projects/FLY/labels/ui"
+
+
+@pytest.fixture
+async def team(api: Api) -> Team:
+    team = await make_team(api)
+    await team.label("ui")
+    # Reported by the maintainer, assigned to the developer.
+    await team.issue("maintainer", labels=["ui"], assignee_id=team.ids["developer"])
+    return team
+
+
+def renamed(api: Api, role: str, name: str) -> AuthedClient:
+    """The same user, signed in again with another display name."""
+    claims = api.tokens.claims(sub=subject_of(role), preferred_username=role, name=name)
+    return AuthedClient(api.client, api.tokens.sign(claims))
+
+
+async def rename_label(team: Team, api: Api) -> None:
+    response = await team["maintainer"].patch(LABEL, json={"name": "interface"})
+    assert response.status_code == 200, response.text
+
+
+async def recolour_label(team: Team, api: Api) -> None:
+    response = await team["maintainer"].patch(LABEL, json={"color": "#00ff00"})
+    assert response.status_code == 200, response.text
+
+
+async def delete_label(team: Team, api: Api) -> None:
+    response = await team["maintainer"].delete(LABEL)
+    assert response.status_code == 204, response.text
+
+
+async def remove_assignee(team: Team, api: Api) -> None:
+    member = f"/api/v1/projects/FLY/members/{team.ids['developer']}"
+    response = await team["maintainer"].delete(member)
+    assert response.status_code == 204, response.text
+
+
+async def rename_assignee(team: Team, api: Api) -> None:
+    await renamed(api, "developer", "Dev Eloper-Smith").sign_in()
+
+
+async def rename_reporter(team: Team, api: Api) -> None:
+    await renamed(api, "maintainer", "Maintainer, née Other").sign_in()
+
+
+CHANGES: dict[str, Callable[[Team, Api], Awaitable[None]]] = {
+    "label renamed": rename_label,
+    "label recoloured": recolour_label,
+    "label deleted": delete_label,
+    "assignee removed from the project": remove_assignee,
+    "assignee's display name changed": rename_assignee,
+    "reporter's display name changed": rename_reporter,
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+async def test_a_related_change_gives_the_issue_a_new_etag(
+    team: Team, api: Api, change: str
+) -> None:
+    viewer, maintainer = team["viewer"], team["maintainer"]
+    before = await viewer.get(ISSUE)
+    old = before.headers["ETag"]
+    await CHANGES[change](team, api)
+
+    after = await viewer.get(ISSUE, headers={"If-None-Match": old})
+    assert after.status_code == 200, after.text
+    assert after.json() != before.json()
+    assert after.headers["ETag"] != old
+    stale = await maintainer.patch(ISSUE, json={"title": "Stale"}, headers={"If-Match": old})
+    assert stale.status_code == 412, stale.text
+    assert stale.json()["current_etag"] == after.headers["ETag"]
+
+
+async def test_a_label_patch_that_changes_nothing_keeps_the_etag(team: Team) -> None:
+    old = (await team["viewer"].get(ISSUE)).headers["ETag"]
+    response = await team["maintainer"].patch(LABEL, json={"name": "ui"})
+    assert response.status_code == 200, response.text
+    assert (await team["viewer"].get(ISSUE, headers={"If-None-Match": old})).status_code == 304
+
+
+async def test_signing_in_again_unchanged_keeps_the_etag(team: Team, api: Api) -> None:
+    old = (await team["viewer"].get(ISSUE)).headers["ETag"]
+    await renamed(api, "developer", "Developer").sign_in()
+    assert (await team["viewer"].get(ISSUE, headers={"If-None-Match": old})).status_code == 304
+
+
+# --- comparison -----------------------------------------------------------------------------
+
+
+def if_match_cases(etag: str) -> dict[str, tuple[str, bool]]:
+    """If-Match values and whether they match (strong comparison)."""
+    return {
+        "the tag": (etag, True),
+        "the tag, weak": (f"W/{etag}", False),
+        "any": ("*", True),
+        "a list with the tag": (f'"other", {etag}', True),
+        "a list with the tag weak": (f'"other", W/{etag}', False),
+        "another tag": ('"other"', False),
+        "not a tag": ("issue-1-v1", False),
+    }
+
+
+def if_none_match_cases(etag: str) -> dict[str, tuple[str, bool]]:
+    """If-None-Match values and whether they match (weak comparison)."""
+    return {
+        "the tag": (etag, True),
+        "the tag, weak": (f"W/{etag}", True),
+        "any": ("*", True),
+        "a list with the tag": (f'"other",{etag}', True),
+        "a list with the tag weak": (f'W/"other", W/{etag}', True),
+        "another tag": ('W/"other"', False),
+        "not a tag": ("issue-1-v1", False),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(if_match_cases('"x"')))
+async def test_if_match_compares_strongly(team: Team, case: str) -> None:
+    etag = (await team["viewer"].get(ISSUE)).headers["ETag"]
+    header, matches = if_match_cases(etag)[case]
+    response = await team["developer"].patch(
+        ISSUE, json={"title": "Edited"}, headers={"If-Match": header}
+    )
+    assert response.status_code == (200 if matches else 412), response.text
+
+
+@pytest.mark.parametrize("case", sorted(if_none_match_cases('"x"')))
+async def test_if_none_match_compares_weakly(team: Team, case: str) -> None:
+    etag = (await team["viewer"].get(ISSUE)).headers["ETag"]
+    header, matches = if_none_match_cases(etag)[case]
+    response = await team["viewer"].get(ISSUE, headers={"If-None-Match": header})
+    assert response.status_code == (304 if matches else 200), response.text
