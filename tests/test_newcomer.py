@@ -192,6 +192,8 @@ def test_serve_on_a_taken_port_says_so_in_one_line(taken_port: int, tmp_path: Pa
         cwd=tmp_path,
         port=taken_port,
         keycloak_url="https://sso.example.org",
+        # Set, so that what serve refuses is what the test is about.
+        cursor_secret="a-test-secret",
     )
     assert result.returncode != 0
     assert result.stderr.count("\n") == 1, result.stderr
@@ -210,6 +212,8 @@ def test_serve_refuses_a_database_behind_the_migrations_in_one_line(tmp_path: Pa
         port=free_port(),
         database_url=settings.database_url,
         keycloak_url="https://sso.example.org",
+        # Set, so that what serve refuses is what the test is about.
+        cursor_secret="a-test-secret",
     )
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
@@ -225,6 +229,8 @@ def test_serve_refuses_a_database_it_cannot_reach_naming_host_and_port(tmp_path:
         port=free_port(),
         database_url=f"postgresql://flyswatter:s3cret@127.0.0.1:{port}/flyswatter",
         keycloak_url="https://sso.example.org",
+        # Set, so that what serve refuses is what the test is about.
+        cursor_secret="a-test-secret",
     )
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
