@@ -33,7 +33,9 @@ def main() -> int:
             skipped = case.find("skipped")
             if skipped is None:
                 continue
-            reason = skipped.get("message") or ""
+            # A module skipped at collection says only "collection skipped" in its message;
+            # pytest's reason is then the element's text.
+            reason = f"{skipped.get('message') or ''} {skipped.text or ''}".strip()
             if not any(text in reason for text in allowed):
                 refused.append(f"skipped: {case.get('classname')}.{case.get('name')}: {reason}")
     cases = suite.iter("testcase")
