@@ -125,8 +125,8 @@ async def test_a_read_only_token_may_request_and_cancel_its_report(team: Team, a
     read_only = api.as_user("reporter", scopes=["issues:read"])
     response = await read_only.post("/api/v1/projects/FLY/reports")
     assert response.status_code == 202, response.text
-    cancelled = await read_only.delete(response.headers["Location"])
-    assert cancelled.status_code == 204, cancelled.text
+    cancelled = await read_only.post(f"{response.headers['Location']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
 
 
 async def test_jobs_are_visible_to_project_members_only(team: Team) -> None:
@@ -152,7 +152,7 @@ async def test_job_list_filters_and_pages_newest_first(team: Team, api: Api) -> 
         ids.append(response.json()["id"])
     assert (await stranger.post("/api/v1/projects/OTHER/reports")).status_code == 202
     cancelled = ids[1]
-    assert (await team["reporter"].delete(f"/api/v1/jobs/{cancelled}")).status_code == 204
+    assert (await team["reporter"].post(f"/api/v1/jobs/{cancelled}/cancel")).status_code == 200
 
     everything = await walk_pages(team["viewer"], "/api/v1/jobs?limit=2")
     assert [job["id"] for job in everything] == list(reversed(ids))
@@ -170,15 +170,35 @@ async def test_a_queued_job_can_be_cancelled_once_by_its_requester_or_a_maintain
 ) -> None:
     first = (await team["reporter"].post("/api/v1/projects/FLY/reports")).headers["Location"]
     second = (await team["reporter"].post("/api/v1/projects/FLY/reports")).headers["Location"]
-    assert (await team["developer"].delete(first)).status_code == 403
-    assert (await team["reporter"].delete(first)).status_code == 204
+    assert (await team["developer"].post(f"{first}/cancel")).status_code == 403
+    cancelled = await team["reporter"].post(f"{first}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["state"] == "cancelled"
     job = (await team["viewer"].get(first)).json()
-    assert job["state"] == "cancelled"
+    assert job == cancelled.json()
     assert job["finished_at"] is not None
-    again = await team["reporter"].delete(first)
+    again = await team["reporter"].post(f"{first}/cancel")
     assert again.status_code == 409
     assert again.headers["Content-Type"] == "application/problem+json"
-    assert (await team["maintainer"].delete(second)).status_code == 204
+    assert (await team["maintainer"].post(f"{second}/cancel")).status_code == 200
+
+
+async def test_a_deleted_job_is_gone_from_every_route(team: Team) -> None:
+    queued = (await team["reporter"].post("/api/v1/projects/FLY/reports")).headers["Location"]
+    cancelled = (await team["reporter"].post("/api/v1/projects/FLY/reports")).headers["Location"]
+    assert (await team["reporter"].post(f"{cancelled}/cancel")).status_code == 200
+    assert (await team["developer"].delete(queued)).status_code == 403
+    assert (await team["reporter"].delete(queued)).status_code == 204
+    assert (await team["maintainer"].delete(cancelled)).status_code == 204
+    for location in (queued, cancelled):
+        for response in (
+            await team["maintainer"].get(location),
+            await team["maintainer"].get(f"{location}/artifact"),
+            await team["maintainer"].post(f"{location}/cancel"),
+            await team["maintainer"].delete(location),
+        ):
+            assert response.status_code == 404, response.text
+    assert (await team["viewer"].get("/api/v1/jobs")).json()["items"] == []
 
 
 async def test_a_job_without_a_file_answers_409_for_its_artifact(team: Team) -> None:

@@ -40,8 +40,10 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "request report": (403, 202, 202, 202, 404),
     "read job": (200, 200, 200, 200, 404),
     "read job file": (409, 409, 409, 409, 404),
-    "cancel own job": (403, 204, 204, 204, 404),
-    "cancel others' job": (403, 403, 403, 204, 404),
+    "cancel own job": (403, 200, 200, 200, 404),
+    "cancel others' job": (403, 403, 403, 200, 404),
+    "delete own job": (403, 204, 204, 204, 404),
+    "delete others' job": (403, 403, 403, 204, 404),
 }
 
 
@@ -212,7 +214,7 @@ async def read_job_file(stage: Stage, caller: str, client: AuthedClient) -> int:
     return (await client.get(f"{await stage.job()}/artifact")).status_code
 
 
-async def cancel_own_job(stage: Stage, caller: str, client: AuthedClient) -> int:
+async def own_job(stage: Stage, caller: str, client: AuthedClient) -> str:
     # As above: the viewer and the outsider asked for it while they were reporters.
     original = {"viewer": "viewer", "outsider": None}
     if caller in original:
@@ -220,10 +222,22 @@ async def cancel_own_job(stage: Stage, caller: str, client: AuthedClient) -> int
     location = await stage.job(client)
     if caller in original:
         await stage.set_role(caller, original[caller])
-    return (await client.delete(location)).status_code
+    return location
+
+
+async def cancel_own_job(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.post(f"{await own_job(stage, caller, client)}/cancel")).status_code
 
 
 async def cancel_others_job(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.post(f"{await stage.job()}/cancel")).status_code
+
+
+async def delete_own_job(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.delete(await own_job(stage, caller, client))).status_code
+
+
+async def delete_others_job(stage: Stage, caller: str, client: AuthedClient) -> int:
     return (await client.delete(await stage.job())).status_code
 
 
@@ -252,6 +266,8 @@ ACTIONS: dict[str, Action] = {
     "read job file": read_job_file,
     "cancel own job": cancel_own_job,
     "cancel others' job": cancel_others_job,
+    "delete own job": delete_own_job,
+    "delete others' job": delete_others_job,
 }
 
 

@@ -1,4 +1,5 @@
-"""Job routes: request a report, follow the job, download its file, cancel it while queued."""
+"""Job routes: request a report, follow the job, download its file, cancel it while queued,
+delete it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlmodel import col
 
 from flyswatter.auth.dependencies import IssuesRead
 from flyswatter.auth.scopes import Scope
+from flyswatter.auth.tokens import Principal
 from flyswatter.db import SessionDep
 from flyswatter.errors import (
     BadRequest,
@@ -28,6 +30,7 @@ from flyswatter.http.idempotency import ReadIdempotencyDep
 from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportRequest
 from flyswatter.jobs.service import (
+    JobAccess,
     JobIdPath,
     after_cursor,
     job_filter,
@@ -140,28 +143,60 @@ async def get_job(
     return access.public()
 
 
-@router.delete(
-    "/jobs/{job_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
+async def _load_for_change(
+    session: SessionDep, principal: Principal, job_id: str, doing: str
+) -> JobAccess:
+    """The job, locked, if the caller may change it: whoever requested it, or a maintainer."""
+    access = await load_job_access(session, principal, job_id, for_update=True)
+    own = access.job.requested_by == principal.subject and access.role.includes(Role.reporter)
+    if not own and not access.role.includes(Role.maintainer):
+        raise Forbidden(f"{doing} others' jobs needs the maintainer role in {access.project_key}")
+    return access
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobPublic,
     responses=problem_responses(409) | AUTH_ERRORS,
 )
-async def cancel_job(job_id: JobIdPath, session: SessionDep, principal: IssuesRead) -> None:
-    """Cancel a queued job (whoever requested it, or a maintainer); a job that started
-    cannot be cancelled (409)."""
-    access = await load_job_access(session, principal, job_id, for_update=True)
+async def cancel_job(job_id: JobIdPath, session: SessionDep, principal: IssuesRead) -> JobPublic:
+    """Cancel a queued job (whoever requested it, or a maintainer) and keep it, in state
+    `cancelled`; a job that started cannot be cancelled (409)."""
+    access = await _load_for_change(session, principal, job_id, "cancelling")
     job = access.job
-    own = job.requested_by == principal.subject and access.role.includes(Role.reporter)
-    if not own and not access.role.includes(Role.maintainer):
-        raise Forbidden(
-            f"cancelling others' jobs needs the maintainer role in {access.project_key}"
-        )
     if job.state != JobState.queued:
         raise Conflict(f"job {job_id} is {job.state}; only a queued job can be cancelled")
     job.state = JobState.cancelled
     job.finished_at = datetime.now(job.created_at.tzinfo)
     session.add(job)
+    public = access.public()
     await session.commit()
     JOBS_FINISHED.labels(job.kind, JobState.cancelled.value).inc()
+    return public
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(409) | AUTH_ERRORS,
+)
+async def delete_job(job_id: JobIdPath, session: SessionDep, principal: IssuesRead) -> None:
+    """Delete a job (whoever requested it, or a maintainer): a queued one is cancelled first, a
+    running one cannot be deleted until it ends (409). Afterwards the job and its file answer
+    404; the file is removed from the storage by the worker's expiry sweep."""
+    access = await _load_for_change(session, principal, job_id, "deleting")
+    job = access.job
+    if job.state == JobState.running:
+        raise Conflict(f"job {job_id} is running; delete it once it has finished")
+    cancelled = job.state == JobState.queued
+    if access.artifact is not None:
+        # The sweep deletes the stored object, then the row: never a file without its row.
+        access.artifact.expires_at = datetime.now(job.created_at.tzinfo)
+        session.add(access.artifact)
+    await session.delete(job)
+    await session.commit()
+    if cancelled:
+        JOBS_FINISHED.labels(job.kind, JobState.cancelled.value).inc()
 
 
 @router.get(
