@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from flyswatter.config import Settings
+from tests.support.database import seed_issues
 from tests.support.identity import JwksServer, TokenFactory
 from tests.support.jobs import WorkerProcess
 from tests.support.servers import (
@@ -142,25 +143,6 @@ def test_broker_stopped_and_restarted_while_jobs_are_queued_loses_nothing(
             worker.stop()
     finally:
         served.stop()
-
-
-def seed_issues(url: str, count: int) -> None:
-    engine = sa.create_engine(Settings(database_url=url).sync_database_url)
-    with engine.begin() as connection:
-        project_id, owner = connection.execute(
-            sa.text("SELECT id, created_by FROM project WHERE key = 'FLY'")
-        ).one()
-        connection.execute(
-            sa.text(
-                "INSERT INTO issue (project_id, number, title, description, type, priority, "
-                "priority_rank, status, reporter_id, created_at, updated_at, version) "
-                "SELECT :project, n + 1, 'Issue ' || n, '', 'bug', 'medium', 1, 'open', "
-                ":owner, now() - n * interval '1 minute', now(), 1 "
-                "FROM generate_series(1, :count) AS n"
-            ),
-            {"project": project_id, "owner": owner, "count": count},
-        )
-    engine.dispose()
 
 
 def test_worker_killed_during_a_report_is_retried_and_succeeds_once(

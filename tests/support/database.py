@@ -1,4 +1,4 @@
-"""The test database: every table emptied between tests."""
+"""The test database: every table emptied between tests; many issues written at once."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from sqlmodel import SQLModel
 
 import flyswatter.tables  # noqa: F401 - every table on the metadata, for cleaning
+from flyswatter.config import Settings
 
 
 def empty_all_tables(url: str) -> None:
@@ -18,4 +19,33 @@ def empty_all_tables(url: str) -> None:
         else:
             for name in tables:
                 connection.exec_driver_sql(f'DELETE FROM "{name}"')
+    engine.dispose()
+
+
+def seed_issues(url: str, count: int, project_key: str = "FLY") -> None:
+    """``count`` open issues in one statement (PostgreSQL), reported by the project's creator."""
+    engine = sa.create_engine(Settings(database_url=url).sync_database_url)
+    with engine.begin() as connection:
+        project_id, owner = connection.execute(
+            sa.text("SELECT id, created_by FROM project WHERE key = :key"), {"key": project_key}
+        ).one()
+        first = connection.execute(
+            sa.text("SELECT coalesce(max(number), 0) FROM issue WHERE project_id = :project"),
+            {"project": project_id},
+        ).scalar_one()
+        connection.execute(
+            sa.text(
+                "INSERT INTO issue (project_id, number, title, description, type, priority, "
+                "priority_rank, status, reporter_id, created_at, updated_at, version) "
+                "SELECT :project, :first + n, 'Issue ' || n, '', 'bug', 'medium', 1, 'open', "
+                ":owner, now() - n * interval '1 minute', now(), 1 "
+                "FROM generate_series(1, :count) AS n"
+            ),
+            {"project": project_id, "owner": owner, "count": count, "first": first},
+        )
+        # The numbers handed out next follow the seeded ones, as after as many creations.
+        connection.execute(
+            sa.text("UPDATE project SET last_issue_number = :last WHERE id = :project"),
+            {"last": first + count, "project": project_id},
+        )
     engine.dispose()
