@@ -32,6 +32,7 @@ from typing import IO, Any
 
 import httpx
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 
 from bench.seed import (
     BENCH_USER,
@@ -304,6 +305,9 @@ def service_env(url: str, jwks: JwksServer) -> dict[str, str]:
         "FLYSWATTER_RATE_LIMIT_READS": "100000000/minute",
         "FLYSWATTER_RATE_LIMIT_WRITES": "100000000/minute",
         "FLYSWATTER_DATABASE_POOL_SIZE": "10",
+        # serve refuses to start without them.
+        "FLYSWATTER_CURSOR_SECRET": "the benchmark's cursor secret",
+        "FLYSWATTER_WEBHOOK_SECRET_KEYS": json.dumps([Fernet.generate_key().decode()]),
     }
 
 

@@ -328,3 +328,12 @@ class Settings(BaseSettings):
                 "FLYSWATTER_CURSOR_SECRET is not set: serve signs page cursors with it; give "
                 "every replica the same random value (e.g. `openssl rand -hex 32`)"
             )
+        if not self.webhook_secret_keys:
+            # Else the key would be derived from the database URL: whoever reads the
+            # configuration and a backup of the database could open every signing secret.
+            raise UnsafeSettings(
+                "FLYSWATTER_WEBHOOK_SECRET_KEYS is not set: serve encrypts webhook signing "
+                "secrets with it; give every replica and worker the same JSON list of Fernet "
+                "keys (`python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'`)"
+            )

@@ -11,6 +11,7 @@ machine with nothing but Python. Every test starts from empty tables.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +29,13 @@ from flyswatter.config import Settings
 from tests.support.api import Api
 from tests.support.database import empty_all_tables
 from tests.support.identity import ALL_SCOPES, JwksServer, TokenFactory
-from tests.support.servers import PostgresServer, RedisServer, redis_is_up, server_url_of
+from tests.support.servers import (
+    TEST_WEBHOOK_SECRET_KEYS,
+    PostgresServer,
+    RedisServer,
+    redis_is_up,
+    server_url_of,
+)
 
 TEST_DATABASE_ENV = "FLYSWATTER_TEST_DATABASE_URL"
 TEST_REDIS_ENV = "FLYSWATTER_TEST_REDIS_URL"
@@ -149,6 +156,9 @@ def base_settings(database_url: str, jwks_server: JwksServer) -> Settings:
         # event loop can wait longer than production's 5 s on two busy cores. The tests of
         # the timeout itself set theirs.
         database_timeout_seconds=30,
+        # The key every served process and worker of the tests has: what the app in the
+        # test process seals, a worker process opens.
+        webhook_secret_keys=json.loads(TEST_WEBHOOK_SECRET_KEYS),
     )
 
 

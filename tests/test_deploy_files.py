@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -171,12 +172,15 @@ def test_every_service_waited_on_as_healthy_has_a_health_check(
 
 
 def test_api_runs_several_workers_with_redis_backed_limits(
-    services: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = environment(services["api"])
-    settings = Settings.model_validate(
-        {key.removeprefix("FLYSWATTER_").lower(): value for key, value in env.items()}
-    )
+    # Read as the container reads them: from its environment (JSON lists decoded).
+    for name in os.environ:
+        if name.startswith("FLYSWATTER_"):
+            monkeypatch.delenv(name)
+    for name, value in environment(services["api"]).items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
     assert settings.workers > 1
     assert urlsplit(settings.redis_url).hostname == "redis"
     assert not settings.is_sqlite

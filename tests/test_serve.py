@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 
 from flyswatter.cli import serve_options
 from flyswatter.config import Settings, UnsafeSettings
@@ -73,6 +74,15 @@ IN_FLIGHT = 12
             "FLYSWATTER_CURSOR_SECRET is not set",
             id="no-cursor-secret",
         ),
+        pytest.param(
+            {
+                "keycloak_url": "https://sso.example.org",
+                "cursor_secret": "s",
+                "webhook_secret_keys": "[]",
+            },
+            "FLYSWATTER_WEBHOOK_SECRET_KEYS is not set",
+            id="no-webhook-secret-keys",
+        ),
     ],
 )
 def test_serve_refuses_unsafe_settings_with_one_line_and_a_failing_exit(
@@ -98,7 +108,10 @@ def test_serve_refuses_unsafe_settings_with_one_line_and_a_failing_exit(
 
 def test_loopback_keycloak_is_accepted_when_explicitly_allowed() -> None:
     settings = Settings(
-        keycloak_url="http://127.0.0.1:8080", allow_loopback_keycloak=True, cursor_secret="s"
+        keycloak_url="http://127.0.0.1:8080",
+        allow_loopback_keycloak=True,
+        cursor_secret="s",
+        webhook_secret_keys=[Fernet.generate_key().decode()],
     )
     settings.check_production()
     with pytest.raises(UnsafeSettings, match="loopback"):

@@ -105,8 +105,15 @@ def served_database(suite_database_url: str, postgres_url: str) -> Iterator[str]
         yield url
 
 
+# The key that encrypts webhook signing secrets, the same for every served process and worker
+# of the tests (serve refuses to start without one).
+TEST_WEBHOOK_SECRET_KEYS = '["H7_5_jju27gEG__HFlsL_F9gKWI7IPJF_TyxzjySDvk="]'
+
+
 def serve_environment(**settings: object) -> dict[str, str]:
-    """This process' environment with exactly these ``FLYSWATTER_*`` settings."""
+    """This process' environment with exactly these ``FLYSWATTER_*`` settings, and the tests'
+    webhook secret key unless one is given."""
+    settings.setdefault("webhook_secret_keys", TEST_WEBHOOK_SECRET_KEYS)
     environment = {
         name: value
         for name, value in os.environ.items()

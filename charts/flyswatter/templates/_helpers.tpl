@@ -45,7 +45,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $keys := .Values.secretKeys -}}
 {{ include "flyswatter.secretEnv" (dict "root" . "name" "FLYSWATTER_DATABASE_URL" "key" $keys.databaseUrl "optional" false) }}
 {{ include "flyswatter.secretEnv" (dict "root" . "name" "FLYSWATTER_REDIS_URL" "key" $keys.redisUrl "optional" false) }}
-{{ include "flyswatter.secretEnv" (dict "root" . "name" "FLYSWATTER_CURSOR_SECRET" "key" $keys.cursorSecret "optional" true) }}
+{{ include "flyswatter.secretEnv" (dict "root" . "name" "FLYSWATTER_CURSOR_SECRET" "key" $keys.cursorSecret "optional" false) }}
+{{ include "flyswatter.secretEnv" (dict "root" . "name" "FLYSWATTER_WEBHOOK_SECRET_KEYS" "key" $keys.webhookSecretKeys "optional" false) }}
 {{ include "flyswatter.secretEnv" (dict "root" . "name" "FLYSWATTER_S3_ACCESS_KEY_ID" "key" $keys.s3AccessKeyId "optional" true) }}
 {{ include "flyswatter.secretEnv" (dict "root" . "name" "FLYSWATTER_S3_SECRET_ACCESS_KEY" "key" $keys.s3SecretAccessKey "optional" true) }}
 {{ include "flyswatter.secretEnv" (dict "root" . "name" "FLYSWATTER_SENTRY_DSN" "key" $keys.sentryDsn "optional" true) }}
