@@ -25,6 +25,10 @@ HAND_WRITTEN_INDEXES = frozenset({"ix_issue_search", "ix_issue_search_document"}
 # issue.search_document (a generated tsvector) must not be loaded with every issue, and
 # SQLite has no such type.
 HAND_WRITTEN_COLUMNS = frozenset({("issue", "search_document")})
+# Foreign keys SQLite could only add inline with their column (ALTER TABLE ADD COLUMN ...
+# REFERENCES), which its reflection reads back without name or ON DELETE: compared on
+# PostgreSQL only, where they are ordinary constraints.
+INLINE_SQLITE_FOREIGN_KEYS = frozenset({("issue", "milestone_id")})
 
 
 def include_object(
@@ -32,6 +36,10 @@ def include_object(
 ) -> bool:
     if type_ == "index" and name in HAND_WRITTEN_INDEXES:
         return False
+    if type_ == "foreign_key_constraint" and context.get_context().dialect.name == "sqlite":
+        table = getattr(getattr(obj, "table", None), "name", None)
+        columns = tuple(getattr(obj, "column_keys", ()))
+        return (table, *columns) not in INLINE_SQLITE_FOREIGN_KEYS
     if type_ == "column":
         table = getattr(getattr(obj, "table", None), "name", None)
         return (table, name) not in HAND_WRITTEN_COLUMNS

@@ -6,6 +6,7 @@ from flyswatter.http.idempotency import IdempotencyRecord
 from flyswatter.issues.models import Activity, Issue
 from flyswatter.jobs.models import Job
 from flyswatter.labels.models import IssueLabel, Label
+from flyswatter.milestones.models import Milestone
 from flyswatter.projects.models import Project, ProjectMember
 from flyswatter.storage.models import Artifact
 from flyswatter.users.models import User
@@ -22,6 +23,7 @@ __all__ = [
     "IssueLabel",
     "Job",
     "Label",
+    "Milestone",
     "Project",
     "ProjectMember",
     "User",

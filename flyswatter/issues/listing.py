@@ -40,6 +40,7 @@ from flyswatter.issues.read_model import (
     public_issues_page,
 )
 from flyswatter.labels.models import IssueLabel, Label
+from flyswatter.milestones.models import NO_MILESTONE, Milestone
 
 SEARCH_CONFIG = "english"
 MAX_QUERY_LENGTH = 200
@@ -54,23 +55,28 @@ class IssueSort(StrEnum):
     created_asc = "created_at"
     priority_desc = "-priority"
     priority_asc = "priority"
+    # By the milestone's due date; issues in no milestone, or in one without a due date,
+    # come after every dated one (before them when descending).
+    milestone_asc = "milestone_due"
+    milestone_desc = "-milestone_due"
 
     @property
     def descending(self) -> bool:
         return self.value.startswith("-")
 
     @property
-    def column(self) -> Any:
+    def _attribute(self) -> str:
+        """The issue's column (and a page row's attribute) the order pages by."""
         name = self.value.lstrip("-")
-        return {
-            "updated_at": col(Issue.updated_at),
-            "created_at": col(Issue.created_at),
-            "priority": col(Issue.priority_rank),
-        }[name]
+        return {"priority": "priority_rank", "milestone_due": "milestone_due_rank"}.get(name, name)
+
+    @property
+    def column(self) -> Any:
+        return col(getattr(Issue, self._attribute))
 
     @property
     def cursor_type(self) -> type:
-        return int if self.value.endswith("priority") else datetime
+        return int if self._attribute.endswith("_rank") else datetime
 
     @property
     def cursor_types(self) -> tuple[type, type]:
@@ -79,9 +85,8 @@ class IssueSort(StrEnum):
 
     def cursor_values(self, issue: Any) -> list[Any]:
         """The cursor after ``issue`` (an entity or a row with the sort columns)."""
-        if self.cursor_type is int:
-            return [issue.priority_rank, issue.id]
-        return [getattr(issue, self.value.lstrip("-")).isoformat(), issue.id]
+        value = getattr(issue, self._attribute)
+        return [value if self.cursor_type is int else value.isoformat(), issue.id]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,7 @@ class IssueFilters:
     priorities: tuple[Priority, ...] = ()
     types: tuple[IssueType, ...] = ()
     query: str | None = None
+    milestone: str | None = None  # a milestone's title; "none" for issues in none
 
 
 def _tsquery(query: str) -> ColumnElement[Any]:
@@ -142,6 +148,13 @@ def list_statement(project_id: int, filters: IssueFilters, dialect: str) -> Sele
         statement = statement.where(col(Issue.priority).in_(filters.priorities))
     if filters.types:
         statement = statement.where(col(Issue.type).in_(filters.types))
+    if filters.milestone == NO_MILESTONE:
+        statement = statement.where(col(Issue.milestone_id).is_(None))
+    elif filters.milestone is not None:
+        milestone = select(Milestone.id).where(
+            Milestone.project_id == project_id, Milestone.title == filters.milestone
+        )
+        statement = statement.where(col(Issue.milestone_id) == milestone.scalar_subquery())
     for name in filters.labels:
         statement = statement.where(
             exists()

@@ -12,6 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.labels.models import LabelName, LabelPublic
+from flyswatter.milestones.models import UNDATED_RANK
 from flyswatter.text import ONE_LINE, ONE_LINE_DOCUMENTED, MultiLine, SingleLine
 from flyswatter.users.models import UserSummary
 
@@ -51,6 +52,8 @@ TRANSITIONS: dict[IssueStatus, tuple[IssueStatus, ...]] = {
     IssueStatus.resolved: (IssueStatus.closed, IssueStatus.open),
     IssueStatus.closed: (IssueStatus.open,),
 }
+# The statuses a milestone's progress counts as done.
+CLOSED_STATUSES = (IssueStatus.resolved, IssueStatus.closed)
 
 Title = Annotated[
     str,
@@ -86,6 +89,10 @@ class Issue(IssueBase, table=True):
         Index("ix_issue_project_status_updated", "project_id", "status", "updated_at", "id"),
         Index("ix_issue_project_assignee_updated", "project_id", "assignee_id", "updated_at", "id"),
         Index("ix_issue_project_reporter_updated", "project_id", "reporter_id", "updated_at", "id"),
+        Index(
+            "ix_issue_project_milestone_updated", "project_id", "milestone_id", "updated_at", "id"
+        ),
+        Index("ix_issue_project_milestone_due", "project_id", "milestone_due_rank", "id"),
         # Full-text search within a project (PostgreSQL; SQLite uses LIKE): GIN over the
         # project and the stored document column, which only the migration declares (it is
         # kept off the model so that loading an issue never loads its document).
@@ -105,6 +112,13 @@ class Issue(IssueBase, table=True):
     priority_rank: int = Field(sa_type=SmallInteger)
     reporter_id: str = Field(foreign_key="user.id", max_length=255)
     assignee_id: str | None = Field(default=None, foreign_key="user.id", max_length=255)
+    # Detached (NULL) when the milestone is deleted.
+    milestone_id: int | None = Field(default=None, foreign_key="milestone.id", ondelete="SET NULL")
+    # The milestone's due date as a number (UNDATED_RANK without one), kept by the writers,
+    # so that "sort by the milestone's due date" is an index order.
+    milestone_due_rank: int = Field(
+        default=UNDATED_RANK, sa_column_kwargs={"server_default": str(UNDATED_RANK)}
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -134,6 +148,9 @@ class IssueCreate(IssueBase):
 
     assignee_id: SingleLine | None = Field(default=None, max_length=255)
     labels: list[LabelName] = Field(default_factory=list, max_length=MAX_LABELS)
+    milestone: SingleLine | None = Field(
+        default=None, max_length=200, description="A milestone of the project, by title."
+    )
 
 
 class IssueUpdate(SQLModel):
@@ -149,6 +166,9 @@ class IssueUpdate(SQLModel):
     priority: Priority | None = None
     assignee_id: SingleLine | None = Field(default=None, max_length=255)
     labels: list[LabelName] | None = Field(default=None, max_length=MAX_LABELS)
+    milestone: SingleLine | None = Field(
+        default=None, max_length=200, description="A milestone by title; `null` detaches."
+    )
 
 
 class TransitionRequest(SQLModel):
@@ -167,6 +187,7 @@ class IssuePublic(IssueBase):
     reporter: UserSummary
     assignee: UserSummary | None
     labels: list[LabelPublic]
+    milestone_id: int | None = Field(description="The issue's milestone, if any.")
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None
@@ -210,7 +231,8 @@ class Activity(SQLModel, table=True):
 ACTIVITY_FIELDS = (
     "`field` names what `old_value` and `new_value` are, and they keep its type (null where "
     "there is none): `created`: `key` (the issue's key, a string); `updated`: `title`, "
-    "`description`, `type` or `priority` (strings); `assigned`: `assignee_id` (a user id or "
+    "`description`, `type`, `priority` or `milestone` (strings; a milestone by its title); "
+    "`assigned`: `assignee_id` (a user id or "
     "null); `transitioned`: `status` (a string); `labeled` / `unlabeled`: `label` (one "
     "label's name); `commented`, `comment_edited`, `comment_deleted`: `comment_id` (an "
     "integer: the comment written, edited or deleted)."

@@ -51,13 +51,15 @@ _LABEL_FIELDS = tuple(LabelPublic.model_fields)
 # Serialisers write a model's fields in the order of its ``__dict__``: keep the model's.
 _PUBLIC_FIELDS = tuple(IssuePublic.model_fields)
 
-# An issue's id and sort key, its own fields, then its reporter's and assignee's summaries.
+# The columns sort orders page by that are no public field (cursors are built from them).
+_SORT_KEYS = ("priority_rank", "milestone_due_rank")
+# An issue's id and sort keys, its own fields, then its reporter's and assignee's summaries.
 PUBLIC_ISSUE_COLUMNS: tuple[Any, ...] = (
-    *(_ISSUE.c[name] for name in ("id", "priority_rank", *OWN_FIELDS)),
+    *(_ISSUE.c[name] for name in ("id", *_SORT_KEYS, *OWN_FIELDS)),
     *(_REPORTER.c[name].label(f"reporter_{name}") for name in SUMMARY_FIELDS),
     *(_ASSIGNEE.c[name].label(f"assignee_{name}") for name in SUMMARY_FIELDS),
 )
-_OWN_AT = 2
+_OWN_AT = 1 + len(_SORT_KEYS)
 _REPORTER_AT = _OWN_AT + len(OWN_FIELDS)
 _ASSIGNEE_AT = _REPORTER_AT + len(SUMMARY_FIELDS)
 

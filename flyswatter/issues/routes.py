@@ -98,6 +98,14 @@ async def list_issues(
             description="Full-text search over title and description.",
         ),
     ] = None,
+    milestone: Annotated[
+        SingleLine | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="A milestone's title, or `none` for issues in no milestone.",
+        ),
+    ] = None,
     sort: Annotated[IssueSort, Query(description="Order; `-` for descending.")] = (
         IssueSort.updated_desc
     ),
@@ -112,6 +120,7 @@ async def list_issues(
         priorities=tuple(priority or ()),
         types=tuple(type_ or ()),
         query=q.strip() or None if q else None,
+        milestone=milestone,
     )
     dialect = session.bind.dialect.name if session.bind else "postgresql"
     query = IssueQuery(access.project_id, filters, sort, dialect)

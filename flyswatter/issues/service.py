@@ -3,10 +3,10 @@ records its history and bumps the issue's version in the request's transaction."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, tuple_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -30,12 +30,15 @@ from flyswatter.issues.models import (
 )
 from flyswatter.issues.read_model import build_public_issue, build_public_issues
 from flyswatter.labels.models import IssueLabel, Label, label_id
+from flyswatter.milestones.models import UNDATED_RANK, Milestone, due_rank
 from flyswatter.observability.metrics import ISSUE_TRANSITIONS
 from flyswatter.projects.models import Project, ProjectMember, Role
 from flyswatter.projects.service import ProjectAccess
 
 # The fields PATCH sets as they are, each recorded as an update of that field.
 _PLAIN_FIELDS = ("title", "description", "type", "priority")
+# What a reporter may change on an issue they reported; everything else needs a developer.
+_OWN_ISSUE_FIELDS = frozenset({"title", "description", "milestone"})
 
 
 async def allocate_issue_number(session: AsyncSession, project_id: int) -> int:
@@ -88,6 +91,47 @@ async def issue_label_names(session: AsyncSession, issue_id: int) -> list[str]:
     return list(rows.all())
 
 
+async def issue_labels(
+    session: AsyncSession, issue_ids: Sequence[int]
+) -> dict[int, dict[str, int]]:
+    """Each issue's labels (name to id), in one statement however many issues."""
+    rows = await session.exec(
+        select(IssueLabel.issue_id, Label.name, IssueLabel.label_id)
+        .join(Label, col(Label.id) == IssueLabel.label_id)
+        .where(col(IssueLabel.issue_id).in_(issue_ids))
+        .order_by(col(Label.name))
+    )
+    found: dict[int, dict[str, int]] = {issue_id: {} for issue_id in issue_ids}
+    for issue_id, name, id_ in rows:
+        found[issue_id][name] = id_
+    return found
+
+
+async def milestone_by_title(session: AsyncSession, project_id: int, title: str) -> Milestone:
+    """The project's milestone of that title; a 422 for any other (another project's too)."""
+    milestone = (
+        await session.exec(
+            select(Milestone).where(Milestone.project_id == project_id, Milestone.title == title)
+        )
+    ).first()
+    if milestone is None:
+        raise UnprocessableEntity(
+            f"unknown milestone in this project: {title}", loc=("body", "milestone")
+        )
+    return milestone
+
+
+async def milestone_titles(session: AsyncSession, ids: Iterable[int | None]) -> dict[int, str]:
+    """Milestones' titles by id, in one statement (what history records of them)."""
+    wanted = sorted({id_ for id_ in ids if id_ is not None})
+    if not wanted:
+        return {}
+    rows = await session.exec(
+        select(Milestone.id, Milestone.title).where(col(Milestone.id).in_(wanted))
+    )
+    return {id_: title for id_, title in rows if id_ is not None}
+
+
 async def create_issue(
     session: AsyncSession, access: ProjectAccess, body: IssueCreate
 ) -> Created[IssuePublic]:
@@ -99,15 +143,20 @@ async def create_issue(
             access.require(Role.developer, "assigning issues to others")
         await require_member(session, access.project_id, body.assignee_id)
     labels = await labels_by_name(session, access.project_id, body.labels)
+    milestone = None
+    if body.milestone is not None:
+        milestone = await milestone_by_title(session, access.project_id, body.milestone)
 
     number = await allocate_issue_number(session, access.project_id)
     issue = Issue.model_validate(
-        body.model_dump(exclude={"labels"}),
+        body.model_dump(exclude={"labels", "milestone"}),
         update={
             "project_id": access.project_id,
             "number": number,
             "reporter_id": principal.subject,
             "priority_rank": body.priority.rank,
+            "milestone_id": milestone.id if milestone else None,
+            "milestone_due_rank": due_rank(milestone.due_on if milestone else None),
         },
     )
     session.add(issue)
@@ -122,35 +171,48 @@ async def create_issue(
     return Created(public, api_path("issues", key), etag_of("issue", issue.id, issue.version))
 
 
-async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:
-    """Change fields; ``labels`` replaces the set. Reporters may edit the title and
-    description of issues they reported; everything else needs the developer role."""
-    session, access = write.session, write.access
-    check_if_match(write.if_match, access.etag)
-    issue, principal = access.issue, access.principal
-    changes = body.model_dump(exclude_unset=True)
-    own_text_only = set(changes) <= {"title", "description"} and issue.reporter_id == (
-        principal.subject
+def require_edit(access: IssueAccess, fields: Iterable[str]) -> None:
+    """Reporters may edit the title, description and milestone of issues they reported;
+    everything else needs the developer role."""
+    own = set(fields) <= _OWN_ISSUE_FIELDS and access.issue.reporter_id == (
+        access.principal.subject
     )
     # Having reported an issue grants nothing beyond one's role: a reporter since demoted
     # to viewer may no longer edit it.
-    if own_text_only:
+    if own:
         access.project_access.require(Role.reporter, "editing issues")
     else:
         access.project_access.require(Role.developer, "editing this issue")
-    changed = _set_plain_fields(session, access, changes)
+
+
+async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:
+    """Change fields; ``labels`` replaces the set, ``milestone: null`` detaches."""
+    session, access = write.session, write.access
+    check_if_match(write.if_match, access.etag)
+    issue = access.issue
+    changes = body.model_dump(exclude_unset=True)
+    require_edit(access, changes)
+    changed = set_plain_fields(session, access, changes)
     if "assignee_id" in changes and changes["assignee_id"] != issue.assignee_id:
         await _assign(session, access, changes["assignee_id"])
         changed = True
     if changes.get("labels") is not None:
         wanted = list(dict.fromkeys(changes["labels"]))
         changed |= await _replace_labels(session, access, wanted)
+    if "milestone" in changes:
+        title = changes["milestone"]
+        project_id = access.project_access.project_id
+        milestone = None if title is None else await milestone_by_title(session, project_id, title)
+        if (milestone.id if milestone else None) != issue.milestone_id:
+            titles = await milestone_titles(session, [issue.milestone_id])
+            set_milestone(session, access, milestone, titles)
+            changed = True
     if changed:
         await _commit_change(session, access)
     return await build_public_issue(session, access)
 
 
-def _set_plain_fields(session: AsyncSession, access: IssueAccess, changes: dict[str, Any]) -> bool:
+def set_plain_fields(session: AsyncSession, access: IssueAccess, changes: dict[str, Any]) -> bool:
     issue = access.issue
     changed = False
     for field in _PLAIN_FIELDS:
@@ -174,9 +236,37 @@ def _set_plain_fields(session: AsyncSession, access: IssueAccess, changes: dict[
     return changed
 
 
+def set_milestone(
+    session: AsyncSession,
+    access: IssueAccess,
+    milestone: Milestone | None,
+    titles: Mapping[int, str],
+) -> None:
+    """Put the issue in ``milestone`` (or in none), recorded by title (``titles`` holds the
+    current milestone's)."""
+    issue = access.issue
+    old = titles.get(issue.milestone_id) if issue.milestone_id is not None else None
+    record_activity(
+        session,
+        access.principal,
+        access.issue_id,
+        ActivityAction.updated,
+        field="milestone",
+        old=old,
+        new=milestone.title if milestone else None,
+    )
+    issue.milestone_id = milestone.id if milestone else None
+    issue.milestone_due_rank = due_rank(milestone.due_on) if milestone else UNDATED_RANK
+
+
 async def _assign(session: AsyncSession, access: IssueAccess, assignee_id: str | None) -> None:
     if assignee_id is not None:
         await require_member(session, access.project_access.project_id, assignee_id)
+    record_assignment(session, access, assignee_id)
+
+
+def record_assignment(session: AsyncSession, access: IssueAccess, assignee_id: str | None) -> None:
+    """Assign the issue to a member already checked to be one (or to nobody)."""
     record_activity(
         session,
         access.principal,
@@ -191,24 +281,38 @@ async def _assign(session: AsyncSession, access: IssueAccess, assignee_id: str |
 
 async def _replace_labels(session: AsyncSession, access: IssueAccess, names: list[str]) -> bool:
     issue_id, project_id = access.issue_id, access.project_access.project_id
-    wanted = await labels_by_name(session, project_id, names)
-    current = set(await issue_label_names(session, issue_id))
-    added = [label for label in wanted if label.name not in current]
-    removed = sorted(current - {label.name for label in wanted})
-    for label in added:
-        session.add(IssueLabel(issue_id=issue_id, label_id=label_id(label)))
-        _record_labels(session, access, ActivityAction.labeled, new=label.name)
-    if removed:
-        removed_labels = await labels_by_name(session, project_id, removed)
-        await session.exec(
-            delete(IssueLabel).where(
-                col(IssueLabel.issue_id) == issue_id,
-                col(IssueLabel.label_id).in_([label.id for label in removed_labels]),
-            )
-        )
-        for name in removed:
-            _record_labels(session, access, ActivityAction.unlabeled, old=name)
-    return bool(added or removed)
+    wanted = {
+        label.name: label_id(label) for label in await labels_by_name(session, project_id, names)
+    }
+    current = (await issue_labels(session, [issue_id]))[issue_id]
+    removed = stage_labels(session, access, current, wanted)
+    await delete_issue_labels(session, removed)
+    return bool(removed) or wanted.keys() != current.keys()
+
+
+def stage_labels(
+    session: AsyncSession,
+    access: IssueAccess,
+    current: Mapping[str, int],
+    wanted: Mapping[str, int],
+) -> list[tuple[int, int]]:
+    """Stage the issue's new label set (names to ids) and its history; returns the
+    (issue, label) links to delete, so that several issues' go in one statement."""
+    issue_id = access.issue_id
+    for name, id_ in wanted.items():
+        if name not in current:
+            session.add(IssueLabel(issue_id=issue_id, label_id=id_))
+            _record_labels(session, access, ActivityAction.labeled, new=name)
+    removed = sorted(name for name in current if name not in wanted)
+    for name in removed:
+        _record_labels(session, access, ActivityAction.unlabeled, old=name)
+    return [(issue_id, current[name]) for name in removed]
+
+
+async def delete_issue_labels(session: AsyncSession, links: Sequence[tuple[int, int]]) -> None:
+    if links:
+        pair = tuple_(col(IssueLabel.issue_id), col(IssueLabel.label_id))
+        await session.exec(delete(IssueLabel).where(pair.in_(links)))
 
 
 def _record_labels(
@@ -218,11 +322,15 @@ def _record_labels(
     record_activity(session, access.principal, access.issue_id, action, field="label", **change)
 
 
-async def _commit_change(session: AsyncSession, access: IssueAccess) -> None:
-    """A new version of the issue, committed with everything staged for it."""
+def bump_version(session: AsyncSession, access: IssueAccess) -> None:
+    """A new version of the issue, staged with everything changed in it."""
     access.issue.version += 1
     access.issue.updated_at = utcnow()
     session.add(access.issue)
+
+
+async def _commit_change(session: AsyncSession, access: IssueAccess) -> None:
+    bump_version(session, access)
     await session.commit()
 
 
@@ -231,29 +339,39 @@ async def transition(write: IssueWrite, body: TransitionRequest) -> IssuePublic:
     session, access = write.session, write.access
     access.project_access.require(Role.developer, "moving issues through the workflow")
     check_if_match(write.if_match, access.etag)
-    issue = access.issue
+    check_transition(access.issue, body.to)
+    record_transition(session, access, body.to)
+    await _commit_change(session, access)
+    ISSUE_TRANSITIONS.labels(to=body.to.value).inc()
+    return await build_public_issue(session, access)
+
+
+def check_transition(issue: Issue, to: IssueStatus) -> None:
+    """A 409 naming the allowed moves when the workflow has no move to ``to``."""
     current = IssueStatus(issue.status)
     allowed = TRANSITIONS[current]
-    if body.to not in allowed:
+    if to not in allowed:
         names = ", ".join(status.value for status in allowed)
         raise Conflict(
             f"an issue in {current.value} can move to: {names}",
             extra={"from": current.value, "allowed": [s.value for s in allowed]},
         )
+
+
+def record_transition(session: AsyncSession, access: IssueAccess, to: IssueStatus) -> None:
+    """Stage a move ``check_transition`` allowed, with its history."""
+    issue = access.issue
     record_activity(
         session,
         access.principal,
         access.issue_id,
         ActivityAction.transitioned,
         field="status",
-        old=current.value,
-        new=body.to.value,
+        old=IssueStatus(issue.status).value,
+        new=to.value,
     )
-    issue.status = body.to
-    issue.closed_at = utcnow() if body.to == IssueStatus.closed else None
-    await _commit_change(session, access)
-    ISSUE_TRANSITIONS.labels(to=body.to.value).inc()
-    return await build_public_issue(session, access)
+    issue.status = to
+    issue.closed_at = utcnow() if to == IssueStatus.closed else None
 
 
 async def change_labels(
