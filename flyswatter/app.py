@@ -37,6 +37,7 @@ from flyswatter.issues.routes import router as issues_router
 from flyswatter.jobs.routes import router as jobs_router
 from flyswatter.jobs.service import JobQueue
 from flyswatter.labels.routes import router as labels_router
+from flyswatter.milestones.routes import router as milestones_router
 from flyswatter.observability.errors import init_error_reporting
 from flyswatter.observability.exposition import router as metrics_router
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
@@ -63,6 +64,7 @@ def api_router() -> APIRouter:
     router.include_router(users_router)
     router.include_router(projects_router)
     router.include_router(labels_router)
+    router.include_router(milestones_router)
     router.include_router(issues_router)
     router.include_router(comments_router)
     router.include_router(jobs_router)

@@ -1,0 +1,129 @@
+"""Milestone routes: each project's milestones, managed by its maintainers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Response, status
+
+from flyswatter.auth.scopes import Scope
+from flyswatter.db import MAX_ROW_ID, SessionDep
+from flyswatter.errors import problem_responses
+from flyswatter.http.conditional import (
+    NOT_MODIFIED,
+    IfMatch,
+    IfNoneMatch,
+    check_if_match,
+    not_modified,
+)
+from flyswatter.http.created import creates
+from flyswatter.http.headers import api_path
+from flyswatter.http.pagination import KeysetDep, Page, lists
+from flyswatter.milestones import service
+from flyswatter.milestones.models import (
+    MilestoneCreate,
+    MilestonePublic,
+    MilestoneState,
+    MilestoneUpdate,
+)
+from flyswatter.projects.models import Role
+from flyswatter.projects.service import (
+    PROJECT_ERRORS,
+    ProjectAccess,
+    ProjectForReading,
+    project_access,
+)
+
+router = APIRouter(prefix="/projects/{key}/milestones", tags=["milestones"])
+
+ProjectForPlanning = Annotated[
+    ProjectAccess,
+    Depends(project_access(Role.maintainer, Scope.projects_write, "managing milestones")),
+]
+MilestoneIdPath = Annotated[
+    int, Path(ge=1, le=MAX_ROW_ID, description="The milestone's id.", examples=[1])
+]
+WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
+
+
+@router.get("", **lists(MilestonePublic, PROJECT_ERRORS))
+async def list_milestones(
+    session: SessionDep,
+    access: ProjectForReading,
+    keyset: KeysetDep,
+    state: Annotated[MilestoneState | None, Query(description="Only these.")] = None,
+) -> Page[MilestonePublic]:
+    """The project's milestones by due date (undated last), then title, with their progress."""
+    return await service.milestone_page(session, access, keyset, state)
+
+
+@router.post("", **creates(MilestonePublic, PROJECT_ERRORS))
+async def create_milestone(
+    body: MilestoneCreate, response: Response, session: SessionDep, access: ProjectForPlanning
+) -> MilestonePublic:
+    """Add a milestone to the project (maintainers); titles are unique in a project."""
+    access.require_active()
+    milestone = await service.create_milestone(session, access, body)
+    public = await service.read_milestone(session, milestone)
+    response.headers["Location"] = api_path("projects", access.project.key, "milestones", public.id)
+    response.headers["ETag"] = service.milestone_etag(milestone)
+    await session.commit()
+    return public
+
+
+@router.get(
+    "/{milestone_id}",
+    response_model=MilestonePublic,
+    responses=NOT_MODIFIED | PROJECT_ERRORS,
+)
+async def get_milestone(
+    milestone_id: MilestoneIdPath,
+    response: Response,
+    session: SessionDep,
+    access: ProjectForReading,
+    if_none_match: IfNoneMatch = None,
+) -> MilestonePublic | Response:
+    """One milestone with its progress: open and closed (resolved or closed) issues."""
+    milestone = await service.load_milestone(session, access, milestone_id)
+    etag = service.milestone_etag(milestone)
+    if (unchanged := not_modified(if_none_match, etag)) is not None:
+        return unchanged
+    response.headers["ETag"] = etag
+    return await service.read_milestone(session, milestone)
+
+
+@router.patch("/{milestone_id}", response_model=MilestonePublic, responses=WRITE_ERRORS)
+async def update_milestone(
+    milestone_id: MilestoneIdPath,
+    body: MilestoneUpdate,
+    response: Response,
+    session: SessionDep,
+    access: ProjectForPlanning,
+    if_match: IfMatch = None,
+) -> MilestonePublic:
+    """Change a milestone (maintainers); with `If-Match`, only if unchanged since read."""
+    access.require_active()
+    milestone = await service.load_milestone(session, access, milestone_id, for_update=True)
+    check_if_match(if_match, service.milestone_etag(milestone))
+    changed = await service.update_milestone(session, milestone, body)
+    public = await service.read_milestone(session, milestone)
+    response.headers["ETag"] = service.milestone_etag(milestone)
+    if changed:
+        await session.commit()
+    return public
+
+
+@router.delete("/{milestone_id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
+async def delete_milestone(
+    milestone_id: MilestoneIdPath,
+    session: SessionDep,
+    access: ProjectForPlanning,
+    if_match: IfMatch = None,
+) -> None:
+    """Delete a milestone (maintainers). Its issues stay, in no milestone: each gets a new
+    version and an entry in its history."""
+    access.require_active()
+    milestone = await service.load_milestone(session, access, milestone_id, for_update=True)
+    check_if_match(if_match, service.milestone_etag(milestone))
+    await service.delete_milestone(session, access, milestone)
+    await session.commit()

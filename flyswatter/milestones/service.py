@@ -1,0 +1,198 @@
+"""Milestone writes and reads: progress counted for a whole page in one grouped statement,
+and the issues of a milestone kept in step with it (due-date rank, detaching on delete)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+from sqlalchemy import and_, case, func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.db import utcnow
+from flyswatter.errors import BadRequest, Conflict, NotFound
+from flyswatter.http.conditional import etag_of
+from flyswatter.http.pagination import Keyset, Page
+from flyswatter.issues.activity import record_activity
+from flyswatter.issues.models import CLOSED_STATUSES, ActivityAction, Issue
+from flyswatter.milestones.models import (
+    UNDATED_RANK,
+    Milestone,
+    MilestoneCreate,
+    MilestonePublic,
+    MilestoneState,
+    MilestoneUpdate,
+    due_rank,
+)
+from flyswatter.projects.service import ProjectAccess
+
+# A page of milestones: by due date (undated last), then title; the cursor holds both.
+LIST_SORT = "due_on"
+_NO_DATE = ""
+
+
+def milestone_etag(milestone: Milestone) -> str:
+    return etag_of("milestone", milestone.id, milestone.version)
+
+
+async def progress(
+    session: AsyncSession, project_id: int, milestone_ids: Sequence[int]
+) -> dict[int, tuple[int, int]]:
+    """(open, closed) issue counts of each milestone, in one grouped statement."""
+    if not milestone_ids:
+        return {}
+    closed = func.sum(case((col(Issue.status).in_(CLOSED_STATUSES), 1), else_=0))
+    rows = await session.exec(
+        select(Issue.milestone_id, func.count(), closed)
+        .where(Issue.project_id == project_id, col(Issue.milestone_id).in_(milestone_ids))
+        .group_by(col(Issue.milestone_id))
+    )
+    counts = {milestone_id: (0, 0) for milestone_id in milestone_ids}
+    for milestone_id, total, done in rows:
+        if milestone_id is not None:
+            counts[milestone_id] = (total - (done or 0), done or 0)
+    return counts
+
+
+def _public(milestone: Milestone, counts: tuple[int, int]) -> MilestonePublic:
+    return MilestonePublic.model_validate(
+        milestone, update={"open_issues": counts[0], "closed_issues": counts[1]}
+    )
+
+
+async def public_milestones(
+    session: AsyncSession, project_id: int, milestones: Sequence[Milestone]
+) -> list[MilestonePublic]:
+    counts = await progress(session, project_id, [m.id for m in milestones if m.id is not None])
+    return [_public(milestone, counts.get(milestone.id or 0, (0, 0))) for milestone in milestones]
+
+
+async def milestone_page(
+    session: AsyncSession, access: ProjectAccess, keyset: Keyset, state: MilestoneState | None
+) -> Page[MilestonePublic]:
+    statement = select(Milestone).where(Milestone.project_id == access.project_id)
+    if state is not None:
+        statement = statement.where(Milestone.state == state)
+    if (after := keyset.after(LIST_SORT, (str, str))) is not None:
+        statement = statement.where(_after(*after))
+    due = col(Milestone.due_on)
+    statement = statement.order_by(due.asc().nulls_last(), col(Milestone.title).asc())
+    rows = (await session.exec(statement.limit(keyset.fetch))).all()
+    return await keyset.page(
+        rows,
+        sort=LIST_SORT,
+        key=lambda m: [m.due_on.isoformat() if m.due_on else _NO_DATE, m.title],
+        build=lambda page: public_milestones(session, access.project_id, page),
+    )
+
+
+def _after(due_value: str, title: str) -> Any:
+    """The milestones after (due date, title) in list order, undated ones last."""
+    due, later_title = col(Milestone.due_on), col(Milestone.title) > title
+    if due_value == _NO_DATE:
+        return and_(due.is_(None), later_title)
+    try:
+        due_on = date.fromisoformat(due_value)
+    except ValueError:
+        raise BadRequest("invalid cursor") from None
+    return or_(due > due_on, and_(due == due_on, later_title), due.is_(None))
+
+
+async def load_milestone(
+    session: AsyncSession, access: ProjectAccess, milestone_id: int, *, for_update: bool = False
+) -> Milestone:
+    statement = select(Milestone).where(
+        Milestone.project_id == access.project_id, Milestone.id == milestone_id
+    )
+    if for_update:
+        statement = statement.with_for_update()
+    milestone = (await session.exec(statement)).first()
+    if milestone is None:
+        raise NotFound(f"milestone {milestone_id} not found in {access.project.key}")
+    return milestone
+
+
+async def read_milestone(session: AsyncSession, milestone: Milestone) -> MilestonePublic:
+    (public,) = await public_milestones(session, milestone.project_id, [milestone])
+    return public
+
+
+async def _flush_or_conflict(session: AsyncSession, title: str) -> None:
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise Conflict(f"a milestone titled {title} already exists in this project") from None
+
+
+async def create_milestone(
+    session: AsyncSession, access: ProjectAccess, body: MilestoneCreate
+) -> Milestone:
+    """Stage a new milestone (flushed, so that it has its id)."""
+    milestone = Milestone.model_validate(body, update={"project_id": access.project_id})
+    session.add(milestone)
+    await _flush_or_conflict(session, body.title)
+    return milestone
+
+
+async def update_milestone(
+    session: AsyncSession, milestone: Milestone, body: MilestoneUpdate
+) -> bool:
+    """Stage the changes; its issues' due-date rank follows a new due date."""
+    changes = body.model_dump(exclude_unset=True)
+    # Only ``due_on`` may be set to null (no due date); other nulls change nothing.
+    changes = {k: v for k, v in changes.items() if v is not None or k == "due_on"}
+    changes = {k: v for k, v in changes.items() if getattr(milestone, k) != v}
+    if not changes:
+        return False
+    milestone.sqlmodel_update(changes)
+    milestone.version += 1
+    milestone.updated_at = utcnow()
+    session.add(milestone)
+    await _flush_or_conflict(session, milestone.title)
+    if "due_on" in changes:
+        await session.exec(
+            update(Issue)
+            .where(col(Issue.milestone_id) == milestone.id)
+            .values(milestone_due_rank=due_rank(milestone.due_on))
+        )
+    return True
+
+
+async def delete_milestone(
+    session: AsyncSession, access: ProjectAccess, milestone: Milestone
+) -> None:
+    """Stage the deletion: its issues stay, detached, each with a new version and an entry
+    in its history."""
+    detached = (
+        await session.exec(
+            select(Issue.id).where(
+                Issue.project_id == access.project_id, Issue.milestone_id == milestone.id
+            )
+        )
+    ).all()
+    if detached:
+        await session.exec(
+            update(Issue)
+            .where(col(Issue.id).in_(detached))
+            .values(
+                milestone_id=None,
+                milestone_due_rank=UNDATED_RANK,
+                version=Issue.version + 1,
+                updated_at=utcnow(),
+            )
+        )
+    for issue_id in detached:
+        assert issue_id is not None, "a stored issue has an id"
+        record_activity(
+            session,
+            access.principal,
+            issue_id,
+            ActivityAction.updated,
+            field="milestone",
+            old=milestone.title,
+            new=None,
+        )
+    await session.delete(milestone)

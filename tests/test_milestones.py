@@ -1,0 +1,206 @@
+"""Milestones: a project's due-dated groups of issues, their progress, and the issue list's
+milestone filter and sort."""
+
+from __future__ import annotations
+
+import pytest
+
+from flyswatter.config import Settings
+from tests.support.api import Api, Team, make_team, walk_pages
+from tests.test_events_outbox import stored_events
+
+MILESTONES = "/api/v1/projects/FLY/milestones"
+ISSUES = "/api/v1/projects/FLY/issues"
+
+
+@pytest.fixture
+async def team(api: Api) -> Team:
+    return await make_team(api)
+
+
+async def milestone(team: Team, title: str, due_on: str | None = None, **fields: object) -> dict:
+    body = {"title": title, "due_on": due_on, **fields}
+    response = await team["maintainer"].post(MILESTONES, json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def keys(team: Team, query: str) -> list[str]:
+    items = await walk_pages(team["viewer"], f"{ISSUES}?{query}")
+    return [issue["key"] for issue in items]
+
+
+async def test_milestones_are_listed_by_due_date_then_title_undated_last(team: Team) -> None:
+    created = await milestone(team, "Someday")
+    assert created["state"] == "open"
+    assert (created["open_issues"], created["closed_issues"]) == (0, 0)
+    location = (
+        await team["maintainer"].post(MILESTONES, json={"title": "Beta", "due_on": "2027-02-01"})
+    ).headers["Location"]
+    assert location.startswith(f"{MILESTONES}/")
+    await milestone(team, "Alpha", "2027-02-01")
+    await milestone(team, "Launch", "2027-01-15")
+    await milestone(team, "Later")
+    listed = await walk_pages(team["viewer"], f"{MILESTONES}?limit=2")
+    assert [m["title"] for m in listed] == ["Launch", "Alpha", "Beta", "Later", "Someday"]
+    read = await team["viewer"].get(location)
+    assert read.json()["title"] == "Beta"
+    closed = await walk_pages(team["viewer"], f"{MILESTONES}?state=closed")
+    assert closed == []
+
+
+async def test_titles_are_unique_in_a_project_and_none_is_reserved(team: Team) -> None:
+    await milestone(team, "1.0")
+    again = await team["maintainer"].post(MILESTONES, json={"title": "1.0"})
+    assert again.status_code == 409
+    assert again.headers["content-type"] == "application/problem+json"
+    reserved = await team["maintainer"].post(MILESTONES, json={"title": "None"})
+    assert reserved.status_code == 422
+    multiline = await team["maintainer"].post(MILESTONES, json={"title": "a\nb"})
+    assert multiline.status_code == 422
+
+
+async def test_progress_counts_resolved_and_closed_issues_as_closed(team: Team) -> None:
+    release = await milestone(team, "1.0", "2027-03-31")
+    for _ in range(4):
+        await team.issue(milestone="1.0")
+    developer = team["developer"]
+    for key, path in (("FLY-1", ["closed"]), ("FLY-2", ["in_progress", "resolved"])):
+        for status in path:
+            moved = await developer.post(f"/api/v1/issues/{key}/transitions", json={"to": status})
+            assert moved.status_code == 200, moved.text
+    await team.issue()  # in no milestone
+    read = (await team["viewer"].get(f"{MILESTONES}/{release['id']}")).json()
+    assert (read["open_issues"], read["closed_issues"]) == (2, 2)
+    (listed,) = (await team["viewer"].get(MILESTONES)).json()["items"]
+    assert listed == read
+
+
+async def test_an_issue_takes_its_milestone_by_title_and_its_history_records_it(
+    team: Team, settings: Settings
+) -> None:
+    first = await milestone(team, "1.0")
+    second = await milestone(team, "2.0")
+    issue = await team.issue(milestone="1.0")
+    assert issue["milestone_id"] == first["id"]
+    moved = await team["developer"].patch("/api/v1/issues/FLY-1", json={"milestone": "2.0"})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["milestone_id"] == second["id"]
+    assert moved.json()["version"] == 2
+    detached = await team["developer"].patch("/api/v1/issues/FLY-1", json={"milestone": None})
+    assert detached.json()["milestone_id"] is None
+    history = (await team["viewer"].get("/api/v1/issues/FLY-1/activity")).json()["items"]
+    changes = [(e["field"], e["old_value"], e["new_value"]) for e in history[1:]]
+    assert changes == [("milestone", "1.0", "2.0"), ("milestone", "2.0", None)]
+    events = stored_events(settings)
+    assert [event["type"] for event in events] == [
+        "issue.created",
+        "issue.updated",
+        "issue.updated",
+    ]
+    assert events[1]["doc"]["data"]["changes"][0]["field"] == "milestone"
+    assert events[1]["doc"]["data"]["issue"]["milestone_id"] == second["id"]
+
+
+async def test_a_milestone_of_another_project_or_none_at_all_is_refused_with_422(
+    team: Team, api: Api
+) -> None:
+    owner = team["maintainer"]
+    await owner.post("/api/v1/projects", json={"key": "OTH", "name": "Other"})
+    theirs = await owner.post("/api/v1/projects/OTH/milestones", json={"title": "1.0"})
+    assert theirs.status_code == 201
+    refused = await owner.post(ISSUES, json={"title": "x", "milestone": "1.0"})
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["loc"] == ["body", "milestone"]
+    await team.issue()
+    patched = await owner.patch("/api/v1/issues/FLY-1", json={"milestone": "1.0"})
+    assert patched.status_code == 422
+
+
+async def test_a_stale_if_match_is_412_and_a_change_gives_a_new_etag(team: Team) -> None:
+    created = await milestone(team, "1.0")
+    url = f"{MILESTONES}/{created['id']}"
+    first = await team["viewer"].get(url)
+    etag = first.headers["ETag"]
+    assert (await team["viewer"].get(url, headers={"If-None-Match": etag})).status_code == 304
+    owner = team["maintainer"]
+    changed = await owner.patch(url, json={"state": "closed"}, headers={"If-Match": etag})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["state"] == "closed"
+    assert changed.headers["ETag"] != etag
+    stale = await owner.patch(url, json={"title": "1.1"}, headers={"If-Match": etag})
+    assert stale.status_code == 412
+    assert (await owner.delete(url, headers={"If-Match": etag})).status_code == 412
+    assert (await team["developer"].patch(url, json={"title": "x"})).status_code == 403
+
+
+async def test_deleting_a_milestone_detaches_its_issues_with_their_history(team: Team) -> None:
+    created = await milestone(team, "1.0")
+    await team.issue(milestone="1.0")
+    await team.issue()
+    before = (await team["viewer"].get("/api/v1/issues/FLY-1")).json()
+    deleted = await team["maintainer"].delete(f"{MILESTONES}/{created['id']}")
+    assert deleted.status_code == 204
+    assert (await team["viewer"].get(f"{MILESTONES}/{created['id']}")).status_code == 404
+    after = (await team["viewer"].get("/api/v1/issues/FLY-1")).json()
+    assert after["milestone_id"] is None
+    assert after["version"] == before["version"] + 1
+    history = (await team["viewer"].get("/api/v1/issues/FLY-1/activity")).json()["items"]
+    assert (history[-1]["field"], history[-1]["old_value"], history[-1]["new_value"]) == (
+        "milestone",
+        "1.0",
+        None,
+    )
+    untouched = (await team["viewer"].get("/api/v1/issues/FLY-2")).json()
+    assert untouched["version"] == 1
+
+
+async def test_the_issue_list_filters_by_milestone_and_by_none(team: Team) -> None:
+    await milestone(team, "1.0")
+    await milestone(team, "2.0")
+    await team.issue(milestone="1.0")
+    await team.issue(milestone="2.0")
+    await team.issue()
+    await team.issue(milestone="1.0")
+    assert await keys(team, "milestone=1.0&sort=created_at") == ["FLY-1", "FLY-4"]
+    assert await keys(team, "milestone=none") == ["FLY-3"]
+    assert await keys(team, "milestone=unknown") == []
+
+
+async def test_the_issue_list_sorts_by_due_date_across_pages_and_follows_a_new_date(
+    team: Team,
+) -> None:
+    await milestone(team, "late", "2027-06-01")
+    early = await milestone(team, "early", "2027-01-01")
+    await milestone(team, "undated")
+    for title in ("late", "early", None, "undated", "early", "late"):
+        await team.issue(**({"milestone": title} if title else {}))
+    # Ties (one date, or none) in the order of the issues' ids.
+    assert await keys(team, "sort=milestone_due&limit=2") == [
+        "FLY-2",
+        "FLY-5",
+        "FLY-1",
+        "FLY-6",
+        "FLY-3",
+        "FLY-4",
+    ]
+    assert await keys(team, "sort=-milestone_due&limit=4") == [
+        "FLY-4",
+        "FLY-3",
+        "FLY-6",
+        "FLY-1",
+        "FLY-5",
+        "FLY-2",
+    ]
+    moved = await team["maintainer"].patch(
+        f"{MILESTONES}/{early['id']}", json={"due_on": "2028-01-01"}
+    )
+    assert moved.status_code == 200, moved.text
+    assert await keys(team, "sort=milestone_due&limit=3") == [
+        "FLY-1",
+        "FLY-6",
+        "FLY-2",
+        "FLY-5",
+        "FLY-3",
+        "FLY-4",
+    ]
