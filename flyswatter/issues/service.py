@@ -3,7 +3,9 @@ records its history and bumps the issue's version in the request's transaction."
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, tuple_, update
@@ -53,16 +55,18 @@ async def allocate_issue_number(session: AsyncSession, project_id: int) -> int:
     return int(result.scalar_one())
 
 
-async def require_member(session: AsyncSession, project_id: int, user_id: str) -> None:
+async def require_member(
+    session: AsyncSession, project_id: int, user_id: str, *, loc: tuple[str, ...] = ("body",)
+) -> None:
     member = await session.get(ProjectMember, (project_id, user_id))
     if member is None:
         raise UnprocessableEntity(
-            "the assignee must be a member of the project", loc=("body", "assignee_id")
+            "the assignee must be a member of the project", loc=(*loc, "assignee_id")
         )
 
 
 async def labels_by_name(
-    session: AsyncSession, project_id: int, names: Sequence[str]
+    session: AsyncSession, project_id: int, names: Sequence[str], *, loc: Sequence[str] = ()
 ) -> list[Label]:
     wanted = list(dict.fromkeys(names))
     if not wanted:
@@ -75,7 +79,8 @@ async def labels_by_name(
     missing = sorted(set(wanted) - {label.name for label in found})
     if missing:
         raise UnprocessableEntity(
-            f"unknown label(s) in this project: {', '.join(missing)}", loc=("body", "labels")
+            f"unknown label(s) in this project: {', '.join(missing)}",
+            loc=tuple(loc) or ("body", "labels"),
         )
     by_name = {label.name: label for label in found}
     return [by_name[name] for name in wanted]
@@ -107,7 +112,9 @@ async def issue_labels(
     return found
 
 
-async def milestone_by_title(session: AsyncSession, project_id: int, title: str) -> Milestone:
+async def milestone_by_title(
+    session: AsyncSession, project_id: int, title: str, *, loc: tuple[str, ...] = ("body",)
+) -> Milestone:
     """The project's milestone of that title; a 422 for any other (another project's too)."""
     milestone = (
         await session.exec(
@@ -116,7 +123,7 @@ async def milestone_by_title(session: AsyncSession, project_id: int, title: str)
     ).first()
     if milestone is None:
         raise UnprocessableEntity(
-            f"unknown milestone in this project: {title}", loc=("body", "milestone")
+            f"unknown milestone in this project: {title}", loc=(*loc, "milestone")
         )
     return milestone
 
@@ -185,30 +192,137 @@ def require_edit(access: IssueAccess, fields: Iterable[str]) -> None:
         access.project_access.require(Role.developer, "editing this issue")
 
 
+@dataclass(slots=True)
+class IssueChange:
+    """One change to make to one issue or many, its references (people, labels, milestone)
+    resolved once, however many issues it goes to."""
+
+    # Title, description, type, priority: set as they are.
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    status: IssueStatus | None = None
+    set_assignee: bool = False
+    assignee_id: str | None = None
+    labels: dict[str, int] | None = None  # the new set (name to id)
+    add_labels: dict[str, int] = dataclasses.field(default_factory=dict)
+    remove_labels: frozenset[str] = frozenset()
+    set_milestone: bool = False
+    milestone: Milestone | None = None
+
+    @property
+    def names(self) -> set[str]:
+        """The fields it changes, as ``require_edit`` weighs them."""
+        names = set(self.fields)
+        if self.status is not None:
+            names.add("status")
+        if self.set_assignee:
+            names.add("assignee_id")
+        if self.touches_labels:
+            names.add("labels")
+        if self.set_milestone:
+            names.add("milestone")
+        return names
+
+    @property
+    def touches_labels(self) -> bool:
+        return self.labels is not None or bool(self.add_labels or self.remove_labels)
+
+    def wanted_labels(self, current: Mapping[str, int]) -> dict[str, int]:
+        if self.labels is not None:
+            return self.labels
+        kept = {name: id_ for name, id_ in current.items() if name not in self.remove_labels}
+        return kept | {name: id_ for name, id_ in self.add_labels.items() if name not in kept}
+
+
+async def resolve_change(
+    session: AsyncSession,
+    project_id: int,
+    changes: Mapping[str, Any],
+    *,
+    loc: tuple[str, ...] = ("body",),
+) -> IssueChange:
+    """The change a body asks for, its references checked against the project (422s)."""
+    change = IssueChange(
+        fields={name: changes[name] for name in _PLAIN_FIELDS if changes.get(name) is not None},
+        status=changes.get("status"),
+    )
+    if "assignee_id" in changes:
+        change.set_assignee, change.assignee_id = True, changes["assignee_id"]
+        if change.assignee_id is not None:
+            await require_member(session, project_id, change.assignee_id, loc=loc)
+    if changes.get("labels") is not None:
+        found = await labels_by_name(session, project_id, changes["labels"])
+        change.labels = {label.name: label_id(label) for label in found}
+    adding, removing = changes.get("add_labels") or [], changes.get("remove_labels") or []
+    if adding or removing:
+        found = await labels_by_name(
+            session, project_id, [*adding, *removing], loc=(*loc, "labels")
+        )
+        ids = {label.name: label_id(label) for label in found}
+        change.add_labels = {name: ids[name] for name in adding}
+        change.remove_labels = frozenset(removing)
+    if "milestone" in changes:
+        change.set_milestone = True
+        if (title := changes["milestone"]) is not None:
+            change.milestone = await milestone_by_title(session, project_id, title, loc=loc)
+    return change
+
+
+def check_change(access: IssueAccess, change: IssueChange) -> None:
+    """Whether the caller may make the change to this issue, and the workflow allows it."""
+    if change.status is not None:
+        access.project_access.require(Role.developer, "moving issues through the workflow")
+        check_transition(access.issue, change.status)
+    require_edit(access, change.names - {"status"})
+
+
+def stage_change(
+    session: AsyncSession,
+    access: IssueAccess,
+    change: IssueChange,
+    current_labels: Mapping[str, int],
+    milestone_titles: Mapping[int, str],
+) -> tuple[bool, list[tuple[int, int]]]:
+    """Stage a checked change with its history and new version: whether the issue changed,
+    and the label links to delete (in one statement for every issue changed)."""
+    issue = access.issue
+    changed = False
+    if change.status is not None:
+        record_transition(session, access, change.status)
+        changed = True
+    changed |= set_plain_fields(session, access, change.fields)
+    if change.set_assignee and change.assignee_id != issue.assignee_id:
+        record_assignment(session, access, change.assignee_id)
+        changed = True
+    unlinked: list[tuple[int, int]] = []
+    if change.touches_labels:
+        wanted = change.wanted_labels(current_labels)
+        unlinked = stage_labels(session, access, current_labels, wanted)
+        changed |= bool(unlinked) or wanted.keys() != current_labels.keys()
+    new_milestone = change.milestone.id if change.milestone else None
+    if change.set_milestone and new_milestone != issue.milestone_id:
+        set_milestone(session, access, change.milestone, milestone_titles)
+        changed = True
+    if changed:
+        bump_version(session, access)
+    return changed, unlinked
+
+
 async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:
     """Change fields; ``labels`` replaces the set, ``milestone: null`` detaches."""
     session, access = write.session, write.access
     check_if_match(write.if_match, access.etag)
-    issue = access.issue
     changes = body.model_dump(exclude_unset=True)
     require_edit(access, changes)
-    changed = set_plain_fields(session, access, changes)
-    if "assignee_id" in changes and changes["assignee_id"] != issue.assignee_id:
-        await _assign(session, access, changes["assignee_id"])
-        changed = True
-    if changes.get("labels") is not None:
-        wanted = list(dict.fromkeys(changes["labels"]))
-        changed |= await _replace_labels(session, access, wanted)
-    if "milestone" in changes:
-        title = changes["milestone"]
-        project_id = access.project_access.project_id
-        milestone = None if title is None else await milestone_by_title(session, project_id, title)
-        if (milestone.id if milestone else None) != issue.milestone_id:
-            titles = await milestone_titles(session, [issue.milestone_id])
-            set_milestone(session, access, milestone, titles)
-            changed = True
+    change = await resolve_change(session, access.project_access.project_id, changes)
+    current = (await issue_labels(session, [access.issue_id])) if change.touches_labels else {}
+    milestone = [access.issue.milestone_id] if change.set_milestone else []
+    titles = await milestone_titles(session, milestone)
+    changed, unlinked = stage_change(
+        session, access, change, current.get(access.issue_id, {}), titles
+    )
+    await delete_issue_labels(session, unlinked)
     if changed:
-        await _commit_change(session, access)
+        await session.commit()
     return await build_public_issue(session, access)
 
 
@@ -257,12 +371,6 @@ def set_milestone(
     )
     issue.milestone_id = milestone.id if milestone else None
     issue.milestone_due_rank = due_rank(milestone.due_on) if milestone else UNDATED_RANK
-
-
-async def _assign(session: AsyncSession, access: IssueAccess, assignee_id: str | None) -> None:
-    if assignee_id is not None:
-        await require_member(session, access.project_access.project_id, assignee_id)
-    record_assignment(session, access, assignee_id)
 
 
 def record_assignment(session: AsyncSession, access: IssueAccess, assignee_id: str | None) -> None:
