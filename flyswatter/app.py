@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from flyswatter.auth.scopes import SCOPE_DESCRIPTIONS
 from flyswatter.auth.tokens import TokenVerifier
+from flyswatter.bulk.routes import router as bulk_router
 from flyswatter.comments.routes import router as comments_router
 from flyswatter.config import Settings
 from flyswatter.db import SessionMiddleware, create_engine, read_only_engine
@@ -66,6 +67,7 @@ def api_router() -> APIRouter:
     router.include_router(labels_router)
     router.include_router(milestones_router)
     router.include_router(issues_router)
+    router.include_router(bulk_router)
     router.include_router(comments_router)
     router.include_router(jobs_router)
     router.include_router(webhooks_router)

@@ -85,6 +85,19 @@ WHERE (i.number % 3 = 0
 ON CONFLICT DO NOTHING
 """
 
+# Ten milestones a project, a month apart; every fourth issue is in one of them.
+SEED_MILESTONES_SQL = """
+INSERT INTO milestone (project_id, title, description, due_on, state, created_at, updated_at,
+                       version)
+SELECT p.id, 'M' || m, '', DATE '2027-01-01' + m * 30, 'open', now(), now(), 1
+FROM project p CROSS JOIN generate_series(1, 10) m
+"""
+SEED_ISSUE_MILESTONES_SQL = """
+UPDATE issue i SET milestone_id = m.id, milestone_due_rank = m.due_on - DATE '0001-01-01' + 1
+FROM milestone m
+WHERE m.project_id = i.project_id AND i.number % 4 = 0 AND m.title = 'M' || (1 + i.number % 10)
+"""
+
 
 @dataclass(frozen=True)
 class Seeded:
@@ -109,6 +122,8 @@ async def seeded(api: Api, app: FastAPI) -> Seeded:
         await _run(connection, SEED_SQL, per_project=ISSUES_PER_PROJECT)
         await _run(connection, SEED_LABELS_SQL)
         await _run(connection, SEED_ISSUE_LABELS_SQL)
+        await _run(connection, SEED_MILESTONES_SQL)
+        await _run(connection, SEED_ISSUE_MILESTONES_SQL)
         count = (await connection.exec_driver_sql("SELECT count(*) FROM issue")).scalar_one()
         assert count == PROJECTS * ISSUES_PER_PROJECT
     async with app.services.engine.connect() as connection:
@@ -177,6 +192,9 @@ def cases(seeded: Seeded) -> Iterator[tuple[str, object]]:
         "deep keyset page",
         page(seeded, IssueSort.updated_desc, deep_cursor()),
     )
+    yield "milestone filter", page(seeded, IssueSort.updated_desc, milestone="M3")
+    yield "no milestone", page(seeded, IssueSort.updated_desc, milestone="none")
+    yield "milestone due date sort", page(seeded, IssueSort.milestone_asc)
     yield "search, rare term", page(seeded, IssueSort.updated_desc, query="zebrafish")
     yield "search, common term", page(seeded, IssueSort.updated_desc, query="crash")
     yield (
@@ -203,6 +221,25 @@ async def test_pages_walk_their_index_in_order_and_search_uses_the_text_index(
     assert "Sort" not in deep, deep
     rare = await explain(app, page(seeded, IssueSort.updated_desc, query="zebrafish"))
     assert "ix_issue_search_document" in rare, rare
+
+
+async def test_milestone_filter_and_due_date_sort_walk_their_indexes(
+    seeded: Seeded, app: FastAPI
+) -> None:
+    # A milestone's issues come from the index on (project, milestone, ...): in index order,
+    # or, for as few issues as a milestone holds, gathered from it and sorted. (Issues in no
+    # milestone are most of them: the list's own order finds them, as "unassigned" does.)
+    plan = await explain(app, page(seeded, IssueSort.updated_desc, milestone="M3"))
+    assert "Index Scan on ix_issue_project_milestone_updated" in plan or (
+        "using ix_issue_project_milestone_updated on issue" in plan
+    ), plan
+    assert not SEQ_SCAN_ON_ISSUE.search(plan), plan
+    for sort in (IssueSort.milestone_asc, IssueSort.milestone_desc):
+        plan = await explain(app, page(seeded, sort))
+        assert "using ix_issue_project_milestone_due on issue" in plan, plan
+        assert "Sort" not in plan, plan
+    deep = await explain(app, page(seeded, IssueSort.milestone_asc, [739_000, 10**6]))
+    assert "using ix_issue_project_milestone_due on issue" in deep, deep
 
 
 def _text_index_branch(plan: str) -> str:

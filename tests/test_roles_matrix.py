@@ -44,6 +44,13 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "cancel others' job": (403, 403, 403, 200, 404),
     "delete own job": (403, 204, 204, 204, 404),
     "delete others' job": (403, 403, 403, 204, 404),
+    "list milestones": (200, 200, 200, 200, 404),
+    "create milestone": (403, 403, 403, 201, 404),
+    "edit milestone": (403, 403, 403, 200, 404),
+    "delete milestone": (403, 403, 403, 204, 404),
+    "set own issue's milestone": (403, 200, 200, 200, 404),
+    "set any issue's milestone": (403, 403, 200, 200, 404),
+    "change issues in bulk": (403, 403, 200, 200, 404),
 }
 
 
@@ -75,6 +82,14 @@ class Stage:
         name = f"label-{self.counter}"
         await self.team.label(name)
         return name
+
+    async def milestone(self) -> int:
+        self.counter += 1
+        response = await self.team["maintainer"].post(
+            "/api/v1/projects/FLY/milestones", json={"title": f"milestone-{self.counter}"}
+        )
+        assert response.status_code == 201, response.text
+        return int(response.json()["id"])
 
     async def job(self, requester: AuthedClient | None = None) -> str:
         """A queued report job (no worker runs here), requested by the bystander by default."""
@@ -241,6 +256,50 @@ async def delete_others_job(stage: Stage, caller: str, client: AuthedClient) -> 
     return (await client.delete(await stage.job())).status_code
 
 
+async def list_milestones(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.get("/api/v1/projects/FLY/milestones")).status_code
+
+
+async def create_milestone(stage: Stage, caller: str, client: AuthedClient) -> int:
+    body = {"title": f"new-{caller}"}
+    return (await client.post("/api/v1/projects/FLY/milestones", json=body)).status_code
+
+
+async def edit_milestone(stage: Stage, caller: str, client: AuthedClient) -> int:
+    url = f"/api/v1/projects/FLY/milestones/{await stage.milestone()}"
+    return (await client.patch(url, json={"state": "closed"})).status_code
+
+
+async def delete_milestone(stage: Stage, caller: str, client: AuthedClient) -> int:
+    url = f"/api/v1/projects/FLY/milestones/{await stage.milestone()}"
+    return (await client.delete(url)).status_code
+
+
+async def set_own_issues_milestone(stage: Stage, caller: str, client: AuthedClient) -> int:
+    # As above: the viewer and the outsider reported it while they were reporters.
+    original = {"viewer": "viewer", "outsider": None}
+    await stage.milestone()
+    if caller in original:
+        await stage.set_role(caller, "reporter")
+    response = await client.post("/api/v1/projects/FLY/issues", json={"title": "mine"})
+    assert response.status_code == 201, response.text
+    if caller in original:
+        await stage.set_role(caller, original[caller])
+    body = {"milestone": f"milestone-{stage.counter}"}
+    return (await client.patch(f"/api/v1/issues/{response.json()['key']}", json=body)).status_code
+
+
+async def set_any_issues_milestone(stage: Stage, caller: str, client: AuthedClient) -> int:
+    await stage.milestone()
+    key, body = await stage.issue(), {"milestone": f"milestone-{stage.counter}"}
+    return (await client.patch(f"/api/v1/issues/{key}", json=body)).status_code
+
+
+async def change_issues_in_bulk(stage: Stage, caller: str, client: AuthedClient) -> int:
+    body = {"issues": [await stage.issue(), await stage.issue()], "change": {"priority": "high"}}
+    return (await client.patch("/api/v1/projects/FLY/issues", json=body)).status_code
+
+
 ACTIONS: dict[str, Action] = {
     "read issue": read_issue,
     "list issues": list_issues,
@@ -268,6 +327,13 @@ ACTIONS: dict[str, Action] = {
     "cancel others' job": cancel_others_job,
     "delete own job": delete_own_job,
     "delete others' job": delete_others_job,
+    "list milestones": list_milestones,
+    "create milestone": create_milestone,
+    "edit milestone": edit_milestone,
+    "delete milestone": delete_milestone,
+    "set own issue's milestone": set_own_issues_milestone,
+    "set any issue's milestone": set_any_issues_milestone,
+    "change issues in bulk": change_issues_in_bulk,
 }
 
 

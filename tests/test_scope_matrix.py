@@ -88,6 +88,9 @@ SAMPLE_BODIES: dict[str, dict[str, object]] = {
     "PATCH /api/v1/projects/{key}/labels/{name}": {"color": "#0000ff"},
     "POST /api/v1/projects/{key}/webhooks": {"url": "https://93.184.215.14/hook"},
     "PATCH /api/v1/projects/{key}/webhooks/{webhook_id}": {"description": "renamed"},
+    "POST /api/v1/projects/{key}/milestones": {"title": "2.0"},
+    "PATCH /api/v1/projects/{key}/milestones/{milestone_id}": {"state": "closed"},
+    "PATCH /api/v1/projects/{key}/issues": {"issues": ["FLY-1"], "change": {"priority": "high"}},
 }
 
 
@@ -109,6 +112,9 @@ async def world(api: Api) -> World:
         comment = await owner.post("/api/v1/issues/FLY-1/comments", json={"body": "seen"})
         world.values["id"] = str(comment.json()["id"])
         await owner.post("/api/v1/projects/FLY/labels", json={"name": "bug", "color": "#d73a4a"})
+    milestone = await owner.post("/api/v1/projects/FLY/milestones", json={"title": "1.0"})
+    if milestone.status_code == 201:
+        world.values["milestone_id"] = str(milestone.json()["id"])
     report = await owner.post("/api/v1/projects/FLY/reports")
     if report.status_code == 202:
         world.values["job_id"] = str(report.json()["id"])
