@@ -156,7 +156,7 @@ async def test_an_invalid_bulk_change_is_a_422(team: Team, body: dict) -> None:
 
 
 async def test_a_bulk_change_runs_as_many_statements_for_2_issues_as_for_50(
-    team: Team, app: FastAPI
+    team: Team, app: FastAPI, is_postgres: bool
 ) -> None:
     await team["maintainer"].post("/api/v1/projects/FLY/milestones", json={"title": "1.0"})
     for _ in range(52):
@@ -176,4 +176,10 @@ async def test_a_bulk_change_runs_as_many_statements_for_2_issues_as_for_50(
         assert response.status_code == 200, response.text
         assert {item["outcome"] for item in response.json()["items"]} == {"applied"}
         counts[len(keys)] = len(statements)
-    assert counts[2] == counts[50], counts
+    if is_postgres:
+        assert counts[2] == counts[50], counts
+    else:
+        # SQLite cannot return the ids of a multi-row insert in order, which SQLAlchemy needs
+        # to fill in the history rows it inserts: there they go one statement each, and only
+        # they (status, priority, two labels and the milestone: five an issue).
+        assert counts[50] - counts[2] == 48 * 5, counts

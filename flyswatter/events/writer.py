@@ -49,17 +49,24 @@ _COMMENT = Comment.__table__  # type: ignore[attr-defined]
 _WEBHOOK = Webhook.__table__  # type: ignore[attr-defined]
 _DELIVERY = WebhookDelivery.__table__  # type: ignore[attr-defined]
 
-_ISSUE_SNAPSHOT = (
+# Every statement takes the transaction's issues at once: a bulk change of a hundred issues
+# writes its hundred events in as many statements as one issue's.
+_ISSUE_SNAPSHOTS = (
     select(_PROJECT.c.key.label("project_key"), *PUBLIC_ISSUE_COLUMNS)
     .select_from(ISSUES_WITH_PEOPLE.join(_PROJECT, _PROJECT.c.id == _ISSUE.c.project_id))
-    .where(_ISSUE.c.id == bindparam("issue_id"))
+    .where(_ISSUE.c.id.in_(bindparam("ids", expanding=True)))
 )
-_ISSUE_PROJECT = select(_ISSUE.c.project_id).where(_ISSUE.c.id == bindparam("issue_id"))
+_ISSUE_PROJECTS = select(_ISSUE.c.id, _ISSUE.c.project_id).where(
+    _ISSUE.c.id.in_(bindparam("ids", expanding=True))
+)
 _LABELS = (
-    select(_LABEL.c.name, _LABEL.c.color, _LABEL.c.description)
+    select(_ISSUE_LABEL.c.issue_id, _LABEL.c.name, _LABEL.c.color, _LABEL.c.description)
     .join(_ISSUE_LABEL, _ISSUE_LABEL.c.label_id == _LABEL.c.id)
-    .where(_ISSUE_LABEL.c.issue_id == bindparam("issue_id"))
+    .where(_ISSUE_LABEL.c.issue_id.in_(bindparam("ids", expanding=True)))
     .order_by(_LABEL.c.name)
+)
+_EVENT_IDS = select(_EVENT.c.uid, _EVENT.c.id).where(
+    _EVENT.c.uid.in_(bindparam("uids", expanding=True))
 )
 _PEOPLE = select(_USER.c.id, _USER.c.username, _USER.c.name, _USER.c.is_service_account).where(
     _USER.c.id.in_(bindparam("ids", expanding=True))
@@ -142,15 +149,17 @@ def _comment(
     )
 
 
-def _next_sequence(connection: Connection, project_id: int) -> int:
-    """The project's next event number; the row stays locked until the transaction ends."""
+def _next_sequences(connection: Connection, project_id: int, count: int) -> list[int]:
+    """The project's next ``count`` event numbers; the row stays locked until the transaction
+    ends."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(_SEQUENCE).values(project_id=project_id, last_sequence=1)
+    statement = dialect.insert(_SEQUENCE).values(project_id=project_id, last_sequence=count)
     statement = statement.on_conflict_do_update(
         index_elements=[_SEQUENCE.c.project_id],
-        set_={"last_sequence": _SEQUENCE.c.last_sequence + 1},
+        set_={"last_sequence": _SEQUENCE.c.last_sequence + count},
     ).returning(_SEQUENCE.c.last_sequence)
-    return int(connection.execute(statement).scalar_one())
+    last = int(connection.execute(statement).scalar_one())
+    return list(range(last - count + 1, last + 1))
 
 
 def _subscribed(event_types: Any, kind: EventType) -> bool:
@@ -158,21 +167,29 @@ def _subscribed(event_types: Any, kind: EventType) -> bool:
     return "*" in types or kind.value in types
 
 
-def _write_issue_event(
-    connection: Connection, issue_id: int, activities: list[Activity]
-) -> WrittenEvent | None:
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An event to store: everything but its id."""
+
+    sequence: int
+    kind: EventType
+    issue_id: int
+    actor_id: str
+    actor: UserSummary
+    client_id: str | None
+    data: EventData
+
+
+def _issue_event(
+    connection: Connection,
+    sequence: int,
+    issue: IssuePublic,
+    activities: list[Activity],
+    people: dict[str, UserSummary],
+) -> _Pending:
     actions = [ActivityAction(activity.action) for activity in activities]
     kind = event_type(actions)
     first = activities[0]
-    project_id = connection.execute(_ISSUE_PROJECT, {"issue_id": issue_id}).scalar_one_or_none()
-    if project_id is None:
-        # The issue was deleted in the same transaction: nothing is left to tell about.
-        return None
-    # The number first: once its lock is ours, every earlier event of the project is
-    # committed, so what is read next is at least as new as what those events showed.
-    sequence = _next_sequence(connection, project_id)
-    issue = _public_issue(connection, issue_id)
-    people = _people(connection, {first.actor_id})
     comment_id: int | None = None
     comment = None
     if kind in _COMMENT_EVENTS.values():
@@ -189,12 +206,10 @@ def _write_issue_event(
         )
         for activity in activities
     ]
-    return _store(
-        connection,
-        project_id=project_id,
+    return _Pending(
         sequence=sequence,
         kind=kind,
-        issue_id=issue_id,
+        issue_id=first.issue_id,
         actor_id=first.actor_id,
         actor=people[first.actor_id],
         client_id=first.client_id,
@@ -202,72 +217,81 @@ def _write_issue_event(
     )
 
 
-def _store(
-    connection: Connection,
-    *,
-    project_id: int,
-    sequence: int,
-    kind: EventType,
-    issue_id: int,
-    actor_id: str,
-    actor: UserSummary,
-    client_id: str | None,
-    data: EventData,
-) -> WrittenEvent:
-    """Insert the event and one pending delivery for every active webhook subscribed to it."""
+def _store(connection: Connection, project_id: int, events: list[_Pending]) -> list[WrittenEvent]:
+    """Insert a project's events and one pending delivery for every active webhook subscribed
+    to each, in one statement each, however many events."""
     occurred_at = utcnow()
-    uid = f"evt_{uuid.uuid4().hex}"
-    document = EventPublic(
-        id=uid,
-        type=kind,
-        timestamp=occurred_at,
-        project_key=data.issue.project_key,
-        sequence=sequence,
-        actor=actor,
-        client_id=client_id,
-        data=data,
-    ).model_dump_json()
-    event_id = connection.execute(
-        insert(_EVENT)
-        .values(
-            uid=uid,
-            project_id=project_id,
-            sequence=sequence,
-            type=kind.value,
-            issue_id=issue_id,
-            actor_id=actor_id,
-            occurred_at=occurred_at,
-            payload=document,
+    rows: list[dict[str, Any]] = []
+    uids: list[str] = []
+    written = []
+    for event in events:
+        uid = f"evt_{uuid.uuid4().hex}"
+        uids.append(uid)
+        document = EventPublic(
+            id=uid,
+            type=event.kind,
+            timestamp=occurred_at,
+            project_key=event.data.issue.project_key,
+            sequence=event.sequence,
+            actor=event.actor,
+            client_id=event.client_id,
+            data=event.data,
+        ).model_dump_json()
+        rows.append(
+            {
+                "uid": uid,
+                "project_id": project_id,
+                "sequence": event.sequence,
+                "type": event.kind.value,
+                "issue_id": event.issue_id,
+                "actor_id": event.actor_id,
+                "occurred_at": occurred_at,
+                "payload": document,
+            }
         )
-        .returning(_EVENT.c.id)
-    ).scalar_one()
-    deliveries = [
-        {
-            "webhook_id": webhook.id,
-            "event_id": event_id,
-            "state": DeliveryState.pending.value,
-            "attempts": 0,
-            "next_attempt_at": occurred_at,
-            "created_at": occurred_at,
-            "updated_at": occurred_at,
-        }
-        for webhook in connection.execute(_SUBSCRIBERS, {"project_id": project_id})
-        if _subscribed(webhook.event_types, kind)
+        written.append(
+            WrittenEvent(
+                project_id=project_id,
+                sequence=event.sequence,
+                type=event.kind.value,
+                document=document,
+            )
+        )
+    connection.execute(insert(_EVENT), rows)
+    webhooks = list(connection.execute(_SUBSCRIBERS, {"project_id": project_id}))
+    wanted = [
+        (webhook.id, uid)
+        for uid, event in zip(uids, events, strict=True)
+        for webhook in webhooks
+        if _subscribed(webhook.event_types, event.kind)
     ]
-    if deliveries:
+    if wanted:
+        subscribed = sorted({uid for _webhook, uid in wanted})
+        ids: dict[str, int] = dict(connection.execute(_EVENT_IDS, {"uids": subscribed}).all())
+        deliveries = [
+            {
+                "webhook_id": webhook_id,
+                "event_id": ids[uid],
+                "state": DeliveryState.pending.value,
+                "attempts": 0,
+                "next_attempt_at": occurred_at,
+                "created_at": occurred_at,
+                "updated_at": occurred_at,
+            }
+            for webhook_id, uid in wanted
+        ]
         connection.execute(insert(_DELIVERY), deliveries)
-    return WrittenEvent(
-        project_id=project_id, sequence=sequence, type=kind.value, document=document
-    )
+    return written
 
 
-def _public_issue(connection: Connection, issue_id: int) -> IssuePublic:
-    snapshot = connection.execute(_ISSUE_SNAPSHOT, {"issue_id": issue_id}).one()
-    labels = [
-        LabelPublic(name=row.name, color=row.color, description=row.description)
-        for row in connection.execute(_LABELS, {"issue_id": issue_id})
-    ]
-    return public_issue(snapshot, snapshot.project_key, {snapshot.id: labels})
+def _public_issues(connection: Connection, issue_ids: list[int]) -> dict[int, IssuePublic]:
+    snapshots = list(connection.execute(_ISSUE_SNAPSHOTS, {"ids": issue_ids}))
+    labels: dict[int, list[Any]] = {}
+    for row in connection.execute(_LABELS, {"ids": issue_ids}):
+        labels.setdefault(row.issue_id, []).append(
+            LabelPublic(name=row.name, color=row.color, description=row.description)
+        )
+    return {row.id: public_issue(row, row.project_key, labels) for row in snapshots}
 
 
 def write_issue_deleted(
@@ -275,12 +299,10 @@ def write_issue_deleted(
 ) -> WrittenEvent:
     """The ``issue.deleted`` event, with the issue as it was: written before the delete, in
     its transaction (the rows it is read from go with the issue)."""
-    project_id = connection.execute(_ISSUE_PROJECT, {"issue_id": issue_id}).scalar_one()
-    sequence = _next_sequence(connection, project_id)
-    issue = _public_issue(connection, issue_id)
-    return _store(
-        connection,
-        project_id=project_id,
+    ((_, project_id),) = connection.execute(_ISSUE_PROJECTS, {"ids": [issue_id]})
+    (sequence,) = _next_sequences(connection, project_id, 1)
+    issue = _public_issues(connection, [issue_id])[issue_id]
+    event = _Pending(
         sequence=sequence,
         kind=EventType.issue_deleted,
         issue_id=issue_id,
@@ -289,16 +311,39 @@ def write_issue_deleted(
         client_id=client_id,
         data=EventData(issue=issue, changes=[]),
     )
+    (written,) = _store(connection, project_id, [event])
+    return written
 
 
 def write_events(connection: Connection, activities: Sequence[Activity]) -> list[WrittenEvent]:
-    """One event per issue that the activities changed, in the order the issues were changed."""
+    """One event per issue that the activities changed, numbered in the order the issues were
+    changed, in a fixed number of statements whatever the number of issues."""
     by_issue: dict[int, list[Activity]] = {}
     for activity in activities:
         by_issue.setdefault(activity.issue_id, []).append(activity)
+    projects: dict[int, int] = dict(
+        connection.execute(_ISSUE_PROJECTS, {"ids": list(by_issue)}).all()
+    )
+    # An issue deleted in the same transaction leaves nothing to tell about.
+    by_project: dict[int, list[int]] = {}
+    for issue_id in by_issue:
+        if issue_id in projects:
+            by_project.setdefault(projects[issue_id], []).append(issue_id)
+    if not by_project:
+        return []
+    # The numbers first: once their lock is ours, every earlier event of the project is
+    # committed, so what is read next is at least as new as what those events showed.
+    sequences = {
+        project_id: _next_sequences(connection, project_id, len(ids))
+        for project_id, ids in by_project.items()
+    }
+    issues = _public_issues(connection, [i for ids in by_project.values() for i in ids])
+    people = _people(connection, {changes[0].actor_id for changes in by_issue.values()})
     written = []
-    for issue_id, changes in by_issue.items():
-        item = _write_issue_event(connection, issue_id, changes)
-        if item is not None:
-            written.append(item)
+    for project_id, ids in by_project.items():
+        events = [
+            _issue_event(connection, sequence, issues[issue_id], by_issue[issue_id], people)
+            for sequence, issue_id in zip(sequences[project_id], ids, strict=True)
+        ]
+        written.extend(_store(connection, project_id, events))
     return written
