@@ -132,9 +132,10 @@ async def comment(stage: Stage, caller: str, client: AuthedClient) -> int:
     return (await client.post(f"/api/v1/issues/{key}/comments", json={"body": "x"})).status_code
 
 
-async def edit_own_issue_text(stage: Stage, caller: str, client: AuthedClient) -> int:
-    # The viewer and the outsider reported it while they were reporters, and were then
-    # demoted or removed: having reported an issue grants nothing beyond one's role.
+async def own_issue(stage: Stage, caller: str, client: AuthedClient) -> str:
+    """An issue the caller reported. The viewer and the outsider reported it while they were
+    reporters, and were then demoted or removed: having reported an issue grants nothing
+    beyond one's role."""
     original = {"viewer": "viewer", "outsider": None}
     if caller in original:
         await stage.set_role(caller, "reporter")
@@ -142,7 +143,11 @@ async def edit_own_issue_text(stage: Stage, caller: str, client: AuthedClient) -
     assert response.status_code == 201, response.text
     if caller in original:
         await stage.set_role(caller, original[caller])
-    key = response.json()["key"]
+    return str(response.json()["key"])
+
+
+async def edit_own_issue_text(stage: Stage, caller: str, client: AuthedClient) -> int:
+    key = await own_issue(stage, caller, client)
     edit = await client.patch(f"/api/v1/issues/{key}", json={"title": "mine, clearer"})
     return edit.status_code
 
@@ -276,17 +281,9 @@ async def delete_milestone(stage: Stage, caller: str, client: AuthedClient) -> i
 
 
 async def set_own_issues_milestone(stage: Stage, caller: str, client: AuthedClient) -> int:
-    # As above: the viewer and the outsider reported it while they were reporters.
-    original = {"viewer": "viewer", "outsider": None}
     await stage.milestone()
-    if caller in original:
-        await stage.set_role(caller, "reporter")
-    response = await client.post("/api/v1/projects/FLY/issues", json={"title": "mine"})
-    assert response.status_code == 201, response.text
-    if caller in original:
-        await stage.set_role(caller, original[caller])
-    body = {"milestone": f"milestone-{stage.counter}"}
-    return (await client.patch(f"/api/v1/issues/{response.json()['key']}", json=body)).status_code
+    key, body = await own_issue(stage, caller, client), {"milestone": f"milestone-{stage.counter}"}
+    return (await client.patch(f"/api/v1/issues/{key}", json=body)).status_code
 
 
 async def set_any_issues_milestone(stage: Stage, caller: str, client: AuthedClient) -> int:

@@ -80,3 +80,13 @@ def not_modified(if_none_match: str | None, etag: str) -> Response | None:
     if if_none_match is not None and _weak_match(if_none_match, etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     return None
+
+
+def answer_conditionally(
+    response: Response, if_none_match: str | None, etag: str
+) -> Response | None:
+    """A read's 304 when the client's copy is current; else None, the response tagged."""
+    if (unchanged := not_modified(if_none_match, etag)) is not None:
+        return unchanged
+    response.headers["ETag"] = etag
+    return None

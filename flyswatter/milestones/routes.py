@@ -13,8 +13,8 @@ from flyswatter.http.conditional import (
     NOT_MODIFIED,
     IfMatch,
     IfNoneMatch,
+    answer_conditionally,
     check_if_match,
-    not_modified,
 )
 from flyswatter.http.created import creates
 from flyswatter.http.headers import api_path
@@ -34,15 +34,16 @@ from flyswatter.projects.service import (
     project_access,
 )
 
-router = APIRouter(prefix="/projects/{key}/milestones", tags=["milestones"])
-
+MilestoneIdPath = Annotated[
+    int, Path(ge=1, le=MAX_ROW_ID, description="The milestone's id.", examples=[1])
+]
+# Milestones are the project's plan: its maintainers make it, every member reads it.
 ProjectForPlanning = Annotated[
     ProjectAccess,
     Depends(project_access(Role.maintainer, Scope.projects_write, "managing milestones")),
 ]
-MilestoneIdPath = Annotated[
-    int, Path(ge=1, le=MAX_ROW_ID, description="The milestone's id.", examples=[1])
-]
+
+router = APIRouter(prefix="/projects/{key}/milestones", tags=["milestones"])
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 
 
@@ -86,10 +87,8 @@ async def get_milestone(
     """One milestone with its progress: open and closed (resolved or closed) issues."""
     milestone = await service.load_milestone(session, access, milestone_id)
     etag = service.milestone_etag(milestone)
-    if (unchanged := not_modified(if_none_match, etag)) is not None:
-        return unchanged
-    response.headers["ETag"] = etag
-    return await service.read_milestone(session, milestone)
+    unchanged = answer_conditionally(response, if_none_match, etag)
+    return unchanged or await service.read_milestone(session, milestone)
 
 
 @router.patch("/{milestone_id}", response_model=MilestonePublic, responses=WRITE_ERRORS)

@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.db import utcnow
-from flyswatter.errors import BadRequest, Conflict, NotFound
+from flyswatter.errors import BadRequest, Conflict
 from flyswatter.http.conditional import etag_of
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.activity import record_activity
@@ -27,7 +27,7 @@ from flyswatter.milestones.models import (
     MilestoneUpdate,
     due_rank,
 )
-from flyswatter.projects.service import ProjectAccess
+from flyswatter.projects.service import ProjectAccess, load_project_row
 
 # A page of milestones: by due date (undated last), then title; the cursor holds both.
 LIST_SORT = "due_on"
@@ -104,15 +104,9 @@ def _after(due_value: str, title: str) -> Any:
 async def load_milestone(
     session: AsyncSession, access: ProjectAccess, milestone_id: int, *, for_update: bool = False
 ) -> Milestone:
-    statement = select(Milestone).where(
-        Milestone.project_id == access.project_id, Milestone.id == milestone_id
+    return await load_project_row(
+        session, access, Milestone, milestone_id, noun="milestone", for_update=for_update
     )
-    if for_update:
-        statement = statement.with_for_update()
-    milestone = (await session.exec(statement)).first()
-    if milestone is None:
-        raise NotFound(f"milestone {milestone_id} not found in {access.project.key}")
-    return milestone
 
 
 async def read_milestone(session: AsyncSession, milestone: Milestone) -> MilestonePublic:

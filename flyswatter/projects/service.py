@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path
 from sqlalchemy import and_, bindparam
-from sqlmodel import col, select
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.dependencies import AUTH_ERRORS, require_scopes
@@ -62,6 +62,29 @@ class ProjectAccess:
     def require_active(self) -> None:
         if self.project.archived:
             raise Conflict(f"project {self.project.key} is archived; unarchive it first")
+
+
+_Row = TypeVar("_Row", bound=SQLModel)
+
+
+async def load_project_row(
+    session: AsyncSession,
+    access: ProjectAccess,
+    model: type[_Row],
+    row_id: int,
+    *,
+    noun: str,
+    for_update: bool = False,
+) -> _Row:
+    """A row of the project's (a webhook, a milestone) by id; 404 when it is another's."""
+    table: Any = model
+    statement = select(model).where(table.project_id == access.project_id, table.id == row_id)
+    if for_update:
+        statement = statement.with_for_update()
+    row = (await session.exec(statement)).first()
+    if row is None:
+        raise NotFound(f"{noun} {row_id} not found in {access.project.key}")
+    return row
 
 
 def project_not_found(key: str) -> NotFound:

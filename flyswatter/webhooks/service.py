@@ -7,12 +7,11 @@ from typing import Any
 
 import anyio.to_thread
 from sqlalchemy import bindparam, select
-from sqlmodel import select as sqlmodel_select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flyswatter.errors import NotFound, UnprocessableEntity
+from flyswatter.errors import UnprocessableEntity
 from flyswatter.events.models import Event
-from flyswatter.projects.service import ProjectAccess
+from flyswatter.projects.service import ProjectAccess, load_project_row
 from flyswatter.webhooks.models import (
     AttemptPublic,
     DeliveryPublic,
@@ -60,15 +59,9 @@ async def check_webhook_url(policy: TargetPolicy, url: str) -> None:
 async def load_webhook(
     session: AsyncSession, access: ProjectAccess, webhook_id: int, *, for_update: bool = False
 ) -> Webhook:
-    statement = sqlmodel_select(Webhook).where(
-        Webhook.project_id == access.project_id, Webhook.id == webhook_id
+    return await load_project_row(
+        session, access, Webhook, webhook_id, noun="webhook", for_update=for_update
     )
-    if for_update:
-        statement = statement.with_for_update()
-    webhook = (await session.exec(statement)).first()
-    if webhook is None:
-        raise NotFound(f"webhook {webhook_id} not found in {access.project.key}")
-    return webhook
 
 
 def webhook_public(webhook: Webhook) -> WebhookPublic:
