@@ -40,7 +40,8 @@ SEED_SQL = """
 WITH people AS (SELECT array_agg(id ORDER BY id) AS ids FROM "user")
 INSERT INTO issue (
     project_id, number, title, description, type, priority, priority_rank, status,
-    reporter_id, assignee_id, created_at, updated_at, closed_at, version
+    reporter_id, assignee_id, created_at, updated_at, closed_at, version, milestone_id,
+    milestone_due_rank
 )
 SELECT
     p.id,
@@ -59,8 +60,12 @@ SELECT
     TIMESTAMPTZ '2026-01-01' - make_interval(secs => g * 60),
     TIMESTAMPTZ '2026-01-01' - make_interval(secs => g * 60) + make_interval(mins => g % 97),
     NULL,
-    1
+    1,
+    m.id,
+    COALESCE(m.due_on - DATE '0001-01-01' + 1, 3652060)
 FROM project p CROSS JOIN generate_series(1, :per_project) g CROSS JOIN people
+LEFT JOIN milestone m
+    ON m.project_id = p.id AND g % 4 = 0 AND m.title = 'M' || (1 + g % 10)
 """
 SEED_PROJECTS_SQL = """
 INSERT INTO project (key, name, description, created_by, archived, last_issue_number,
@@ -85,17 +90,13 @@ WHERE (i.number % 3 = 0
 ON CONFLICT DO NOTHING
 """
 
-# Ten milestones a project, a month apart; every fourth issue is in one of them.
+# Ten milestones a project, a month apart (seeded before the issues, every fourth of which is
+# in one of them: set as they are inserted, so that the table is laid out as without them).
 SEED_MILESTONES_SQL = """
 INSERT INTO milestone (project_id, title, description, due_on, state, created_at, updated_at,
                        version)
 SELECT p.id, 'M' || m, '', DATE '2027-01-01' + m * 30, 'open', now(), now(), 1
 FROM project p CROSS JOIN generate_series(1, 10) m
-"""
-SEED_ISSUE_MILESTONES_SQL = """
-UPDATE issue i SET milestone_id = m.id, milestone_due_rank = m.due_on - DATE '0001-01-01' + 1
-FROM milestone m
-WHERE m.project_id = i.project_id AND i.number % 4 = 0 AND m.title = 'M' || (1 + i.number % 10)
 """
 
 
@@ -119,11 +120,10 @@ async def seeded(api: Api, app: FastAPI) -> Seeded:
             "UPDATE project SET last_issue_number = :n WHERE key = 'FLY'",
             n=ISSUES_PER_PROJECT,
         )
+        await _run(connection, SEED_MILESTONES_SQL)
         await _run(connection, SEED_SQL, per_project=ISSUES_PER_PROJECT)
         await _run(connection, SEED_LABELS_SQL)
         await _run(connection, SEED_ISSUE_LABELS_SQL)
-        await _run(connection, SEED_MILESTONES_SQL)
-        await _run(connection, SEED_ISSUE_MILESTONES_SQL)
         count = (await connection.exec_driver_sql("SELECT count(*) FROM issue")).scalar_one()
         assert count == PROJECTS * ISSUES_PER_PROJECT
     async with app.services.engine.connect() as connection:
