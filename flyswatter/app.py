@@ -39,6 +39,7 @@ from flyswatter.jobs.routes import router as jobs_router
 from flyswatter.jobs.service import JobQueue
 from flyswatter.labels.routes import router as labels_router
 from flyswatter.milestones.routes import router as milestones_router
+from flyswatter.moves.routes import router as moves_router
 from flyswatter.observability.errors import init_error_reporting
 from flyswatter.observability.exposition import router as metrics_router
 from flyswatter.observability.http_metrics import HttpMetricsMiddleware
@@ -46,6 +47,7 @@ from flyswatter.observability.metrics import count_jwks_refresh
 from flyswatter.openapi_links import add_links
 from flyswatter.projects.routes import router as projects_router
 from flyswatter.ratelimit import RateLimitMiddleware, build_limiter, close_limiter
+from flyswatter.relations.routes import router as relations_router
 from flyswatter.services import Flyswatter, Services, ServicesDep
 from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror
@@ -69,6 +71,8 @@ def api_router() -> APIRouter:
     router.include_router(issues_router)
     router.include_router(bulk_router)
     router.include_router(comments_router)
+    router.include_router(relations_router)
+    router.include_router(moves_router)
     router.include_router(jobs_router)
     router.include_router(webhooks_router)
     router.include_router(events_router)

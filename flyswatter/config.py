@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     # Reports: rows in the issue table at most (the total is stated), default period.
     report_table_limit: int = Field(default=1000, ge=10, le=20_000)
     report_default_days: int = Field(default=30, ge=1, le=3660)
+    # Sub-issues nest at most this many levels below a top-level issue.
+    subissue_max_depth: int = Field(default=5, ge=1, le=50)
 
     # Artifacts (report files): a local directory, or S3-compatible object storage.
     storage_backend: Literal["local", "s3"] = "local"

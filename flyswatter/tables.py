@@ -7,7 +7,9 @@ from flyswatter.issues.models import Activity, Issue
 from flyswatter.jobs.models import Job
 from flyswatter.labels.models import IssueLabel, Label
 from flyswatter.milestones.models import Milestone
+from flyswatter.moves.models import IssueKeyRedirect
 from flyswatter.projects.models import Project, ProjectMember
+from flyswatter.relations.models import IssueRelation
 from flyswatter.storage.models import Artifact
 from flyswatter.users.models import User
 from flyswatter.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt
@@ -20,7 +22,9 @@ __all__ = [
     "EventSequence",
     "IdempotencyRecord",
     "Issue",
+    "IssueKeyRedirect",
     "IssueLabel",
+    "IssueRelation",
     "Job",
     "Label",
     "Milestone",

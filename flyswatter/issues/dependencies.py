@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Response
+from fastapi import Depends, Path, Request, Response
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -17,6 +17,7 @@ from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import NotFound
 from flyswatter.http.conditional import IfMatch, etag_of
 from flyswatter.issues.models import Issue, IssuePublic
+from flyswatter.moves.redirects import IssueMoved, Successor, successor_headers, successor_of
 from flyswatter.projects.models import Project
 from flyswatter.projects.service import ProjectAccess, load_project_access
 
@@ -50,6 +51,8 @@ class IssueAccess:
 
     issue: Issue
     project_access: ProjectAccess
+    # Set when the caller named the issue by a key it had before it moved.
+    moved: Successor | None = None
 
     @property
     def project(self) -> Project:
@@ -82,6 +85,23 @@ async def load_issue_access(
     the other and every one of them sees, and bumps, the latest version.
     """
     project_key, number = parse_issue_key(issue_key)
+    try:
+        return await _load_issue(session, principal, project_key, number, for_update)
+    except NotFound:
+        successor = await successor_of(session, principal, project_key, number)
+        if successor is None:
+            raise
+    if not for_update:
+        raise IssueMoved(issue_key, successor.key)
+    # Writers of an old key change the issue where it is now, and are told of its new key.
+    access = await _load_issue(session, principal, *parse_issue_key(successor.key), for_update)
+    access.moved = successor
+    return access
+
+
+async def _load_issue(
+    session: AsyncSession, principal: Principal, project_key: str, number: int, for_update: bool
+) -> IssueAccess:
     access = await load_project_access(session, principal, project_key)
     statement = select(Issue).where(Issue.project_id == access.project_id, Issue.number == number)
     if for_update:
@@ -96,11 +116,18 @@ def _issue_access(scope: Scope, *, writing: bool) -> Any:
     async def dependency(
         issue_key: IssueKeyPath,
         session: SessionDep,
+        request: Request,
+        response: Response,
         # A default rather than Annotated: the scope is a closure variable, which string
         # annotations (PEP 563) could not resolve.
         principal: Principal = require_scopes(scope),
     ) -> IssueAccess:
-        access = await load_issue_access(session, principal, issue_key, for_update=writing)
+        try:
+            access = await load_issue_access(session, principal, issue_key, for_update=writing)
+        except IssueMoved as moved:
+            raise moved.at(request.url.path, request.url.query) from None
+        if access.moved is not None:
+            response.headers.update(successor_headers(access.moved))
         if writing:
             access.project_access.require_active()
         return access

@@ -41,6 +41,7 @@ from flyswatter.issues.read_model import (
 )
 from flyswatter.labels.models import IssueLabel, Label
 from flyswatter.milestones.models import NO_MILESTONE, Milestone
+from flyswatter.relations.models import IssueRelation, StoredKind
 
 SEARCH_CONFIG = "english"
 MAX_QUERY_LENGTH = 200
@@ -99,6 +100,9 @@ class IssueFilters:
     types: tuple[IssueType, ...] = ()
     query: str | None = None
     milestone: str | None = None  # a milestone's title; "none" for issues in none
+    blocked: bool | None = None  # has a blocker that is open or in progress
+    parent_id: int | None = None  # a sub-issue of this issue
+    has_children: bool | None = None
 
 
 def _tsquery(query: str) -> ColumnElement[Any]:
@@ -164,7 +168,7 @@ def list_statement(project_id: int, filters: IssueFilters, dialect: str) -> Sele
         )
     if filters.query:
         statement = statement.where(search_condition(filters.query, dialect))
-    return statement
+    return relation_filters(statement, filters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,3 +300,36 @@ def _bounded_search(
     # ...)" would be a semi-join), so the outer statement looks candidates up by primary key.
     ids = select(func.array_agg(candidates.c.id)).correlate(None).scalar_subquery()
     return col(Issue.id) == any_(cast(ids, ARRAY(Integer)))
+
+
+def relation_filters(
+    statement: SelectOfScalar[Issue], filters: IssueFilters
+) -> SelectOfScalar[Issue]:
+    """``blocked``, ``parent`` and ``has_children``: each an index lookup on the relations
+    (by target for blockers and parents, by source for children), per issue of the page."""
+    relation = IssueRelation.__table__  # type: ignore[attr-defined]
+    if filters.blocked is not None:
+        blocker = Issue.__table__.alias("blocker")  # type: ignore[attr-defined]
+        has_open_blocker = (
+            exists()
+            .where(relation.c.target_id == Issue.id, relation.c.kind == StoredKind.blocks.value)
+            .where(
+                blocker.c.id == relation.c.source_id,
+                blocker.c.status.in_([IssueStatus.open.value, IssueStatus.in_progress.value]),
+            )
+        )
+        statement = statement.where(has_open_blocker if filters.blocked else ~has_open_blocker)
+    if filters.parent_id is not None:
+        statement = statement.where(
+            exists().where(
+                relation.c.target_id == Issue.id,
+                relation.c.kind == StoredKind.parent.value,
+                relation.c.source_id == filters.parent_id,
+            )
+        )
+    if filters.has_children is not None:
+        has_children = exists().where(
+            relation.c.source_id == Issue.id, relation.c.kind == StoredKind.parent.value
+        )
+        statement = statement.where(has_children if filters.has_children else ~has_children)
+    return statement

@@ -204,6 +204,9 @@ class ActivityAction(StrEnum):
     commented = "commented"
     comment_edited = "comment_edited"
     comment_deleted = "comment_deleted"
+    related = "related"
+    unrelated = "unrelated"
+    moved = "moved"
 
 
 class Activity(SQLModel, table=True):
@@ -235,7 +238,9 @@ ACTIVITY_FIELDS = (
     "`assigned`: `assignee_id` (a user id or "
     "null); `transitioned`: `status` (a string); `labeled` / `unlabeled`: `label` (one "
     "label's name); `commented`, `comment_edited`, `comment_deleted`: `comment_id` (an "
-    "integer: the comment written, edited or deleted)."
+    "integer: the comment written, edited or deleted); `related` / `unrelated`: the relation's "
+    "kind as this issue sees it, e.g. `blocks` or `child` (the other issue's key); `moved`: "
+    "`key` (the old and the new key)."
 )
 
 

@@ -24,6 +24,7 @@ from flyswatter.http.conditional import etag_of
 from flyswatter.issues.dependencies import IssueAccess, parse_issue_key
 from flyswatter.issues.models import Issue, IssuePublic
 from flyswatter.labels.models import IssueLabel, Label, LabelPublic
+from flyswatter.moves.redirects import IssueMoved, successor_of
 from flyswatter.projects.models import Project, ProjectMember
 from flyswatter.projects.service import project_not_found
 from flyswatter.users.models import User, UserSummary
@@ -240,8 +241,12 @@ async def read_issue(session: AsyncSession, principal: Principal, issue_key: str
     connection = await session.connection()
     parameters = {"subject": principal.subject, "number": number, "project_key": project_key}
     row = (await connection.execute(_READ_ISSUE, parameters)).first()
-    if row is None or (row.role is None and not principal.is_admin):
-        raise project_not_found(project_key)
-    if row.id is None:
+    hidden = row is None or (row.role is None and not principal.is_admin)
+    if row is None or hidden or row.id is None:
+        # Not here: an old key of a moved issue answers with where it is now.
+        if successor := await successor_of(session, principal, project_key, number):
+            raise IssueMoved(issue_key, successor.key)
+        if hidden:
+            raise project_not_found(project_key)
         raise NotFound(f"issue {project_key}-{number} not found")
     return IssueRead(project_key=row.project_key, row=row)

@@ -17,7 +17,12 @@ from flyswatter.http.idempotency import IdempotencyDep
 from flyswatter.http.pagination import CountParam, KeysetDep, Page, lists
 from flyswatter.issues import service
 from flyswatter.issues.activity import activity_page
-from flyswatter.issues.dependencies import IssueForReading, IssueKeyPath, IssueWriteDep
+from flyswatter.issues.dependencies import (
+    ISSUE_KEY_PATTERN,
+    IssueForReading,
+    IssueKeyPath,
+    IssueWriteDep,
+)
 from flyswatter.issues.listing import (
     MAX_QUERY_LENGTH,
     IssueFilters,
@@ -40,6 +45,7 @@ from flyswatter.labels.models import LabelName
 from flyswatter.observability.metrics import ISSUES_CREATED
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import PROJECT_ERRORS, ProjectAccess, project_access
+from flyswatter.relations.service import parent_id as parent_filter
 from flyswatter.text import SingleLine
 
 router = APIRouter(tags=["issues"])
@@ -110,8 +116,17 @@ async def list_issues(
         IssueSort.updated_desc
     ),
     count: CountParam = False,
+    blocked: Annotated[
+        bool | None, Query(description="Has (`true`) or has no blocker open or in progress.")
+    ] = None,
+    parent: Annotated[
+        str | None,
+        Query(min_length=4, max_length=21, pattern=ISSUE_KEY_PATTERN, description="Sub-issues of."),
+    ] = None,
+    has_children: Annotated[bool | None, Query(description="Has sub-issues, or has none.")] = None,
 ) -> Page[IssuePublic]:
     me = access.principal.subject
+    parent_id = await parent_filter(session, access.principal, parent) if parent else None
     filters = IssueFilters(
         statuses=tuple(status_ or ()),
         assignee=me if assignee == "me" else assignee,
@@ -121,6 +136,9 @@ async def list_issues(
         types=tuple(type_ or ()),
         query=q.strip() or None if q else None,
         milestone=milestone,
+        blocked=blocked,
+        parent_id=parent_id,
+        has_children=has_children,
     )
     dialect = session.bind.dialect.name if session.bind else "postgresql"
     query = IssueQuery(access.project_id, filters, sort, dialect)

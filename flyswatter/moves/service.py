@@ -1,0 +1,94 @@
+"""Moving an issue to another project: a new number there, the old key kept as a redirect,
+labels carried over by name, history, comments and relations untouched (they hang on the
+issue's id), in one transaction with the issue's event."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete
+from sqlmodel import col, select
+
+from flyswatter.db import utcnow
+from flyswatter.errors import UnprocessableEntity
+from flyswatter.http.conditional import check_if_match
+from flyswatter.issues.activity import record_activity
+from flyswatter.issues.dependencies import IssueWrite
+from flyswatter.issues.models import ActivityAction, IssuePublic
+from flyswatter.issues.read_model import build_public_issue
+from flyswatter.issues.service import allocate_issue_number, issue_label_names
+from flyswatter.labels.models import IssueLabel, Label, label_id
+from flyswatter.moves.models import IssueKeyRedirect, MoveRequest
+from flyswatter.projects.models import ProjectMember, Role
+from flyswatter.projects.service import load_project_access
+
+
+async def move_issue(write: IssueWrite, body: MoveRequest) -> IssuePublic:
+    """Move the issue (developers of both projects).
+
+    A label is kept when the new project has one of the same name and dropped otherwise
+    (creating labels is a maintainer's call, which a move must not grant); an assignee who is
+    not a member of the new project is unassigned. Both show in the history as usual.
+    """
+    session, access = write.session, write.access
+    access.project_access.require(Role.developer, "moving issues out of the project")
+    check_if_match(write.if_match, access.etag)
+    destination = await load_project_access(session, access.principal, body.project)
+    destination.require(Role.developer, "moving issues into the project")
+    destination.require_active()
+    if destination.project_id == access.project_access.project_id:
+        raise UnprocessableEntity(
+            f"issue {access.key} is already in {destination.project.key}", loc=("body", "project")
+        )
+    issue, principal, old_key = access.issue, access.principal, access.key
+    session.add(
+        IssueKeyRedirect(project_id=issue.project_id, number=issue.number, issue_id=access.issue_id)
+    )
+    number = await allocate_issue_number(session, destination.project_id)
+
+    names = await issue_label_names(session, access.issue_id)
+    kept = (
+        (
+            await session.exec(
+                select(Label).where(
+                    Label.project_id == destination.project_id, col(Label.name).in_(names)
+                )
+            )
+        ).all()
+        if names
+        else []
+    )
+    await session.exec(delete(IssueLabel).where(col(IssueLabel.issue_id) == access.issue_id))
+    for label in kept:
+        session.add(IssueLabel(issue_id=access.issue_id, label_id=label_id(label)))
+    for name in sorted(set(names) - {label.name for label in kept}):
+        record_activity(
+            session, principal, access.issue_id, ActivityAction.unlabeled, field="label", old=name
+        )
+    if issue.assignee_id is not None and (
+        await session.get(ProjectMember, (destination.project_id, issue.assignee_id)) is None
+    ):
+        record_activity(
+            session,
+            principal,
+            access.issue_id,
+            ActivityAction.assigned,
+            field="assignee_id",
+            old=issue.assignee_id,
+        )
+        issue.assignee_id = None
+
+    issue.project_id, issue.number = destination.project_id, number
+    access.project_access = destination
+    record_activity(
+        session,
+        principal,
+        access.issue_id,
+        ActivityAction.moved,
+        field="key",
+        old=old_key,
+        new=access.key,
+    )
+    issue.version += 1
+    issue.updated_at = utcnow()
+    session.add(issue)
+    await session.commit()
+    return await build_public_issue(session, access)

@@ -1,0 +1,1 @@
+"""Relations between issues: blockers, duplicates, related issues and sub-issues."""

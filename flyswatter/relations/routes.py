@@ -1,0 +1,91 @@
+"""Relation routes: link issues (blockers, duplicates, related issues, sub-issues), list an
+issue's links, unlink, and close an issue as a duplicate in one call."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response, status
+
+from flyswatter.db import SessionDep
+from flyswatter.errors import problem_responses
+from flyswatter.http.headers import api_path
+from flyswatter.http.pagination import KeysetDep, Page, lists
+from flyswatter.issues.dependencies import (
+    ISSUE_KEY_PATTERN,
+    IssueForReading,
+    IssueWriteDep,
+)
+from flyswatter.issues.models import IssuePublic
+from flyswatter.projects.service import PROJECT_ERRORS
+from flyswatter.relations import service
+from flyswatter.relations.models import DuplicateOf, RelationCreate, RelationKind, RelationPublic
+from flyswatter.services import settings_of
+
+router = APIRouter(tags=["relations"])
+
+WRITE_ERRORS = problem_responses(409, 412, 422) | PROJECT_ERRORS
+TargetPath = Annotated[
+    str,
+    Path(
+        min_length=4,
+        max_length=21,
+        pattern=ISSUE_KEY_PATTERN,
+        description="The other issue's key.",
+        examples=["DEMO-2"],
+    ),
+]
+
+
+def _max_depth(request: Request) -> int:
+    return settings_of(request.app).subissue_max_depth
+
+
+@router.get("/issues/{issue_key}/relations", **lists(RelationPublic, PROJECT_ERRORS))
+async def list_relations(
+    session: SessionDep, access: IssueForReading, keyset: KeysetDep
+) -> Page[RelationPublic]:
+    """The issue's relations, oldest first, each as this issue sees it (`FLY-1 blocks
+    FLY-2`); relations to issues of projects the caller may not see are left out."""
+    return await service.relation_page(session, access, keyset)
+
+
+@router.post(
+    "/issues/{issue_key}/relations",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RelationPublic,
+    responses=WRITE_ERRORS,
+)
+async def add_relation(
+    body: RelationCreate, request: Request, response: Response, write: IssueWriteDep
+) -> RelationPublic:
+    """Relate the issue to another one the caller can see (developers): `kind` reads
+    `<this issue> <kind> <target>`; `child` makes this issue a sub-issue of the target.
+    A relation that would close a cycle of `blocks` or of sub-issues is a 409 naming it."""
+    public = await service.add_relation(write, body.kind, body.target, _max_depth(request))
+    response.headers["Location"] = api_path(
+        "issues", write.access.key, "relations", public.kind.value, public.issue.key
+    )
+    return public
+
+
+@router.delete(
+    "/issues/{issue_key}/relations/{kind}/{target}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=WRITE_ERRORS,
+)
+async def remove_relation(kind: RelationKind, target: TargetPath, write: IssueWriteDep) -> None:
+    """Remove a relation, from either issue (`FLY-2/relations/blocked_by/FLY-1` removes what
+    `FLY-1/relations/blocks/FLY-2` does)."""
+    await service.remove_relation(write, kind, target)
+
+
+@router.post(
+    "/issues/{issue_key}/close-as-duplicate", response_model=IssuePublic, responses=WRITE_ERRORS
+)
+async def close_as_duplicate(
+    body: DuplicateOf, request: Request, write: IssueWriteDep
+) -> IssuePublic:
+    """Mark the issue a duplicate of `of` and close it, in one transaction (developers);
+    an issue the workflow cannot close from its status is a 409 and nothing changes."""
+    return write.answer(await service.close_as_duplicate(write, body.of, _max_depth(request)))

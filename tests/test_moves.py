@@ -1,0 +1,138 @@
+"""Moving an issue to another project: the next number there, the old key answering 301 to
+readers and applying writes with Deprecation/Link headers, labels by name, history, comments
+and relations kept, a chain of moves resolved in one lookup, both projects' roles checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from flyswatter.events.models import Event
+from tests.support.api import Api, AuthedClient, Team, make_team
+from tests.test_no_n_plus_one import counted_statements
+
+
+@pytest.fixture
+async def team(api: Api) -> Team:
+    return await make_team(api)
+
+
+async def project(team: Team, key: str, **roles: str) -> None:
+    """Another project of the team's maintainer, with these members (role name → role)."""
+    owner = team["maintainer"]
+    assert (await owner.post("/api/v1/projects", json={"key": key, "name": key})).status_code == 201
+    for member, role in roles.items():
+        url = f"/api/v1/projects/{key}/members/{team.ids[member]}"
+        assert (await owner.put(url, json={"role": role})).status_code == 201
+
+
+async def move(client: AuthedClient, key: str, to: str) -> tuple[int, dict]:
+    response = await client.post(f"/api/v1/issues/{key}/move", json={"project": to})
+    return response.status_code, response.json()
+
+
+async def test_a_moved_issue_takes_the_next_number_and_its_old_key_keeps_answering(
+    team: Team, app: FastAPI
+) -> None:
+    dev = team["developer"]
+    await project(team, "OPS", developer="developer")
+    for name in ("ui", "backend"):
+        await team.label(name)
+    owner = team["maintainer"]
+    await owner.post("/api/v1/projects/OPS/labels", json={"name": "ui", "color": "#00ff00"})
+    await owner.post("/api/v1/projects/OPS/issues", json={"title": "already there"})
+    issue = await team.issue(labels=["ui", "backend"], assignee_id=team.ids["reporter"])
+    other = await team.issue()
+    assert (
+        await dev.post(f"/api/v1/issues/{issue['key']}/comments", json={"body": "seen"})
+    ).is_success
+    relation = {"kind": "blocks", "target": other["key"]}
+    assert (await dev.post(f"/api/v1/issues/{issue['key']}/relations", json=relation)).is_success
+
+    status, moved = await move(dev, issue["key"], "ops")
+    assert status == 200, moved
+    assert moved["key"] == "OPS-2"
+    assert moved["project_key"] == "OPS"
+    # The label OPS has is kept (OPS's own); the one it lacks is dropped; the reporter, not a
+    # member of OPS, is unassigned.
+    assert [label["name"] for label in moved["labels"]] == ["ui"]
+    assert moved["labels"][0]["color"] == "#00ff00"
+    assert moved["assignee"] is None
+
+    # Readers of the old key are sent to the new one, below the issue too.
+    response = await dev.get(f"/api/v1/issues/{issue['key']}")
+    assert response.status_code == 301
+    assert response.headers["Location"] == "/api/v1/issues/OPS-2"
+    response = await dev.get(f"/api/v1/issues/{issue['key']}/comments?limit=5")
+    assert response.status_code == 301
+    assert response.headers["Location"] == "/api/v1/issues/OPS-2/comments?limit=5"
+    # Writers of the old key change the issue, and are told its successor.
+    response = await dev.patch(f"/api/v1/issues/{issue['key']}", json={"priority": "high"})
+    assert response.status_code == 200, response.text
+    assert response.json()["key"] == "OPS-2"
+    assert response.json()["priority"] == "high"
+    assert response.headers["Deprecation"].startswith("@")
+    assert response.headers["Link"] == '</api/v1/issues/OPS-2>; rel="successor-version"'
+
+    # History, comments and relations stay with the issue.
+    comments = (await dev.get("/api/v1/issues/OPS-2/comments")).json()["items"]
+    assert [comment["body"] for comment in comments] == ["seen"]
+    entries = (await dev.get("/api/v1/issues/OPS-2/activity")).json()["items"]
+    changes = [(e["action"], e["field"], e["old_value"], e["new_value"]) for e in entries]
+    assert ("moved", "key", issue["key"], "OPS-2") in changes
+    assert ("unlabeled", "label", "backend", None) in changes
+    assert ("assigned", "assignee_id", team.ids["reporter"], None) in changes
+    assert changes[0] == ("created", "key", None, issue["key"])
+    related = (await dev.get(f"/api/v1/issues/{other['key']}/relations")).json()["items"]
+    assert [(r["kind"], r["issue"]["key"]) for r in related] == [("blocked_by", "OPS-2")]
+    # The move's event is in the new project, naming the old key and the new.
+    async with app.services.engine.connect() as connection:
+        payloads = (await connection.execute(select(Event.payload))).scalars().all()  # type: ignore[call-overload]
+    moves = [
+        (event["project_key"], change["old"], change["new"])
+        for event in map(json.loads, payloads)
+        for change in event["data"]["changes"]
+        if change["action"] == "moved"
+    ]
+    assert moves == [("OPS", issue["key"], "OPS-2")]
+
+
+async def test_a_chain_of_moves_resolves_in_one_lookup(team: Team, app: FastAPI) -> None:
+    dev = team["developer"]
+    await project(team, "OPS", developer="developer")
+    await project(team, "WEB", developer="developer")
+    key = (await team.issue())["key"]
+    assert (await move(dev, key, "OPS"))[0] == 200
+    assert (await move(dev, "OPS-1", "WEB"))[0] == 200
+    assert (await dev.get("/api/v1/issues/OPS-1")).headers["Location"] == "/api/v1/issues/WEB-1"
+    with counted_statements(app) as statements:
+        response = await dev.get(f"/api/v1/issues/{key}")
+    assert response.status_code == 301
+    assert response.headers["Location"] == "/api/v1/issues/WEB-1"
+    # The read that found no issue, then the one lookup of the old key.
+    assert len(statements) == 2
+    # Moving back gives a new number; the first key still names the issue.
+    status, back = await move(dev, "WEB-1", "FLY")
+    assert status == 200
+    assert back["key"] == "FLY-2"
+    assert (await dev.get(f"/api/v1/issues/{key}")).headers["Location"] == "/api/v1/issues/FLY-2"
+
+
+async def test_moving_needs_the_developer_role_in_both_projects(team: Team) -> None:
+    dev = team["developer"]
+    await project(team, "OPS", developer="reporter", reporter="developer")
+    key = (await team.issue())["key"]
+    # A reporter of the source, and a reporter of the destination, may not move it.
+    assert (await move(team["reporter"], key, "OPS"))[0] == 403
+    assert (await move(dev, key, "OPS"))[0] == 403
+    # A project the caller is not in is not found; the issue's own project is no move.
+    assert (await move(team["maintainer"], key, "NOPE"))[0] == 404
+    assert (await move(team["viewer"], key, "OPS"))[0] == 403
+    assert (await move(team["maintainer"], key, "FLY"))[0] == 422
+    # Readers of an old key who may not see the issue's new project learn nothing.
+    assert (await move(team["maintainer"], key, "OPS"))[0] == 200
+    assert (await team["viewer"].get(f"/api/v1/issues/{key}")).status_code == 404
+    assert (await team.outsider.get(f"/api/v1/issues/{key}")).status_code == 404
