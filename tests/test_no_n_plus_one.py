@@ -163,3 +163,26 @@ async def test_a_fresh_etag_answers_304_from_one_statement(team: Team, app: Fast
         response = await viewer.get("/api/v1/issues/FLY-3", headers={"If-None-Match": etag})
     assert response.status_code == 304
     assert len(statements) == 1
+
+
+async def test_reading_an_issues_relations_runs_the_same_few_statements_for_2_or_20(
+    team: Team, app: FastAPI
+) -> None:
+    await seed_issues(app, team, 21)
+    developer = team["developer"]
+    for number in range(2, 22):
+        kind = ("blocks", "parent", "relates_to", "duplicated_by")[number % 4]
+        body = {"kind": kind, "target": f"FLY-{number}"}
+        response = await developer.post("/api/v1/issues/FLY-1/relations", json=body)
+        assert response.status_code == 201, response.text
+    counts = {}
+    for limit in (2, 20):
+        with counted_statements(app) as statements:
+            response = await developer.get(f"/api/v1/issues/FLY-1/relations?limit={limit}")
+        page = response.json()["items"]
+        assert len(page) == limit
+        # Each relation carries its other issue and who made it, loaded with the page.
+        assert all(item["issue"]["title"] and item["created_by"]["username"] for item in page)
+        counts[limit] = len(statements)
+    # Project and membership; the issue; the page of relations with their issues and people.
+    assert counts == {2: 3, 20: 3}

@@ -99,11 +99,32 @@ SELECT p.id, 'M' || m, '', DATE '2027-01-01' + m * 30, 'open', now(), now(), 1
 FROM project p CROSS JOIN generate_series(1, 10) m
 """
 
+# In every project, issue 3n blocks 3n + 1, and issue 10n has sub-issues 10n + 1 to 10n + 3:
+# about two relations for every three issues.
+SEED_RELATIONS_SQL = """
+INSERT INTO issue_relation (source_id, target_id, kind, created_by, created_at)
+SELECT a.id, b.id, k.kind, a.reporter_id, now()
+FROM issue a
+JOIN (VALUES ('blocks', 3, 1), ('parent', 10, 3)) k(kind, every, children)
+  ON a.number % k.every = 0
+CROSS JOIN LATERAL generate_series(1, k.children) d
+JOIN issue b ON b.project_id = a.project_id AND b.number = a.number + d
+"""
+
+RELATION_INDEXES = {
+    "blocked": "ix_issue_relation_target_id_kind_source_id",
+    "not blocked": "ix_issue_relation_target_id_kind_source_id",
+    "sub-issues": "uq_issue_relation_source_id_kind_target_id",
+    "with sub-issues": "uq_issue_relation_source_id_kind_target_id",
+}
+
 
 @dataclass(frozen=True)
 class Seeded:
     project_id: int
     assignee_id: str
+    # An issue of the project with sub-issues.
+    parent_id: int = 0
 
 
 @pytest.fixture
@@ -124,6 +145,9 @@ async def seeded(api: Api, app: FastAPI) -> Seeded:
         await _run(connection, SEED_SQL, per_project=ISSUES_PER_PROJECT)
         await _run(connection, SEED_LABELS_SQL)
         await _run(connection, SEED_ISSUE_LABELS_SQL)
+        # The issues' statistics first, so that the relations are joined by index.
+        await _run(connection, "ANALYZE issue")
+        await _run(connection, SEED_RELATIONS_SQL)
         count = (await connection.exec_driver_sql("SELECT count(*) FROM issue")).scalar_one()
         assert count == PROJECTS * ISSUES_PER_PROJECT
     async with app.services.engine.connect() as connection:
@@ -134,7 +158,12 @@ async def seeded(api: Api, app: FastAPI) -> Seeded:
         project_id = (
             await connection.exec_driver_sql("SELECT id FROM project WHERE key = 'FLY'")
         ).scalar_one()
-    return Seeded(project_id=project_id, assignee_id=team.ids[ROLES[2]])
+        parent_id = (
+            await connection.exec_driver_sql(
+                f"SELECT id FROM issue WHERE project_id = {project_id} AND number = 1510"
+            )
+        ).scalar_one()
+    return Seeded(project_id=project_id, assignee_id=team.ids[ROLES[2]], parent_id=parent_id)
 
 
 async def _run(connection: AsyncConnection, sql: str, **params: int) -> None:
@@ -201,12 +230,21 @@ def cases(seeded: Seeded) -> Iterator[tuple[str, object]]:
         "search with a filter",
         page(seeded, IssueSort.updated_desc, query="android", statuses=(IssueStatus.open,)),
     )
+    yield "blocked", page(seeded, IssueSort.updated_desc, blocked=True)
+    yield "not blocked", page(seeded, IssueSort.updated_desc, blocked=False)
+    yield "sub-issues", page(seeded, IssueSort.updated_desc, parent_id=seeded.parent_id)
+    yield "with sub-issues", page(seeded, IssueSort.updated_desc, has_children=True)
 
 
 async def test_no_list_or_search_query_scans_the_issue_table(seeded: Seeded, app: FastAPI) -> None:
     plans = {name: await explain(app, statement) for name, statement in cases(seeded)}
     scanning = {name: plan for name, plan in plans.items() if SEQ_SCAN_ON_ISSUE.search(plan)}
     assert not scanning, "\n\n".join(f"{name}:\n{plan}" for name, plan in scanning.items())
+    # The relation filters look relations up by index: blockers and parents by target,
+    # sub-issues by source.
+    for name, index in RELATION_INDEXES.items():
+        assert index in plans[name], plans[name]
+        assert "Seq Scan on issue_relation" not in plans[name], plans[name]
 
 
 async def test_pages_walk_their_index_in_order_and_search_uses_the_text_index(
@@ -290,3 +328,4 @@ async def test_search_reads_a_page_order_window_and_the_text_index_only_for_scar
         assert "never executed" not in branch.splitlines()[0], rare
         assert "Bitmap Index Scan on ix_issue_search_document" in branch, rare
         assert not SEQ_SCAN_ON_ISSUE.search(rare), rare
+

@@ -51,6 +51,11 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "set own issue's milestone": (403, 200, 200, 200, 404),
     "set any issue's milestone": (403, 403, 200, 200, 404),
     "change issues in bulk": (403, 403, 200, 200, 404),
+    "list relations": (200, 200, 200, 200, 404),
+    "relate issues": (403, 403, 201, 201, 404),
+    "unrelate issues": (403, 403, 204, 204, 404),
+    "close as duplicate": (403, 403, 200, 200, 404),
+    "move issue": (403, 403, 200, 200, 404),
 }
 
 
@@ -295,6 +300,40 @@ async def set_any_issues_milestone(stage: Stage, caller: str, client: AuthedClie
 async def change_issues_in_bulk(stage: Stage, caller: str, client: AuthedClient) -> int:
     body = {"issues": [await stage.issue(), await stage.issue()], "change": {"priority": "high"}}
     return (await client.patch("/api/v1/projects/FLY/issues", json=body)).status_code
+async def list_relations(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.get(f"/api/v1/issues/{await stage.issue()}/relations")).status_code
+
+
+async def relate_issues(stage: Stage, caller: str, client: AuthedClient) -> int:
+    key, other = await stage.issue(), await stage.issue()
+    body = {"kind": "blocks", "target": other}
+    return (await client.post(f"/api/v1/issues/{key}/relations", json=body)).status_code
+
+
+async def unrelate_issues(stage: Stage, caller: str, client: AuthedClient) -> int:
+    key, other = await stage.issue(), await stage.issue()
+    body = {"kind": "relates_to", "target": other}
+    created = await stage.team["maintainer"].post(f"/api/v1/issues/{key}/relations", json=body)
+    assert created.status_code == 201, created.text
+    return (await client.delete(f"/api/v1/issues/{key}/relations/relates_to/{other}")).status_code
+
+
+async def close_as_duplicate(stage: Stage, caller: str, client: AuthedClient) -> int:
+    key, original = await stage.issue(), await stage.issue()
+    url = f"/api/v1/issues/{key}/close-as-duplicate"
+    return (await client.post(url, json={"of": original})).status_code
+
+
+async def move_issue(stage: Stage, caller: str, client: AuthedClient) -> int:
+    # Into OPS, where every member of FLY is a developer: what FLY's role allows is checked.
+    owner = stage.team["maintainer"]
+    if (await owner.get("/api/v1/projects/OPS")).status_code == 404:
+        await owner.post("/api/v1/projects", json={"key": "OPS", "name": "Ops"})
+        for member in ("viewer", "reporter", "developer"):
+            url = f"/api/v1/projects/OPS/members/{stage.team.ids[member]}"
+            await owner.put(url, json={"role": "developer"})
+    key = await stage.issue()
+    return (await client.post(f"/api/v1/issues/{key}/move", json={"project": "OPS"})).status_code
 
 
 ACTIONS: dict[str, Action] = {
@@ -331,6 +370,11 @@ ACTIONS: dict[str, Action] = {
     "set own issue's milestone": set_own_issues_milestone,
     "set any issue's milestone": set_any_issues_milestone,
     "change issues in bulk": change_issues_in_bulk,
+    "list relations": list_relations,
+    "relate issues": relate_issues,
+    "unrelate issues": unrelate_issues,
+    "close as duplicate": close_as_duplicate,
+    "move issue": move_issue,
 }
 
 

@@ -68,7 +68,13 @@ class World:
     """A project FLY with one of everything, so every route has something to aim at."""
 
     def __init__(self) -> None:
-        self.values: dict[str, str] = {"key": "FLY", "issue_key": "FLY-1", "name": "bug"}
+        self.values: dict[str, str] = {
+            "key": "FLY",
+            "issue_key": "FLY-1",
+            "name": "bug",
+            "kind": "relates_to",
+            "target": "FLY-1",
+        }
 
     def url(self, path: str) -> str:
         return re.sub(r"\{(\w+)\}", lambda m: self.values.get(m.group(1), "1"), path)
@@ -91,6 +97,9 @@ SAMPLE_BODIES: dict[str, dict[str, object]] = {
     "POST /api/v1/projects/{key}/milestones": {"title": "2.0"},
     "PATCH /api/v1/projects/{key}/milestones/{milestone_id}": {"state": "closed"},
     "PATCH /api/v1/projects/{key}/issues": {"issues": ["FLY-1"], "change": {"priority": "high"}},
+    "POST /api/v1/issues/{issue_key}/relations": {"kind": "relates_to", "target": "FLY-1"},
+    "POST /api/v1/issues/{issue_key}/close-as-duplicate": {"of": "FLY-1"},
+    "POST /api/v1/issues/{issue_key}/move": {"project": "FLY"},
 }
 
 
