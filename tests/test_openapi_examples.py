@@ -32,6 +32,9 @@ BODY_OPERATIONS = [
     ("PATCH", "/api/v1/comments/{id}"),
     ("POST", "/api/v1/projects/{key}/reports"),
     ("POST", "/api/v1/projects/{key}/milestones"),
+    # A second issue (DEMO-2), for the examples that relate DEMO-1 to it.
+    ("POST", "/api/v1/projects/{key}/issues"),
+    ("POST", "/api/v1/issues/{issue_key}/relations"),
 ]
 # Webhooks name a receiver on the internet, which the service resolves and checks before it
 # takes the subscription: offline, as the tests run, that cannot succeed. Their examples are
@@ -44,6 +47,10 @@ NOT_SENT = [
     # two issues, where the examples above file one.
     ("PATCH", "/api/v1/projects/{key}/milestones/{milestone_id}"),
     ("PATCH", "/api/v1/projects/{key}/issues"),
+    # Moving DEMO-1 away would answer the reads of it that follow with 301; the workflow
+    # cannot close it from where the transition example left it (in progress).
+    ("POST", "/api/v1/issues/{issue_key}/move"),
+    ("POST", "/api/v1/issues/{issue_key}/close-as-duplicate"),
 ]
 # A job's or a milestone's id is made when it is asked for: no example can name one that
 # exists. No webhook

@@ -328,4 +328,3 @@ async def test_search_reads_a_page_order_window_and_the_text_index_only_for_scar
         assert "never executed" not in branch.splitlines()[0], rare
         assert "Bitmap Index Scan on ix_issue_search_document" in branch, rare
         assert not SEQ_SCAN_ON_ISSUE.search(rare), rare
-

@@ -41,7 +41,7 @@ from flyswatter.issues.read_model import (
 )
 from flyswatter.labels.models import IssueLabel, Label
 from flyswatter.milestones.models import NO_MILESTONE, Milestone
-from flyswatter.relations.models import IssueRelation, StoredKind
+from flyswatter.relations.models import IssueRelation, RelationKind
 
 SEARCH_CONFIG = "english"
 MAX_QUERY_LENGTH = 200
@@ -312,7 +312,7 @@ def relation_filters(
         blocker = Issue.__table__.alias("blocker")  # type: ignore[attr-defined]
         has_open_blocker = (
             exists()
-            .where(relation.c.target_id == Issue.id, relation.c.kind == StoredKind.blocks.value)
+            .where(relation.c.target_id == Issue.id, relation.c.kind == RelationKind.blocks.value)
             .where(
                 blocker.c.id == relation.c.source_id,
                 blocker.c.status.in_([IssueStatus.open.value, IssueStatus.in_progress.value]),
@@ -323,13 +323,13 @@ def relation_filters(
         statement = statement.where(
             exists().where(
                 relation.c.target_id == Issue.id,
-                relation.c.kind == StoredKind.parent.value,
+                relation.c.kind == RelationKind.parent.value,
                 relation.c.source_id == filters.parent_id,
             )
         )
     if filters.has_children is not None:
         has_children = exists().where(
-            relation.c.source_id == Issue.id, relation.c.kind == StoredKind.parent.value
+            relation.c.source_id == Issue.id, relation.c.kind == RelationKind.parent.value
         )
         statement = statement.where(has_children if filters.has_children else ~has_children)
     return statement

@@ -25,7 +25,7 @@ class IssueKeyRedirect(SQLModel, table=True):
 
 class MoveRequest(SQLModel):
     model_config = ConfigDict(  # type: ignore[assignment]
-        extra="forbid", json_schema_extra={"examples": [{"project": "OPS"}]}
+        extra="forbid", json_schema_extra={"examples": [{"project": "MINE"}]}
     )
 
     project: Annotated[

@@ -18,16 +18,6 @@ from flyswatter.users.models import UserSummary
 IssueKey = Annotated[str, StringConstraints(min_length=4, max_length=21, pattern=ISSUE_KEY_PATTERN)]
 
 
-class StoredKind(StrEnum):
-    """What a stored row says: ``source <kind> target``."""
-
-    blocks = "blocks"
-    duplicates = "duplicates"
-    relates_to = "relates_to"
-    # The source is the parent of the target (the target is a sub-issue).
-    parent = "parent"
-
-
 class RelationKind(StrEnum):
     """A relation as one issue sees it: ``<this issue> <kind> <the other>``."""
 
@@ -41,7 +31,8 @@ class RelationKind(StrEnum):
     child = "child"
 
     @property
-    def stored(self) -> StoredKind:
+    def stored(self) -> RelationKind:
+        """The kind of the row that stores it: its source's (one of ``STORED_KINDS``)."""
         return _STORED[self][0]
 
     @property
@@ -55,18 +46,21 @@ class RelationKind(StrEnum):
         return seen_as(self.stored, from_source=self.reversed)
 
 
-_STORED: dict[RelationKind, tuple[StoredKind, bool]] = {
-    RelationKind.blocks: (StoredKind.blocks, False),
-    RelationKind.blocked_by: (StoredKind.blocks, True),
-    RelationKind.duplicates: (StoredKind.duplicates, False),
-    RelationKind.duplicated_by: (StoredKind.duplicates, True),
-    RelationKind.relates_to: (StoredKind.relates_to, False),
-    RelationKind.parent: (StoredKind.parent, False),
-    RelationKind.child: (StoredKind.parent, True),
+# Each kind as stored (the source's kind) and whether the issue is the row's target.
+_STORED: dict[RelationKind, tuple[RelationKind, bool]] = {
+    kind: (stored, stored != kind)
+    for stored, inverse in (
+        (RelationKind.blocks, RelationKind.blocked_by),
+        (RelationKind.duplicates, RelationKind.duplicated_by),
+        (RelationKind.relates_to, RelationKind.relates_to),
+        (RelationKind.parent, RelationKind.child),
+    )
+    for kind in (stored, inverse)
 }
+STORED_KINDS = tuple(dict.fromkeys(stored for stored, _ in _STORED.values()))
 
 
-def seen_as(kind: StoredKind, *, from_source: bool) -> RelationKind:
+def seen_as(kind: RelationKind, *, from_source: bool) -> RelationKind:
     """The public kind of a stored row, as its source (or its target) sees it."""
     for public, (stored, reversed_) in _STORED.items():
         if stored == kind and reversed_ != from_source:
@@ -94,7 +88,7 @@ class IssueRelation(SQLModel, table=True):
         ),
         CheckConstraint("source_id <> target_id", name="not_self"),
         CheckConstraint(
-            "kind IN ({})".format(", ".join(f"'{kind.value}'" for kind in StoredKind)),
+            "kind IN ({})".format(", ".join(f"'{kind.value}'" for kind in STORED_KINDS)),
             name="kind_known",
         ),
     )
@@ -102,7 +96,8 @@ class IssueRelation(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     source_id: int = Field(foreign_key="issue.id", ondelete="CASCADE")
     target_id: int = Field(foreign_key="issue.id", ondelete="CASCADE")
-    kind: StoredKind = Field(sa_type=String(12))
+    # One of STORED_KINDS: the source's view of the relation.
+    kind: RelationKind = Field(sa_type=String(12))
     created_by: str = Field(foreign_key="user.id", max_length=255)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 

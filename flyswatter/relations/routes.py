@@ -3,19 +3,14 @@ issue's links, unlink, and close an issue as a duplicate in one call."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from flyswatter.db import SessionDep
 from flyswatter.errors import problem_responses
+from flyswatter.http.created import creates
 from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import KeysetDep, Page, lists
-from flyswatter.issues.dependencies import (
-    ISSUE_KEY_PATTERN,
-    IssueForReading,
-    IssueWriteDep,
-)
+from flyswatter.issues.dependencies import IssueForReading, IssueKeyPath, IssueWriteDep
 from flyswatter.issues.models import IssuePublic
 from flyswatter.projects.service import PROJECT_ERRORS
 from flyswatter.relations import service
@@ -25,16 +20,6 @@ from flyswatter.services import settings_of
 router = APIRouter(tags=["relations"])
 
 WRITE_ERRORS = problem_responses(409, 412, 422) | PROJECT_ERRORS
-TargetPath = Annotated[
-    str,
-    Path(
-        min_length=4,
-        max_length=21,
-        pattern=ISSUE_KEY_PATTERN,
-        description="The other issue's key.",
-        examples=["DEMO-2"],
-    ),
-]
 
 
 def _max_depth(request: Request) -> int:
@@ -50,12 +35,7 @@ async def list_relations(
     return await service.relation_page(session, access, keyset)
 
 
-@router.post(
-    "/issues/{issue_key}/relations",
-    status_code=status.HTTP_201_CREATED,
-    response_model=RelationPublic,
-    responses=WRITE_ERRORS,
-)
+@router.post("/issues/{issue_key}/relations", **creates(RelationPublic, WRITE_ERRORS))
 async def add_relation(
     body: RelationCreate, request: Request, response: Response, write: IssueWriteDep
 ) -> RelationPublic:
@@ -74,7 +54,7 @@ async def add_relation(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=WRITE_ERRORS,
 )
-async def remove_relation(kind: RelationKind, target: TargetPath, write: IssueWriteDep) -> None:
+async def remove_relation(kind: RelationKind, target: IssueKeyPath, write: IssueWriteDep) -> None:
     """Remove a relation, from either issue (`FLY-2/relations/blocked_by/FLY-1` removes what
     `FLY-1/relations/blocks/FLY-2` does)."""
     await service.remove_relation(write, kind, target)

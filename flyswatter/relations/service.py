@@ -35,21 +35,19 @@ from flyswatter.relations.models import (
     RelatedIssue,
     RelationKind,
     RelationPublic,
-    StoredKind,
     seen_as,
 )
 from flyswatter.users.models import User, UserSummary
 from flyswatter.users.service import SUMMARY_FIELDS, user_summaries
 
-_RELATION = IssueRelation.__table__  # type: ignore[attr-defined]
-_ISSUE = Issue.__table__  # type: ignore[attr-defined]
-_PROJECT = Project.__table__  # type: ignore[attr-defined]
-_MEMBER = ProjectMember.__table__  # type: ignore[attr-defined]
-_USER = User.__table__  # type: ignore[attr-defined]
+_RELATION, _ISSUE, _PROJECT, _MEMBER, _USER = (
+    model.__table__  # type: ignore[union-attr]
+    for model in (IssueRelation, Issue, Project, ProjectMember, User)
+)
 _OTHER = _ISSUE.alias("other_issue")
 _OTHER_PROJECT = _PROJECT.alias("other_project")
 # The kinds whose graph must stay acyclic.
-_ACYCLIC = frozenset({StoredKind.blocks, StoredKind.parent})
+_ACYCLIC = frozenset({RelationKind.blocks, RelationKind.parent})
 # Taken (PostgreSQL) before a cycle check, so that two relations written at once cannot each
 # pass the check and close a cycle together; relation writes are rare enough to queue.
 _GRAPH_LOCK = 0x466C7952
@@ -72,12 +70,12 @@ class Edge:
 
     source: IssueAccess
     target: IssueAccess
-    kind: StoredKind
+    kind: RelationKind
 
 
 def _edge(access: IssueAccess, other: IssueAccess, kind: RelationKind) -> Edge:
     source, target = (other, access) if kind.reversed else (access, other)
-    if kind.stored == StoredKind.relates_to and source.issue_id > target.issue_id:
+    if kind.stored == RelationKind.relates_to and source.issue_id > target.issue_id:
         # Symmetric: stored once, lower id first, whichever side created it.
         source, target = target, source
     return Edge(source, target, kind.stored)
@@ -134,7 +132,7 @@ async def _stage_relation(
     edge = _edge(access, other, kind)
     if await _stored(session, edge) is not None:
         raise Conflict(f"{access.key} already {kind.value} {other.key}")
-    if edge.kind == StoredKind.duplicates:
+    if edge.kind == RelationKind.duplicates:
         reverse = Edge(edge.target, edge.source, edge.kind)
         if await _stored(session, reverse) is not None:
             raise Conflict(f"{other.key} already duplicates {access.key}")
@@ -198,7 +196,7 @@ async def close_as_duplicate(write: IssueWrite, original_key: str, max_depth: in
     return await issue_service.transition(write, Transition(to=IssueStatus.closed))
 
 
-def _reach_from(start: int, kind: StoredKind) -> Any:
+def _reach_from(start: int, kind: RelationKind) -> Any:
     """Every relation of ``kind`` reachable from ``start`` along its direction."""
     reach = select(cast(literal(start), Integer).label("id")).cte("reach", recursive=True)
     previous = reach.alias("previous")
@@ -221,7 +219,7 @@ def _ancestors(start: int, limit: int) -> Any:
     up = up.union_all(
         select(_RELATION.c.source_id, below.c.depth + 1).where(
             _RELATION.c.target_id == below.c.id,
-            _RELATION.c.kind == StoredKind.parent.value,
+            _RELATION.c.kind == RelationKind.parent.value,
             below.c.depth <= limit,
         )
     )
@@ -272,7 +270,7 @@ async def _refuse_cycle(
             + " → ".join(cycle),
             extra={"cycle": cycle},
         )
-    if edge.kind != StoredKind.parent:
+    if edge.kind != RelationKind.parent:
         return
     if await _has_parent(session, target):
         raise Conflict(f"{edge.target.key} already has a parent; an issue has at most one")
@@ -288,7 +286,7 @@ async def _refuse_cycle(
 async def _has_parent(session: AsyncSession, issue_id: int) -> bool:
     statement = select_model(col(IssueRelation.id)).where(
         col(IssueRelation.target_id) == issue_id,
-        col(IssueRelation.kind) == StoredKind.parent.value,
+        col(IssueRelation.kind) == RelationKind.parent.value,
     )
     return (await session.exec(statement)).first() is not None
 
@@ -361,7 +359,7 @@ def _relations_of(issue_id: int, principal: Principal, after: int | None, rows: 
 def _public(row: Any, issue_id: int) -> RelationPublic:
     return RelationPublic(
         id=row.id,
-        kind=seen_as(StoredKind(row.kind), from_source=row.source_id == issue_id),
+        kind=seen_as(RelationKind(row.kind), from_source=row.source_id == issue_id),
         issue=RelatedIssue(
             key=f"{row.project_key}-{row.number}", title=row.title, status=row.status
         ),
