@@ -225,9 +225,11 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
         ("POST", "/api/v1/projects/{key}/reports"): (reporter, "/api/v1/projects/FLY/reports", {}),
     }
     # Elsewhere: a member's Location (above); a webhook's, whose receiver must pass the
-    # address checks (tests/test_webhooks.py); a redelivery answers the delivery it sent again.
+    # address checks (tests/test_webhooks.py); a redelivery answers the delivery it sent again;
+    # a relation's, which names it by its two issues (tests/test_relations.py).
     assert _create_routes(app) == {
         *creates,
+        ("POST", "/api/v1/issues/{issue_key}/relations"),
         ("PUT", "/api/v1/projects/{key}/members/{user_id}"),
         ("POST", "/api/v1/projects/{key}/webhooks"),
         ("POST", "/api/v1/projects/{key}/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),
@@ -243,6 +245,12 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
             assert response.status_code in {201, 202}, (route, response.text)
             await _follow(client, response.headers["Location"], response.json())
 
+    # Two relations of FLY-1, for its list of relations to page through.
+    third = await reporter.post("/api/v1/projects/FLY/issues", json={"title": "Third"})
+    for other in ("FLY-2", third.json()["key"]):
+        relation = {"kind": "relates_to", "target": other}
+        related = await maintainer.post("/api/v1/issues/FLY-1/relations", json=relation)
+        assert related.status_code == 201, related.text
     lists = {
         "/api/v1/projects": "/api/v1/projects",
         "/api/v1/projects/{key}/members": "/api/v1/projects/FLY/members",
@@ -250,6 +258,7 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
         "/api/v1/projects/{key}/issues": "/api/v1/projects/FLY/issues",
         "/api/v1/issues/{issue_key}/comments": "/api/v1/issues/FLY-1/comments",
         "/api/v1/issues/{issue_key}/activity": "/api/v1/issues/FLY-1/activity",
+        "/api/v1/issues/{issue_key}/relations": "/api/v1/issues/FLY-1/relations",
         "/api/v1/jobs": "/api/v1/jobs",
     }
     # Webhook lists page with the same helper; tests/test_webhooks.py walks them.

@@ -22,6 +22,10 @@ CONDITIONAL_WRITES = {
     ("DELETE", "/api/v1/issues/{issue_key}/labels/{name}"),
     ("PATCH", "/api/v1/comments/{id}"),
     ("DELETE", "/api/v1/comments/{id}"),
+    ("POST", "/api/v1/issues/{issue_key}/relations"),
+    ("DELETE", "/api/v1/issues/{issue_key}/relations/{kind}/{target}"),
+    ("POST", "/api/v1/issues/{issue_key}/close-as-duplicate"),
+    ("POST", "/api/v1/issues/{issue_key}/move"),
 }
 CONDITIONAL_READS = {("GET", "/api/v1/issues/{issue_key}"), ("GET", "/api/v1/comments/{id}")}
 IDEMPOTENT_CREATES = {
@@ -38,6 +42,7 @@ LISTS = {
     ("GET", "/api/v1/projects/{key}/labels"),
     ("GET", "/api/v1/issues/{issue_key}/comments"),
     ("GET", "/api/v1/issues/{issue_key}/activity"),
+    ("GET", "/api/v1/issues/{issue_key}/relations"),
 }
 BULK_CHANGE = ("PATCH", "/api/v1/projects/{key}/issues")
 LIST_FILTERS = {"status", "assignee", "reporter", "label", "priority", "type", "q", "sort"}
@@ -67,7 +72,7 @@ def parameter_names(operation: dict[str, Any], where: str) -> set[str]:
 def test_every_issue_comment_and_label_route_is_documented() -> None:
     routes = {(method, path) for method, path, _ in OPERATIONS}
     assert routes >= CONDITIONAL_WRITES | CONDITIONAL_READS | IDEMPOTENT_CREATES | LISTS
-    assert len(routes) == 19
+    assert len(routes) == 24
 
 
 @pytest.mark.parametrize(("method", "path", "operation"), OPERATIONS, ids=IDS)
@@ -111,7 +116,9 @@ def test_success_answer_is_typed(method: str, path: str, operation: dict[str, An
     if success == "204":
         assert method == "DELETE"
         return
-    if method == "POST" and not path.endswith(("/transitions", "/labels/{name}")):
+    # Actions on an issue answer the issue; the other POSTs create.
+    actions = ("/transitions", "/labels/{name}", "/close-as-duplicate", "/move")
+    if method == "POST" and not path.endswith(actions):
         assert success == "201"
     content = operation["responses"][success]["content"]["application/json"]
     assert "$ref" in content["schema"]
@@ -159,4 +166,7 @@ def test_write_routes_declare_a_request_body_where_they_take_one() -> None:
         ("POST", "/api/v1/projects/{key}/labels"),
         ("PATCH", "/api/v1/projects/{key}/labels/{name}"),
         BULK_CHANGE,
+        ("POST", "/api/v1/issues/{issue_key}/relations"),
+        ("POST", "/api/v1/issues/{issue_key}/close-as-duplicate"),
+        ("POST", "/api/v1/issues/{issue_key}/move"),
     }

@@ -17,6 +17,7 @@ from flyswatter.http.created import creates
 from flyswatter.http.idempotency import IdempotencyDep
 from flyswatter.http.pagination import KeysetDep, Page, lists
 from flyswatter.issues.dependencies import IssueForReading, IssueForWriting
+from flyswatter.moves.redirects import MOVED
 from flyswatter.observability.metrics import COMMENTS_CREATED
 from flyswatter.projects.service import PROJECT_ERRORS
 
@@ -27,7 +28,7 @@ CommentIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Comment id
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 
 
-@router.get("/issues/{issue_key}/comments", **lists(CommentPublic, PROJECT_ERRORS))
+@router.get("/issues/{issue_key}/comments", **lists(CommentPublic, PROJECT_ERRORS | MOVED))
 async def list_comments(
     session: SessionDep, access: IssueForReading, keyset: KeysetDep
 ) -> Page[CommentPublic]:

@@ -42,6 +42,7 @@ from flyswatter.issues.models import (
 )
 from flyswatter.issues.read_model import public_issues_page, read_issue
 from flyswatter.labels.models import LabelName
+from flyswatter.moves.redirects import MOVED
 from flyswatter.observability.metrics import ISSUES_CREATED
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import PROJECT_ERRORS, ProjectAccess, project_access
@@ -148,7 +149,7 @@ async def list_issues(
 @router.get(
     "/issues/{issue_key}",
     response_model=IssuePublic,
-    responses=NOT_MODIFIED | PROJECT_ERRORS,
+    responses=NOT_MODIFIED | PROJECT_ERRORS | MOVED,
 )
 async def get_issue(
     issue_key: IssueKeyPath,
@@ -202,7 +203,7 @@ async def detach_label(name: LabelNamePath, write: IssueWriteDep) -> IssuePublic
     return write.answer(await service.change_labels(write, remove=name))
 
 
-@router.get("/issues/{issue_key}/activity", **lists(ActivityPublic, PROJECT_ERRORS))
+@router.get("/issues/{issue_key}/activity", **lists(ActivityPublic, PROJECT_ERRORS | MOVED))
 async def list_activity(
     session: SessionDep, access: IssueForReading, keyset: KeysetDep
 ) -> Page[ActivityPublic]:

@@ -9,7 +9,7 @@ from sqlalchemy import and_, bindparam, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
-from flyswatter.errors import Problem
+from flyswatter.errors import Problem, problem_responses
 from flyswatter.http.headers import api_path
 from flyswatter.issues.models import Issue
 from flyswatter.moves.models import IssueKeyRedirect
@@ -60,6 +60,10 @@ async def successor_of(
     if row is None or (row.role is None and not principal.is_admin):
         return None
     return Successor(key=f"{row.key}-{row.number}", moved_at=row.moved_at)
+
+
+# What a read of an issue (or of what is below it) may answer for a key the issue had before.
+MOVED = problem_responses(301)
 
 
 class IssueMoved(Problem):

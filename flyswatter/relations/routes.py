@@ -3,7 +3,9 @@ issue's links, unlink, and close an issue as a duplicate in one call."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response, status
 
 from flyswatter.db import SessionDep
 from flyswatter.errors import problem_responses
@@ -12,6 +14,7 @@ from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import KeysetDep, Page, lists
 from flyswatter.issues.dependencies import IssueForReading, IssueKeyPath, IssueWriteDep
 from flyswatter.issues.models import IssuePublic
+from flyswatter.moves.redirects import MOVED
 from flyswatter.projects.service import PROJECT_ERRORS
 from flyswatter.relations import service
 from flyswatter.relations.models import DuplicateOf, RelationCreate, RelationKind, RelationPublic
@@ -20,13 +23,16 @@ from flyswatter.services import settings_of
 router = APIRouter(tags=["relations"])
 
 WRITE_ERRORS = problem_responses(409, 412, 422) | PROJECT_ERRORS
+KindPath = Annotated[
+    RelationKind, Path(description="The relation as the issue in the path sees it.")
+]
 
 
 def _max_depth(request: Request) -> int:
     return settings_of(request.app).subissue_max_depth
 
 
-@router.get("/issues/{issue_key}/relations", **lists(RelationPublic, PROJECT_ERRORS))
+@router.get("/issues/{issue_key}/relations", **lists(RelationPublic, PROJECT_ERRORS | MOVED))
 async def list_relations(
     session: SessionDep, access: IssueForReading, keyset: KeysetDep
 ) -> Page[RelationPublic]:
@@ -54,7 +60,7 @@ async def add_relation(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=WRITE_ERRORS,
 )
-async def remove_relation(kind: RelationKind, target: IssueKeyPath, write: IssueWriteDep) -> None:
+async def remove_relation(kind: KindPath, target: IssueKeyPath, write: IssueWriteDep) -> None:
     """Remove a relation, from either issue (`FLY-2/relations/blocked_by/FLY-1` removes what
     `FLY-1/relations/blocks/FLY-2` does)."""
     await service.remove_relation(write, kind, target)

@@ -156,6 +156,7 @@ async def add_relation(
     """Relate the issue to another (developers of the issue's project; the other issue must
     be visible), committed with both issues' history and events."""
     write.access.project_access.require(Role.developer, "relating issues")
+    check_if_match(write.if_match, write.access.etag)
     other = await _other_issue(write, target_key, ("body", "target"))
     relation = await _stage_relation(write, other, kind, max_depth)
     creators = await user_summaries(write.session, [write.access.principal.subject])
@@ -176,6 +177,7 @@ async def remove_relation(write: IssueWrite, kind: RelationKind, target_key: str
     """Remove a relation, from either of its issues (developers of the issue's project)."""
     session, access = write.session, write.access
     access.project_access.require(Role.developer, "relating issues")
+    check_if_match(write.if_match, access.etag)
     other = await _other_issue(write, target_key, ("path", "target"))
     relation = await _stored(session, _edge(access, other, kind))
     if relation is None:
@@ -294,7 +296,7 @@ async def _has_parent(session: AsyncSession, issue_id: int) -> bool:
 async def _keys(session: AsyncSession, principal: Principal, ids: Sequence[int]) -> list[str]:
     """The issues' keys in order; an issue in a project the caller may not see is hidden."""
     statement = (
-        select(_ISSUE.c.id, _PROJECT.c.key, _ISSUE.c.number, _MEMBER.c.role)
+        select(_ISSUE.c.id, _PROJECT.c.key, _PROJECT.c.deleted_at, _ISSUE.c.number, _MEMBER.c.role)
         .join(_PROJECT, _PROJECT.c.id == _ISSUE.c.project_id)
         .outerjoin(
             _MEMBER,
@@ -306,7 +308,7 @@ async def _keys(session: AsyncSession, principal: Principal, ids: Sequence[int])
     known = {
         row.id: f"{row.key}-{row.number}"
         for row in await connection.execute(statement)
-        if row.role is not None or principal.is_admin
+        if (row.role is not None or principal.is_admin) and row.deleted_at is None
     }
     return [known.get(issue_id, HIDDEN) for issue_id in ids]
 
