@@ -300,6 +300,8 @@ async def set_any_issues_milestone(stage: Stage, caller: str, client: AuthedClie
 async def change_issues_in_bulk(stage: Stage, caller: str, client: AuthedClient) -> int:
     body = {"issues": [await stage.issue(), await stage.issue()], "change": {"priority": "high"}}
     return (await client.patch("/api/v1/projects/FLY/issues", json=body)).status_code
+
+
 async def list_relations(stage: Stage, caller: str, client: AuthedClient) -> int:
     return (await client.get(f"/api/v1/issues/{await stage.issue()}/relations")).status_code
 

@@ -8,7 +8,7 @@ at most one parent. ``issue_key_redirect`` keeps every key a moved issue had, ea
 the issue itself, so an old key resolves in one lookup however often the issue moved.
 
 Revision ID: 8e4b1d2c6a57
-Revises: 061d766b1c2f
+Revises: 6a1f3c9d2b57
 Create Date: 2026-12-01 16:45:00.000000
 
 """
@@ -23,7 +23,7 @@ import flyswatter.db
 
 # revision identifiers, used by Alembic.
 revision: str = "8e4b1d2c6a57"
-down_revision: str | Sequence[str] | None = "061d766b1c2f"
+down_revision: str | Sequence[str] | None = "6a1f3c9d2b57"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
