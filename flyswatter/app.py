@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from flyswatter.attachments.routes import router as attachments_router
 from flyswatter.auth.scopes import SCOPE_DESCRIPTIONS
 from flyswatter.auth.tokens import TokenVerifier
 from flyswatter.bulk.routes import router as bulk_router
@@ -51,6 +52,7 @@ from flyswatter.relations.routes import router as relations_router
 from flyswatter.services import Flyswatter, Services, ServicesDep
 from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror
+from flyswatter.watchers.routes import router as watchers_router
 from flyswatter.webhooks.routes import router as webhooks_router
 from flyswatter.webhooks.secret_box import SecretBox
 from flyswatter.webhooks.targets import TargetPolicy
@@ -73,6 +75,8 @@ def api_router() -> APIRouter:
     router.include_router(comments_router)
     router.include_router(relations_router)
     router.include_router(moves_router)
+    router.include_router(attachments_router)
+    router.include_router(watchers_router)
     router.include_router(jobs_router)
     router.include_router(webhooks_router)
     router.include_router(events_router)
@@ -227,7 +231,11 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
     # Middleware runs outermost-last: the request context wraps everything, so even a 413
     # or a CORS preflight answer carries the request id.
     app.add_middleware(SessionMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.attachment_max_bytes,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

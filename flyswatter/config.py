@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     # Downloads answer with a redirect to a presigned URL valid this long (S3 only).
     s3_presigned_downloads: bool = False
     s3_presign_seconds: int = Field(default=300, ge=10, le=7 * 86_400)
+    # Files attached to issues: the largest accepted (413 beyond it, counted as it streams in).
+    attachment_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, le=5 * 1024**3)
     artifact_ttl_seconds: int = Field(default=7 * 86_400, ge=60, le=365 * 86_400)
     artifact_sweep_interval_seconds: int = Field(default=3600, ge=5, le=86_400)
 

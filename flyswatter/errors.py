@@ -247,6 +247,9 @@ async def _handle_http(request: Request, exc: Exception) -> ProblemResponse:
     if exc.status_code == 405:
         headers["Allow"] = allowed_methods(request)
     detail = exc.detail if exc.status_code != 404 else "no such resource"
+    if exc.status_code == 413:
+        # The same problem type as the body limit's own refusal (an upload read past its cap).
+        return problem_response_for(request, PayloadTooLarge(detail, headers=headers))
     return problem_response_for(request, HttpError(exc.status_code, detail, headers))
 
 

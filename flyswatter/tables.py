@@ -1,5 +1,6 @@
 """Every table model, imported so that ``SQLModel.metadata`` is complete (Alembic, tests)."""
 
+from flyswatter.attachments.models import Attachment
 from flyswatter.comments.models import Comment
 from flyswatter.events.models import Event, EventSequence
 from flyswatter.http.idempotency import IdempotencyRecord
@@ -12,11 +13,13 @@ from flyswatter.projects.models import Project, ProjectMember
 from flyswatter.relations.models import IssueRelation
 from flyswatter.storage.models import Artifact
 from flyswatter.users.models import User
+from flyswatter.watchers.models import UserPreferences, Watcher
 from flyswatter.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt
 
 __all__ = [
     "Activity",
     "Artifact",
+    "Attachment",
     "Comment",
     "Event",
     "EventSequence",
@@ -31,6 +34,8 @@ __all__ = [
     "Project",
     "ProjectMember",
     "User",
+    "UserPreferences",
+    "Watcher",
     "Webhook",
     "WebhookDelivery",
     "WebhookDeliveryAttempt",

@@ -144,9 +144,13 @@ def jwks_server() -> Iterator[JwksServer]:
 
 
 @pytest.fixture(scope="session")
-def base_settings(database_url: str, jwks_server: JwksServer) -> Settings:
+def base_settings(
+    database_url: str, jwks_server: JwksServer, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     return Settings(
         database_url=database_url,
+        # Files (attachments, reports) go to the run's own folder, never the working directory.
+        storage_dir=str(tmp_path_factory.mktemp("storage")),
         keycloak_url=jwks_server.base_url,
         keycloak_realm=jwks_server.realm,
         audience="flyswatter-api",

@@ -21,6 +21,7 @@ from flyswatter.issues.dependencies import IssueAccess, load_issue_access
 from flyswatter.issues.models import ActivityAction, Issue
 from flyswatter.projects.models import Project, Role
 from flyswatter.users.service import user_summaries
+from flyswatter.watchers.service import auto_follow
 
 
 def _record(
@@ -121,6 +122,7 @@ async def create_comment(
     await session.flush()
     assert comment.id is not None
     _record(session, access.principal, access.issue_id, ActivityAction.commented, new=comment.id)
+    await auto_follow(session, access.issue_id, [access.principal.subject])
     (public,) = await build_public_comments(session, access.key, [comment])
     return Created(public, api_path("comments", comment.id), comment_etag(comment))
 

@@ -86,6 +86,10 @@ class EventData(SQLModel):
         default=None, description="The comment, for comment.created and comment.updated."
     )
     comment_id: int | None = Field(default=None, description="For every comment event.")
+    watchers: list[UserSummary] = Field(
+        default=[],
+        description="The people following the issue after the change (for notifications).",
+    )
 
 
 class EventPublic(SQLModel):

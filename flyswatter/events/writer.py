@@ -36,6 +36,7 @@ from flyswatter.issues.read_model import ISSUES_WITH_PEOPLE, PUBLIC_ISSUE_COLUMN
 from flyswatter.labels.models import IssueLabel, Label, LabelPublic
 from flyswatter.projects.models import Project
 from flyswatter.users.models import User
+from flyswatter.watchers.models import Watcher
 from flyswatter.webhooks.models import DeliveryState, Webhook, WebhookDelivery
 
 _ISSUE = Issue.__table__  # type: ignore[attr-defined]
@@ -48,6 +49,7 @@ _ISSUE_LABEL = IssueLabel.__table__  # type: ignore[attr-defined]
 _COMMENT = Comment.__table__  # type: ignore[attr-defined]
 _WEBHOOK = Webhook.__table__  # type: ignore[attr-defined]
 _DELIVERY = WebhookDelivery.__table__  # type: ignore[attr-defined]
+_WATCHER = Watcher.__table__  # type: ignore[attr-defined]
 
 # Every statement takes the transaction's issues at once: a bulk change of a hundred issues
 # writes its hundred events in as many statements as one issue's.
@@ -70,6 +72,12 @@ _EVENT_IDS = select(_EVENT.c.uid, _EVENT.c.id).where(
 )
 _PEOPLE = select(_USER.c.id, _USER.c.username, _USER.c.name, _USER.c.is_service_account).where(
     _USER.c.id.in_(bindparam("ids", expanding=True))
+)
+_WATCHERS = (
+    select(_USER.c.id, _USER.c.username, _USER.c.name, _USER.c.is_service_account)
+    .join(_WATCHER, _WATCHER.c.user_id == _USER.c.id)
+    .where(_WATCHER.c.issue_id == bindparam("issue_id"), _WATCHER.c.following.is_(True))
+    .order_by(_USER.c.id)
 )
 _COMMENT_BY_ID = select(_COMMENT).where(_COMMENT.c.id == bindparam("comment_id"))
 _SUBSCRIBERS = select(_WEBHOOK.c.id, _WEBHOOK.c.event_types).where(
@@ -115,17 +123,23 @@ def _loaded(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
+def _summary(row: Any) -> UserSummary:
+    return UserSummary(
+        id=row.id,
+        username=row.username,
+        name=row.name,
+        is_service_account=bool(row.is_service_account),
+    )
+
+
 def _people(connection: Connection, ids: set[str]) -> dict[str, UserSummary]:
     rows = connection.execute(_PEOPLE, {"ids": sorted(ids)})
-    return {
-        row.id: UserSummary(
-            id=row.id,
-            username=row.username,
-            name=row.name,
-            is_service_account=bool(row.is_service_account),
-        )
-        for row in rows
-    }
+    return {row.id: _summary(row) for row in rows}
+
+
+def _watchers(connection: Connection, issue_id: int) -> list[UserSummary]:
+    """Who follows the issue, in one statement however many they are."""
+    return [_summary(row) for row in connection.execute(_WATCHERS, {"issue_id": issue_id})]
 
 
 def _comment(
@@ -213,7 +227,13 @@ def _issue_event(
         actor_id=first.actor_id,
         actor=people[first.actor_id],
         client_id=first.client_id,
-        data=EventData(issue=issue, changes=changes, comment=comment, comment_id=comment_id),
+        data=EventData(
+            issue=issue,
+            changes=changes,
+            comment=comment,
+            comment_id=comment_id,
+            watchers=_watchers(connection, issue_id),
+        ),
     )
 
 
@@ -309,7 +329,7 @@ def write_issue_deleted(
         actor_id=actor_id,
         actor=_people(connection, {actor_id})[actor_id],
         client_id=client_id,
-        data=EventData(issue=issue, changes=[]),
+        data=EventData(issue=issue, changes=[], watchers=_watchers(connection, issue_id)),
     )
     (written,) = _store(connection, project_id, [event])
     return written

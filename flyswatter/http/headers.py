@@ -54,13 +54,15 @@ def entity_tag(*parts: str | int) -> str:
     return '"' + "-".join(_encoded(str(part)) for part in parts) + '"'
 
 
-def content_disposition(filename: str) -> str:
-    """``attachment`` with an ASCII fallback name and the exact one in RFC 8187 encoding."""
+def content_disposition(filename: str, *, inline: bool = False) -> str:
+    """``attachment`` (or ``inline``) with an ASCII fallback name and the exact one in
+    RFC 8187 encoding."""
     fallback = "".join(
         char if char.isascii() and char.isprintable() and char not in '"\\%' else "_"
         for char in filename
     )
-    return f"attachment; filename=\"{fallback or '_'}\"; filename*=UTF-8''{_encoded(filename)}"
+    kind = "inline" if inline else "attachment"
+    return f"{kind}; filename=\"{fallback or '_'}\"; filename*=UTF-8''{_encoded(filename)}"
 
 
 def retry_after(seconds: float) -> str:

@@ -207,6 +207,8 @@ class ActivityAction(StrEnum):
     related = "related"
     unrelated = "unrelated"
     moved = "moved"
+    attached = "attached"
+    detached = "detached"
 
 
 class Activity(SQLModel, table=True):
@@ -240,7 +242,8 @@ ACTIVITY_FIELDS = (
     "label's name); `commented`, `comment_edited`, `comment_deleted`: `comment_id` (an "
     "integer: the comment written, edited or deleted); `related` / `unrelated`: the relation's "
     "kind as this issue sees it, e.g. `blocks` or `child` (the other issue's key); `moved`: "
-    "`key` (the old and the new key)."
+    "`key` (the old and the new key); `attached`, `detached`: `attachment_id` (an integer: "
+    "the file attached or deleted)."
 )
 
 

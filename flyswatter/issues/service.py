@@ -36,6 +36,7 @@ from flyswatter.milestones.models import UNDATED_RANK, Milestone, due_rank
 from flyswatter.observability.metrics import ISSUE_TRANSITIONS
 from flyswatter.projects.models import Project, ProjectMember, Role
 from flyswatter.projects.service import ProjectAccess
+from flyswatter.watchers.service import auto_follow
 
 # The fields PATCH sets as they are, each recorded as an update of that field.
 _PLAIN_FIELDS = ("title", "description", "type", "priority")
@@ -173,6 +174,7 @@ async def create_issue(
         session.add(IssueLabel(issue_id=issue.id, label_id=label_id(label)))
     key = f"{access.project.key}-{number}"
     record_activity(session, principal, issue.id, ActivityAction.created, field="key", new=key)
+    await auto_follow(session, issue.id, [principal.subject, body.assignee_id])
     await session.flush()
     (public,) = await build_public_issues(session, access.project, [issue])
     return Created(public, api_path("issues", key), etag_of("issue", issue.id, issue.version))
@@ -385,6 +387,7 @@ def record_assignment(session: AsyncSession, access: IssueAccess, assignee_id: s
         new=assignee_id,
     )
     access.issue.assignee_id = assignee_id
+    await auto_follow(session, access.issue_id, [assignee_id])
 
 
 async def _replace_labels(session: AsyncSession, access: IssueAccess, names: list[str]) -> bool:

@@ -3,13 +3,11 @@ delete it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
-from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlmodel import col
 
 from flyswatter.auth.dependencies import IssuesRead
@@ -21,11 +19,9 @@ from flyswatter.errors import (
     Conflict,
     Forbidden,
     NotFound,
-    ServiceUnavailable,
     problem_responses,
 )
 from flyswatter.http.context import request_context
-from flyswatter.http.headers import content_disposition, entity_tag, retry_after
 from flyswatter.http.idempotency import ReadIdempotencyDep
 from flyswatter.http.pagination import KeysetDep, Page
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportRequest
@@ -45,7 +41,7 @@ from flyswatter.observability.metrics import JOBS_FINISHED, JOBS_REQUESTED, crea
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess, project_access
 from flyswatter.services import ServicesDep
-from flyswatter.storage.service import ObjectMissing, StorageUnavailable
+from flyswatter.storage.downloads import stored_file_response
 
 router = APIRouter(tags=["jobs"])
 
@@ -224,40 +220,10 @@ async def download_artifact(
         if access.job.state == JobState.succeeded:
             raise NotFound(f"the file of job {job_id} has expired; request the report again")
         raise Conflict(f"job {job_id} is {access.job.state}; it has no file")
-    settings = services.settings
-    storage = services.jobs.storage
-    disposition = content_disposition(artifact.filename)
-    if settings.storage_backend == "s3" and settings.s3_presigned_downloads:
-        url = await anyio.to_thread.run_sync(
-            lambda: storage.presigned_url(
-                artifact.key,
-                filename=artifact.filename,
-                content_type=artifact.content_type,
-                expires_in=settings.s3_presign_seconds,
-            )
-        )
-        if url is not None:
-            return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
-    try:
-        chunks = await anyio.to_thread.run_sync(storage.open, artifact.key)
-    except ObjectMissing:
-        raise NotFound(f"the file of job {job_id} is gone; request the report again") from None
-    except StorageUnavailable:
-        raise ServiceUnavailable(
-            "the file storage is unavailable; retry later", headers={"Retry-After": retry_after(5)}
-        ) from None
-    return StreamingResponse(
-        _in_thread(chunks),
-        media_type=artifact.content_type,
-        headers={
-            "Content-Disposition": disposition,
-            "Content-Length": str(artifact.size),
-            "ETag": entity_tag(artifact.checksum),
-        },
+    return await stored_file_response(
+        services.jobs.storage,
+        services.settings,
+        artifact,
+        artifact.key,
+        gone=f"the file of job {job_id} is gone; request the report again",
     )
-
-
-async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """A blocking chunk iterator read on worker threads, one chunk at a time."""
-    while (chunk := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
-        yield chunk

@@ -9,12 +9,18 @@ from sqlmodel import Field, SQLModel
 from flyswatter.db import UTCDateTime, utcnow
 
 
-class ArtifactBase(SQLModel):
+class StoredFileBase(SQLModel):
+    """What every file in storage is described by: report artifacts and issue attachments."""
+
     filename: str = Field(max_length=255)
     content_type: str = Field(max_length=100)
     size: int
     # SHA-256 of the bytes, hex: a client can verify a download, and a rebuilt file is told apart.
     checksum: str = Field(max_length=64)
+
+
+class ArtifactBase(StoredFileBase):
+    """A file a job made."""
 
 
 class Artifact(ArtifactBase, table=True):

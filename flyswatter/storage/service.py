@@ -1,16 +1,18 @@
 """One storage interface for files, with a local-directory and an S3-compatible backend.
 
 Both are synchronous (the worker's tasks are; the API calls them through a thread), write
-whole objects under a key, read them back in chunks, and raise ``StorageUnavailable`` for a
+objects under a key (whole, or streamed from chunks that are counted and hashed on the way,
+never held in memory at once), read them back in chunks, and raise ``StorageUnavailable`` for a
 fault worth retrying, so that callers never see a backend's own exception types.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -19,6 +21,8 @@ from flyswatter.config import Settings
 from flyswatter.http.headers import content_disposition
 
 CHUNK_SIZE = 64 * 1024
+# Parts of a streamed S3 upload: S3's smallest part size, so at most this much is buffered.
+S3_PART_SIZE = 8 * 1024 * 1024
 
 
 class StorageUnavailable(Exception):
@@ -36,6 +40,46 @@ class StoredObject:
     checksum: str
 
 
+class _Measured:
+    """Chunks passed through as they are read, counted and hashed on the way."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.size += len(chunk)
+            self._hash.update(chunk)
+            yield chunk
+
+    def stored(self, key: str) -> StoredObject:
+        return StoredObject(key=key, size=self.size, checksum=self._hash.hexdigest())
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of chunks (what boto3's managed upload reads from)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = chunk
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+
 def _checked_key(key: str) -> PurePosixPath:
     path = PurePosixPath(key)
     if path.is_absolute() or ".." in path.parts or not path.parts:
@@ -48,12 +92,17 @@ class Storage(Protocol):
 
     def put(self, key: str, data: bytes, content_type: str) -> StoredObject: ...
 
+    def put_stream(self, key: str, chunks: Iterable[bytes], content_type: str) -> StoredObject:
+        """Write the chunks as one object; an exception raised by ``chunks`` (or the backend)
+        leaves no object under ``key`` and propagates as it is."""
+        ...
+
     def open(self, key: str) -> Iterator[bytes]: ...
 
     def delete(self, key: str) -> None: ...
 
     def presigned_url(
-        self, key: str, *, filename: str, content_type: str, expires_in: int
+        self, key: str, *, filename: str, content_type: str, expires_in: int, inline: bool = False
     ) -> str | None:
         """A short-lived URL a client may download from directly; None when not offered."""
         ...
@@ -75,16 +124,26 @@ class LocalStorage:
         return self.root.joinpath(*_checked_key(key).parts)
 
     def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        return self.put_stream(key, (data,), content_type)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes], content_type: str) -> StoredObject:
         path = self._path(key)
+        measured = _Measured(chunks)
+        temporary = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
             with os.fdopen(handle, "wb") as file:
-                file.write(data)
+                for chunk in measured:
+                    file.write(chunk)
             os.replace(temporary, path)
-        except OSError as exc:
-            raise StorageUnavailable(f"local storage: cannot write ({exc.strerror})") from exc
-        return StoredObject(key=key, size=len(data), checksum=hashlib.sha256(data).hexdigest())
+        except BaseException as exc:
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise StorageUnavailable(f"local storage: cannot write ({exc.strerror})") from exc
+            raise
+        return measured.stored(key)
 
     def open(self, key: str) -> Iterator[bytes]:
         try:
@@ -108,7 +167,7 @@ class LocalStorage:
             raise StorageUnavailable(f"local storage: cannot delete ({exc.strerror})") from exc
 
     def presigned_url(
-        self, key: str, *, filename: str, content_type: str, expires_in: int
+        self, key: str, *, filename: str, content_type: str, expires_in: int, inline: bool = False
     ) -> str | None:
         return None
 
@@ -167,6 +226,32 @@ class S3Storage:
         self._call("put_object", Key=key, Body=data, ContentType=content_type)
         return StoredObject(key=key, size=len(data), checksum=hashlib.sha256(data).hexdigest())
 
+    def put_stream(self, key: str, chunks: Iterable[bytes], content_type: str) -> StoredObject:
+        from boto3.exceptions import S3UploadFailedError
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        _checked_key(key)
+        measured = _Measured(chunks)
+        # In this thread (no transfer threads): an exception raised while reading the chunks
+        # reaches the caller as it is, after the managed upload has aborted its parts.
+        config = TransferConfig(
+            multipart_threshold=S3_PART_SIZE, multipart_chunksize=S3_PART_SIZE, use_threads=False
+        )
+        try:
+            self.client.upload_fileobj(
+                io.BufferedReader(_ChunkReader(measured), buffer_size=CHUNK_SIZE),
+                self.bucket,
+                key,
+                ExtraArgs={"ContentType": content_type},
+                Config=config,
+            )
+        except (S3UploadFailedError, ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(
+                f"object storage: upload failed ({type(exc).__name__})"
+            ) from exc
+        return measured.stored(key)
+
     def open(self, key: str) -> Iterator[bytes]:
         body = self._call("get_object", Key=key)["Body"]
 
@@ -180,7 +265,7 @@ class S3Storage:
         self._call("delete_object", Key=key)
 
     def presigned_url(
-        self, key: str, *, filename: str, content_type: str, expires_in: int
+        self, key: str, *, filename: str, content_type: str, expires_in: int, inline: bool = False
     ) -> str | None:
         url: str = self.client.generate_presigned_url(
             "get_object",
@@ -188,7 +273,7 @@ class S3Storage:
                 "Bucket": self.bucket,
                 "Key": key,
                 "ResponseContentType": content_type,
-                "ResponseContentDisposition": content_disposition(filename),
+                "ResponseContentDisposition": content_disposition(filename, inline=inline),
             },
             ExpiresIn=expires_in,
         )

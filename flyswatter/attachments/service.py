@@ -1,0 +1,279 @@
+"""Attachment logic: streaming an upload into storage, listing, finding and deleting files.
+
+An upload is copied from the request's spooled file to storage in chunks, counted against
+the cap and hashed on the way, its type sniffed from its first bytes. The row and its history
+are written only once the object is stored, and a failure at any step after that (the
+database, the commit) deletes the object again: no row without an object, no object without
+a row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
+
+import anyio
+import anyio.to_thread
+import puremagic
+from fastapi import UploadFile
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.attachments.models import Attachment, AttachmentPublic
+from flyswatter.auth.tokens import Principal
+from flyswatter.errors import (
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnprocessableEntity,
+)
+from flyswatter.http.created import Created
+from flyswatter.http.headers import api_path, entity_tag, retry_after
+from flyswatter.http.pagination import Keyset, Page
+from flyswatter.issues.activity import record_activity
+from flyswatter.issues.dependencies import IssueAccess
+from flyswatter.issues.models import ActivityAction
+from flyswatter.projects.models import Role
+from flyswatter.storage.service import CHUNK_SIZE, Storage, StorageUnavailable, StoredObject
+from flyswatter.text import first_unsafe_character
+from flyswatter.users.service import user_summaries
+
+logger = logging.getLogger("flyswatter.attachments")
+
+MAX_FILENAME = 255
+FALLBACK_FILENAME = "attachment"
+OCTET_STREAM = "application/octet-stream"
+PLAIN_TEXT = "text/plain; charset=utf-8"
+# Active content: an SVG image runs scripts when opened on its own.
+_NEVER_INLINE = frozenset({"image/svg+xml"})
+_FILE_LOC = ("body", "file")
+
+
+def clean_filename(raw: str | None) -> str:
+    """The name a file is kept under: its last path segment (browsers and tools may send a
+    whole path), trimmed; a name with a control character is refused (422)."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if (bad := first_unsafe_character(name)) is not None:
+        raise UnprocessableEntity(
+            f"a file name may not contain U+{ord(bad):04X}", loc=(*_FILE_LOC, "filename")
+        )
+    if name in ("", ".", ".."):
+        return FALLBACK_FILENAME
+    if len(name) > MAX_FILENAME:
+        stem, dot, extension = name.rpartition(".")
+        if dot and 0 < len(extension) <= 16:
+            return stem[: MAX_FILENAME - len(extension) - 1] + "." + extension
+        return name[:MAX_FILENAME]
+    return name
+
+
+def sniff_content_type(head: bytes) -> str:
+    """The type the first bytes show (magic numbers); UTF-8 text without control characters
+    other than tab and newlines is plain text; anything else is opaque bytes."""
+    if not head:
+        return OCTET_STREAM
+    try:
+        found = puremagic.from_string(head, mime=True)
+    except puremagic.PureError:
+        found = ""
+    if found and len(found) <= 100:
+        return str(found)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut at the end of the sniffed chunk is still text.
+        if exc.start < len(head) - 3:
+            return OCTET_STREAM
+        text = head[: exc.start].decode("utf-8")
+    return PLAIN_TEXT if first_unsafe_character(text, multiline=True) is None else OCTET_STREAM
+
+
+def shown_inline(content_type: str) -> bool:
+    """Images (but SVG) and plain text are shown; everything else is a download."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind in _NEVER_INLINE:
+        return False
+    return kind.startswith("image/") or kind == "text/plain"
+
+
+def _capped_chunks(file: BinaryIO, first: bytes, max_bytes: int) -> Iterator[bytes]:
+    """The file's chunks, ``first`` already read; 413 as soon as they pass ``max_bytes``."""
+    size = 0
+    for chunk in itertools.chain((first,), iter(lambda: file.read(CHUNK_SIZE), b"")):
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"attachments are limited to {max_bytes} bytes")
+        yield chunk
+
+
+def store_upload(
+    storage: Storage, key: str, file: BinaryIO, max_bytes: int
+) -> tuple[StoredObject, str]:
+    """Stream the file into storage under ``key`` (blocking: run it in a thread); the
+    stored object and the content type its first bytes show."""
+    file.seek(0)
+    first = file.read(CHUNK_SIZE)
+    content_type = sniff_content_type(first)
+    stored = storage.put_stream(key, _capped_chunks(file, first, max_bytes), content_type)
+    return stored, content_type
+
+
+def _unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the file storage is unavailable; retry later", headers={"Retry-After": retry_after(5)}
+    )
+
+
+def _forget_object(storage: Storage, key: str) -> None:
+    try:
+        storage.delete(key)
+    except StorageUnavailable:
+        # Not fatal to the answer (the upload failed anyway); the object has no row.
+        logger.warning("attachment object %s could not be removed after a failed upload", key)
+
+
+async def build_public_attachments(
+    session: AsyncSession, issue_key: str, rows: Sequence[Attachment]
+) -> list[AttachmentPublic]:
+    uploaders = await user_summaries(session, [row.uploaded_by for row in rows])
+    return [
+        AttachmentPublic.model_validate(
+            row,
+            update={
+                "issue_key": issue_key,
+                "uploader": uploaders[row.uploaded_by],
+                "inline": shown_inline(row.content_type),
+                "download_url": attachment_path(issue_key, row.id or 0),
+            },
+        )
+        for row in rows
+    ]
+
+
+def attachment_path(issue_key: str, attachment_id: int) -> str:
+    return api_path("issues", issue_key, "attachments", attachment_id)
+
+
+def attachment_etag(attachment: Attachment) -> str:
+    """The file's bytes never change: their checksum is their entity tag (as downloads send)."""
+    return entity_tag(attachment.checksum)
+
+
+def _record(
+    session: AsyncSession,
+    principal: Principal,
+    issue_id: int,
+    action: ActivityAction,
+    **change: int | None,
+) -> None:
+    """An entry of the issue's history about one attachment, named by its id."""
+    record_activity(session, principal, issue_id, action, field="attachment_id", **change)
+
+
+async def create_attachment(
+    session: AsyncSession,
+    access: IssueAccess,
+    upload: UploadFile,
+    storage: Storage,
+    max_bytes: int,
+) -> Created[AttachmentPublic]:
+    """Store the file and its row, history and event; committed here, so that a failed
+    commit can still take the stored object back."""
+    access.project_access.require(Role.reporter, "attaching files")
+    filename = clean_filename(upload.filename)
+    issue_id, issue_key, principal = access.issue_id, access.key, access.principal
+    # Copying to storage can take a while: no transaction (on SQLite, the write lock) is held
+    # meanwhile. What was loaded stays readable, detached from the session.
+    session.expunge_all()
+    await session.rollback()
+    key = f"attachments/{issue_id}/{uuid.uuid4().hex}"
+    try:
+        stored, content_type = await anyio.to_thread.run_sync(
+            store_upload, storage, key, upload.file, max_bytes
+        )
+    except StorageUnavailable:
+        raise _unavailable() from None
+    try:
+        attachment = Attachment(
+            issue_id=issue_id,
+            filename=filename,
+            content_type=content_type,
+            size=stored.size,
+            checksum=stored.checksum,
+            key=key,
+            uploaded_by=principal.subject,
+        )
+        session.add(attachment)
+        await session.flush()
+        assert attachment.id is not None
+        _record(session, principal, issue_id, ActivityAction.attached, new=attachment.id)
+        (public,) = await build_public_attachments(session, issue_key, [attachment])
+        created = Created(
+            public, attachment_path(issue_key, attachment.id), attachment_etag(attachment)
+        )
+        await session.commit()
+    except BaseException:
+        # The session is rolled back when the request ends; the object goes now.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_forget_object, storage, key)
+        raise
+    return created
+
+
+async def attachment_page(
+    session: AsyncSession, access: IssueAccess, keyset: Keyset
+) -> Page[AttachmentPublic]:
+    """The issue's files, oldest first."""
+    statement = select(Attachment).where(Attachment.issue_id == access.issue_id)
+    if (after := keyset.after("id", (int,))) is not None:
+        statement = statement.where(col(Attachment.id) > after[0])
+    rows = (await session.exec(statement.order_by(col(Attachment.id)).limit(keyset.fetch))).all()
+    return await keyset.page(
+        rows,
+        sort="id",
+        key=lambda row: [row.id],
+        build=lambda page: build_public_attachments(session, access.key, page),
+    )
+
+
+async def load_attachment(
+    session: AsyncSession, access: IssueAccess, attachment_id: int
+) -> Attachment:
+    """The issue's attachment with this id; 404 when the issue has none such."""
+    attachment = (
+        await session.exec(
+            select(Attachment).where(
+                Attachment.id == attachment_id, Attachment.issue_id == access.issue_id
+            )
+        )
+    ).first()
+    if attachment is None:
+        raise NotFound(f"issue {access.key} has no attachment {attachment_id}")
+    return attachment
+
+
+async def delete_attachment(
+    session: AsyncSession, access: IssueAccess, attachment_id: int, storage: Storage
+) -> None:
+    """Delete a file (its uploader, or a maintainer): the object first, then the row, in the
+    transaction that records it; storage that cannot delete leaves both (503)."""
+    attachment = await load_attachment(session, access, attachment_id)
+    project = access.project_access
+    if attachment.uploaded_by != access.principal.subject:
+        if not project.role.includes(Role.maintainer):
+            raise Forbidden("deleting someone else's attachment needs the maintainer role")
+    else:
+        # Having uploaded grants nothing beyond one's role, as for comments.
+        project.require(Role.reporter, "deleting attachments")
+    _record(session, access.principal, access.issue_id, ActivityAction.detached, old=attachment_id)
+    await session.delete(attachment)
+    await session.flush()
+    try:
+        await anyio.to_thread.run_sync(storage.delete, attachment.key)
+    except StorageUnavailable:
+        raise _unavailable() from None
+    await session.commit()

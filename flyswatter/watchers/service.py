@@ -1,0 +1,204 @@
+"""Watching logic: following and unfollowing, following automatically, the people watching
+an issue, the issues a person watches, and the preference that switches auto-follow off."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, exists, literal, select, true, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from flyswatter.auth.tokens import Principal
+from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.http.pagination import Keyset, Page
+from flyswatter.issues.dependencies import IssueAccess
+from flyswatter.issues.models import Issue, IssuePublic
+from flyswatter.issues.read_model import (
+    ISSUES_WITH_PEOPLE,
+    PUBLIC_ISSUE_COLUMNS,
+    labels_of,
+    public_issue,
+)
+from flyswatter.projects.models import Project, ProjectMember
+from flyswatter.users.models import User, UserSummary
+from flyswatter.users.service import SUMMARY_FIELDS
+from flyswatter.watchers.models import (
+    UserPreferences,
+    UserPreferencesPublic,
+    UserPreferencesUpdate,
+    Watcher,
+    WatcherPublic,
+    WatchStatus,
+)
+
+_WATCHER = Watcher.__table__  # type: ignore[attr-defined]
+_PREFERENCES = UserPreferences.__table__  # type: ignore[attr-defined]
+_USER = User.__table__  # type: ignore[attr-defined]
+_ISSUE = Issue.__table__  # type: ignore[attr-defined]
+_PROJECT = Project.__table__  # type: ignore[attr-defined]
+_MEMBER = ProjectMember.__table__  # type: ignore[attr-defined]
+
+WATCHING_SORT = "-updated_at"
+WATCHERS_SORT = "user_id"
+_WATCHER_COLUMNS = ("issue_id", "user_id", "following", "automatic", "created_at", "updated_at")
+
+
+def _insert(session: AsyncSession) -> Any:
+    bind = session.get_bind()
+    return (postgresql if bind.dialect.name == "postgresql" else sqlite).insert
+
+
+async def auto_follow(session: AsyncSession, issue_id: int, user_ids: Iterable[str | None]) -> None:
+    """These people follow the issue, in the session's transaction, unless they switched
+    auto-follow off or once unfollowed it; one statement, whatever their number."""
+    wanted = sorted({user_id for user_id in user_ids if user_id})
+    if not wanted:
+        return
+    now = literal(utcnow(), type_=UTCDateTime())
+    opted_out = exists().where(
+        _PREFERENCES.c.user_id == _USER.c.id, _PREFERENCES.c.auto_follow.is_(False)
+    )
+    source = select(literal(issue_id), _USER.c.id, true(), true(), now, now).where(
+        _USER.c.id.in_(wanted), ~opted_out
+    )
+    statement = (
+        _insert(session)(_WATCHER)
+        .from_select(_WATCHER_COLUMNS, source)
+        .on_conflict_do_nothing(index_elements=["issue_id", "user_id"])
+    )
+    await session.exec(statement)
+
+
+async def set_following(session: AsyncSession, access: IssueAccess, following: bool) -> WatchStatus:
+    """Follow or unfollow, asked for by the caller; an unfollow is remembered."""
+    now = utcnow()
+    statement = _insert(session)(_WATCHER).values(
+        issue_id=access.issue_id,
+        user_id=access.principal.subject,
+        following=following,
+        automatic=False,
+        created_at=now,
+        updated_at=now,
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["issue_id", "user_id"],
+        set_={"following": following, "automatic": False, "updated_at": now},
+    )
+    await session.exec(statement)
+    await session.commit()
+    return WatchStatus(issue_key=access.key, following=following)
+
+
+async def watchers_page(
+    session: AsyncSession, access: IssueAccess, keyset: Keyset
+) -> Page[WatcherPublic]:
+    """The people following the issue, by user id."""
+    statement = (
+        select(
+            _WATCHER.c.automatic,
+            _WATCHER.c.created_at,
+            *(_USER.c[name] for name in SUMMARY_FIELDS),
+        )
+        .join(_USER, _USER.c.id == _WATCHER.c.user_id)
+        .where(_WATCHER.c.issue_id == access.issue_id, _WATCHER.c.following.is_(True))
+    )
+    if (after := keyset.after(WATCHERS_SORT, (str,))) is not None:
+        statement = statement.where(_WATCHER.c.user_id > after[0])
+    connection = await session.connection()
+    rows = list(
+        await connection.execute(statement.order_by(_WATCHER.c.user_id).limit(keyset.fetch))
+    )
+    return await keyset.page(
+        rows,
+        sort=WATCHERS_SORT,
+        key=lambda row: [row.id],
+        build=lambda page: [
+            WatcherPublic(
+                user=UserSummary.model_validate(
+                    {name: row._mapping[name] for name in SUMMARY_FIELDS}
+                ),
+                automatic=row.automatic,
+                since=row.created_at,
+            )
+            for row in page
+        ],
+    )
+
+
+def watching_statement(principal: Principal, after: list[Any] | None, rows: int) -> Select[Any]:
+    """The issues the caller follows in projects it may still see, latest change first."""
+    statement = (
+        select(_PROJECT.c.key.label("project_key"), *PUBLIC_ISSUE_COLUMNS)
+        .select_from(
+            ISSUES_WITH_PEOPLE.join(_WATCHER, _WATCHER.c.issue_id == _ISSUE.c.id)
+            .join(_PROJECT, _PROJECT.c.id == _ISSUE.c.project_id)
+            .outerjoin(
+                _MEMBER,
+                and_(
+                    _MEMBER.c.project_id == _ISSUE.c.project_id,
+                    _MEMBER.c.user_id == principal.subject,
+                ),
+            )
+        )
+        .where(
+            _WATCHER.c.user_id == principal.subject,
+            _WATCHER.c.following.is_(True),
+            _PROJECT.c.deleted_at.is_(None),
+        )
+    )
+    if not principal.is_admin:
+        statement = statement.where(_MEMBER.c.role.is_not(None))
+    if after is not None:
+        updated_at, issue_id = after
+        start = tuple_(literal(updated_at, type_=UTCDateTime()), literal(issue_id))
+        statement = statement.where(tuple_(_ISSUE.c.updated_at, _ISSUE.c.id) < start)
+    return statement.order_by(_ISSUE.c.updated_at.desc(), _ISSUE.c.id.desc()).limit(rows)
+
+
+async def watching_page(
+    session: AsyncSession, principal: Principal, keyset: Keyset
+) -> Page[IssuePublic]:
+    after = keyset.after(WATCHING_SORT, (datetime, int))
+    connection = await session.connection()
+    rows = list(await connection.execute(watching_statement(principal, after, keyset.fetch)))
+
+    async def build(page: list[Any]) -> list[IssuePublic]:
+        labels = await labels_of(session, [row.id for row in page])
+        return [public_issue(row, row.project_key, labels) for row in page]
+
+    return await keyset.page(
+        rows,
+        sort=WATCHING_SORT,
+        key=lambda row: [row.updated_at.isoformat(), row.id],
+        build=build,
+    )
+
+
+async def preferences_of(session: AsyncSession, principal: Principal) -> UserPreferencesPublic:
+    row = await session.get(UserPreferences, principal.subject)
+    return UserPreferencesPublic.model_validate(row) if row else UserPreferencesPublic()
+
+
+async def update_preferences(
+    session: AsyncSession, principal: Principal, body: UserPreferencesUpdate
+) -> UserPreferencesPublic:
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    if changes:
+        now = utcnow()
+        statement = _insert(session)(_PREFERENCES).values(
+            user_id=principal.subject, updated_at=now, **changes
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["user_id"], set_={"updated_at": now, **changes}
+        )
+        await session.exec(statement)
+        await session.commit()
+    return await preferences_of(session, principal)
+
+
+async def watch_status(session: AsyncSession, access: IssueAccess) -> WatchStatus:
+    row = await session.get(Watcher, (access.issue_id, access.principal.subject))
+    return WatchStatus(issue_key=access.key, following=bool(row and row.following))

@@ -1,0 +1,291 @@
+"""Files on issues: streamed to storage with a checksum and a sniffed type, listed, served
+inline or as downloads, deleted by their uploader or a maintainer; a failed upload leaves
+neither a row nor a stored object."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from flyswatter.app import create_app
+from flyswatter.config import Settings
+from flyswatter.events.models import Event
+from flyswatter.jobs import service as jobs_service
+from flyswatter.storage.service import LocalStorage, StoredObject
+from tests.support.api import Api, AuthedClient, Team, make_team, walk_pages
+
+MAX_BYTES = 100_000
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+PDF = b"%PDF-1.4\n" + bytes(200)
+ATTACHMENTS = "/api/v1/issues/FLY-1/attachments"
+
+
+@pytest.fixture(scope="module")
+def module_settings(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    storage = tmp_path_factory.mktemp("attachments") / "files"
+    return base_settings.model_copy(
+        update={"storage_dir": str(storage), "attachment_max_bytes": MAX_BYTES}
+    )
+
+
+@pytest.fixture(scope="module")
+def shared_app(module_settings: Settings) -> FastAPI:
+    """One app for the module's settings (building one per test costs seconds here)."""
+    return create_app(module_settings)
+
+
+@pytest.fixture
+def settings(module_settings: Settings, clean_database: str) -> Settings:
+    root = Path(module_settings.storage_dir)
+    if root.is_dir():
+        shutil.rmtree(root)
+    elif root.exists():
+        root.unlink()
+    return module_settings
+
+
+@pytest.fixture
+async def team(api: Api) -> Team:
+    team = await make_team(api)
+    await team.issue()
+    return team
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    root = Path(settings.storage_dir)
+    return sorted(path for path in root.rglob("*") if path.is_file()) if root.exists() else []
+
+
+def attachment_rows(settings: Settings) -> int:
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.exec_driver_sql("SELECT count(*) FROM attachment").scalar_one())
+    finally:
+        engine.dispose()
+
+
+async def upload(
+    client: AuthedClient, name: str, data: bytes, declared: str = "text/html"
+) -> httpx.Response:
+    return await client.post(ATTACHMENTS, files={"file": (name, data, declared)})
+
+
+async def test_upload_is_stored_with_its_checksum_and_the_type_its_bytes_show(
+    team: Team, settings: Settings
+) -> None:
+    response = await upload(team["reporter"], "screenshot.png", PNG, declared="text/html")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["content_type"] == "image/png"  # sniffed, not the declared text/html
+    assert body["checksum"] == hashlib.sha256(PNG).hexdigest()
+    assert body["size"] == len(PNG)
+    assert body["filename"] == "screenshot.png"
+    assert body["uploader"]["id"] == team.ids["reporter"]
+    assert body["inline"] is True
+    assert response.headers["Location"] == f"{ATTACHMENTS}/{body['id']}"
+    assert body["download_url"] == response.headers["Location"]
+    assert response.headers["ETag"] == f'"{body["checksum"]}"'
+    (stored,) = stored_files(settings)
+    assert stored.read_bytes() == PNG
+
+    listed = await walk_pages(team["viewer"], ATTACHMENTS)
+    assert listed == [body]
+    history = (await team["viewer"].get("/api/v1/issues/FLY-1/activity")).json()["items"]
+    assert history[-1]["action"] == "attached"
+    assert history[-1]["new_value"] == body["id"]
+
+
+async def test_an_upload_writes_an_issue_event_naming_the_attachment(
+    team: Team, settings: Settings
+) -> None:
+    response = await upload(team["reporter"], "log.txt", b"line one\nline two\n")
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as connection:
+            payload = connection.execute(
+                sa.select(Event.payload).order_by(sa.desc(Event.id)).limit(1)  # type: ignore[arg-type]
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    event = json.loads(payload)
+    assert event["type"] == "issue.updated"
+    assert event["data"]["changes"] == [
+        {"action": "attached", "field": "attachment_id", "old": None, "new": response.json()["id"]}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "content_type", "disposition"),
+    [
+        ("shot.png", PNG, "image/png", "inline"),
+        ("notes.txt", "naïve text\n".encode(), "text/plain; charset=utf-8", "inline"),
+        ("drawing.svg", SVG, "image/svg+xml", "attachment"),
+        ("Bericht ü.pdf", PDF, "application/pdf", "attachment"),
+        ("blob.bin", bytes(range(256)), "application/octet-stream", "attachment"),
+    ],
+    ids=["png", "text", "svg", "pdf", "binary"],
+)
+async def test_download_shows_images_and_text_inline_and_everything_else_as_a_download(
+    team: Team, name: str, data: bytes, content_type: str, disposition: str
+) -> None:
+    created = await upload(team["reporter"], name, data, declared="image/png")
+    assert created.status_code == 201, created.text
+    download = await team["viewer"].get(created.headers["Location"])
+    assert download.status_code == 200
+    assert download.content == data
+    assert download.headers["Content-Type"] == content_type
+    assert download.headers["X-Content-Type-Options"] == "nosniff"
+    assert download.headers["ETag"] == created.headers["ETag"]
+    kind, *parameters = download.headers["Content-Disposition"].split("; ")
+    assert kind == disposition
+    encoded = httpx.URL("/" + name).raw_path.decode()[1:]  # RFC 3986 percent-encoding
+    assert f"filename*=UTF-8''{encoded}" in parameters
+    if disposition == "inline":
+        assert "sandbox" in download.headers["Content-Security-Policy"]
+
+
+async def test_a_current_etag_answers_304(team: Team) -> None:
+    created = await upload(team["reporter"], "shot.png", PNG)
+    again = await team["viewer"].get(
+        created.headers["Location"], headers={"If-None-Match": created.headers["ETag"]}
+    )
+    assert again.status_code == 304
+
+
+async def test_file_names_lose_their_path_and_control_characters_are_refused(team: Team) -> None:
+    cut = await upload(team["reporter"], "C:\\Users\\me\\../secret.txt", b"text")
+    assert cut.json()["filename"] == "secret.txt"
+    unnamed = await upload(team["reporter"], "../..", b"text")
+    assert unnamed.json()["filename"] == "attachment"
+    refused = await upload(team["reporter"], "evil\x1b[2J.txt", b"text")
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["loc"] == ["body", "file", "filename"]
+
+
+async def test_an_upload_over_the_cap_is_413_and_leaves_no_row_or_object(
+    team: Team, settings: Settings
+) -> None:
+    response = await upload(team["reporter"], "big.bin", bytes(MAX_BYTES + 1))
+    assert response.status_code == 413
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["type"].endswith("payload-too-large")
+    assert stored_files(settings) == []
+    assert attachment_rows(settings) == 0
+    exactly = await upload(team["reporter"], "fits.bin", bytes(MAX_BYTES))
+    assert exactly.status_code == 201
+
+
+def multipart(data: bytes, boundary: str = "flyswatterboundary") -> tuple[str, Iterator[bytes]]:
+    """A multipart body sent in pieces, without a Content-Length."""
+
+    def pieces() -> Iterator[bytes]:
+        yield (
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="streamed.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        for start in range(0, len(data), 16_384):
+            yield data[start : start + 16_384]
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    return f"multipart/form-data; boundary={boundary}", pieces()
+
+
+async def as_async(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+@pytest.mark.parametrize("size", [MAX_BYTES + 1, 4 * MAX_BYTES])
+async def test_the_cap_holds_for_a_body_without_content_length(
+    team: Team, settings: Settings, size: int
+) -> None:
+    # Just over the cap: the copy to storage stops there. Far over it: the body limit stops
+    # reading the request before the route ever sees it.
+    content_type, pieces = multipart(bytes(size))
+    response = await team["reporter"].post(
+        ATTACHMENTS, content=as_async(pieces), headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["type"].endswith("payload-too-large")
+    assert stored_files(settings) == []
+    assert attachment_rows(settings) == 0
+
+
+@pytest.fixture
+def unwritable_storage(settings: Settings) -> None:
+    """The storage folder cannot be made: a file is in its place."""
+    Path(settings.storage_dir).parent.mkdir(parents=True, exist_ok=True)
+    Path(settings.storage_dir).write_bytes(b"")
+
+
+async def test_storage_that_fails_is_503_and_leaves_no_row(
+    team: Team, settings: Settings, unwritable_storage: None
+) -> None:
+    response = await upload(team["reporter"], "shot.png", PNG)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert attachment_rows(settings) == 0
+
+
+class IssueDeletedMidUpload(LocalStorage):
+    """Storage during whose write another request deletes the issue (a real race)."""
+
+    def __init__(self, root: Path, database_url: str) -> None:
+        super().__init__(root)
+        self.database_url = database_url
+
+    def put_stream(self, key: str, chunks: Any, content_type: str) -> StoredObject:
+        stored = super().put_stream(key, chunks, content_type)
+        engine = sa.create_engine(self.database_url)
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql("DELETE FROM issue")
+        finally:
+            engine.dispose()
+        return stored
+
+
+async def test_a_database_failure_after_storing_takes_the_object_back(
+    team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = IssueDeletedMidUpload(Path(settings.storage_dir), settings.sync_database_url)
+    monkeypatch.setattr(jobs_service, "storage_from_settings", lambda _settings: storage)
+    response = await upload(team["reporter"], "shot.png", PNG)
+    # The row cannot reference the issue any more: the insert fails, the object goes.
+    assert response.status_code == 409, response.text
+    assert stored_files(settings) == []
+    assert attachment_rows(settings) == 0
+
+
+async def test_the_uploader_and_maintainers_delete_and_the_object_goes_too(
+    team: Team, settings: Settings
+) -> None:
+    first = (await upload(team["reporter"], "a.png", PNG)).headers["Location"]
+    second = (await upload(team["reporter"], "b.png", PNG)).headers["Location"]
+    assert (await team["developer"].delete(first)).status_code == 403
+    assert (await team["reporter"].delete(first)).status_code == 204
+    assert (await team["maintainer"].delete(second)).status_code == 204
+    assert stored_files(settings) == []
+    assert (await team["viewer"].get(first)).status_code == 404
+    history = (await team["viewer"].get("/api/v1/issues/FLY-1/activity")).json()["items"]
+    assert [entry["action"] for entry in history[-2:]] == ["detached", "detached"]
+
+
+async def test_an_attachment_is_found_only_under_its_own_issue(team: Team) -> None:
+    await team.issue(title="Another")
+    location = (await upload(team["reporter"], "a.png", PNG)).headers["Location"]
+    elsewhere = location.replace("FLY-1", "FLY-2")
+    assert (await team["viewer"].get(elsewhere)).status_code == 404
+    assert (await team["maintainer"].delete(elsewhere)).status_code == 404
