@@ -1,5 +1,6 @@
 """Listing issues costs a fixed number of statements, however many issues, labels and people
-are on the page."""
+are on the page; so do an issue's files and followers, the caller's watched issues, and the
+watchers an issue event names."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, func, insert, select
 from sqlmodel import col
 
+from flyswatter.attachments.models import Attachment
 from flyswatter.issues.models import Issue
 from flyswatter.labels.models import IssueLabel, Label
 from flyswatter.projects.models import Project
+from flyswatter.users.models import User
+from flyswatter.watchers.models import Watcher
 from tests.support.api import ROLES, Api, Team, make_team
 
 LIST = "/api/v1/projects/FLY/issues"
@@ -186,3 +190,111 @@ async def test_reading_an_issues_relations_runs_the_same_few_statements_for_2_or
         counts[limit] = len(statements)
     # Project and membership; the issue; the page of relations with their issues and people.
     assert counts == {2: 3, 20: 3}
+
+
+async def add_followers_and_files(app: FastAPI, number: int, count: int) -> None:
+    """``count`` more people following issue FLY-``number``, each with a file on it."""
+    async with app.services.engine.begin() as connection:
+        issue_id = (
+            await connection.execute(
+                select(col(Issue.id))
+                .join(Project, col(Project.id) == col(Issue.project_id))
+                .where(col(Project.key) == "FLY", col(Issue.number) == number)
+            )
+        ).scalar_one()
+        existing = (await connection.execute(select(func.count()).select_from(User))).scalar_one()
+        people = [f"follower-{existing + n}" for n in range(count)]
+        await connection.execute(
+            insert(User), [{"id": person, "username": person} for person in people]
+        )
+        await connection.execute(
+            insert(Watcher), [{"issue_id": issue_id, "user_id": person} for person in people]
+        )
+        await connection.execute(
+            insert(Attachment),
+            [
+                {
+                    "issue_id": issue_id,
+                    "filename": f"{person}.png",
+                    "content_type": "image/png",
+                    "size": 1,
+                    "checksum": "0" * 64,
+                    "key": f"attachments/{issue_id}/{person}",
+                    "uploaded_by": person,
+                }
+                for person in people
+            ],
+        )
+
+
+async def test_an_issue_with_files_and_followers_reads_in_the_same_statements(
+    team: Team, app: FastAPI
+) -> None:
+    await seed_issues(app, team, 3)
+    await add_followers_and_files(app, 3, 30)
+    viewer = team["viewer"]
+    assert (await viewer.get("/api/v1/issues/FLY-3")).status_code == 200
+    with counted_statements(app) as statements:
+        response = await viewer.get("/api/v1/issues/FLY-3")
+    assert response.status_code == 200
+    assert len(statements) == 2
+
+
+@pytest.mark.parametrize("resource", ["attachments", "watchers"])
+async def test_an_issues_files_and_followers_list_in_a_fixed_number_of_statements(
+    team: Team, app: FastAPI, resource: str
+) -> None:
+    await seed_issues(app, team, 2)
+    await add_followers_and_files(app, 1, 3)
+    await add_followers_and_files(app, 2, 60)
+    viewer = team["viewer"]
+    assert (await viewer.get("/api/v1/issues/FLY-1")).status_code == 200
+    counts = {}
+    for number, size in ((1, 3), (2, 60)):
+        with counted_statements(app) as statements:
+            response = await viewer.get(f"/api/v1/issues/FLY-{number}/{resource}?limit=100")
+        items = response.json()["items"]
+        assert len(items) == size
+        # Every item names its person, who would otherwise be loaded one by one.
+        people = {item["uploader" if resource == "attachments" else "user"]["id"] for item in items}
+        assert len(people) == size
+        counts[size] = len(statements)
+    # Project and membership, the issue, the page (with or then its people).
+    assert counts[3] == counts[60] <= 4
+
+
+async def test_watched_issues_list_in_a_fixed_number_of_statements(
+    team: Team, app: FastAPI
+) -> None:
+    await seed_issues(app, team, 40)
+    reporter = team["reporter"]
+    for number in (1, 2):
+        assert (await reporter.put(f"/api/v1/issues/FLY-{number}/watchers/me")).status_code == 200
+    with counted_statements(app) as statements:
+        few = (await reporter.get("/api/v1/users/me/watching")).json()["items"]
+    two = len(statements)
+    for number in range(3, 41):
+        await reporter.put(f"/api/v1/issues/FLY-{number}/watchers/me")
+    with counted_statements(app) as statements:
+        many = (await reporter.get("/api/v1/users/me/watching")).json()["items"]
+    assert (len(few), len(many)) == (2, 40)
+    assert all(issue["labels"] for issue in many)
+    # The page of issues with their people and projects; their labels.
+    assert two == len(statements) == 2
+
+
+async def test_an_issue_event_names_its_watchers_in_one_statement(team: Team, app: FastAPI) -> None:
+    await seed_issues(app, team, 2)
+    await add_followers_and_files(app, 2, 40)
+    developer = team["developer"]
+    counts = []
+    for number in (1, 2):
+        # The commenter's first comment here follows the issue; the second is measured.
+        await developer.post(f"/api/v1/issues/FLY-{number}/comments", json={"body": "first"})
+        with counted_statements(app) as statements:
+            response = await developer.post(
+                f"/api/v1/issues/FLY-{number}/comments", json={"body": "again"}
+            )
+        assert response.status_code == 201
+        counts.append(len(statements))
+    assert counts[0] == counts[1]

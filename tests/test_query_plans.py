@@ -1,4 +1,5 @@
-"""The issue list's queries are index scans at a realistic size (PostgreSQL's plans).
+"""The issue list's queries are index scans at a realistic size (PostgreSQL's plans), and so
+are the lists of watched issues, an issue's watchers and its files.
 
 About 30,000 issues in ten projects, with labels, are seeded in a few set-based statements
 and analysed; then the very statements the list route builds are explained. Any sequential
@@ -19,6 +20,8 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from flyswatter.attachments.service import attachments_statement
+from flyswatter.auth.tokens import Principal
 from flyswatter.issues import listing
 from flyswatter.issues.listing import (
     IssueFilters,
@@ -26,6 +29,7 @@ from flyswatter.issues.listing import (
     IssueSort,
 )
 from flyswatter.issues.models import IssueStatus, Priority
+from flyswatter.watchers.service import watchers_statement, watching_statement
 from tests.support.api import ROLES, Api, make_team
 
 pytestmark = pytest.mark.postgres_only
@@ -166,7 +170,7 @@ async def seeded(api: Api, app: FastAPI) -> Seeded:
     return Seeded(project_id=project_id, assignee_id=team.ids[ROLES[2]], parent_id=parent_id)
 
 
-async def _run(connection: AsyncConnection, sql: str, **params: int) -> None:
+async def _run(connection: AsyncConnection, sql: str, **params: int | str) -> None:
     await connection.execute(text(sql), params)
 
 
@@ -328,3 +332,68 @@ async def test_search_reads_a_page_order_window_and_the_text_index_only_for_scar
         assert "never executed" not in branch.splitlines()[0], rare
         assert "Bitmap Index Scan on ix_issue_search_document" in branch, rare
         assert not SEQ_SCAN_ON_ISSUE.search(rare), rare
+
+
+# A thousand more people, each following a few dozen issues; the assignee of the plans above
+# follows a hundred (having unfollowed a few more). And every tenth issue has a file.
+SEED_PEOPLE_SQL = """
+INSERT INTO "user" (id, username, is_service_account, created_at, updated_at)
+SELECT 'seed-' || g, 'seed-' || g, false, now(), now() FROM generate_series(1, 1000) g
+"""
+SEED_WATCHERS_SQL = """
+INSERT INTO watcher (issue_id, user_id, following, automatic, created_at, updated_at)
+SELECT i.id, 'seed-' || (1 + (i.id * 7 + k * 13) % 1000), true, true, now(), now()
+FROM issue i CROSS JOIN generate_series(0, 1) k
+UNION ALL
+SELECT i.id, :follower, i.number % 1500 <> 0, false, now(), now()
+FROM issue i WHERE i.number % 300 = 0
+"""
+SEED_ATTACHMENTS_SQL = """
+INSERT INTO attachment (issue_id, filename, content_type, size, checksum, key, uploaded_by,
+                        created_at)
+SELECT i.id, 'shot.png', 'image/png', 1, repeat('0', 64), 'attachments/' || i.id, i.reporter_id,
+       now()
+FROM issue i WHERE i.number % 10 = 0
+"""
+
+
+async def test_watched_issues_files_and_followers_are_read_through_their_indexes(
+    seeded: Seeded, app: FastAPI
+) -> None:
+    async with app.services.engine.begin() as connection:
+        await connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        await _run(connection, SEED_PEOPLE_SQL)
+        await connection.execute(text(SEED_WATCHERS_SQL), {"follower": seeded.assignee_id})
+        await _run(connection, SEED_ATTACHMENTS_SQL)
+    async with app.services.engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.exec_driver_sql("ANALYZE watcher")
+        await autocommit.exec_driver_sql("ANALYZE attachment")
+        issue_id = (
+            await connection.exec_driver_sql(
+                f"SELECT id FROM issue WHERE project_id = {seeded.project_id} AND number = 30"
+            )
+        ).scalar_one()
+    follower = Principal(
+        subject=seeded.assignee_id,
+        username="developer",
+        email=None,
+        name=None,
+        client_id=None,
+        is_service_account=False,
+        scopes=frozenset(),
+        realm_roles=frozenset(),
+    )
+    plans = {
+        "watching": await explain(app, watching_statement(follower, None, LIMIT + 1)),
+        "watching, deep page": await explain(
+            app, watching_statement(follower, deep_cursor(), LIMIT + 1)
+        ),
+        "an issue's watchers": await explain(app, watchers_statement(issue_id, None, LIMIT + 1)),
+        "an issue's files": await explain(app, attachments_statement(issue_id, None, LIMIT + 1)),
+    }
+    for name, plan in plans.items():
+        assert not re.search(r"Seq Scan on (issue|watcher|attachment)(\s|$)", plan), (name, plan)
+    assert "ix_watcher_user_id_issue_id" in plans["watching"], plans["watching"]
+    assert "pk_watcher" in plans["an issue's watchers"], plans["an issue's watchers"]
+    assert "ix_attachment_issue_id_id" in plans["an issue's files"], plans["an issue's files"]

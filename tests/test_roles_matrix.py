@@ -56,7 +56,17 @@ MATRIX: dict[str, tuple[int, int, int, int, int]] = {
     "unrelate issues": (403, 403, 204, 204, 404),
     "close as duplicate": (403, 403, 200, 200, 404),
     "move issue": (403, 403, 200, 200, 404),
+    "upload attachment": (403, 201, 201, 201, 404),
+    "list attachments": (200, 200, 200, 200, 404),
+    "download attachment": (200, 200, 200, 200, 404),
+    "delete own attachment": (403, 204, 204, 204, 404),
+    "delete others' attachment": (403, 403, 403, 204, 404),
+    "follow issue": (200, 200, 200, 200, 404),
+    "unfollow issue": (200, 200, 200, 200, 404),
+    "list watchers": (200, 200, 200, 200, 404),
 }
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(16)
 
 
 @dataclass
@@ -100,6 +110,15 @@ class Stage:
         """A queued report job (no worker runs here), requested by the bystander by default."""
         response = await (requester or self.bystander).post("/api/v1/projects/FLY/reports")
         assert response.status_code == 202, response.text
+        return str(response.headers["Location"])
+
+    async def attachment(self, uploader: AuthedClient | None = None) -> str:
+        """An attachment's URL, on a fresh issue, uploaded by the bystander by default."""
+        key = await self.issue()
+        response = await (uploader or self.bystander).post(
+            f"/api/v1/issues/{key}/attachments", files={"file": ("shot.png", PNG, "image/png")}
+        )
+        assert response.status_code == 201, response.text
         return str(response.headers["Location"])
 
     async def set_role(self, caller: str, role: str | None) -> None:
@@ -338,6 +357,47 @@ async def move_issue(stage: Stage, caller: str, client: AuthedClient) -> int:
     return (await client.post(f"/api/v1/issues/{key}/move", json={"project": "OPS"})).status_code
 
 
+async def upload_attachment(stage: Stage, caller: str, client: AuthedClient) -> int:
+    key = await stage.issue()
+    files = {"file": ("shot.png", PNG, "image/png")}
+    return (await client.post(f"/api/v1/issues/{key}/attachments", files=files)).status_code
+
+
+async def list_attachments(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.get(f"/api/v1/issues/{await stage.issue()}/attachments")).status_code
+
+
+async def download_attachment(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.get(await stage.attachment())).status_code
+
+
+async def delete_own_attachment(stage: Stage, caller: str, client: AuthedClient) -> int:
+    # As above: the viewer and the outsider uploaded it while they were reporters.
+    original = {"viewer": "viewer", "outsider": None}
+    if caller in original:
+        await stage.set_role(caller, "reporter")
+    location = await stage.attachment(client)
+    if caller in original:
+        await stage.set_role(caller, original[caller])
+    return (await client.delete(location)).status_code
+
+
+async def delete_others_attachment(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.delete(await stage.attachment())).status_code
+
+
+async def follow_issue(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.put(f"/api/v1/issues/{await stage.issue()}/watchers/me")).status_code
+
+
+async def unfollow_issue(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.delete(f"/api/v1/issues/{await stage.issue()}/watchers/me")).status_code
+
+
+async def list_watchers(stage: Stage, caller: str, client: AuthedClient) -> int:
+    return (await client.get(f"/api/v1/issues/{await stage.issue()}/watchers")).status_code
+
+
 ACTIONS: dict[str, Action] = {
     "read issue": read_issue,
     "list issues": list_issues,
@@ -377,6 +437,14 @@ ACTIONS: dict[str, Action] = {
     "unrelate issues": unrelate_issues,
     "close as duplicate": close_as_duplicate,
     "move issue": move_issue,
+    "upload attachment": upload_attachment,
+    "list attachments": list_attachments,
+    "download attachment": download_attachment,
+    "delete own attachment": delete_own_attachment,
+    "delete others' attachment": delete_others_attachment,
+    "follow issue": follow_issue,
+    "unfollow issue": unfollow_issue,
+    "list watchers": list_watchers,
 }
 
 

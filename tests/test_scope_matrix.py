@@ -29,6 +29,10 @@ NOT_PROJECT_SCOPED = {
     ("POST", "/api/v1/projects"),
     # Lists the jobs of every project the caller may see (none, for a stranger).
     ("GET", "/api/v1/jobs"),
+    # The caller's own: the issues it follows (in projects it may see), its preferences.
+    ("GET", "/api/v1/users/me/watching"),
+    ("GET", "/api/v1/users/me/preferences"),
+    ("PATCH", "/api/v1/users/me/preferences"),
 }
 ALL_SCOPES = [scope.value for scope in Scope]
 
@@ -100,6 +104,7 @@ SAMPLE_BODIES: dict[str, dict[str, object]] = {
     "POST /api/v1/issues/{issue_key}/relations": {"kind": "relates_to", "target": "FLY-1"},
     "POST /api/v1/issues/{issue_key}/close-as-duplicate": {"of": "FLY-1"},
     "POST /api/v1/issues/{issue_key}/move": {"project": "FLY"},
+    "PATCH /api/v1/users/me/preferences": {"auto_follow": False},
 }
 
 

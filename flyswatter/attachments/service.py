@@ -13,7 +13,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio
 import anyio.to_thread
@@ -21,6 +21,7 @@ import puremagic
 from fastapi import UploadFile
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import SelectOfScalar
 
 from flyswatter.attachments.models import Attachment, AttachmentPublic
 from flyswatter.auth.tokens import Principal
@@ -224,14 +225,21 @@ async def create_attachment(
     return created
 
 
+def attachments_statement(
+    issue_id: int, after: list[Any] | None, rows: int
+) -> SelectOfScalar[Attachment]:
+    statement = select(Attachment).where(Attachment.issue_id == issue_id)
+    if after is not None:
+        statement = statement.where(col(Attachment.id) > after[0])
+    return statement.order_by(col(Attachment.id)).limit(rows)
+
+
 async def attachment_page(
     session: AsyncSession, access: IssueAccess, keyset: Keyset
 ) -> Page[AttachmentPublic]:
     """The issue's files, oldest first."""
-    statement = select(Attachment).where(Attachment.issue_id == access.issue_id)
-    if (after := keyset.after("id", (int,))) is not None:
-        statement = statement.where(col(Attachment.id) > after[0])
-    rows = (await session.exec(statement.order_by(col(Attachment.id)).limit(keyset.fetch))).all()
+    after = keyset.after("id", (int,))
+    rows = (await session.exec(attachments_statement(access.issue_id, after, keyset.fetch))).all()
     return await keyset.page(
         rows,
         sort="id",

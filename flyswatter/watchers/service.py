@@ -92,10 +92,7 @@ async def set_following(session: AsyncSession, access: IssueAccess, following: b
     return WatchStatus(issue_key=access.key, following=following)
 
 
-async def watchers_page(
-    session: AsyncSession, access: IssueAccess, keyset: Keyset
-) -> Page[WatcherPublic]:
-    """The people following the issue, by user id."""
+def watchers_statement(issue_id: int, after: list[Any] | None, rows: int) -> Select[Any]:
     statement = (
         select(
             _WATCHER.c.automatic,
@@ -103,14 +100,20 @@ async def watchers_page(
             *(_USER.c[name] for name in SUMMARY_FIELDS),
         )
         .join(_USER, _USER.c.id == _WATCHER.c.user_id)
-        .where(_WATCHER.c.issue_id == access.issue_id, _WATCHER.c.following.is_(True))
+        .where(_WATCHER.c.issue_id == issue_id, _WATCHER.c.following.is_(True))
     )
-    if (after := keyset.after(WATCHERS_SORT, (str,))) is not None:
+    if after is not None:
         statement = statement.where(_WATCHER.c.user_id > after[0])
+    return statement.order_by(_WATCHER.c.user_id).limit(rows)
+
+
+async def watchers_page(
+    session: AsyncSession, access: IssueAccess, keyset: Keyset
+) -> Page[WatcherPublic]:
+    """The people following the issue, by user id."""
+    after = keyset.after(WATCHERS_SORT, (str,))
     connection = await session.connection()
-    rows = list(
-        await connection.execute(statement.order_by(_WATCHER.c.user_id).limit(keyset.fetch))
-    )
+    rows = list(await connection.execute(watchers_statement(access.issue_id, after, keyset.fetch)))
     return await keyset.page(
         rows,
         sort=WATCHERS_SORT,
