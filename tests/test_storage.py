@@ -1,8 +1,10 @@
-"""Artifacts in storage: the local directory and a real S3-compatible server (moto's), the
-download route on both (streamed or redirected to a presigned URL), and expiry."""
+"""Artifacts and attachments in storage: the local directory and a real S3-compatible server
+(moto's), streamed writes that break off leaving nothing, the download routes on both
+(streamed or redirected to a presigned URL), and expiry."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -83,6 +85,42 @@ def test_s3_presigned_url_downloads_with_name_and_type(s3_settings: Settings) ->
     assert "filename*=UTF-8''" in response.headers["Content-Disposition"]
 
 
+def failing_after(chunks: int) -> Iterator[bytes]:
+    """Chunks of a stream that breaks off (a cap crossed, a client gone) after ``chunks``."""
+    for _ in range(chunks):
+        yield bytes(64 * 1024)
+    raise OverflowError("the stream broke off")
+
+
+@pytest.mark.parametrize("chunks", [3, 200], ids=["one part", "multipart"])
+def test_a_stream_that_breaks_off_leaves_no_s3_object(s3_settings: Settings, chunks: int) -> None:
+    storage = S3Storage(s3_settings)
+    with pytest.raises(OverflowError):
+        storage.put_stream("attachments/1/broken", failing_after(chunks), "image/png")
+    listed = storage.client.list_objects_v2(Bucket=storage.bucket, Prefix="attachments/")
+    assert listed.get("KeyCount", 0) == 0
+    uploads = storage.client.list_multipart_uploads(Bucket=storage.bucket)
+    assert uploads.get("Uploads", []) == []
+
+
+def test_a_stream_that_breaks_off_leaves_no_local_file(tmp_path: Path) -> None:
+    with pytest.raises(OverflowError):
+        LocalStorage(tmp_path).put_stream("attachments/1/broken", failing_after(3), "image/png")
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
+def test_a_streamed_s3_object_is_counted_and_hashed(s3_settings: Settings) -> None:
+    storage = S3Storage(s3_settings)
+    pieces = [bytes([n]) * 100_000 for n in range(120)]  # 12 MB: a multipart upload
+    stored = storage.put_stream("attachments/1/whole", iter(pieces), "application/octet-stream")
+    data = b"".join(pieces)
+    assert stored.size == len(data)
+    assert stored.checksum == hashlib.sha256(data).hexdigest()
+    assert hashlib.sha256(b"".join(storage.open("attachments/1/whole"))).hexdigest() == (
+        stored.checksum
+    )
+
+
 def test_s3_storage_down_is_storage_unavailable(base_settings: Settings) -> None:
     settings = base_settings.model_copy(
         update={
@@ -121,6 +159,32 @@ async def test_report_on_s3_downloads_through_a_presigned_redirect(
     assert download.content.startswith(b"%PDF")
     assert download.headers["Content-Type"] == "application/pdf"
     assert len(download.content) == job["artifact"]["size"]
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
+
+
+async def test_attachment_on_s3_is_shown_inline_through_a_presigned_redirect(
+    api: Api, settings: Settings
+) -> None:
+    team = await make_team(api)
+    await team.issue()
+    created = await team["reporter"].post(
+        "/api/v1/issues/FLY-1/attachments", files={"file": ("shot.png", PNG, "text/plain")}
+    )
+    assert created.status_code == 201, created.text
+    redirect = await team["viewer"].get(created.headers["Location"])
+    assert redirect.status_code == 307
+    async with httpx.AsyncClient() as s3_client:
+        download = await s3_client.get(redirect.headers["Location"])
+    assert download.content == PNG
+    assert download.headers["Content-Type"] == "image/png"
+    assert download.headers["Content-Disposition"].startswith("inline; ")
+    deleted = await team["reporter"].delete(created.headers["Location"])
+    assert deleted.status_code == 204
+    storage = S3Storage(settings)
+    listed = storage.client.list_objects_v2(Bucket=storage.bucket, Prefix="attachments/")
+    assert listed.get("KeyCount", 0) == 0
 
 
 async def test_expired_artifacts_are_removed_with_their_files(api: Api, settings: Settings) -> None:
