@@ -82,15 +82,17 @@ async def test_unknown_preferences_are_refused(team: Team) -> None:
     assert response.status_code == 422
 
 
-async def test_watching_lists_followed_issues_by_last_change_across_pages(team: Team) -> None:
-    keys = [(await team.issue(title=f"issue {n}"))["key"] for n in range(3)]
-    # The oldest issue changes last, so it comes first.
+async def test_watching_lists_followed_issues_by_last_activity_across_pages(team: Team) -> None:
+    keys = [(await team.issue(title=f"issue {n}"))["key"] for n in range(4)]
+    # The oldest issue changes last, and a comment on the second is newer still.
     await team["developer"].patch(f"/api/v1/issues/{keys[0]}", json={"priority": "high"})
-    await team["reporter"].delete(f"/api/v1/issues/{keys[1]}/watchers/me")
+    await team["viewer"].put(f"/api/v1/issues/{keys[1]}/watchers/me")
+    await team["developer"].post(f"/api/v1/issues/{keys[1]}/comments", json={"body": "news"})
+    await team["reporter"].delete(f"/api/v1/issues/{keys[2]}/watchers/me")
     watched = await walk_pages(team["reporter"], f"{WATCHING}?limit=1")
-    assert [issue["key"] for issue in watched] == [keys[0], keys[2]]
-    assert watched[0]["priority"] == "high"
-    assert watched[0]["reporter"]["username"] == "reporter"
+    assert [issue["key"] for issue in watched] == [keys[1], keys[0], keys[3]]
+    assert watched[1]["priority"] == "high"
+    assert watched[1]["reporter"]["username"] == "reporter"
 
 
 async def test_watching_leaves_out_projects_the_caller_may_no_longer_see(team: Team) -> None:

@@ -59,8 +59,8 @@ async def unfollow_issue(session: SessionDep, access: IssueForWriting) -> WatchS
 async def list_watched_issues(
     session: SessionDep, principal: IssuesRead, keyset: KeysetDep
 ) -> Page[IssuePublic]:
-    """The issues the caller follows, in projects it may still see, most recently changed
-    first."""
+    """The issues the caller follows, in projects it may still see, latest activity (a change,
+    a comment, a file) first."""
     return await service.watching_page(session, principal, keyset)
 
 

@@ -4,10 +4,9 @@ an issue, the issues a person watches, and the preference that switches auto-fol
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, literal, select, true, tuple_
+from sqlalchemy import Select, and_, exists, func, literal, select, true, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -15,7 +14,7 @@ from flyswatter.auth.tokens import Principal
 from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.dependencies import IssueAccess
-from flyswatter.issues.models import Issue, IssuePublic
+from flyswatter.issues.models import Activity, Issue, IssuePublic
 from flyswatter.issues.read_model import (
     ISSUES_WITH_PEOPLE,
     PUBLIC_ISSUE_COLUMNS,
@@ -40,8 +39,9 @@ _USER = User.__table__  # type: ignore[attr-defined]
 _ISSUE = Issue.__table__  # type: ignore[attr-defined]
 _PROJECT = Project.__table__  # type: ignore[attr-defined]
 _MEMBER = ProjectMember.__table__  # type: ignore[attr-defined]
+_ACTIVITY = Activity.__table__  # type: ignore[attr-defined]
 
-WATCHING_SORT = "-updated_at"
+WATCHING_SORT = "-last_activity"
 WATCHERS_SORT = "user_id"
 _WATCHER_COLUMNS = ("issue_id", "user_id", "following", "automatic", "created_at", "updated_at")
 
@@ -131,10 +131,23 @@ async def watchers_page(
     )
 
 
+# An issue's latest entry of history (every change, comment and file writes one), read from
+# the end of its (issue_id, id) index; ids grow with time, and number the entries uniquely.
+_LAST_ACTIVITY = (
+    select(func.coalesce(func.max(_ACTIVITY.c.id), 0))
+    .where(_ACTIVITY.c.issue_id == _ISSUE.c.id)
+    .scalar_subquery()
+)
+
+
 def watching_statement(principal: Principal, after: list[Any] | None, rows: int) -> Select[Any]:
-    """The issues the caller follows in projects it may still see, latest change first."""
+    """The issues the caller follows in projects it may still see, latest activity first."""
     statement = (
-        select(_PROJECT.c.key.label("project_key"), *PUBLIC_ISSUE_COLUMNS)
+        select(
+            _PROJECT.c.key.label("project_key"),
+            _LAST_ACTIVITY.label("last_activity"),
+            *PUBLIC_ISSUE_COLUMNS,
+        )
         .select_from(
             ISSUES_WITH_PEOPLE.join(_WATCHER, _WATCHER.c.issue_id == _ISSUE.c.id)
             .join(_PROJECT, _PROJECT.c.id == _ISSUE.c.project_id)
@@ -155,16 +168,16 @@ def watching_statement(principal: Principal, after: list[Any] | None, rows: int)
     if not principal.is_admin:
         statement = statement.where(_MEMBER.c.role.is_not(None))
     if after is not None:
-        updated_at, issue_id = after
-        start = tuple_(literal(updated_at, type_=UTCDateTime()), literal(issue_id))
-        statement = statement.where(tuple_(_ISSUE.c.updated_at, _ISSUE.c.id) < start)
-    return statement.order_by(_ISSUE.c.updated_at.desc(), _ISSUE.c.id.desc()).limit(rows)
+        last_activity, issue_id = after
+        start = tuple_(literal(last_activity), literal(issue_id))
+        statement = statement.where(tuple_(_LAST_ACTIVITY, _ISSUE.c.id) < start)
+    return statement.order_by(_LAST_ACTIVITY.desc(), _ISSUE.c.id.desc()).limit(rows)
 
 
 async def watching_page(
     session: AsyncSession, principal: Principal, keyset: Keyset
 ) -> Page[IssuePublic]:
-    after = keyset.after(WATCHING_SORT, (datetime, int))
+    after = keyset.after(WATCHING_SORT, (int, int))
     connection = await session.connection()
     rows = list(await connection.execute(watching_statement(principal, after, keyset.fetch)))
 
@@ -175,7 +188,7 @@ async def watching_page(
     return await keyset.page(
         rows,
         sort=WATCHING_SORT,
-        key=lambda row: [row.updated_at.isoformat(), row.id],
+        key=lambda row: [row.last_activity, row.id],
         build=build,
     )
 
