@@ -24,7 +24,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
 from flyswatter.attachments.models import Attachment, AttachmentPublic
-from flyswatter.auth.tokens import Principal
 from flyswatter.errors import (
     Forbidden,
     NotFound,
@@ -164,15 +163,8 @@ def attachment_etag(attachment: Attachment) -> str:
     return entity_tag(attachment.checksum)
 
 
-def _record(
-    session: AsyncSession,
-    principal: Principal,
-    issue_id: int,
-    action: ActivityAction,
-    **change: int | None,
-) -> None:
-    """An entry of the issue's history about one attachment, named by its id."""
-    record_activity(session, principal, issue_id, action, field="attachment_id", **change)
+# Each entry of the issue's history about a file names it by its id.
+_FIELD = "attachment_id"
 
 
 async def create_attachment(
@@ -211,7 +203,9 @@ async def create_attachment(
         session.add(attachment)
         await session.flush()
         assert attachment.id is not None
-        _record(session, principal, issue_id, ActivityAction.attached, new=attachment.id)
+        record_activity(
+            session, principal, issue_id, ActivityAction.attached, field=_FIELD, new=attachment.id
+        )
         (public,) = await build_public_attachments(session, issue_key, [attachment])
         created = Created(
             public, attachment_path(issue_key, attachment.id), attachment_etag(attachment)
@@ -277,7 +271,14 @@ async def delete_attachment(
     else:
         # Having uploaded grants nothing beyond one's role, as for comments.
         project.require(Role.reporter, "deleting attachments")
-    _record(session, access.principal, access.issue_id, ActivityAction.detached, old=attachment_id)
+    record_activity(
+        session,
+        access.principal,
+        access.issue_id,
+        ActivityAction.detached,
+        field=_FIELD,
+        old=attachment_id,
+    )
     await session.delete(attachment)
     await session.flush()
     try:
