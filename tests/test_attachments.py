@@ -289,3 +289,14 @@ async def test_an_attachment_is_found_only_under_its_own_issue(team: Team) -> No
     elsewhere = location.replace("FLY-1", "FLY-2")
     assert (await team["viewer"].get(elsewhere)).status_code == 404
     assert (await team["maintainer"].delete(elsewhere)).status_code == 404
+
+
+async def test_deleting_the_issue_removes_its_files_from_storage(
+    team: Team, settings: Settings
+) -> None:
+    await upload(team["reporter"], "a.png", PNG)
+    await upload(team["reporter"], "b.txt", b"text")
+    assert len(stored_files(settings)) == 2
+    assert (await team["maintainer"].delete("/api/v1/issues/FLY-1")).status_code == 204
+    assert stored_files(settings) == []
+    assert attachment_rows(settings) == 0

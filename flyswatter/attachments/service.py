@@ -286,3 +286,14 @@ async def delete_attachment(
     except StorageUnavailable:
         raise _unavailable() from None
     await session.commit()
+
+
+async def delete_issue_files(session: AsyncSession, issue_id: int, storage: Storage) -> None:
+    """Remove the stored objects of an issue being deleted (its rows go with it, by cascade),
+    before its transaction commits: storage that cannot delete leaves the issue (503)."""
+    keys = (await session.exec(select(Attachment.key).where(Attachment.issue_id == issue_id))).all()
+    for key in keys:
+        try:
+            await anyio.to_thread.run_sync(storage.delete, key)
+        except StorageUnavailable:
+            raise _unavailable() from None

@@ -47,6 +47,7 @@ from flyswatter.observability.metrics import ISSUES_CREATED
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import PROJECT_ERRORS, ProjectAccess, project_access
 from flyswatter.relations.service import parent_id as parent_filter
+from flyswatter.services import ServicesDep
 from flyswatter.text import SingleLine
 
 router = APIRouter(tags=["issues"])
@@ -174,10 +175,12 @@ async def update_issue(body: IssueUpdate, write: IssueWriteDep) -> IssuePublic:
     return write.answer(await service.apply_update(write, body))
 
 
-@router.delete("/issues/{issue_key}", status_code=204, responses=WRITE_ERRORS)
-async def delete_issue(write: IssueWriteDep) -> None:
-    """Delete an issue with its comments and history (maintainers)."""
-    await service.delete_issue(write)
+@router.delete(
+    "/issues/{issue_key}", status_code=204, responses=WRITE_ERRORS | problem_responses(503)
+)
+async def delete_issue(write: IssueWriteDep, services: ServicesDep) -> None:
+    """Delete an issue with its comments, files and history (maintainers)."""
+    await service.delete_issue(write, services.jobs.storage)
 
 
 @router.post("/issues/{issue_key}/transitions", response_model=IssuePublic, responses=WRITE_ERRORS)

@@ -12,6 +12,7 @@ from sqlalchemy import delete, tuple_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flyswatter.attachments.service import delete_issue_files
 from flyswatter.db import utcnow
 from flyswatter.errors import Conflict, NotFound, UnprocessableEntity
 from flyswatter.http.conditional import check_if_match, etag_of
@@ -36,6 +37,7 @@ from flyswatter.milestones.models import UNDATED_RANK, Milestone, due_rank
 from flyswatter.observability.metrics import ISSUE_TRANSITIONS
 from flyswatter.projects.models import Project, ProjectMember, Role
 from flyswatter.projects.service import ProjectAccess
+from flyswatter.storage.service import Storage
 from flyswatter.watchers.service import auto_follow
 
 # The fields PATCH sets as they are, each recorded as an update of that field.
@@ -509,10 +511,11 @@ async def change_labels(
     return await build_public_issue(session, access)
 
 
-async def delete_issue(write: IssueWrite) -> None:
-    """Delete an issue with its comments and history (maintainers)."""
+async def delete_issue(write: IssueWrite, storage: Storage) -> None:
+    """Delete an issue with its comments, files and history (maintainers)."""
     write.access.project_access.require(Role.maintainer, "deleting issues")
     check_if_match(write.if_match, write.access.etag)
+    await delete_issue_files(write.session, write.access.issue_id, storage)
     await record_deletion(write.session, write.access.principal, write.access.issue_id)
     await write.session.delete(write.access.issue)
     await write.session.commit()
