@@ -226,10 +226,12 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
     }
     # Elsewhere: a member's Location (above); a webhook's, whose receiver must pass the
     # address checks (tests/test_webhooks.py); a redelivery answers the delivery it sent again;
-    # a relation's, which names it by its two issues (tests/test_relations.py).
+    # a relation's, which names it by its two issues (tests/test_relations.py); an attachment's,
+    # which takes a multipart file (tests/test_attachments.py).
     assert _create_routes(app) == {
         *creates,
         ("POST", "/api/v1/issues/{issue_key}/relations"),
+        ("POST", "/api/v1/issues/{issue_key}/attachments"),
         ("PUT", "/api/v1/projects/{key}/members/{user_id}"),
         ("POST", "/api/v1/projects/{key}/webhooks"),
         ("POST", "/api/v1/projects/{key}/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),

@@ -27,7 +27,13 @@ CONDITIONAL_WRITES = {
     ("POST", "/api/v1/issues/{issue_key}/close-as-duplicate"),
     ("POST", "/api/v1/issues/{issue_key}/move"),
 }
-CONDITIONAL_READS = {("GET", "/api/v1/issues/{issue_key}"), ("GET", "/api/v1/comments/{id}")}
+CONDITIONAL_READS = {
+    ("GET", "/api/v1/issues/{issue_key}"),
+    ("GET", "/api/v1/comments/{id}"),
+    ("GET", "/api/v1/issues/{issue_key}/attachments/{attachment_id}"),
+}
+# Answered with a file of any type, not JSON.
+DOWNLOADS = {("GET", "/api/v1/issues/{issue_key}/attachments/{attachment_id}")}
 IDEMPOTENT_CREATES = {
     ("POST", "/api/v1/projects/{key}/issues"),
     ("POST", "/api/v1/issues/{issue_key}/comments"),
@@ -43,6 +49,8 @@ LISTS = {
     ("GET", "/api/v1/issues/{issue_key}/comments"),
     ("GET", "/api/v1/issues/{issue_key}/activity"),
     ("GET", "/api/v1/issues/{issue_key}/relations"),
+    ("GET", "/api/v1/issues/{issue_key}/attachments"),
+    ("GET", "/api/v1/issues/{issue_key}/watchers"),
 }
 BULK_CHANGE = ("PATCH", "/api/v1/projects/{key}/issues")
 LIST_FILTERS = {"status", "assignee", "reporter", "label", "priority", "type", "q", "sort"}
@@ -72,7 +80,7 @@ def parameter_names(operation: dict[str, Any], where: str) -> set[str]:
 def test_every_issue_comment_and_label_route_is_documented() -> None:
     routes = {(method, path) for method, path, _ in OPERATIONS}
     assert routes >= CONDITIONAL_WRITES | CONDITIONAL_READS | IDEMPOTENT_CREATES | LISTS
-    assert len(routes) == 24
+    assert len(routes) == 0
 
 
 @pytest.mark.parametrize(("method", "path", "operation"), OPERATIONS, ids=IDS)
@@ -120,6 +128,9 @@ def test_success_answer_is_typed(method: str, path: str, operation: dict[str, An
     actions = ("/transitions", "/labels/{name}", "/close-as-duplicate", "/move")
     if method == "POST" and not path.endswith(actions):
         assert success == "201"
+    if (method, path) in DOWNLOADS:
+        assert operation["responses"][success]["content"]
+        return
     content = operation["responses"][success]["content"]["application/json"]
     assert "$ref" in content["schema"]
 
@@ -162,6 +173,7 @@ def test_write_routes_declare_a_request_body_where_they_take_one() -> None:
         ("PATCH", "/api/v1/issues/{issue_key}"),
         ("POST", "/api/v1/issues/{issue_key}/transitions"),
         ("POST", "/api/v1/issues/{issue_key}/comments"),
+        ("POST", "/api/v1/issues/{issue_key}/attachments"),
         ("PATCH", "/api/v1/comments/{id}"),
         ("POST", "/api/v1/projects/{key}/labels"),
         ("PATCH", "/api/v1/projects/{key}/labels/{name}"),

@@ -35,7 +35,11 @@ BODY_OPERATIONS = [
     # A second issue (DEMO-2), for the examples that relate DEMO-1 to it.
     ("POST", "/api/v1/projects/{key}/issues"),
     ("POST", "/api/v1/issues/{issue_key}/relations"),
+    ("PATCH", "/api/v1/users/me/preferences"),
 ]
+# Bodies that are files (multipart), sent with a small one (attachment 1 of DEMO-1).
+FILE_OPERATIONS = [("POST", "/api/v1/issues/{issue_key}/attachments")]
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(16)
 # Webhooks name a receiver on the internet, which the service resolves and checks before it
 # takes the subscription: offline, as the tests run, that cannot succeed. Their examples are
 # checked against their schemas, not sent.
@@ -105,7 +109,7 @@ def test_every_request_body_has_an_example(document: dict[str, Any]) -> None:
         for method, operation in operations.items()
         if "requestBody" in operation
     }
-    assert with_body == set(BODY_OPERATIONS) | set(NOT_SENT)
+    assert with_body == set(BODY_OPERATIONS) | set(NOT_SENT) | set(FILE_OPERATIONS)
     for method, path in BODY_OPERATIONS + NOT_SENT:
         assert body_example(document, method, path) is not None, f"{method} {path}"
 
@@ -147,6 +151,10 @@ async def test_the_examples_succeed_against_the_demo_data(
         body = body_example(document, method, path)
         response = await maria.request(method, url_of(document, method, path), json=body)
         assert response.is_success, f"{method} {path} {body}: {response.text}"
+    for method, path in FILE_OPERATIONS:
+        files = {"file": ("shot.png", PNG, "image/png")}
+        response = await maria.request(method, url_of(document, method, path), files=files)
+        assert response.is_success, f"{method} {path}: {response.text}"
     # With all of that in place, every read Swagger UI fills in answers too.
     for path, operations in document["paths"].items():
         if "get" in operations and path.startswith("/api/") and not MADE_ON_REQUEST.search(path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, StrictBool
 from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
@@ -66,7 +66,8 @@ class UserPreferencesUpdate(SQLModel):
         extra="forbid", json_schema_extra={"examples": [{"auto_follow": False}]}
     )
 
-    auto_follow: bool | None = None
+    # Strict: a JSON 0 or "no" is a client bug, not a choice.
+    auto_follow: StrictBool | None = None
 
 
 class UserPreferencesPublic(UserPreferencesBase):
