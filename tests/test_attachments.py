@@ -300,3 +300,8 @@ async def test_deleting_the_issue_removes_its_files_from_storage(
     assert (await team["maintainer"].delete("/api/v1/issues/FLY-1")).status_code == 204
     assert stored_files(settings) == []
     assert attachment_rows(settings) == 0
+
+
+async def test_an_issues_files_are_listed_oldest_first_page_by_page(team: Team) -> None:
+    made = [(await upload(team["reporter"], f"{n}.txt", b"text")).json() for n in range(3)]
+    assert await walk_pages(team["viewer"], f"{ATTACHMENTS}?limit=1") == made

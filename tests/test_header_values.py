@@ -263,10 +263,14 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
         "/api/v1/issues/{issue_key}/relations": "/api/v1/issues/FLY-1/relations",
         "/api/v1/jobs": "/api/v1/jobs",
     }
-    # Webhook lists page with the same helper; tests/test_webhooks.py walks them.
+    # Webhook, attachment and watcher lists page with the same helper; tests/test_webhooks.py,
+    # tests/test_attachments.py and tests/test_watchers.py walk them.
     webhook_lists = {
         "/api/v1/projects/{key}/webhooks",
         "/api/v1/projects/{key}/webhooks/{webhook_id}/deliveries",
+        "/api/v1/issues/{issue_key}/attachments",
+        "/api/v1/issues/{issue_key}/watchers",
+        "/api/v1/users/me/watching",
     }
     assert _list_routes(app) <= set(lists) | {"/api/v1/users"} | webhook_lists
     for path in _list_routes(app) - webhook_lists:
