@@ -74,9 +74,13 @@ _PEOPLE = select(_USER.c.id, _USER.c.username, _USER.c.name, _USER.c.is_service_
     _USER.c.id.in_(bindparam("ids", expanding=True))
 )
 _WATCHERS = (
-    select(_USER.c.id, _USER.c.username, _USER.c.name, _USER.c.is_service_account)
+    select(
+        _WATCHER.c.issue_id, _USER.c.id, _USER.c.username, _USER.c.name, _USER.c.is_service_account
+    )
     .join(_WATCHER, _WATCHER.c.user_id == _USER.c.id)
-    .where(_WATCHER.c.issue_id == bindparam("issue_id"), _WATCHER.c.following.is_(True))
+    .where(
+        _WATCHER.c.issue_id.in_(bindparam("ids", expanding=True)), _WATCHER.c.following.is_(True)
+    )
     .order_by(_USER.c.id)
 )
 _COMMENT_BY_ID = select(_COMMENT).where(_COMMENT.c.id == bindparam("comment_id"))
@@ -137,9 +141,12 @@ def _people(connection: Connection, ids: set[str]) -> dict[str, UserSummary]:
     return {row.id: _summary(row) for row in rows}
 
 
-def _watchers(connection: Connection, issue_id: int) -> list[UserSummary]:
-    """Who follows the issue, in one statement however many they are."""
-    return [_summary(row) for row in connection.execute(_WATCHERS, {"issue_id": issue_id})]
+def _watchers(connection: Connection, issue_ids: list[int]) -> dict[int, list[UserSummary]]:
+    """Who follows each issue, in one statement however many issues and people."""
+    found: dict[int, list[UserSummary]] = {}
+    for row in connection.execute(_WATCHERS, {"ids": issue_ids}):
+        found.setdefault(row.issue_id, []).append(_summary(row))
+    return found
 
 
 def _comment(
@@ -200,6 +207,7 @@ def _issue_event(
     issue: IssuePublic,
     activities: list[Activity],
     people: dict[str, UserSummary],
+    watchers: dict[int, list[UserSummary]],
 ) -> _Pending:
     actions = [ActivityAction(activity.action) for activity in activities]
     kind = event_type(actions)
@@ -232,7 +240,7 @@ def _issue_event(
             changes=changes,
             comment=comment,
             comment_id=comment_id,
-            watchers=_watchers(connection, issue_id),
+            watchers=watchers.get(first.issue_id, []),
         ),
     )
 
@@ -329,7 +337,9 @@ def write_issue_deleted(
         actor_id=actor_id,
         actor=_people(connection, {actor_id})[actor_id],
         client_id=client_id,
-        data=EventData(issue=issue, changes=[], watchers=_watchers(connection, issue_id)),
+        data=EventData(
+            issue=issue, changes=[], watchers=_watchers(connection, [issue_id]).get(issue_id, [])
+        ),
     )
     (written,) = _store(connection, project_id, [event])
     return written
@@ -359,10 +369,13 @@ def write_events(connection: Connection, activities: Sequence[Activity]) -> list
     }
     issues = _public_issues(connection, [i for ids in by_project.values() for i in ids])
     people = _people(connection, {changes[0].actor_id for changes in by_issue.values()})
+    watchers = _watchers(connection, list(issues))
     written = []
     for project_id, ids in by_project.items():
         events = [
-            _issue_event(connection, sequence, issues[issue_id], by_issue[issue_id], people)
+            _issue_event(
+                connection, sequence, issues[issue_id], by_issue[issue_id], people, watchers
+            )
             for sequence, issue_id in zip(sequences[project_id], ids, strict=True)
         ]
         written.extend(_store(connection, project_id, events))

@@ -325,6 +325,8 @@ async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:
         session, access, change, current.get(access.issue_id, {}), titles
     )
     await delete_issue_labels(session, unlinked)
+    if change.set_assignee:
+        await auto_follow(session, access.issue_id, [change.assignee_id])
     if changed:
         await session.commit()
     return await build_public_issue(session, access)
@@ -389,7 +391,6 @@ def record_assignment(session: AsyncSession, access: IssueAccess, assignee_id: s
         new=assignee_id,
     )
     access.issue.assignee_id = assignee_id
-    await auto_follow(session, access.issue_id, [assignee_id])
 
 
 async def _replace_labels(session: AsyncSession, access: IssueAccess, names: list[str]) -> bool:
