@@ -223,6 +223,11 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
             {"body": "seen"},
         ),
         ("POST", "/api/v1/projects/{key}/reports"): (reporter, "/api/v1/projects/FLY/reports", {}),
+        ("POST", "/api/v1/projects/{key}/milestones"): (
+            maintainer,
+            "/api/v1/projects/FLY/milestones",
+            {"due_on": "2027-01-31"},
+        ),
     }
     # Elsewhere: a member's Location (above); a webhook's, whose receiver must pass the
     # address checks (tests/test_webhooks.py); a redelivery answers the delivery it sent again;
@@ -243,6 +248,8 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
                 body["key"] = f"OTH{index}"
             if route[1].endswith("/labels"):
                 body["name"] = f"{NAMES['cjk']} {index}"
+            if route[1].endswith("/milestones"):
+                body["title"] = f"{NAMES['rtl']} {index}"
             response = await client.post(url, json=body)
             assert response.status_code in {201, 202}, (route, response.text)
             await _follow(client, response.headers["Location"], response.json())
@@ -261,6 +268,7 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
         "/api/v1/issues/{issue_key}/comments": "/api/v1/issues/FLY-1/comments",
         "/api/v1/issues/{issue_key}/activity": "/api/v1/issues/FLY-1/activity",
         "/api/v1/issues/{issue_key}/relations": "/api/v1/issues/FLY-1/relations",
+        "/api/v1/projects/{key}/milestones": "/api/v1/projects/FLY/milestones",
         "/api/v1/jobs": "/api/v1/jobs",
     }
     # Webhook, attachment and watcher lists page with the same helper; tests/test_webhooks.py,

@@ -6,7 +6,7 @@ automatically does not add them again). ``user_preferences`` holds the switch fo
 automatically.
 
 Revision ID: 4b4c60836968
-Revises: 6a1f3c9d2b57
+Revises: 8e4b1d2c6a57
 Create Date: 2026-12-01 16:41:26.371694
 
 """
@@ -20,7 +20,7 @@ import flyswatter.db
 
 # revision identifiers, used by Alembic.
 revision: str = "4b4c60836968"
-down_revision: str | Sequence[str] | None = "6a1f3c9d2b57"
+down_revision: str | Sequence[str] | None = "8e4b1d2c6a57"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
