@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, GetJsonSchemaHandler
+from pydantic import AfterValidator, BeforeValidator, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 
 # C0 controls, DEL, C1 controls, the Unicode line and paragraph separators, and surrogates.
@@ -83,11 +83,21 @@ class _DocumentedAs:
 ONE_LINE_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
 MANY_LINES_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
 ONE_LINE = AfterValidator(single_line)
+
+
+def _single_line_as_sent(value: Any) -> Any:
+    return single_line(value) if isinstance(value, str) else value
+
+
+# For a type that strips whitespace: checked as sent, before ``str.strip`` removes the controls
+# it counts as whitespace (U+001C to U+001F, U+0085, U+2028, U+2029) from the ends unseen.
+ONE_LINE_AS_SENT = BeforeValidator(_single_line_as_sent)
 MANY_LINES = AfterValidator(multi_line)
 ONE_LINE_DOCUMENTED = _DocumentedAs(ONE_LINE_PATTERN)
 SingleLine = Annotated[str, ONE_LINE, ONE_LINE_DOCUMENTED]
 MultiLine = Annotated[str, MANY_LINES, _DocumentedAs(MANY_LINES_PATTERN)]
 # A type that also transforms (``strip_whitespace``) or has a pattern of its own puts its
-# constraints first and the check last, ``Annotated[str, StringConstraints(...), ONE_LINE]``:
+# constraints first and the check last, ``Annotated[str, StringConstraints(...), ONE_LINE]``
+# (``ONE_LINE_AS_SENT`` where the transformation could hide a control character):
 # constraints written after an Annotated validator are checked on the value as it was before
 # the transformation, and would lose their pattern in the JSON schema.

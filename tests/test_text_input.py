@@ -181,6 +181,15 @@ PATH_SEGMENTS = [
 ]
 
 
+@pytest.mark.parametrize("control", ["\x1f", "\x85", "\u2028"])
+async def test_a_title_ending_in_a_control_that_strip_would_remove_is_a_422(
+    world: dict[str, Any], control: str
+) -> None:
+    # str.strip counts these as whitespace: stripped first, they would pass unseen.
+    response = await world["owner"].post(f"{PROJECT}/issues", json={"title": f"0{control}"})
+    _assert_refused(response, "body", "title")
+
+
 @pytest.mark.parametrize(("method", "template", "name", "body"), PATH_SEGMENTS)
 async def test_control_characters_in_a_path_segment_are_a_422(
     world: dict[str, Any], method: str, template: str, name: str, body: Any

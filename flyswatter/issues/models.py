@@ -13,7 +13,7 @@ from sqlmodel import Field, SQLModel
 from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.labels.models import LabelName, LabelPublic
 from flyswatter.milestones.models import UNDATED_RANK
-from flyswatter.text import ONE_LINE, ONE_LINE_DOCUMENTED, MultiLine, SingleLine
+from flyswatter.text import ONE_LINE_AS_SENT, ONE_LINE_DOCUMENTED, MultiLine, SingleLine
 from flyswatter.users.models import UserSummary
 
 MAX_DESCRIPTION = 65_536
@@ -58,7 +58,7 @@ CLOSED_STATUSES = (IssueStatus.resolved, IssueStatus.closed)
 Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    ONE_LINE,
+    ONE_LINE_AS_SENT,
     ONE_LINE_DOCUMENTED,
 ]
 

@@ -11,7 +11,7 @@ from sqlalchemy import CheckConstraint, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
-from flyswatter.text import ONE_LINE, ONE_LINE_DOCUMENTED, MultiLine
+from flyswatter.text import ONE_LINE_AS_SENT, ONE_LINE_DOCUMENTED, MultiLine
 
 MAX_DESCRIPTION = 10_000
 # The issue list's `milestone=none` means "in no milestone": no milestone may be called so.
@@ -34,7 +34,7 @@ def _not_reserved(title: str) -> str:
 MilestoneTitle = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    ONE_LINE,
+    ONE_LINE_AS_SENT,
     ONE_LINE_DOCUMENTED,
     AfterValidator(_not_reserved),
 ]
