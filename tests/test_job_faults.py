@@ -3,6 +3,7 @@ stopped and restarted while jobs are queued, a worker killed mid-report, storage
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,7 +139,12 @@ def test_broker_stopped_and_restarted_while_jobs_are_queued_loses_nothing(
                 job = owner.wait(location, {"succeeded", "failed"})
                 assert job["state"] == "succeeded", job
                 assert job["attempts"] == 1
-            assert "republished 3 job(s) whose message was lost" in worker.log_path.read_text()
+            # One sweep or several: each takes the jobs not published within its period, so
+            # on a slow machine the one made while the broker was down may come a sweep later.
+            republished = re.findall(
+                r"republished (\d+) job\(s\) whose message was lost", worker.log_path.read_text()
+            )
+            assert sum(int(count) for count in republished) == 3, republished
         finally:
             worker.stop()
     finally:
