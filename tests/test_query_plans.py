@@ -289,7 +289,9 @@ def _text_index_branch(plan: str) -> str:
     index for every match, with its run-time annotation ("never executed")."""
     lines = plan.splitlines()
     (start,) = [n for n, line in enumerate(lines) if "One-Time Filter" in line]
-    scans = [n for n in range(start, len(lines)) if re.search(r"Scan on issue \w+ \(", lines[n])]
+    # A bitmap scan through the text index, or (planner's choice) an index scan with a filter.
+    scan = re.compile(r"Scan (?:using \S+ )?on issue \w+ \(")
+    scans = [n for n in range(start, len(lines)) if scan.search(lines[n])]
     assert scans, plan
     # The table scan's line and its index scan's, a few lines below.
     return "\n".join(lines[scans[0] : scans[0] + 5])
