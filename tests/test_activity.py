@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import event
 
 from flyswatter.issues.models import Activity
@@ -139,17 +140,21 @@ class TestRecorded:
 
 
 @pytest.fixture
-def failing_activity_insert() -> Iterator[None]:
-    """Every Activity insert fails, after the change it records was already written."""
+def failing_activity_insert(app: FastAPI) -> Iterator[None]:
+    """Every insert into the history fails, after the change it records was already written
+    (the history goes in at commit, in one statement of its own)."""
+    table = Activity.__tablename__
 
-    def fail(*_args: Any) -> None:
-        raise RuntimeError("activity store unavailable")
+    def fail(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith(f"INSERT INTO {table.upper()} "):
+            raise RuntimeError("activity store unavailable")
 
-    event.listen(Activity, "before_insert", fail)
+    engine = app.services.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", fail)
     try:
         yield
     finally:
-        event.remove(Activity, "before_insert", fail)
+        event.remove(engine, "before_cursor_execute", fail)
 
 
 class TestAtomicity:

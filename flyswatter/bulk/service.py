@@ -25,6 +25,7 @@ from flyswatter.issues.service import (
 from flyswatter.observability.logs import request_id_var
 from flyswatter.observability.metrics import ISSUE_TRANSITIONS
 from flyswatter.projects.service import ProjectAccess
+from flyswatter.watchers.service import auto_follow
 
 
 class BulkChangeRefused(Problem):
@@ -120,6 +121,9 @@ async def bulk_update(
         unlinked.extend(links)
         outcomes[key] = BulkOutcome.applied if changed else BulkOutcome.unchanged
     await delete_issue_labels(session, unlinked)
+    if change.set_assignee:
+        # As a single change does: the new assignee follows what they were given.
+        await auto_follow(session, ids, [change.assignee_id])
     await session.flush()
     public = await build_public_issues(
         session, access.project, [issue_access.issue for issue_access in accesses.values()]

@@ -122,7 +122,7 @@ async def create_comment(
     await session.flush()
     assert comment.id is not None
     _record(session, access.principal, access.issue_id, ActivityAction.commented, new=comment.id)
-    await auto_follow(session, access.issue_id, [access.principal.subject])
+    await auto_follow(session, [access.issue_id], [access.principal.subject])
     (public,) = await build_public_comments(session, access.key, [comment])
     return Created(public, api_path("comments", comment.id), comment_etag(comment))
 

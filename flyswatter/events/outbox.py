@@ -1,7 +1,8 @@
-"""The outbox hook: every transaction that records activity writes its events at commit.
+"""The outbox hook: every transaction that records activity writes it and its events at commit.
 
 Writers only call ``note_activity`` (``record_activity`` does, for every change to an
-issue). Just before the session commits, the activities it noted are turned into events, one
+issue). Just before the session commits, the activities it noted are inserted as the issues'
+history, in one statement, and turned into events, one
 per issue changed (not one per field), in the same transaction: a rolled-back change leaves
 no event, a committed one always has exactly one. Nothing can be forgotten by a new route,
 as the hook sits on the session, not on the routes.
@@ -77,9 +78,12 @@ def _write_noted_events(session: Session) -> None:
     # Imported here: the writer builds issues' public shapes with issues.read_model, whose
     # package imports this module (issues.activity) for ``note_activity``.
     from flyswatter.events.writer import write_events
+    from flyswatter.issues.activity import insert_history
 
     session.flush()
-    written = write_events(session.connection(), noted)
+    connection = session.connection()
+    insert_history(connection, noted)
+    written = write_events(connection, noted)
     session.info.setdefault(_WRITTEN, []).extend(written)
 
 

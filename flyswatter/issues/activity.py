@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Connection, insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -30,6 +31,8 @@ def record_activity(
     """Stage one entry of the history in the session's transaction.
 
     It names the request by the id its log lines carry, so a change can be traced to them.
+    The entry is not added to the session: the commit inserts every entry it staged in one
+    statement (``insert_history``), as nothing reads the history back before the commit.
     """
     activity = Activity(
         issue_id=issue_id,
@@ -41,9 +44,23 @@ def record_activity(
         new_value=None if new is None else json.dumps(new, default=str),
         request_id=request_id_var.get(),
     )
-    session.add(activity)
-    # The transaction's event (one per issue changed) is written from it at commit.
+    # Inserted at commit with the transaction's events (one per issue changed).
     note_activity(session, activity)
+
+
+_HISTORY = Activity.__table__  # type: ignore[attr-defined]
+_HISTORY_COLUMNS = tuple(column.name for column in _HISTORY.columns if not column.primary_key)
+
+
+def insert_history(connection: Connection, activities: Sequence[Activity]) -> None:
+    """Insert the staged entries in one statement, whatever their number.
+
+    Added to the session one by one, they would go one INSERT each on SQLite: the ORM needs
+    each new row's id back in order, which SQLite cannot give for a multi-row insert. Nothing
+    needs those ids (the events carry the entries' contents), so no RETURNING is asked for.
+    """
+    rows = [{name: getattr(activity, name) for name in _HISTORY_COLUMNS} for activity in activities]
+    connection.execute(insert(_HISTORY), rows)
 
 
 async def record_deletion(session: AsyncSession, principal: Principal, issue_id: int) -> None:

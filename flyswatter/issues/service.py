@@ -176,7 +176,7 @@ async def create_issue(
         session.add(IssueLabel(issue_id=issue.id, label_id=label_id(label)))
     key = f"{access.project.key}-{number}"
     record_activity(session, principal, issue.id, ActivityAction.created, field="key", new=key)
-    await auto_follow(session, issue.id, [principal.subject, body.assignee_id])
+    await auto_follow(session, [issue.id], [principal.subject, body.assignee_id])
     await session.flush()
     (public,) = await build_public_issues(session, access.project, [issue])
     return Created(public, api_path("issues", key), etag_of("issue", issue.id, issue.version))
@@ -326,7 +326,7 @@ async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:
     )
     await delete_issue_labels(session, unlinked)
     if change.set_assignee:
-        await auto_follow(session, access.issue_id, [change.assignee_id])
+        await auto_follow(session, [access.issue_id], [change.assignee_id])
     if changed:
         await session.commit()
     return await build_public_issue(session, access)

@@ -51,18 +51,26 @@ def _insert(session: AsyncSession) -> Any:
     return (postgresql if bind.dialect.name == "postgresql" else sqlite).insert
 
 
-async def auto_follow(session: AsyncSession, issue_id: int, user_ids: Iterable[str | None]) -> None:
-    """These people follow the issue, in the session's transaction, unless they switched
-    auto-follow off or once unfollowed it; one statement, whatever their number."""
+async def auto_follow(
+    session: AsyncSession, issue_ids: Iterable[int], user_ids: Iterable[str | None]
+) -> None:
+    """These people follow these issues, in the session's transaction, unless they switched
+    auto-follow off or once unfollowed one; one statement, whatever their numbers (a bulk
+    change of assignee makes the new assignee follow every issue it reached)."""
+    issues = sorted(set(issue_ids))
     wanted = sorted({user_id for user_id in user_ids if user_id})
-    if not wanted:
+    if not issues or not wanted:
         return
     now = literal(utcnow(), type_=UTCDateTime())
     opted_out = exists().where(
         _PREFERENCES.c.user_id == _USER.c.id, _PREFERENCES.c.auto_follow.is_(False)
     )
-    source = select(literal(issue_id), _USER.c.id, true(), true(), now, now).where(
-        _USER.c.id.in_(wanted), ~opted_out
+    source = (
+        select(_ISSUE.c.id, _USER.c.id, true(), true(), now, now)
+        # Every issue with every person: an explicit join, so that no cartesian-product
+        # warning is raised for a product that is meant.
+        .select_from(_ISSUE.join(_USER, true()))
+        .where(_ISSUE.c.id.in_(issues), _USER.c.id.in_(wanted), ~opted_out)
     )
     statement = (
         _insert(session)(_WATCHER)
