@@ -11,17 +11,16 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.bulk.models import BulkItem, BulkOutcome, BulkResult, BulkUpdate
 from flyswatter.errors import PROBLEM_TYPE_PREFIX, NotFound, Problem, ProblemDetails
 from flyswatter.http.headers import api_path
-from flyswatter.issues.dependencies import IssueAccess, parse_issue_key
-from flyswatter.issues.models import Issue
-from flyswatter.issues.read_model import build_public_issues
-from flyswatter.issues.service import (
+from flyswatter.issues.changes import (
     check_change,
     delete_issue_labels,
-    issue_labels,
-    milestone_titles,
     resolve_change,
     stage_change,
 )
+from flyswatter.issues.dependencies import IssueAccess, parse_issue_key
+from flyswatter.issues.models import Issue
+from flyswatter.issues.read_model import build_public_issues
+from flyswatter.issues.references import issue_labels, milestone_titles
 from flyswatter.observability.logs import request_id_var
 from flyswatter.observability.metrics import ISSUE_TRANSITIONS
 from flyswatter.projects.service import ProjectAccess

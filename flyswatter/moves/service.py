@@ -14,7 +14,7 @@ from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueWrite
 from flyswatter.issues.models import ActivityAction, IssuePublic
 from flyswatter.issues.read_model import build_public_issue
-from flyswatter.issues.service import allocate_issue_number, issue_label_names
+from flyswatter.issues.references import allocate_issue_number, issue_label_names
 from flyswatter.labels.models import IssueLabel, Label, label_id
 from flyswatter.moves.models import IssueKeyRedirect, MoveRequest
 from flyswatter.projects.models import ProjectMember, Role

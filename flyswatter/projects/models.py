@@ -49,7 +49,7 @@ class Project(ProjectBase, table=True):
     # Set by DELETE: the project and everything beneath it are gone for every route, while
     # the rows are kept for an admin to restore. Its key stays taken meanwhile.
     deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    # The last issue number handed out; incremented under a row lock (see issues.service).
+    # The last issue number handed out; incremented under a row lock (see issues.references).
     last_issue_number: int = Field(default=0)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
