@@ -16,7 +16,7 @@ from flyswatter.issues.dependencies import IssueForReading, IssueKeyPath, IssueW
 from flyswatter.issues.models import IssuePublic
 from flyswatter.moves.redirects import MOVED
 from flyswatter.projects.service import PROJECT_ERRORS
-from flyswatter.relations import service
+from flyswatter.relations import read_model, service
 from flyswatter.relations.models import DuplicateOf, RelationCreate, RelationKind, RelationPublic
 from flyswatter.services import settings_of
 
@@ -38,7 +38,7 @@ async def list_relations(
 ) -> Page[RelationPublic]:
     """The issue's relations, oldest first, each as this issue sees it (`FLY-1 blocks
     FLY-2`); relations to issues of projects the caller may not see are left out."""
-    return await service.relation_page(session, access, keyset)
+    return await read_model.relation_page(session, access, keyset)
 
 
 @router.post("/issues/{issue_key}/relations", **creates(RelationPublic, WRITE_ERRORS))
