@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, Engine, event
+from sqlalchemy import DateTime, Engine, Table, event
 from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -34,6 +34,12 @@ READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 # Integer primary keys and issue numbers are 32-bit columns on PostgreSQL.
 MAX_ROW_ID = 2**31 - 1
+
+
+def tables(*models: type[SQLModel]) -> tuple[Table, ...]:
+    """The models' tables, for statements in SQLAlchemy Core (where a page or a batch reads
+    rows without building model instances); SQLModel does not type ``__table__``."""
+    return tuple(cast(Table, model.__table__) for model in models)  # type: ignore[attr-defined]
 
 
 def utcnow() -> datetime:
