@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from flyswatter.app import create_app
-from flyswatter.cli import serve_options
+from flyswatter.cli.serve import serve_options
 from flyswatter.config import Settings
 from tests.support.api import Api
 
@@ -126,7 +126,8 @@ def test_dev_server_believes_forwarded_headers_only_when_asked(
 ) -> None:
     import uvicorn
 
-    from flyswatter.cli import build_parser, dev_options
+    from flyswatter.cli import build_parser
+    from flyswatter.cli.dev import dev_options
 
     arguments = ["dev"] + ([] if asked is None else ["--forwarded-allow-ips", asked])
     args = build_parser().parse_args(arguments)

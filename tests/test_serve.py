@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from flyswatter.cli import serve_options
+from flyswatter.cli.serve import serve_options
 from flyswatter.config import Settings, UnsafeSettings
 from tests.support.identity import JwksServer, TokenFactory
 from tests.support.servers import (

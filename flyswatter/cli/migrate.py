@@ -1,0 +1,45 @@
+"""``flyswatter migrate``: Alembic's commands on FLYSWATTER_DATABASE_URL."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from flyswatter.cli.common import settings_or_exit
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from alembic import command
+
+    from flyswatter.migrations import alembic_config
+
+    config = alembic_config(settings_or_exit())
+    if args.action == "upgrade":
+        command.upgrade(config, args.revision)
+    elif args.action == "downgrade":
+        command.downgrade(config, args.revision)
+    elif args.action == "check":
+        command.check(config)
+    elif args.action == "current":
+        command.current(config, verbose=True)
+    else:
+        command.history(config)
+
+
+def add_migrate_command(commands: Any) -> None:
+    migrate = commands.add_parser(
+        "migrate",
+        help="database migrations (Alembic) on FLYSWATTER_DATABASE_URL",
+        description="Database migrations (Alembic) on FLYSWATTER_DATABASE_URL.",
+    )
+    actions = migrate.add_subparsers(dest="action", required=True, metavar="ACTION")
+    upgrade = actions.add_parser("upgrade", help="apply migrations up to REVISION")
+    upgrade.add_argument("revision", nargs="?", default="head", help="default: head")
+    downgrade = actions.add_parser("downgrade", help="undo migrations down to REVISION")
+    downgrade.add_argument(
+        "revision", nargs="?", default="-1", help="default: -1 (the last one); base undoes all"
+    )
+    actions.add_parser("current", help="the revision the database is at")
+    actions.add_parser("history", help="every revision, newest first")
+    actions.add_parser("check", help="fail when the models and the migrations disagree")
+    migrate.set_defaults(handler=cmd_migrate)
