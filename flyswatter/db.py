@@ -36,10 +36,14 @@ READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 MAX_ROW_ID = 2**31 - 1
 
 
-def tables(*models: type[SQLModel]) -> tuple[Table, ...]:
-    """The models' tables, for statements in SQLAlchemy Core (where a page or a batch reads
+def table(model: type[SQLModel]) -> Table:
+    """The model's table, for statements in SQLAlchemy Core (where a page or a batch reads
     rows without building model instances); SQLModel does not type ``__table__``."""
-    return tuple(cast(Table, model.__table__) for model in models)  # type: ignore[attr-defined]
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+def tables(*models: type[SQLModel]) -> tuple[Table, ...]:
+    return tuple(table(model) for model in models)
 
 
 def utcnow() -> datetime:

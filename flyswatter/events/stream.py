@@ -24,12 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import ServerSentEvent
 
 from flyswatter.config import Settings
+from flyswatter.db import tables
 from flyswatter.events.broker import EventBroker, StreamSlots, Subscription
 from flyswatter.events.models import Event, EventSequence
 from flyswatter.observability.metrics import EVENT_STREAMS_OPEN
 
-_EVENT = Event.__table__  # type: ignore[attr-defined]
-_SEQUENCE = EventSequence.__table__  # type: ignore[attr-defined]
+_EVENT, _SEQUENCE = tables(Event, EventSequence)
 PAGE = 100
 # Tells EventSource clients how soon to reconnect when a stream ends (milliseconds).
 RECONNECT_MS = 1000

@@ -31,7 +31,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from flyswatter.db import UTCDateTime
+from flyswatter.db import UTCDateTime, table
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.models import Issue, IssuePublic, IssueStatus, IssueType, Priority
 from flyswatter.issues.read_model import (
@@ -307,9 +307,9 @@ def relation_filters(
 ) -> SelectOfScalar[Issue]:
     """``blocked``, ``parent`` and ``has_children``: each an index lookup on the relations
     (by target for blockers and parents, by source for children), per issue of the page."""
-    relation = IssueRelation.__table__  # type: ignore[attr-defined]
+    relation = table(IssueRelation)
     if filters.blocked is not None:
-        blocker = Issue.__table__.alias("blocker")  # type: ignore[attr-defined]
+        blocker = table(Issue).alias("blocker")
         has_open_blocker = (
             exists()
             .where(relation.c.target_id == Issue.id, relation.c.kind == RelationKind.blocks.value)

@@ -19,6 +19,7 @@ from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
+from flyswatter.db import tables
 from flyswatter.errors import NotFound
 from flyswatter.http.conditional import etag_of
 from flyswatter.issues.dependencies import IssueAccess, parse_issue_key
@@ -30,12 +31,9 @@ from flyswatter.projects.service import project_not_found
 from flyswatter.users.models import User, UserSummary
 from flyswatter.users.service import SUMMARY_FIELDS, user_summaries
 
-_ISSUE = Issue.__table__  # type: ignore[attr-defined]
-_USER = User.__table__  # type: ignore[attr-defined]
-_LABEL = Label.__table__  # type: ignore[attr-defined]
-_ISSUE_LABEL = IssueLabel.__table__  # type: ignore[attr-defined]
-_PROJECT = Project.__table__  # type: ignore[attr-defined]
-_MEMBER = ProjectMember.__table__  # type: ignore[attr-defined]
+_ISSUE, _USER, _LABEL, _ISSUE_LABEL, _PROJECT, _MEMBER = tables(
+    Issue, User, Label, IssueLabel, Project, ProjectMember
+)
 _REPORTER = _USER.alias("reporter")
 _ASSIGNEE = _USER.alias("assignee")
 

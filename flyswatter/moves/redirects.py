@@ -9,17 +9,17 @@ from sqlalchemy import and_, bindparam, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
+from flyswatter.db import table, tables
 from flyswatter.errors import Problem, problem_responses
 from flyswatter.http.headers import api_path
 from flyswatter.issues.models import Issue
 from flyswatter.moves.models import IssueKeyRedirect
 from flyswatter.projects.models import Project, ProjectMember
 
-_REDIRECT = IssueKeyRedirect.__table__  # type: ignore[attr-defined]
-_ISSUE = Issue.__table__  # type: ignore[attr-defined]
-_OLD = Project.__table__.alias("old_project")  # type: ignore[attr-defined]
-_NEW = Project.__table__.alias("new_project")  # type: ignore[attr-defined]
-_MEMBER = ProjectMember.__table__  # type: ignore[attr-defined]
+_REDIRECT, _ISSUE = tables(IssueKeyRedirect, Issue)
+_OLD = table(Project).alias("old_project")
+_NEW = table(Project).alias("new_project")
+_MEMBER = table(ProjectMember)
 
 # The old key's issue where it is now, with the caller's membership there: whoever may not
 # see the issue's current project learns nothing of the move.

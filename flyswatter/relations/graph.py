@@ -17,16 +17,14 @@ from sqlmodel import select as select_model
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
+from flyswatter.db import tables
 from flyswatter.errors import Conflict
 from flyswatter.issues.dependencies import IssueAccess
 from flyswatter.issues.models import Issue
 from flyswatter.projects.models import Project, ProjectMember
 from flyswatter.relations.models import IssueRelation, RelationKind
 
-_RELATION, _ISSUE, _PROJECT, _MEMBER = (
-    model.__table__  # type: ignore[union-attr]
-    for model in (IssueRelation, Issue, Project, ProjectMember)
-)
+_RELATION, _ISSUE, _PROJECT, _MEMBER = tables(IssueRelation, Issue, Project, ProjectMember)
 
 
 # Taken (PostgreSQL) before a cycle check, so that two relations written at once cannot each

@@ -9,6 +9,7 @@ from sqlalchemy import and_, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
+from flyswatter.db import tables
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.dependencies import IssueAccess
 from flyswatter.issues.models import Issue
@@ -23,9 +24,8 @@ from flyswatter.relations.models import (
 from flyswatter.users.models import User, UserSummary
 from flyswatter.users.service import SUMMARY_FIELDS
 
-_RELATION, _ISSUE, _PROJECT, _MEMBER, _USER = (
-    model.__table__  # type: ignore[union-attr]
-    for model in (IssueRelation, Issue, Project, ProjectMember, User)
+_RELATION, _ISSUE, _PROJECT, _MEMBER, _USER = tables(
+    IssueRelation, Issue, Project, ProjectMember, User
 )
 _OTHER = _ISSUE.alias("other_issue")
 _OTHER_PROJECT = _PROJECT.alias("other_project")

@@ -13,11 +13,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
 from flyswatter.comments.models import Comment
-from flyswatter.db import utcnow
+from flyswatter.db import table, utcnow
 from flyswatter.issues.models import Issue
 from flyswatter.users.models import User, UserSummary
 
-_USER = User.__table__  # type: ignore[attr-defined]
+_USER = table(User)
 SUMMARY_FIELDS = tuple(UserSummary.model_fields)
 # What a user's work shows of them (``UserSummary`` less the id), before an upsert.
 _SHOWN = select(_USER.c.username, _USER.c.name, _USER.c.is_service_account).where(
@@ -84,7 +84,7 @@ class UserMirror:
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         statement = insert(User).values(values)
         statement = statement.on_conflict_do_update(
-            index_elements=[User.__table__.c.id],  # type: ignore[attr-defined]
+            index_elements=[table(User).c.id],
             set_={
                 key: statement.excluded[key] for key in values if key not in ("id", "created_at")
             },

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
-from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.db import UTCDateTime, tables, utcnow
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.dependencies import IssueAccess
 from flyswatter.issues.models import Activity, Issue, IssuePublic
@@ -33,13 +33,9 @@ from flyswatter.watchers.models import (
     WatchStatus,
 )
 
-_WATCHER = Watcher.__table__  # type: ignore[attr-defined]
-_PREFERENCES = UserPreferences.__table__  # type: ignore[attr-defined]
-_USER = User.__table__  # type: ignore[attr-defined]
-_ISSUE = Issue.__table__  # type: ignore[attr-defined]
-_PROJECT = Project.__table__  # type: ignore[attr-defined]
-_MEMBER = ProjectMember.__table__  # type: ignore[attr-defined]
-_ACTIVITY = Activity.__table__  # type: ignore[attr-defined]
+_WATCHER, _PREFERENCES, _USER, _ISSUE, _PROJECT, _MEMBER, _ACTIVITY = tables(
+    Watcher, UserPreferences, User, Issue, Project, ProjectMember, Activity
+)
 
 WATCHING_SORT = "-last_activity"
 WATCHERS_SORT = "user_id"

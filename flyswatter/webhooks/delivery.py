@@ -23,7 +23,7 @@ from cryptography.fernet import InvalidToken
 from sqlalchemy import Engine, delete, insert, select, update
 
 from flyswatter.config import Settings
-from flyswatter.db import utcnow
+from flyswatter.db import tables, utcnow
 from flyswatter.events.models import Event
 from flyswatter.observability.metrics import (
     WEBHOOK_DELIVERIES,
@@ -44,10 +44,9 @@ from flyswatter.webhooks.targets import PinnedTransport, RefusedTarget, TargetPo
 
 logger = logging.getLogger("flyswatter.webhooks")
 
-_DELIVERY = WebhookDelivery.__table__  # type: ignore[attr-defined]
-_ATTEMPT = WebhookDeliveryAttempt.__table__  # type: ignore[attr-defined]
-_WEBHOOK = Webhook.__table__  # type: ignore[attr-defined]
-_EVENT = Event.__table__  # type: ignore[attr-defined]
+_DELIVERY, _ATTEMPT, _WEBHOOK, _EVENT = tables(
+    WebhookDelivery, WebhookDeliveryAttempt, Webhook, Event
+)
 USER_AGENT = "Flyswatter-Webhooks/1"
 # Jitter spreads retries of many deliveries that failed together; not a secret.
 _jitter = random.Random()  # noqa: S311

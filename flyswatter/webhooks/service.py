@@ -9,6 +9,7 @@ import anyio.to_thread
 from sqlalchemy import bindparam, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from flyswatter.db import tables
 from flyswatter.errors import UnprocessableEntity
 from flyswatter.events.models import Event
 from flyswatter.projects.service import ProjectAccess, load_project_row
@@ -23,10 +24,9 @@ from flyswatter.webhooks.models import (
 )
 from flyswatter.webhooks.targets import RefusedTarget, TargetPolicy, check_target
 
-WEBHOOK = Webhook.__table__  # type: ignore[attr-defined]
-DELIVERY = WebhookDelivery.__table__  # type: ignore[attr-defined]
-_ATTEMPT = WebhookDeliveryAttempt.__table__  # type: ignore[attr-defined]
-_EVENT = Event.__table__  # type: ignore[attr-defined]
+WEBHOOK, DELIVERY, _ATTEMPT, _EVENT = tables(
+    Webhook, WebhookDelivery, WebhookDeliveryAttempt, Event
+)
 
 DELIVERY_COLUMNS = (
     DELIVERY.c.id,
