@@ -10,7 +10,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from flyswatter.auth.dependencies import AUTH_ERRORS, ProjectsRead, ProjectsWrite
-from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep, utcnow
 from flyswatter.errors import Conflict, NotFound, problem_responses
 from flyswatter.http.created import creates
@@ -34,7 +33,7 @@ from flyswatter.projects.service import (
     ProjectKeyPath,
     count_maintainers,
     load_project_access,
-    project_access,
+    managing,
     project_not_found,
 )
 from flyswatter.text import SingleLine
@@ -42,10 +41,7 @@ from flyswatter.users.models import User
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
-ProjectForManaging = Annotated[
-    ProjectAccess,
-    Depends(project_access(Role.maintainer, Scope.projects_write, "managing the project")),
-]
+ProjectForManaging = Annotated[ProjectAccess, Depends(managing("the project"))]
 UserIdPath = Annotated[
     SingleLine,
     Path(
@@ -72,13 +68,8 @@ def to_public(project: Project, role: Role | None) -> ProjectPublic:
 
 
 def member_public(member: ProjectMember, user: User) -> MemberPublic:
-    return MemberPublic(
-        user_id=user.id,
-        username=user.username,
-        name=user.name,
-        is_service_account=user.is_service_account,
-        role=member.role,
-        created_at=member.created_at,
+    return MemberPublic.model_validate(
+        user, update={"user_id": user.id, "role": member.role, "created_at": member.created_at}
     )
 
 

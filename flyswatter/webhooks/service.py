@@ -28,10 +28,11 @@ WEBHOOK, DELIVERY, _ATTEMPT, _EVENT = tables(
     Webhook, WebhookDelivery, WebhookDeliveryAttempt, Event
 )
 
+# Each column under its public name: a row is a delivery's public shape but for its attempts.
 DELIVERY_COLUMNS = (
     DELIVERY.c.id,
-    _EVENT.c.uid,
-    _EVENT.c.type,
+    _EVENT.c.uid.label("event_id"),
+    _EVENT.c.type.label("event_type"),
     DELIVERY.c.state,
     DELIVERY.c.attempts,
     DELIVERY.c.next_attempt_at,
@@ -83,16 +84,8 @@ async def public_deliveries(session: AsyncSession, rows: Sequence[Any]) -> list[
                 AttemptPublic.model_validate(attempt, from_attributes=True)
             )
     return [
-        DeliveryPublic(
-            id=row.id,
-            event_id=row.uid,
-            event_type=row.type,
-            state=row.state,
-            attempts=row.attempts,
-            next_attempt_at=row.next_attempt_at,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            attempt_log=attempts.get(row.id, []),
+        DeliveryPublic.model_validate(
+            row, from_attributes=True, update={"attempt_log": attempts.get(row.id, [])}
         )
         for row in rows
     ]
