@@ -9,7 +9,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep
 from flyswatter.errors import Conflict, NotFound, problem_responses
 from flyswatter.http.created import creates
@@ -17,21 +16,17 @@ from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import KeysetDep, Page, lists
 from flyswatter.issues.revisions import label_changed
 from flyswatter.labels.models import Label, LabelCreate, LabelPublic, LabelUpdate, label_id
-from flyswatter.projects.models import Role
 from flyswatter.projects.service import (
     PROJECT_ERRORS,
     ProjectAccess,
     ProjectForReading,
-    project_access,
+    managing,
 )
 from flyswatter.text import SingleLine
 
 router = APIRouter(prefix="/projects/{key}/labels", tags=["labels"])
 
-ProjectForLabelling = Annotated[
-    ProjectAccess,
-    Depends(project_access(Role.maintainer, Scope.projects_write, "managing labels")),
-]
+ProjectForLabelling = Annotated[ProjectAccess, Depends(managing("labels"))]
 LabelNamePath = Annotated[
     SingleLine, Path(min_length=1, max_length=50, description="Label name.", examples=["bug"])
 ]

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 
-from flyswatter.auth.scopes import Scope
 from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import problem_responses
 from flyswatter.http.conditional import (
@@ -26,22 +25,18 @@ from flyswatter.milestones.models import (
     MilestoneState,
     MilestoneUpdate,
 )
-from flyswatter.projects.models import Role
 from flyswatter.projects.service import (
     PROJECT_ERRORS,
     ProjectAccess,
     ProjectForReading,
-    project_access,
+    managing,
 )
 
 MilestoneIdPath = Annotated[
     int, Path(ge=1, le=MAX_ROW_ID, description="The milestone's id.", examples=[1])
 ]
 # Milestones are the project's plan: its maintainers make it, every member reads it.
-ProjectForPlanning = Annotated[
-    ProjectAccess,
-    Depends(project_access(Role.maintainer, Scope.projects_write, "managing milestones")),
-]
+ProjectForPlanning = Annotated[ProjectAccess, Depends(managing("milestones"))]
 
 router = APIRouter(prefix="/projects/{key}/milestones", tags=["milestones"])
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS

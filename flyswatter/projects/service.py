@@ -146,6 +146,12 @@ def project_access(
     return dependency
 
 
+def managing(what: str) -> Callable[..., Awaitable[ProjectAccess]]:
+    """Dependency: the ``{key}`` project for managing ``what`` (the project itself, its labels,
+    milestones, webhooks): maintainers, through a client allowed ``projects:write``."""
+    return project_access(Role.maintainer, Scope.projects_write, f"managing {what}")
+
+
 async def count_maintainers(session: AsyncSession, project_id: int) -> int:
     rows = await session.exec(
         select(ProjectMember.user_id).where(

@@ -8,13 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Response, status
 from sqlalchemy import update
 
-from flyswatter.auth.scopes import Scope
 from flyswatter.db import MAX_ROW_ID, SessionDep, utcnow
 from flyswatter.errors import NotFound, problem_responses
 from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import KeysetDep, Page
-from flyswatter.projects.models import Role
-from flyswatter.projects.service import ProjectAccess, project_access
+from flyswatter.projects.service import ProjectAccess, managing
 from flyswatter.services import ServicesDep
 from flyswatter.webhooks.models import (
     DeliveryPublic,
@@ -40,10 +38,7 @@ from flyswatter.webhooks.signing import new_secret
 
 router = APIRouter(prefix="/projects/{key}/webhooks", tags=["webhooks"])
 
-ProjectForWebhooks = Annotated[
-    ProjectAccess,
-    Depends(project_access(Role.maintainer, Scope.projects_write, "managing webhooks")),
-]
+ProjectForWebhooks = Annotated[ProjectAccess, Depends(managing("webhooks"))]
 WebhookIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Webhook id.", examples=[1])]
 DeliveryIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Delivery id.", examples=[1])]
 AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
