@@ -38,14 +38,26 @@ from flyswatter.services import settings_of
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
-class IdempotencyRecord(SQLModel, table=True):
+class IdempotentRequest(SQLModel):
+    """What a key stands for: a retry must be this very request (route and body) again."""
+
+    method: str = Field(max_length=10)
+    path: str = Field(max_length=500)
+    request_hash: str = Field(max_length=64)
+
+    def same_as(self, other: IdempotentRequest) -> bool:
+        return (self.method, self.path, self.request_hash) == (
+            other.method,
+            other.path,
+            other.request_hash,
+        )
+
+
+class IdempotencyRecord(IdempotentRequest, table=True):
     __tablename__ = "idempotency_record"
 
     principal_key: str = Field(primary_key=True, max_length=300)
     key: str = Field(primary_key=True, max_length=255)
-    method: str = Field(max_length=10)
-    path: str = Field(max_length=500)
-    request_hash: str = Field(max_length=64)
     status_code: int
     response_body: str = Field(sa_type=Text)
     location: str | None = Field(default=None, max_length=500)
@@ -80,9 +92,11 @@ class Idempotency:
         self.response = response
         self.principal = principal
         self.principal_key = principal.key
-        self.method = request.method
-        self.path = request.url.path
-        self.request_hash = hashlib.sha256(canonical_body(body)).hexdigest()
+        self.request = IdempotentRequest(
+            method=request.method,
+            path=request.url.path,
+            request_hash=hashlib.sha256(canonical_body(body)).hexdigest(),
+        )
         window = settings_of(request.app).idempotency_window_seconds
         self.cutoff = utcnow() - timedelta(seconds=window)
 
@@ -101,11 +115,7 @@ class Idempotency:
         ).first()
         if record is None:
             return None
-        if (record.method, record.path, record.request_hash) != (
-            self.method,
-            self.path,
-            self.request_hash,
-        ):
+        if not self.request.same_as(record):
             raise UnprocessableEntity(
                 "this Idempotency-Key was used for a different request; use a new key",
                 loc=("header", "Idempotency-Key"),
@@ -139,20 +149,16 @@ class Idempotency:
                 col(IdempotencyRecord.created_at) < self.cutoff,
             )
         )
-        session.add(
-            IdempotencyRecord(
-                principal_key=self.principal_key,
-                key=self.key,
-                method=self.method,
-                path=self.path,
-                request_hash=self.request_hash,
-                status_code=status_code,
-                # As FastAPI answers the first time: by alias (a report's ``from``).
-                response_body=body.model_dump_json(by_alias=True),
-                location=location,
-                etag=etag,
-            )
-        )
+        record = {
+            "principal_key": self.principal_key,
+            "key": self.key,
+            "status_code": status_code,
+            # As FastAPI answers the first time: by alias (a report's ``from``).
+            "response_body": body.model_dump_json(by_alias=True),
+            "location": location,
+            "etag": etag,
+        }
+        session.add(IdempotencyRecord.model_validate(self.request, update=record))
 
     async def create(
         self, make: Callable[[], Awaitable[Created[Body]]], *, on_created: Callable[[], None]
