@@ -19,7 +19,7 @@ from flyswatter.errors import NotFound
 from flyswatter.http.headers import api_path, retry_after
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportParameters
 from flyswatter.projects.models import Project, ProjectMember, Role
-from flyswatter.projects.service import ProjectAccess
+from flyswatter.projects.service import ProjectAccess, caller_membership
 from flyswatter.storage.models import Artifact, ArtifactPublic
 from flyswatter.storage.service import Storage, storage_from_settings
 
@@ -100,13 +100,7 @@ def visible_jobs(principal: Principal) -> Select[Any]:
     statement = (
         select(Job, Project.key, ProjectMember.role, Artifact)
         .join(Project, col(Project.id) == Job.project_id)
-        .outerjoin(
-            ProjectMember,
-            and_(
-                col(ProjectMember.project_id) == Job.project_id,
-                col(ProjectMember.user_id) == principal.subject,
-            ),
-        )
+        .outerjoin(ProjectMember, caller_membership(principal, Job.project_id))
         .outerjoin(Artifact, col(Artifact.id) == Job.artifact_id)
     )
     if not principal.is_admin:

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path
-from sqlalchemy import and_, bindparam
+from sqlalchemy import ColumnElement, and_, bindparam
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.dependencies import AUTH_ERRORS, require_scopes
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
-from flyswatter.db import SessionDep
+from flyswatter.db import SessionDep, table
 from flyswatter.errors import Conflict, Forbidden, NotFound, problem_responses
 from flyswatter.projects.models import Project, ProjectMember, Role
 
@@ -65,6 +65,13 @@ class ProjectAccess:
 
 
 _Row = TypeVar("_Row", bound=SQLModel)
+
+
+def caller_membership(principal: Principal, project_id: Any) -> ColumnElement[bool]:
+    """The join to the caller's membership of the project ``project_id`` names: outer-joined,
+    its role is null where the caller is no member (what only an admin may still see)."""
+    member = table(ProjectMember)
+    return and_(member.c.project_id == project_id, member.c.user_id == principal.subject)
 
 
 async def load_project_row(

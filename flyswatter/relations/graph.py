@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, cast, func, literal, select
+from sqlalchemy import Integer, cast, func, literal, select
 from sqlmodel import col
 from sqlmodel import select as select_model
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -22,6 +22,7 @@ from flyswatter.errors import Conflict
 from flyswatter.issues.dependencies import IssueAccess
 from flyswatter.issues.models import Issue
 from flyswatter.projects.models import Project, ProjectMember
+from flyswatter.projects.service import caller_membership
 from flyswatter.relations.models import IssueRelation, RelationKind
 
 _RELATION, _ISSUE, _PROJECT, _MEMBER = tables(IssueRelation, Issue, Project, ProjectMember)
@@ -145,10 +146,7 @@ async def _keys(session: AsyncSession, principal: Principal, ids: Sequence[int])
     statement = (
         select(_ISSUE.c.id, _PROJECT.c.key, _PROJECT.c.deleted_at, _ISSUE.c.number, _MEMBER.c.role)
         .join(_PROJECT, _PROJECT.c.id == _ISSUE.c.project_id)
-        .outerjoin(
-            _MEMBER,
-            and_(_MEMBER.c.project_id == _PROJECT.c.id, _MEMBER.c.user_id == principal.subject),
-        )
+        .outerjoin(_MEMBER, caller_membership(principal, _PROJECT.c.id))
         .where(_ISSUE.c.id.in_(list(ids)))
     )
     connection = await session.connection()

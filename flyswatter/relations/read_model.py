@@ -14,6 +14,7 @@ from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.dependencies import IssueAccess
 from flyswatter.issues.models import Issue
 from flyswatter.projects.models import Project, ProjectMember
+from flyswatter.projects.service import caller_membership
 from flyswatter.relations.models import (
     IssueRelation,
     RelatedIssue,
@@ -57,13 +58,7 @@ def _relations_of(issue_id: int, principal: Principal, after: int | None, rows: 
             )
             .join(_OTHER_PROJECT, _OTHER_PROJECT.c.id == _OTHER.c.project_id)
             .join(_USER, _USER.c.id == _RELATION.c.created_by)
-            .outerjoin(
-                _MEMBER,
-                and_(
-                    _MEMBER.c.project_id == _OTHER_PROJECT.c.id,
-                    _MEMBER.c.user_id == principal.subject,
-                ),
-            )
+            .outerjoin(_MEMBER, caller_membership(principal, _OTHER_PROJECT.c.id))
         )
         .where(mine, _OTHER_PROJECT.c.deleted_at.is_(None))
         .order_by(_RELATION.c.id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, literal, select, true, tuple_
+from sqlalchemy import Select, exists, func, literal, select, true, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -22,6 +22,7 @@ from flyswatter.issues.read_model import (
     public_issue,
 )
 from flyswatter.projects.models import Project, ProjectMember
+from flyswatter.projects.service import caller_membership
 from flyswatter.users.models import User, UserSummary
 from flyswatter.users.service import SUMMARY_FIELDS
 from flyswatter.watchers.models import (
@@ -155,13 +156,7 @@ def watching_statement(principal: Principal, after: list[Any] | None, rows: int)
         .select_from(
             ISSUES_WITH_PEOPLE.join(_WATCHER, _WATCHER.c.issue_id == _ISSUE.c.id)
             .join(_PROJECT, _PROJECT.c.id == _ISSUE.c.project_id)
-            .outerjoin(
-                _MEMBER,
-                and_(
-                    _MEMBER.c.project_id == _ISSUE.c.project_id,
-                    _MEMBER.c.user_id == principal.subject,
-                ),
-            )
+            .outerjoin(_MEMBER, caller_membership(principal, _ISSUE.c.project_id))
         )
         .where(
             _WATCHER.c.user_id == principal.subject,
