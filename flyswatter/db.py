@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, Request
 from sqlalchemy import DateTime, Engine, Table, event
@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import SelectOfScalar
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flyswatter.config import Settings
+from flyswatter.errors import NotFound
 from flyswatter.http.context import find_request_context, request_context
 from flyswatter.services import ServicesDep
 
@@ -44,6 +46,22 @@ def table(model: type[SQLModel]) -> Table:
 
 def tables(*models: type[SQLModel]) -> tuple[Table, ...]:
     return tuple(table(model) for model in models)
+
+
+_Row = TypeVar("_Row")
+
+
+async def first_or_not_found(
+    session: AsyncSession, statement: SelectOfScalar[_Row], missing: str, *, for_update: bool
+) -> _Row:
+    """The statement's first row, locked until the transaction ends when ``for_update``;
+    a 404 saying ``missing`` when there is none."""
+    if for_update:
+        statement = statement.with_for_update()
+    row = (await session.exec(statement)).first()
+    if row is None:
+        raise NotFound(missing)
+    return row
 
 
 def utcnow() -> datetime:

@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.auth.dependencies import require_scopes
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
-from flyswatter.db import MAX_ROW_ID, SessionDep
+from flyswatter.db import MAX_ROW_ID, SessionDep, first_or_not_found
 from flyswatter.errors import NotFound
 from flyswatter.http.conditional import IfMatch, etag_of
 from flyswatter.issues.models import Issue, IssuePublic
@@ -104,11 +104,8 @@ async def _load_issue(
 ) -> IssueAccess:
     access = await load_project_access(session, principal, project_key)
     statement = select(Issue).where(Issue.project_id == access.project_id, Issue.number == number)
-    if for_update:
-        statement = statement.with_for_update()
-    issue = (await session.exec(statement)).first()
-    if issue is None:
-        raise NotFound(f"issue {project_key}-{number} not found")
+    missing = f"issue {project_key}-{number} not found"
+    issue = await first_or_not_found(session, statement, missing, for_update=for_update)
     return IssueAccess(issue=issue, project_access=access)
 
 

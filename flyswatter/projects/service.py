@@ -14,7 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.auth.dependencies import AUTH_ERRORS, require_scopes
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
-from flyswatter.db import SessionDep, table
+from flyswatter.db import SessionDep, first_or_not_found, table
 from flyswatter.errors import Conflict, Forbidden, NotFound, problem_responses
 from flyswatter.projects.models import Project, ProjectMember, Role
 
@@ -86,12 +86,8 @@ async def load_project_row(
     """A row of the project's (a webhook, a milestone) by id; 404 when it is another's."""
     table: Any = model
     statement = select(model).where(table.project_id == access.project_id, table.id == row_id)
-    if for_update:
-        statement = statement.with_for_update()
-    row = (await session.exec(statement)).first()
-    if row is None:
-        raise NotFound(f"{noun} {row_id} not found in {access.project.key}")
-    return row
+    missing = f"{noun} {row_id} not found in {access.project.key}"
+    return await first_or_not_found(session, statement, missing, for_update=for_update)
 
 
 def project_not_found(key: str) -> NotFound:
