@@ -1,8 +1,12 @@
-"""``flyswatter dev``: a local server on SQLite with the development identity provider, the
-demo data and an in-process worker. Everything it starts is imported when it runs: ``serve``
-never loads the development provider."""
+"""A local server: migrates the database (SQLite ./flyswatter.db unless
+FLYSWATTER_DATABASE_URL says otherwise), starts the development identity provider, seeds the
+DEMO project with the demo users, and prints commands to try it.
+"""
 
 from __future__ import annotations
+
+# Everything ``dev`` starts is imported when it runs, never at import: ``serve`` must not load
+# the development identity provider.
 
 import argparse
 import os
@@ -121,9 +125,8 @@ def add_dev_command(commands: Any) -> None:
     dev = commands.add_parser(
         "dev",
         help="a local server on SQLite with the development identity provider and demo data",
-        description="A local server: migrates the database (SQLite ./flyswatter.db unless "
-        "FLYSWATTER_DATABASE_URL says otherwise), starts the development identity provider, "
-        "seeds the DEMO project with the demo users, and prints commands to try it.",
+        # What ``flyswatter dev --help`` says is this module's docstring.
+        description=__doc__,
     )
     dev.add_argument(
         "--host", default="127.0.0.1", help="loopback address to listen on (default: 127.0.0.1)"

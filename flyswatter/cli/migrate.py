@@ -1,4 +1,4 @@
-"""``flyswatter migrate``: Alembic's commands on FLYSWATTER_DATABASE_URL."""
+"""Database migrations (Alembic) on FLYSWATTER_DATABASE_URL."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def add_migrate_command(commands: Any) -> None:
     migrate = commands.add_parser(
         "migrate",
         help="database migrations (Alembic) on FLYSWATTER_DATABASE_URL",
-        description="Database migrations (Alembic) on FLYSWATTER_DATABASE_URL.",
+        description=__doc__,
     )
     actions = migrate.add_subparsers(dest="action", required=True, metavar="ACTION")
     upgrade = actions.add_parser("upgrade", help="apply migrations up to REVISION")

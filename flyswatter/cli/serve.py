@@ -1,4 +1,7 @@
-"""``flyswatter serve``: the production server (uvicorn workers, settings from FLYSWATTER_*)."""
+"""The production server. Refuses unsafe settings with one line, never migrates (run
+'flyswatter migrate upgrade' first) and stops gracefully on SIGTERM. Listens on
+FLYSWATTER_HOST:FLYSWATTER_PORT.
+"""
 
 from __future__ import annotations
 
@@ -78,9 +81,8 @@ def add_serve_command(commands: Any) -> None:
     serve = commands.add_parser(
         "serve",
         help="the production server (uvicorn workers; settings from FLYSWATTER_*)",
-        description="The production server. Refuses unsafe settings with one line, never "
-        "migrates (run 'flyswatter migrate upgrade' first) and stops gracefully on SIGTERM. "
-        "Listens on FLYSWATTER_HOST:FLYSWATTER_PORT.",
+        # What ``flyswatter serve --help`` says is this module's docstring.
+        description=__doc__,
     )
     serve.add_argument(
         "--workers", type=int, help="worker processes (default: FLYSWATTER_WORKERS, else 1)"
