@@ -5,9 +5,6 @@ DEMO project with the demo users, and prints commands to try it.
 
 from __future__ import annotations
 
-# Everything ``dev`` starts is imported when it runs, never at import: ``serve`` must not load
-# the development identity provider.
-
 import argparse
 import os
 import socket
@@ -36,6 +33,8 @@ def dev_options(host: str, port: int, forwarded_allow_ips: str | None) -> dict[s
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
+    # Everything ``dev`` starts is imported when it runs, never at import: ``serve`` must not load
+    # the development identity provider.
     import asyncio
 
     import uvicorn
