@@ -99,15 +99,11 @@ async def comment_page(
 ) -> Page[CommentPublic]:
     """The issue's comments, oldest first."""
     statement = select(Comment).where(Comment.issue_id == access.issue_id)
-    if (after := keyset.after("id", (int,))) is not None:
-        statement = statement.where(col(Comment.id) > after[0])
-    rows = (await session.exec(statement.order_by(col(Comment.id)).limit(keyset.fetch))).all()
-    return await keyset.page(
-        rows,
-        sort="id",
-        key=lambda comment: [comment.id],
-        build=lambda page: build_public_comments(session, access.key, page),
-    )
+
+    async def public(page: list[Comment]) -> list[CommentPublic]:
+        return await build_public_comments(session, access.key, page)
+
+    return await keyset.page_in_order_of(session, statement, col(Comment.id), int, public)
 
 
 async def create_comment(

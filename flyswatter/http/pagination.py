@@ -25,6 +25,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel, Field
+from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import SelectOfScalar
 
 from flyswatter.config import Settings
 from flyswatter.db import MAX_ROW_ID
@@ -213,6 +215,22 @@ class Keyset:
         if isawaitable(items):
             items = await items
         return Page(items=items, next_cursor=next_cursor, total=total)
+
+    async def page_in_order_of(
+        self,
+        session: AsyncSession,
+        statement: SelectOfScalar[R],
+        column: Any,
+        kind: type,
+        build: Callable[[list[R]], list[T] | Awaitable[list[T]]],
+    ) -> Page[T]:
+        """The page of ``statement``'s rows in the order of one unique column, ascending;
+        the sort the cursor names is the column's name."""
+        sort = column.key
+        if (after := self.after(sort, (kind,))) is not None:
+            statement = statement.where(column > after[0])
+        rows = (await session.exec(statement.order_by(column).limit(self.fetch))).all()
+        return await self.page(rows, sort=sort, key=lambda row: [getattr(row, sort)], build=build)
 
 
 async def keyset(

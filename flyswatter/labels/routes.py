@@ -61,14 +61,8 @@ async def list_labels(
 ) -> Page[LabelPublic]:
     """The project's labels, by name."""
     statement = select(Label).where(Label.project_id == access.project_id)
-    if (after := keyset.after("name", (str,))) is not None:
-        statement = statement.where(col(Label.name) > after[0])
-    rows = (await session.exec(statement.order_by(col(Label.name)).limit(keyset.fetch))).all()
-    return await keyset.page(
-        rows,
-        sort="name",
-        key=lambda label: [label.name],
-        build=lambda page: [to_public(label) for label in page],
+    return await keyset.page_in_order_of(
+        session, statement, col(Label.name), str, lambda page: list(map(to_public, page))
     )
 
 
