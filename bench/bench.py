@@ -28,7 +28,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import httpx
 import sqlalchemy as sa
@@ -44,7 +44,7 @@ from bench.seed import (
 )
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from flyswatter.http.pagination import encode_cursor
+from flyswatter.http.pagination import cursor_key, encode_cursor
 from tests.support.identity import JwksServer, TokenFactory
 from tests.support.servers import free_port
 
@@ -54,9 +54,19 @@ PYTHON = sys.executable
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DEEP_ROWS = 100_000
 SEARCH_P95_TARGET_MS = 20.0
+# The service signs its cursors with it; the deep-page scenario's cursor is signed the same way.
+CURSOR_SECRET = "the benchmark's cursor secret"
 # endpoints: every endpoint against its baseline at every size; stack: the middleware stack
 # in isolation (bench/stack.py); metrics: /metrics with four workers (bench/scrape.py).
 PARTS = ("endpoints", "stack", "metrics")
+# Parts with a command of their own (each one under five minutes), whose sections of
+# RESULTS.md this command keeps when it rewrites the rest.
+PARTS_ON_THEIR_OWN = [
+    "Parts run on their own, each writing its own section at the end of this file (under five",
+    "minutes each): `python -m bench.webhooks` (webhook deliveries per worker),",
+    "`python -m bench.sse` (live-stream fan-out to 500 subscribers), `python -m bench.fleet`",
+    "(three replicas behind HAProxy against one, /metrics per replica).",
+]
 
 WRK_SCRIPT = r"""
 local method, body, pace_ms = "%(method)s", %(body)s, %(pace_ms)d
@@ -74,6 +84,15 @@ function done(summary, latency, requests)
     latency:percentile(50) / 1e3, latency:percentile(95) / 1e3, latency:percentile(99) / 1e3))
 end
 """
+
+
+class Loaded(Protocol):
+    """What wrk drives: where it sends requests, and the CPU time of what serves them."""
+
+    @property
+    def base(self) -> str: ...
+
+    def cpu_seconds(self) -> float: ...
 
 
 @dataclass
@@ -186,7 +205,7 @@ class Measurement:
 
 
 def wrk(
-    server: Server,
+    server: Loaded,
     path: str,
     scenario: Scenario,
     token: str,
@@ -231,7 +250,10 @@ def deep_cursor(url: str) -> str:
             {"n": min(DEEP_ROWS, in_project - 100) - 1},
         ).one()
     engine.dispose()
-    return encode_cursor("-updated_at", [row[0].isoformat(), row[1]])
+    key = cursor_key(Settings(database_url=url, cursor_secret=CURSOR_SECRET))
+    return encode_cursor(
+        key, "/api/v1/projects/P001/issues", "-updated_at", [row[0].isoformat(), row[1]]
+    )
 
 
 def scenarios(url: str) -> list[Scenario]:
@@ -306,7 +328,7 @@ def service_env(url: str, jwks: JwksServer) -> dict[str, str]:
         "FLYSWATTER_RATE_LIMIT_WRITES": "100000000/minute",
         "FLYSWATTER_DATABASE_POOL_SIZE": "10",
         # serve refuses to start without them.
-        "FLYSWATTER_CURSOR_SECRET": "the benchmark's cursor secret",
+        "FLYSWATTER_CURSOR_SECRET": CURSOR_SECRET,
         "FLYSWATTER_WEBHOOK_SECRET_KEYS": json.dumps([Fernet.generate_key().decode()]),
     }
 
@@ -454,7 +476,12 @@ def measure_size(
     args: argparse.Namespace, url: str, jwks: JwksServer, token: str, size: int, seeded: float
 ) -> dict[str, Any]:
     env = service_env(url, jwks)
-    settings = Settings(database_url=url, keycloak_url=jwks.base_url, rate_limit_enabled=False)
+    settings = Settings(
+        database_url=url,
+        keycloak_url=jwks.base_url,
+        rate_limit_enabled=False,
+        cursor_secret=CURSOR_SECRET,
+    )
     cases = scenarios(url)
     if size != max(args.sizes):
         cases = [case for case in cases if case.reads]  # scaling: reads only
@@ -532,6 +559,8 @@ def write_results(report: dict[str, Any], path: Path) -> None:
         "Figures are medians over rounds (± half the spread). CPU is the server process's user+system",
         "time per request. B1: bare Starlette JSON; B2: the service's SQL behind the same token check.",
         "",
+        *PARTS_ON_THEIR_OWN,
+        "",
     ]
     for size, result in report["sizes"].items():
         lines += [
@@ -580,7 +609,10 @@ def write_results(report: dict[str, Any], path: Path) -> None:
         lines += stack_section(report["stack"], report)
     if "metrics" in report:
         lines += metrics_section(report["metrics"], report)
-    path.write_text("\n".join(lines) + "\n")
+    from bench.sections import kept_sections
+
+    # The parts run on their own keep their sections (and their own dates) at the end.
+    path.write_text("\n".join([*lines, *kept_sections(path)]) + "\n")
 
 
 def load_average(report: dict[str, Any]) -> str:
