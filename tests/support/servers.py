@@ -305,7 +305,14 @@ class DevFlyswatter:
 
     def __enter__(self) -> DevFlyswatter:
         environment = serve_environment(database_url=f"sqlite:///{self.root / 'dev.db'}")
-        command = [FLYSWATTER, "dev", "--port", str(self.port), "--idp-port", str(self.idp_port)]
+        command: list[str | Path] = [
+            FLYSWATTER,
+            "dev",
+            "--port",
+            str(self.port),
+            "--idp-port",
+            str(self.idp_port),
+        ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
