@@ -4,6 +4,9 @@ B1 is the transport limit: a bare Starlette JSON endpoint. B2 is the database li
 minimal Starlette endpoint that verifies the token exactly as Flyswatter does, then runs
 exactly the SQL Flyswatter ran for the same request (recorded from the service, see
 ``bench.record_service_sql``) through a psycopg pool, and returns the rows as JSON.
+B3 is the live-stream limit (``bench.sse``): the same Server-Sent Events library as the
+service (sse-starlette), an endpoint that streams whatever is posted to every open stream
+from a queue per stream, with no token check, database or broker in between.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,6 +28,7 @@ from starlette.routing import Route
 
 from flyswatter.auth.tokens import TokenRejected, TokenVerifier
 from flyswatter.config import Settings
+from flyswatter.db import utcnow
 
 
 async def bare_json(request: Request) -> Response:
@@ -86,3 +91,37 @@ def _b2_app() -> Starlette:
 
 
 b2_app = _b2_app()
+
+
+def _b3_app() -> Starlette:
+    streams: set[asyncio.Queue[tuple[int, str]]] = set()
+    numbers = iter(range(1, 1 << 62))
+
+    async def follow(request: Request) -> Response:
+        queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        streams.add(queue)
+
+        async def events() -> AsyncIterator[ServerSentEvent]:
+            try:
+                yield ServerSentEvent(comment="stream open")
+                while True:
+                    number, document = await queue.get()
+                    yield ServerSentEvent(data=document, event="issue.created", id=str(number))
+            finally:
+                streams.discard(queue)
+
+        return EventSourceResponse(events(), ping=15)
+
+    async def publish(request: Request) -> Response:
+        # Stamped as the service stamps its events: the writer's time, before the answer.
+        event = {**await request.json(), "timestamp": utcnow().isoformat()}
+        document = json.dumps(event)
+        number = next(numbers)
+        for queue in streams:
+            queue.put_nowait((number, document))
+        return JSONResponse({"sequence": number}, status_code=201)
+
+    return Starlette(routes=[Route("/events", follow), Route("/events", publish, methods=["POST"])])
+
+
+b3_app = _b3_app()

@@ -1,0 +1,65 @@
+"""The webhook receiver both senders post to (``bench.webhooks``): a Starlette app under
+uvicorn in a process of its own, so that its work is no sender's CPU.
+
+It verifies each delivery's Standard Webhooks signature with the secret in
+``BENCH_RECEIVER_SECRET`` (as a subscriber would), notes when it arrived, and answers 200.
+``GET /stats`` says how many arrived (distinct ``webhook-id`` values too), how many failed
+verification, and the first and last arrival times (``time.time()``); ``POST /reset`` forgets.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+_verifier = Webhook(os.environ.get("BENCH_RECEIVER_SECRET", "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZg=="))
+_arrivals: list[float] = []
+_ids: set[str] = set()
+_rejected: list[int] = []
+
+
+async def hook(request: Request) -> Response:
+    body = await request.body()
+    try:
+        _verifier.verify(body, dict(request.headers))
+    except WebhookVerificationError:
+        _rejected.append(1)
+        return JSONResponse({"verified": False}, status_code=400)
+    _arrivals.append(time.time())
+    _ids.add(request.headers["webhook-id"])
+    return JSONResponse({"verified": True})
+
+
+async def stats(request: Request) -> Response:
+    return JSONResponse(
+        {
+            "count": len(_arrivals),
+            "distinct": len(_ids),
+            "rejected": len(_rejected),
+            "first": min(_arrivals, default=None),
+            "last": max(_arrivals, default=None),
+        }
+    )
+
+
+async def reset(request: Request) -> Response:
+    _arrivals.clear()
+    _ids.clear()
+    _rejected.clear()
+    return JSONResponse({"count": 0})
+
+
+app = Starlette(
+    routes=[
+        Route("/hook", hook, methods=["POST"]),
+        Route("/stats", stats),
+        Route("/reset", reset, methods=["POST"]),
+    ]
+)

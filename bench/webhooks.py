@@ -1,0 +1,298 @@
+"""Webhook deliveries per second by one ``flyswatter worker`` process, against a bare sender.
+
+``python -m bench.webhooks`` queues N ``issue.created`` deliveries (N issues made through a
+``flyswatter serve`` while no worker runs), then starts one real worker (Celery on a Redis of
+the run's own, ``--concurrency=1``, with its beat) and times the deliveries at a receiver on
+loopback (bench/receiver.py, its own process, verifying every signature). The baseline, in
+the same run and to the same receiver: the same N event documents, signed the same way
+(Standard Webhooks, HMAC-SHA256) and posted by a plain ``httpx.Client`` from as many threads
+as the deliverer uses for one batch. The ratio is the worker's rate over the baseline's.
+
+    .venv/bin/python -m bench.webhooks                # 2,000 deliveries, into bench/RESULTS.md
+    .venv/bin/python -m bench.webhooks --deliveries 300 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from bench.sections import (
+    ROOT_DIR,
+    RunFacts,
+    children,
+    fresh_database,
+    group_cpu_seconds,
+    identity,
+    private_redis,
+    write_section,
+)
+from flyswatter.db import utcnow
+from flyswatter.webhooks.signing import signed_headers
+from flyswatter.webhooks.tasks import BATCHES_PER_RUN
+from tests.support.jobs import WorkerProcess
+from tests.support.servers import (
+    ServedFlyswatter,
+    free_port,
+    serve_environment,
+    wait_until,
+)
+
+DATABASE = "flyswatter_bench_webhooks"
+COMMAND = "python -m bench.webhooks"
+
+
+def webhook_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "webhook_allow_http": "true",
+        "webhook_allowed_networks": '["127.0.0.1/32"]',
+        "webhook_batch_size": str(args.batch_size),
+        "webhook_sweep_interval_seconds": str(args.sweep_interval),
+    }
+
+
+async def queue_deliveries(base_url: str, token: str, hook_url: str, count: int) -> str:
+    """A project, its webhook to ``hook_url`` and ``count`` issues; the webhook's secret."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as http:
+        made = await http.post("/api/v1/projects", json={"key": "HOOK", "name": "Webhooks"})
+        assert made.status_code == 201, made.text
+        hook = await http.post("/api/v1/projects/HOOK/webhooks", json={"url": hook_url})
+        assert hook.status_code == 201, hook.text
+        left = iter(range(count))
+
+        async def writer() -> None:
+            for number in left:
+                answer = await http.post(
+                    "/api/v1/projects/HOOK/issues", json={"title": f"Delivered issue {number}"}
+                )
+                assert answer.status_code == 201, answer.text
+
+        await asyncio.gather(*(writer() for _ in range(8)))
+        return str(hook.json()["secret"])
+
+
+def receiver_stats(url: str) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"{url}/stats", timeout=10).json()
+    return answer
+
+
+def bare_sender(
+    documents: list[tuple[str, str]], secret: str, hook_url: str, threads: int
+) -> float:
+    """Post every document, signed, from ``threads`` threads over one client; seconds taken."""
+    with httpx.Client(timeout=10, trust_env=False) as http:
+
+        def post(document: tuple[str, str]) -> int:
+            uid, payload = document
+            headers = {
+                **signed_headers([secret], uid, utcnow(), payload),
+                "content-type": "application/json",
+            }
+            return http.post(hook_url, content=payload, headers=headers).status_code
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            statuses = list(pool.map(post, documents))
+        elapsed = time.perf_counter() - started
+    assert statuses == [200] * len(documents), set(statuses)
+    return elapsed
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    facts = RunFacts.now()
+    root = Path(tempfile.mkdtemp(prefix="flyswatter-bench-webhooks-"))
+    receiver_port = free_port()
+    receiver = f"http://127.0.0.1:{receiver_port}"
+    hook_url = f"{receiver}/hook"
+    result: dict[str, Any] = {"deliveries": args.deliveries}
+    with (
+        fresh_database(DATABASE) as url,
+        private_redis() as redis_url,
+        identity() as (jwks, tokens),
+    ):
+        token = tokens.user_token("bench-hooks", exp=int(time.time()) + 3600)
+        served = ServedFlyswatter(
+            database_url=url,
+            jwks_server=jwks,
+            log_path=root / "serve.log",
+            redis_url=redis_url,
+            workers=2,  # only queues the deliveries: not measured
+            rate_limit_writes="100000000/minute",
+            rate_limit_reads="100000000/minute",
+            **webhook_settings(args),
+        )
+        with served:
+            started = time.perf_counter()
+            secret = asyncio.run(
+                queue_deliveries(served.base_url, token, hook_url, args.deliveries)
+            )
+            result["queue_seconds"] = time.perf_counter() - started
+        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.connect() as connection:
+            documents = [
+                (row.uid, row.payload)
+                for row in connection.execute(sa.text("SELECT uid, payload FROM event ORDER BY id"))
+            ]
+        assert len(documents) == args.deliveries, len(documents)
+        receiving = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.receiver:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(receiver_port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT_DIR,
+            env={**serve_environment(), "BENCH_RECEIVER_SECRET": secret},
+        )
+        try:
+            wait_until(lambda: _answers(f"{receiver}/stats"), 30, "the receiver did not start")
+            # The baseline: the same documents, signed, from as many threads as one batch.
+            httpx.post(f"{receiver}/reset", timeout=10)
+            bare_seconds = bare_sender(documents, secret, hook_url, args.batch_size)
+            bare = receiver_stats(receiver)
+            result["bare"] = {
+                "seconds": bare_seconds,
+                "per_second": args.deliveries / bare_seconds,
+                "received": bare["count"],
+                "rejected": bare["rejected"],
+            }
+            print(f"bare sender: {result['bare']['per_second']:,.0f} deliveries/s", flush=True)
+            httpx.post(f"{receiver}/reset", timeout=10)
+            worker = WorkerProcess(
+                serve_environment(database_url=url, redis_url=redis_url, **webhook_settings(args)),
+                root / "worker.log",
+                "--concurrency=1",
+                "--beat",
+            )
+            worker.start()
+            try:
+                assert worker.process is not None
+                pids = children(worker.process.pid)
+                cpu_before = group_cpu_seconds(pids)
+                wait_until(
+                    lambda: receiver_stats(receiver)["distinct"] >= args.deliveries,
+                    args.timeout,
+                    "the worker did not deliver every event",
+                )
+                with engine.connect() as connection:
+
+                    def settled() -> bool:
+                        return (
+                            connection.execute(
+                                sa.text(
+                                    "SELECT count(*) FROM webhook_delivery WHERE state = 'succeeded'"
+                                )
+                            ).scalar_one()
+                            >= args.deliveries
+                        )
+
+                    wait_until(settled, 60, "the worker did not record every delivery")
+                cpu = group_cpu_seconds(children(worker.process.pid)) - cpu_before
+            finally:
+                worker.stop()
+            got = receiver_stats(receiver)
+            window = got["last"] - got["first"]
+            result["worker"] = {
+                "seconds": window,
+                "per_second": (got["distinct"] - 1) / window,
+                "received": got["count"],
+                "distinct": got["distinct"],
+                "rejected": got["rejected"],
+                "cpu_ms_per_delivery": cpu / args.deliveries * 1000,
+            }
+            print(f"worker: {result['worker']['per_second']:,.0f} deliveries/s", flush=True)
+        finally:
+            receiving.terminate()
+            receiving.wait(timeout=30)
+        engine.dispose()
+    result["ratio"] = result["worker"]["per_second"] / result["bare"]["per_second"]
+    facts.finish()
+    result["facts"] = facts.__dict__
+    result["settings"] = {
+        "batch_size": args.batch_size,
+        "sweep_interval": args.sweep_interval,
+        "batches_per_run": BATCHES_PER_RUN,
+    }
+    return result
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def section(result: dict[str, Any]) -> list[str]:
+    facts = RunFacts(**result["facts"])
+    worker, bare, settings = result["worker"], result["bare"], result["settings"]
+    return [
+        "## Webhook deliveries per worker",
+        "",
+        facts.line(COMMAND),
+        "",
+        f"{result['deliveries']:,} `issue.created` deliveries queued through the API while no "
+        f"worker ran ({result['queue_seconds']:.0f} s), then one `flyswatter worker "
+        "--concurrency=1 --beat` (Celery on Redis) sent them to a receiver on loopback (Starlette "
+        "under uvicorn, its own process, verifying every signature). Rate: distinct deliveries "
+        "over the time from the first arrival to the last, at the receiver; every one was "
+        "recorded as succeeded before the worker stopped. Bare: the same documents signed the "
+        "same way, posted by a plain `httpx.Client` from "
+        f"{settings['batch_size']} threads (the deliverer's batch: it sends a batch's "
+        "deliveries from one thread each). Settings: `FLYSWATTER_WEBHOOK_BATCH_SIZE="
+        f"{settings['batch_size']}`, `FLYSWATTER_WEBHOOK_SWEEP_INTERVAL_SECONDS="
+        f"{settings['sweep_interval']}`; a run sends at most {settings['batches_per_run']} "
+        "batches, so one worker's rate is also bounded by "
+        f"{settings['batches_per_run'] * settings['batch_size']:,} deliveries per sweep interval.",
+        "",
+        "| sender | deliveries/s | seconds | received | rejected | CPU ms/delivery |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| worker (1 process) | {worker['per_second']:,.0f} | {worker['seconds']:.1f} | "
+        f"{worker['distinct']:,} ({worker['received']:,} requests) | {worker['rejected']} | "
+        f"{worker['cpu_ms_per_delivery']:.2f} |",
+        f"| bare httpx | {bare['per_second']:,.0f} | {bare['seconds']:.1f} | "
+        f"{bare['received']:,} | {bare['rejected']} | - |",
+        "",
+        f"Ratio (worker / bare): **{result['ratio']:.2f}**. The issue sets no target for this "
+        "figure; it is reported.",
+        "",
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__)
+    parser.add_argument("--deliveries", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=20, help="FLYSWATTER_WEBHOOK_BATCH_SIZE")
+    parser.add_argument("--sweep-interval", type=float, default=0.5, help="seconds between runs")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds the worker may take")
+    parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    result = measure(args)
+    lines = section(result)
+    print("\n".join(lines))
+    print(json.dumps(result, indent=2, default=str))
+    if not args.no_write:
+        write_section("webhooks", lines)
+
+
+if __name__ == "__main__":
+    main()
