@@ -456,8 +456,10 @@ def commit() -> str:
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
+    # The benchmark's own output files are not what it measured.
+    outputs = [f":(exclude)bench/{name}" for name in ("RESULTS.md", "REPORTS.md", "results.json")]
     changed = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -1,15 +1,15 @@
 """The webhook receiver both senders post to (``bench.webhooks``): a Starlette app under
 uvicorn in a process of its own, so that its work is no sender's CPU.
 
-It verifies each delivery's Standard Webhooks signature with the secret in
-``BENCH_RECEIVER_SECRET`` (as a subscriber would), notes when it arrived, and answers 200.
-``GET /stats`` says how many arrived (distinct ``webhook-id`` values too), how many failed
-verification, and the first and last arrival times (``time.time()``); ``POST /reset`` forgets.
+It verifies each delivery's Standard Webhooks signature (as a subscriber would), notes when
+it arrived, and answers 200. ``POST /reset`` with ``{"secret": ...}`` forgets what arrived and
+sets the secret to verify with; ``GET /stats`` says how many arrived (distinct
+``webhook-id`` values too), how many failed verification, and the first and last arrival
+times (``time.time()``).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from standardwebhooks import Webhook
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-_verifier = Webhook(os.environ.get("BENCH_RECEIVER_SECRET", "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZg=="))
+_verifier: list[Webhook] = []
 _arrivals: list[float] = []
 _ids: set[str] = set()
 _rejected: list[int] = []
@@ -28,8 +28,8 @@ _rejected: list[int] = []
 async def hook(request: Request) -> Response:
     body = await request.body()
     try:
-        _verifier.verify(body, dict(request.headers))
-    except WebhookVerificationError:
+        _verifier[0].verify(body, dict(request.headers))
+    except (IndexError, WebhookVerificationError):
         _rejected.append(1)
         return JSONResponse({"verified": False}, status_code=400)
     _arrivals.append(time.time())
@@ -50,6 +50,7 @@ async def stats(request: Request) -> Response:
 
 
 async def reset(request: Request) -> Response:
+    _verifier[:] = [Webhook((await request.json())["secret"])]
     _arrivals.clear()
     _ids.clear()
     _rejected.clear()

@@ -9,15 +9,18 @@ the rest of the file.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 import statistics
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -26,7 +29,7 @@ from bench.bench import commit, cpu_model
 from flyswatter import migrations
 from flyswatter.config import Settings
 from tests.support.identity import JwksServer, TokenFactory
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, ServedFlyswatter
 
 HERE = Path(__file__).resolve().parent
 ROOT_DIR = HERE.parent
@@ -171,3 +174,45 @@ def identity() -> Iterator[tuple[JwksServer, TokenFactory]]:
         yield jwks, TokenFactory(jwks)
     finally:
         jwks.stop()
+
+
+def served(
+    url: str,
+    jwks: JwksServer,
+    redis_url: str,
+    log_path: Path,
+    *,
+    workers: int,
+    metrics_dir: Path | None = None,
+    **settings: Any,
+) -> ServedFlyswatter:
+    """``flyswatter serve`` as the parts run it: rate limits far above any load's rate."""
+    return ServedFlyswatter(
+        database_url=url,
+        jwks_server=jwks,
+        log_path=log_path,
+        redis_url=redis_url,
+        workers=workers,
+        metrics_dir=metrics_dir,
+        rate_limit_writes="100000000/minute",
+        rate_limit_reads="100000000/minute",
+        **settings,
+    )
+
+
+def run_part(
+    parser: argparse.ArgumentParser,
+    name: str,
+    measure: Callable[[argparse.Namespace], dict[str, Any]],
+    section: Callable[[dict[str, Any]], list[str]],
+    argv: list[str] | None,
+) -> None:
+    """Measure, print the raw figures and the section, and write the section (unless told)."""
+    parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    result = measure(args)
+    lines = section(result)
+    print(json.dumps(result, default=str))
+    print("\n".join(lines))
+    if not args.no_write:
+        write_section(name, lines)

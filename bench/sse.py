@@ -22,8 +22,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,8 +31,8 @@ from typing import Any
 
 import httpx
 
+from bench.bench import uvicorn_server
 from bench.sections import (
-    ROOT_DIR,
     RunFacts,
     children,
     fresh_database,
@@ -42,9 +40,10 @@ from bench.sections import (
     identity,
     percentile,
     private_redis,
-    write_section,
+    run_part,
+    served,
 )
-from tests.support.servers import ServedFlyswatter, free_port, serve_environment, wait_until
+from tests.support.servers import ServedFlyswatter, serve_environment
 
 DATABASE = "flyswatter_bench_sse"
 COMMAND = "python -m bench.sse"
@@ -189,14 +188,16 @@ async def fan_out(
     return measured
 
 
-async def measure_service(args: argparse.Namespace, served: ServedFlyswatter, token: str) -> FanOut:
+async def measure_service(
+    args: argparse.Namespace, service: ServedFlyswatter, token: str
+) -> FanOut:
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=served.base_url, headers=headers, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=service.base_url, headers=headers, timeout=60) as http:
         made = await http.post("/api/v1/projects", json={"key": "LIVE", "name": "Live"})
         assert made.status_code == 201, made.text
-        assert served.process is not None
+        assert service.process is not None
         return await fan_out(
-            port=served.port,
+            port=service.port,
             stream_path="/api/v1/projects/LIVE/events",
             write=http,
             write_path="/api/v1/projects/LIVE/issues",
@@ -206,7 +207,7 @@ async def measure_service(args: argparse.Namespace, served: ServedFlyswatter, to
             events=args.events,
             warmup=args.warmup,
             pace=args.pace,
-            server_pids=children(served.process.pid),
+            server_pids=children(service.process.pid),
         )
 
 
@@ -228,14 +229,6 @@ async def measure_bare(args: argparse.Namespace, port: int, pid: int, size: int)
         )
 
 
-def _answers(url: str) -> bool:
-    try:
-        httpx.get(url, timeout=1)
-        return True
-    except httpx.TransportError:
-        return False
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     facts = RunFacts.now()
     root = Path(tempfile.mkdtemp(prefix="flyswatter-bench-sse-"))
@@ -245,43 +238,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         identity() as (jwks, tokens),
     ):
         token = tokens.user_token("bench-follower", exp=int(time.time()) + 3600)
-        served = ServedFlyswatter(
-            database_url=url,
-            jwks_server=jwks,
-            log_path=root / "serve.log",
-            redis_url=redis_url,
+        service_server = served(
+            url,
+            jwks,
+            redis_url,
+            root / "serve.log",
             workers=1,
-            rate_limit_writes="100000000/minute",
-            rate_limit_reads="100000000/minute",
             events_max_streams_per_principal=1000,
         )
-        with served:
-            service = asyncio.run(measure_service(args, served, token))
+        with service_server:
+            service = asyncio.run(measure_service(args, service_server, token))
         print(f"service: {json.dumps(service.summary())}", flush=True)
-    port = free_port()
-    bare_server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.baselines:b3_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT_DIR,
-        env=serve_environment(),
-    )
-    try:
-        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/"), 30, "B3 did not start")
-        bare = asyncio.run(measure_bare(args, port, bare_server.pid, service.document_bytes))
-    finally:
-        bare_server.terminate()
-        bare_server.wait(timeout=30)
+    with uvicorn_server("B3", "bench.baselines:b3_app", serve_environment()) as b3:
+        bare = asyncio.run(measure_bare(args, b3.port, b3.process.pid, service.document_bytes))
     print(f"B3: {json.dumps(bare.summary())}", flush=True)
     facts.finish()
     return {
@@ -345,13 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=40, help="events measured")
     parser.add_argument("--warmup", type=int, default=5, help="events written first, not counted")
     parser.add_argument("--pace", type=float, default=0.5, help="seconds between writes")
-    parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md alone")
-    args = parser.parse_args(argv)
-    result = measure(args)
-    lines = section(result)
-    print("\n".join(lines))
-    if not args.no_write:
-        write_section("sse", lines)
+    run_part(parser, "sse", measure, section, argv)
 
 
 if __name__ == "__main__":

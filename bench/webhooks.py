@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,26 +25,22 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from bench.bench import uvicorn_server
 from bench.sections import (
-    ROOT_DIR,
     RunFacts,
     children,
     fresh_database,
     group_cpu_seconds,
     identity,
     private_redis,
-    write_section,
+    run_part,
+    served,
 )
 from flyswatter.db import utcnow
 from flyswatter.webhooks.signing import signed_headers
 from flyswatter.webhooks.tasks import BATCHES_PER_RUN
 from tests.support.jobs import WorkerProcess
-from tests.support.servers import (
-    ServedFlyswatter,
-    free_port,
-    serve_environment,
-    wait_until,
-)
+from tests.support.servers import serve_environment, wait_until
 
 DATABASE = "flyswatter_bench_webhooks"
 COMMAND = "python -m bench.webhooks"
@@ -110,120 +103,98 @@ def bare_sender(
     return elapsed
 
 
+def measure_worker(
+    args: argparse.Namespace, url: str, redis_url: str, receiver: str, log_path: Path
+) -> dict[str, Any]:
+    """Start one worker on the queued deliveries; its rate at the receiver, its CPU."""
+    worker = WorkerProcess(
+        serve_environment(database_url=url, redis_url=redis_url, **webhook_settings(args)),
+        log_path,
+        "--concurrency=1",
+        "--beat",
+    )
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    worker.start()
+    try:
+        assert worker.process is not None
+        cpu_before = group_cpu_seconds(children(worker.process.pid))
+        wait_until(
+            lambda: receiver_stats(receiver)["distinct"] >= args.deliveries,
+            args.timeout,
+            "the worker did not deliver every event",
+        )
+        with engine.connect() as connection:
+
+            def settled() -> bool:
+                succeeded = connection.execute(
+                    sa.text("SELECT count(*) FROM webhook_delivery WHERE state = 'succeeded'")
+                ).scalar_one()
+                return bool(succeeded >= args.deliveries)
+
+            wait_until(settled, 60, "the worker did not record every delivery")
+        cpu = group_cpu_seconds(children(worker.process.pid)) - cpu_before
+    finally:
+        worker.stop()
+        engine.dispose()
+    got = receiver_stats(receiver)
+    window = got["last"] - got["first"]
+    return {
+        "seconds": window,
+        "per_second": (got["distinct"] - 1) / window,
+        "received": got["count"],
+        "distinct": got["distinct"],
+        "rejected": got["rejected"],
+        "cpu_ms_per_delivery": cpu / args.deliveries * 1000,
+    }
+
+
+def event_documents(url: str) -> list[tuple[str, str]]:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT uid, payload FROM event ORDER BY id"))
+        documents = [(row.uid, row.payload) for row in rows]
+    engine.dispose()
+    return documents
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     facts = RunFacts.now()
     root = Path(tempfile.mkdtemp(prefix="flyswatter-bench-webhooks-"))
-    receiver_port = free_port()
-    receiver = f"http://127.0.0.1:{receiver_port}"
-    hook_url = f"{receiver}/hook"
     result: dict[str, Any] = {"deliveries": args.deliveries}
     with (
         fresh_database(DATABASE) as url,
         private_redis() as redis_url,
         identity() as (jwks, tokens),
+        uvicorn_server("receiver", "bench.receiver:app", serve_environment()) as receiving,
     ):
+        receiver = receiving.base
+        hook_url = f"{receiver}/hook"
         token = tokens.user_token("bench-hooks", exp=int(time.time()) + 3600)
-        served = ServedFlyswatter(
-            database_url=url,
-            jwks_server=jwks,
-            log_path=root / "serve.log",
-            redis_url=redis_url,
-            workers=2,  # only queues the deliveries: not measured
-            rate_limit_writes="100000000/minute",
-            rate_limit_reads="100000000/minute",
-            **webhook_settings(args),
-        )
-        with served:
+        # Two workers: this server only queues the deliveries, it is not measured.
+        with served(
+            url, jwks, redis_url, root / "serve.log", workers=2, **webhook_settings(args)
+        ) as service:
             started = time.perf_counter()
             secret = asyncio.run(
-                queue_deliveries(served.base_url, token, hook_url, args.deliveries)
+                queue_deliveries(service.base_url, token, hook_url, args.deliveries)
             )
             result["queue_seconds"] = time.perf_counter() - started
-        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
-        with engine.connect() as connection:
-            documents = [
-                (row.uid, row.payload)
-                for row in connection.execute(sa.text("SELECT uid, payload FROM event ORDER BY id"))
-            ]
+        documents = event_documents(url)
         assert len(documents) == args.deliveries, len(documents)
-        receiving = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.receiver:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(receiver_port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT_DIR,
-            env={**serve_environment(), "BENCH_RECEIVER_SECRET": secret},
-        )
-        try:
-            wait_until(lambda: _answers(f"{receiver}/stats"), 30, "the receiver did not start")
-            # The baseline: the same documents, signed, from as many threads as one batch.
-            httpx.post(f"{receiver}/reset", timeout=10)
-            bare_seconds = bare_sender(documents, secret, hook_url, args.batch_size)
-            bare = receiver_stats(receiver)
-            result["bare"] = {
-                "seconds": bare_seconds,
-                "per_second": args.deliveries / bare_seconds,
-                "received": bare["count"],
-                "rejected": bare["rejected"],
-            }
-            print(f"bare sender: {result['bare']['per_second']:,.0f} deliveries/s", flush=True)
-            httpx.post(f"{receiver}/reset", timeout=10)
-            worker = WorkerProcess(
-                serve_environment(database_url=url, redis_url=redis_url, **webhook_settings(args)),
-                root / "worker.log",
-                "--concurrency=1",
-                "--beat",
-            )
-            worker.start()
-            try:
-                assert worker.process is not None
-                pids = children(worker.process.pid)
-                cpu_before = group_cpu_seconds(pids)
-                wait_until(
-                    lambda: receiver_stats(receiver)["distinct"] >= args.deliveries,
-                    args.timeout,
-                    "the worker did not deliver every event",
-                )
-                with engine.connect() as connection:
-
-                    def settled() -> bool:
-                        return (
-                            connection.execute(
-                                sa.text(
-                                    "SELECT count(*) FROM webhook_delivery WHERE state = 'succeeded'"
-                                )
-                            ).scalar_one()
-                            >= args.deliveries
-                        )
-
-                    wait_until(settled, 60, "the worker did not record every delivery")
-                cpu = group_cpu_seconds(children(worker.process.pid)) - cpu_before
-            finally:
-                worker.stop()
-            got = receiver_stats(receiver)
-            window = got["last"] - got["first"]
-            result["worker"] = {
-                "seconds": window,
-                "per_second": (got["distinct"] - 1) / window,
-                "received": got["count"],
-                "distinct": got["distinct"],
-                "rejected": got["rejected"],
-                "cpu_ms_per_delivery": cpu / args.deliveries * 1000,
-            }
-            print(f"worker: {result['worker']['per_second']:,.0f} deliveries/s", flush=True)
-        finally:
-            receiving.terminate()
-            receiving.wait(timeout=30)
-        engine.dispose()
+        # The baseline: the same documents, signed, from as many threads as one batch.
+        httpx.post(f"{receiver}/reset", json={"secret": secret}, timeout=10)
+        bare_seconds = bare_sender(documents, secret, hook_url, args.batch_size)
+        bare = receiver_stats(receiver)
+        result["bare"] = {
+            "seconds": bare_seconds,
+            "per_second": args.deliveries / bare_seconds,
+            "received": bare["count"],
+            "rejected": bare["rejected"],
+        }
+        print(f"bare sender: {result['bare']['per_second']:,.0f} deliveries/s", flush=True)
+        httpx.post(f"{receiver}/reset", json={"secret": secret}, timeout=10)
+        result["worker"] = measure_worker(args, url, redis_url, receiver, root / "worker.log")
+        print(f"worker: {result['worker']['per_second']:,.0f} deliveries/s", flush=True)
     result["ratio"] = result["worker"]["per_second"] / result["bare"]["per_second"]
     facts.finish()
     result["facts"] = facts.__dict__
@@ -233,13 +204,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "batches_per_run": BATCHES_PER_RUN,
     }
     return result
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def section(result: dict[str, Any]) -> list[str]:
@@ -284,14 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=20, help="FLYSWATTER_WEBHOOK_BATCH_SIZE")
     parser.add_argument("--sweep-interval", type=float, default=0.5, help="seconds between runs")
     parser.add_argument("--timeout", type=float, default=240, help="seconds the worker may take")
-    parser.add_argument("--no-write", action="store_true", help="print, leave RESULTS.md alone")
-    args = parser.parse_args(argv)
-    result = measure(args)
-    lines = section(result)
-    print("\n".join(lines))
-    print(json.dumps(result, indent=2, default=str))
-    if not args.no_write:
-        write_section("webhooks", lines)
+    run_part(parser, "webhooks", measure, section, argv)
 
 
 if __name__ == "__main__":

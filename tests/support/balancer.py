@@ -26,7 +26,11 @@ from tests.support.servers import free_port, system_program
 
 
 class Balancer:
-    def __init__(self, root: Path, replica_ports: list[int]) -> None:
+    def __init__(
+        self, root: Path, replica_ports: list[int], checks: str = "inter 300ms fall 1 rise 1"
+    ) -> None:
+        """``checks``: HAProxy's health-check timing for every replica (the tests' is quick to
+        take one out; a benchmark's load slows ``/readyz`` past 300 ms)."""
         self.binary = system_program("haproxy", "haproxy")
         self.root = root
         self.port = free_port()
@@ -66,7 +70,7 @@ backend replicas
   balance roundrobin
   option httpchk GET /readyz
   http-check expect status 200
-  default-server inter 300ms fall 1 rise 1
+  default-server {checks}
 {servers}
 """
         )
