@@ -218,6 +218,13 @@ def section(result: dict[str, Any]) -> list[str]:
         for index, times in enumerate(result["scrape_ms"])
     ]
     factor = median[every] / median[one]
+    used = {
+        name: sum(
+            statistics.median(run["replica_cpu"][index] for run in runs[name])
+            for index in range(result["replicas"])
+        )
+        for name in names
+    }
     return [
         f"## The replica fleet ({result['replicas']} replicas against 1)",
         "",
@@ -242,7 +249,12 @@ def section(result: dict[str, Any]) -> list[str]:
         f"Scaling factor ({result['replicas']} replicas / 1, both through HAProxy): "
         f"**{factor:.2f}x**. The machine has {os.cpu_count()} cores for the replicas, HAProxy, "
         "wrk, PostgreSQL and Redis together, so the factor is bounded by the cores, not by the "
-        "replicas: what the table shows is where the cores went.",
+        "replicas: what the table shows is where the cores went. The replicas used "
+        f"{used[one]:.2f} cores in all with one replica and {used[every]:.2f} with "
+        f"{result['replicas']}; CPU per request: "
+        f"{used[one] / median[one] * 1e6:,.0f} µs with one and "
+        f"{used[every] / median[every] * 1e6:,.0f} µs with {result['replicas']}. The rest of the "
+        "cores went to PostgreSQL, Redis and the machine's other work (the load average).",
         "",
         "`/metrics` per replica after the load (sequential scrapes, a new connection each, timed "
         "by the client; target as for the 4-worker part above: "
