@@ -1,10 +1,11 @@
 """The webhook receiver both senders post to (``bench.webhooks``): a Starlette app under
 uvicorn in a process of its own, so that its work is no sender's CPU.
 
-It verifies each delivery's Standard Webhooks signature (as a subscriber would), notes when
-it arrived, and answers 200. ``POST /reset`` with ``{"secret": ...}`` forgets what arrived and
-sets the secret to verify with; ``GET /stats`` says how many arrived (distinct
-``webhook-id`` values too), how many failed verification, and the first and last arrival
+Each webhook posts to ``/hook/{name}``. The receiver verifies each delivery's Standard
+Webhooks signature with that webhook's secret (as a subscriber would), notes when it arrived,
+and answers 200. ``POST /reset`` with ``{"secrets": {name: secret, ...}}`` forgets what
+arrived and sets the secrets; ``GET /stats`` says how many arrived (distinct deliveries too:
+webhook and ``webhook-id``), how many failed verification, and the first and last arrival
 times (``time.time()``).
 """
 
@@ -19,21 +20,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-_verifier: list[Webhook] = []
+_verifiers: dict[str, Webhook] = {}
 _arrivals: list[float] = []
-_ids: set[str] = set()
+_ids: set[tuple[str, str]] = set()
 _rejected: list[int] = []
 
 
 async def hook(request: Request) -> Response:
     body = await request.body()
+    name = request.path_params["name"]
     try:
-        _verifier[0].verify(body, dict(request.headers))
-    except (IndexError, WebhookVerificationError):
+        _verifiers[name].verify(body, dict(request.headers))
+    except (KeyError, WebhookVerificationError):
         _rejected.append(1)
         return JSONResponse({"verified": False}, status_code=400)
     _arrivals.append(time.time())
-    _ids.add(request.headers["webhook-id"])
+    _ids.add((name, request.headers["webhook-id"]))
     return JSONResponse({"verified": True})
 
 
@@ -50,7 +52,9 @@ async def stats(request: Request) -> Response:
 
 
 async def reset(request: Request) -> Response:
-    _verifier[:] = [Webhook((await request.json())["secret"])]
+    secrets = (await request.json())["secrets"]
+    _verifiers.clear()
+    _verifiers.update({name: Webhook(secret) for name, secret in secrets.items()})
     _arrivals.clear()
     _ids.clear()
     _rejected.clear()
@@ -59,7 +63,7 @@ async def reset(request: Request) -> Response:
 
 app = Starlette(
     routes=[
-        Route("/hook", hook, methods=["POST"]),
+        Route("/hook/{name}", hook, methods=["POST"]),
         Route("/stats", stats),
         Route("/reset", reset, methods=["POST"]),
     ]
