@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -65,20 +66,35 @@ def _b2_app() -> Starlette:
             return JSONResponse({"detail": "invalid token"}, status_code=401)
         scenario = recorded[request.path_params["scenario"]]
         rows: list[Any] = []
-        allocated: int | None = None
+        # What the replayed statements hand out, put in place of the recorded values: the
+        # issue number (UPDATE project ... RETURNING) and the event number (the upsert of
+        # event_sequence ... RETURNING), both unique per project.
+        allocated: dict[str, int] = {}
         async with state["pool"].connection() as connection:
             # As the service: reads in autocommit (no BEGIN/ROLLBACK), writes in a transaction.
             await connection.set_autocommit(not scenario["rollback"])
             for statement, parameters in scenario["statements"]:
-                if allocated is not None and "number" in parameters:
-                    # The issue number the replayed UPDATE ... RETURNING just handed out.
-                    parameters = {**parameters, "number": allocated}
+                if isinstance(parameters, list):
+                    # An executemany (the history, inserted at commit in one statement).
+                    async with connection.cursor() as many:
+                        await many.executemany(statement, parameters)
+                    continue
+                parameters = {
+                    **parameters,
+                    **{k: v for k, v in allocated.items() if k in parameters},
+                }
+                if "uid" in parameters:
+                    # An event's unique id, drawn anew for each event as the service does.
+                    parameters["uid"] = str(uuid.uuid4())
                 cursor = await connection.execute(statement, parameters)
                 if cursor.description is not None:
                     fetched = await cursor.fetchall()
                     rows.append(fetched)
-                    if statement.lstrip().upper().startswith("UPDATE PROJECT"):
-                        allocated = fetched[0][0]
+                    head = statement.lstrip().upper()
+                    if head.startswith("UPDATE PROJECT"):
+                        allocated["number"] = fetched[0][0]
+                    elif head.startswith("INSERT INTO EVENT_SEQUENCE"):
+                        allocated["sequence"] = fetched[0][0]
             if scenario["rollback"]:
                 # Writes are replayed with the service's own values (its issue number, ...),
                 # so they are rolled back rather than committed twice.
