@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from celery.beat import Service
 
 from flyswatter.config import Settings
 from flyswatter.jobs.worker import make_celery
@@ -75,6 +76,21 @@ def test_beat_schedules_the_deliverer_and_the_pruning_beside_the_jobs(settings: 
     assert tasks[DELIVER_WEBHOOKS]["schedule"] == settings.webhook_sweep_interval_seconds
     assert PRUNE_EVENTS in tasks
     assert {DELIVER_WEBHOOKS, PRUNE_EVENTS, "flyswatter.jobs.build_report"} <= set(celery.tasks)
+
+
+def test_beat_keeps_no_schedule_file_and_runs_every_sweep_as_it_starts(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every beat on a host would share Celery's default shelve file, which has no lock.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    celery = make_celery(settings)
+    scheduler = Service(celery, scheduler_cls=celery.conf.beat_scheduler).get_scheduler()
+    assert {entry.name for entry in scheduler.schedule.values()} == set(celery.conf.beat_schedule)
+    assert all(entry.is_due().is_due for entry in scheduler.schedule.values())
+    scheduler.sync()
+    scheduler.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_the_in_process_worker_delivers_what_the_api_committed(

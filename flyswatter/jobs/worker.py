@@ -9,13 +9,12 @@ the visibility timeout has passed, and the task, being idempotent, picks the job
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
-from celery.beat import EmbeddedService
+from celery.beat import EmbeddedService, Scheduler
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
@@ -28,6 +27,22 @@ BUILD_REPORT = "flyswatter.jobs.build_report"
 REQUEUE_STALE_JOBS = "flyswatter.jobs.requeue_stale_jobs"
 EXPIRE_ARTIFACTS = "flyswatter.jobs.expire_artifacts"
 IN_MEMORY_BROKER = "memory://localhost/"
+
+
+class SweepScheduler(Scheduler):
+    """Beat's schedule in memory, every entry due as soon as beat starts.
+
+    Celery's persistent default keeps the last runs in a shelve file, which every beat on the
+    host would share: it has no lock, and concurrent beats corrupt it and stop sending. Nothing
+    needs the record: every periodic task is a sweep that finds its own work. Running each at
+    start means a worker restarted more often than a long interval (the hourly pruning) still
+    runs it.
+    """
+
+    def setup_schedule(self) -> None:
+        super().setup_schedule()
+        for entry in self.schedule.values():
+            entry.last_run_at = datetime.min.replace(tzinfo=UTC)
 
 
 class JobsCelery(Celery):
@@ -68,8 +83,9 @@ def make_celery(settings: Settings, *, broker: str | None = None) -> JobsCelery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_send_task_events=False,
-        # Beat's record of last runs: somewhere writable whatever the working directory.
-        beat_schedule_filename=str(Path(tempfile.gettempdir()) / "flyswatter-beat-schedule"),
+        beat_scheduler=SweepScheduler,
+        # No results are kept, so beat has no result cleanup to run.
+        result_expires=None,
         beat_schedule={
             "requeue-stale-jobs": {
                 "task": REQUEUE_STALE_JOBS,
@@ -132,7 +148,10 @@ class InProcessWorker:
             ready_callback=lambda _consumer: self._started.set(),
         )
         # Beat on a thread too (Celery's worker would fork it, away from in-memory queues).
-        self.beat_service = EmbeddedService(app, thread=True) if beat else None
+        # Celery's embedded service would take its persistent default, not the app's setting.
+        self.beat_service = (
+            EmbeddedService(app, thread=True, scheduler_cls=SweepScheduler) if beat else None
+        )
         self._thread = threading.Thread(target=self._run, name="celery-worker", daemon=True)
 
     def _run(self) -> None:
