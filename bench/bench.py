@@ -65,7 +65,8 @@ PARTS_ON_THEIR_OWN = [
     "Parts run on their own, each writing its own section at the end of this file (under five",
     "minutes each): `python -m bench.webhooks` (webhook deliveries per worker),",
     "`python -m bench.sse` (live-stream fan-out to 500 subscribers), `python -m bench.fleet`",
-    "(three replicas behind HAProxy against one, /metrics per replica).",
+    "(three replicas behind HAProxy against one, /metrics per replica), `python -m bench.limiter`",
+    "(the rate limiter's check alone, per storage).",
 ]
 
 WRK_SCRIPT = r"""

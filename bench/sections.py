@@ -1,6 +1,7 @@
-"""What the parts run on their own (``bench.webhooks``, ``bench.sse``, ``bench.fleet``) share:
-the run's facts (date, commit, load average), their section of ``bench/RESULTS.md``, and the
-processes they start (a Redis and a PostgreSQL database of their own, the test JWKS server).
+"""What the parts run on their own (``bench.webhooks``, ``bench.sse``, ``bench.fleet``,
+``bench.limiter``) share: the run's facts (date, commit, load average), their section of
+``bench/RESULTS.md``, and the processes they start (a Redis and a PostgreSQL database of
+their own, the test JWKS server).
 
 Each part replaces only its own section of the results file, between two markers, so parts
 measured on different days stand side by side; ``python -m bench`` keeps them when it writes

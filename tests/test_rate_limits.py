@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,7 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from flyswatter.ratelimit.limiter import build_limiter
+from flyswatter.ratelimit.limiter import SweptMemoryStorage, build_limiter
 from tests.support.api import Api
 from tests.support.identity import JwksServer, TokenFactory
 from tests.support.servers import RedisServer, ServedFlyswatter, free_port, served_database
@@ -380,3 +381,38 @@ def test_the_slowapi_internals_the_limiter_builds_on_are_still_there() -> None:
         "write",
         "read",
     ]
+
+
+def test_the_memory_storage_sweeps_inline_and_starts_no_thread_per_hit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """limits' memory storage starts a timer thread 10 ms after each hit; this one sweeps on
+    the hit that finds a sweep due, and the counters still expire."""
+    monkeypatch.setattr(SweptMemoryStorage, "SWEEP_INTERVAL_SECONDS", 0.05)
+    limiter = build_limiter(Settings(rate_limit_enabled=True))
+    storage = limiter._storage
+    assert isinstance(storage, SweptMemoryStorage)
+    timers: list[threading.Timer] = []
+
+    class CountedTimer(threading.Timer):
+        def start(self) -> None:
+            timers.append(self)
+            super().start()
+
+    monkeypatch.setattr(threading, "Timer", CountedTimer)
+    for _ in range(50):
+        storage.incr("busy", expiry=10)
+        time.sleep(0.002)
+    storage.incr("forgotten", expiry=0.01)
+    assert timers == []
+    time.sleep(0.06)
+    storage.incr("busy", expiry=10)  # the hit that finds the sweep due
+    assert "forgotten" not in storage.storage
+    assert storage.get("busy") == 51
+
+
+def test_the_fallback_for_a_redis_outage_counts_in_the_same_memory_storage() -> None:
+    limiter = build_limiter(Settings(rate_limit_enabled=True, redis_url="redis://127.0.0.1:1/0"))
+    assert isinstance(limiter._fallback_storage, SweptMemoryStorage)
+    assert limiter._fallback_limiter is not None
+    assert limiter._fallback_limiter.storage is limiter._fallback_storage

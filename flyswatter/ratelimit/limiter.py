@@ -25,10 +25,11 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from limits.storage import RedisStorage
+from limits.storage import MemoryStorage, RedisStorage
 from redis import ConnectionPool
 from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
@@ -96,6 +97,28 @@ def _is_read(request: Request) -> bool:
     return request.method not in WRITE_METHODS
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """limits' memory storage, its expired counters swept inline at most once a second.
+
+    limits' own starts a ``threading.Timer`` for a sweep 10 ms after a hit whenever the
+    previous one has run: while requests arrive, a thread start every 10 ms, which cost more
+    than the check itself (``bench/RESULTS.md``). A counter read after its expiry is dropped
+    by the read anyway; the sweep only frees those nobody reads again, so once a second is
+    plenty, and it runs on the request that finds it due (the same pass limits' timer runs).
+    """
+
+    STORAGE_SCHEME = ["flyswatter-memory"]
+    SWEEP_INTERVAL_SECONDS = 1.0
+    _next_sweep = 0.0
+
+    # MemoryStorage's hits call its private ``__schedule_expiry``; this replaces it.
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.SWEEP_INTERVAL_SECONDS
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+
+
 class ParsedLimitGroup(LimitGroup):
     """slowapi's limit group, its limits built once.
 
@@ -126,7 +149,7 @@ def build_limiter(settings: Settings) -> Limiter:
         key_func=rate_limit_key,
         headers_enabled=True,
         strategy="sliding-window-counter",
-        storage_uri=settings.redis_url or "memory://",
+        storage_uri=settings.redis_url or "flyswatter-memory://",
         storage_options=options,
         in_memory_fallback_enabled=True,
         # A storage error while reading the headers leaves them out instead of failing the
@@ -138,6 +161,10 @@ def build_limiter(settings: Settings) -> Limiter:
     # slowapi's constructor builds application limits for every method; these are its own
     # limit groups with an exemption by method, so each request spends exactly one budget.
     # The scope (write/read) keeps the two counters apart even when both limits are equal.
+    if limiter._fallback_limiter is not None:
+        # The fallback for a Redis outage, on the same storage as memory mode.
+        limiter._fallback_storage = SweptMemoryStorage()
+        limiter._fallback_limiter = type(limiter._fallback_limiter)(limiter._fallback_storage)
     limiter._application_limits = [
         ParsedLimitGroup(settings.rate_limit_writes, "write", _is_read),
         ParsedLimitGroup(settings.rate_limit_reads, "read", _is_write),
