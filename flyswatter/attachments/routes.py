@@ -101,8 +101,7 @@ async def download_attachment(
     if (unchanged := not_modified(if_none_match, service.attachment_etag(attachment))) is not None:
         return unchanged
     return await stored_file_response(
-        services.jobs.storage,
-        services.settings,
+        services,
         attachment,
         attachment.key,
         gone=f"the file of attachment {attachment_id} is gone",

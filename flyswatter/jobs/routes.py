@@ -221,8 +221,7 @@ async def download_artifact(
             raise NotFound(f"the file of job {job_id} has expired; request the report again")
         raise Conflict(f"job {job_id} is {access.job.state}; it has no file")
     return await stored_file_response(
-        services.jobs.storage,
-        services.settings,
+        services,
         artifact,
         artifact.key,
         gone=f"the file of job {job_id} is gone; request the report again",

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from fastapi import status
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.responses import Response
 
-from flyswatter.config import Settings
 from flyswatter.errors import NotFound, ServiceUnavailable
 from flyswatter.http.headers import content_disposition, entity_tag, retry_after
 from flyswatter.storage.models import StoredFileBase
-from flyswatter.storage.service import ObjectMissing, Storage, StorageUnavailable
+from flyswatter.storage.service import ObjectMissing, StorageUnavailable
+
+if TYPE_CHECKING:
+    from flyswatter.services import Services
 
 # A file shown in the browser still runs nothing and loads nothing (an HTML or SVG file sent
 # as text/plain by mistake included), and never in a frame of another site.
@@ -27,17 +30,12 @@ async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 
 async def stored_file_response(
-    storage: Storage,
-    settings: Settings,
-    file: StoredFileBase,
-    key: str,
-    *,
-    gone: str,
-    inline: bool = False,
+    services: Services, file: StoredFileBase, key: str, *, gone: str, inline: bool = False
 ) -> Response:
     """The file under ``key``: a redirect to a presigned URL when the storage is S3 and
     ``FLYSWATTER_S3_PRESIGNED_DOWNLOADS`` is on, else streamed; ``gone`` is the 404's detail
     when the object is missing."""
+    storage, settings = services.jobs.storage, services.settings
     if settings.storage_backend == "s3" and settings.s3_presigned_downloads:
         url = await anyio.to_thread.run_sync(
             lambda: storage.presigned_url(
