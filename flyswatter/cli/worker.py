@@ -39,7 +39,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     if settings.worker_metrics_port:
         try:
             serve_worker_endpoint(
-                celery, settings.worker_metrics_host, settings.worker_metrics_port
+                settings.redis_url, settings.worker_metrics_host, settings.worker_metrics_port
             )
         except OSError as exc:
             sys.exit(f"flyswatter: the worker's metrics port cannot bind: {exc.strerror}")

@@ -2,8 +2,18 @@
 
 The worker's pool processes write their samples to a shared ``PROMETHEUS_MULTIPROC_DIR``, as
 the API's workers do; the main process sums the job and webhook metrics here. ``/healthz``
-answers 200 when the broker takes a connection, so an orchestrator restarts a worker that lost
-it for good.
+answers 200 when the broker answers a ping, so an orchestrator restarts a worker that lost it
+for good.
+
+The endpoint runs on threads of the worker's main process, which Celery forks: beat and the
+pool processes as the worker starts, a pool process again whenever one dies. A fork copies
+every lock as it is at that instant, held or not, and the child then waits for ever on one a
+thread of the parent held. kombu's ``cached_property`` takes a class-wide lock on every read,
+and a broker check made through Celery's connection objects reads several: a CI run showed a
+beat that started and never sent a task, which a fork during the first such check explains.
+Hence the endpoint answers only once the worker is ready (its first forks done), and
+``/healthz`` pings Redis with a redis-py client of its own, touching none of the objects the
+children use.
 """
 
 from __future__ import annotations
@@ -16,7 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from celery import Celery
+from celery.signals import worker_ready
+from redis import Redis
 
 if TYPE_CHECKING:
     from prometheus_client import Metric
@@ -24,10 +35,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flyswatter.jobs")
 
 
-def broker_reachable(app: Celery) -> bool:
+def broker_reachable(client: Redis) -> bool:
     try:
-        with app.connection_for_read() as connection:
-            connection.ensure_connection(max_retries=1, timeout=2)
+        client.ping()
     except Exception as exc:
         logger.warning("health: broker unreachable (%s)", type(exc).__name__)
         return False
@@ -72,19 +82,21 @@ def worker_metrics_renderer() -> Callable[[], bytes]:
     return render
 
 
-def serve_worker_endpoint(app: Celery, host: str, port: int) -> ThreadingHTTPServer:
-    """Start the endpoint on a daemon thread of this process; returns the server."""
+def serve_worker_endpoint(broker_url: str, host: str, port: int) -> ThreadingHTTPServer:
+    """Bind the endpoint now (a port taken fails the start), serve it on a daemon thread of
+    this process once the worker is ready; returns the server."""
     # Imported here: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set at start-up.
     from prometheus_client import CONTENT_TYPE_LATEST
 
     render_metrics = worker_metrics_renderer()
+    broker = Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=2)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 status, body, content_type = 200, render_metrics(), CONTENT_TYPE_LATEST
             elif self.path == "/healthz":
-                ok = broker_reachable(app)
+                ok = broker_reachable(broker)
                 status = 200 if ok else 503
                 body = b"ok\n" if ok else b"broker unreachable\n"
                 content_type = "text/plain"
@@ -101,5 +113,10 @@ def serve_worker_endpoint(app: Celery, host: str, port: int) -> ThreadingHTTPSer
             return
 
     server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="worker-endpoint", daemon=True).start()
+
+    def serve(**_: object) -> None:
+        worker_ready.disconnect(serve)  # once, whatever else in this process gets ready
+        threading.Thread(target=server.serve_forever, name="worker-endpoint", daemon=True).start()
+
+    worker_ready.connect(serve, weak=False)
     return server

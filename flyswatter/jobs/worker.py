@@ -33,16 +33,20 @@ class SweepScheduler(Scheduler):
     """Beat's schedule in memory, every entry due as soon as beat starts.
 
     Celery's persistent default keeps the last runs in a shelve file, which every beat on the
-    host would share: it has no lock, and concurrent beats corrupt it and stop sending. Nothing
+    host would share: it has no lock, and concurrent beats can corrupt it. Nothing
     needs the record: every periodic task is a sweep that finds its own work. Running each at
     start means a worker restarted more often than a long interval (the hourly pruning) still
     runs it.
     """
 
     def setup_schedule(self) -> None:
-        super().setup_schedule()
-        for entry in self.schedule.values():
-            entry.last_run_at = datetime.min.replace(tzinfo=UTC)
+        long_ago = datetime.min.replace(tzinfo=UTC)
+        self.merge_inplace(
+            {
+                name: {**entry, "last_run_at": long_ago}
+                for name, entry in self.app.conf.beat_schedule.items()
+            }
+        )
 
 
 class JobsCelery(Celery):
