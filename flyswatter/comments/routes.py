@@ -12,7 +12,7 @@ from flyswatter.comments import service
 from flyswatter.comments.models import CommentCreate, CommentPublic, CommentUpdate
 from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import problem_responses
-from flyswatter.http.conditional import NOT_MODIFIED, IfMatch, IfNoneMatch, not_modified
+from flyswatter.http.conditional import NOT_MODIFIED, ConditionalReadDep, IfMatch
 from flyswatter.http.created import creates
 from flyswatter.http.idempotency import IdempotencyDep
 from flyswatter.http.pagination import KeysetDep, Page, lists
@@ -48,18 +48,11 @@ async def create_comment(
 
 @router.get("/comments/{id}", response_model=CommentPublic, responses=NOT_MODIFIED | PROJECT_ERRORS)
 async def get_comment(
-    id: CommentIdPath,
-    response: Response,
-    session: SessionDep,
-    principal: IssuesRead,
-    if_none_match: IfNoneMatch = None,
+    id: CommentIdPath, session: SessionDep, principal: IssuesRead, conditional: ConditionalReadDep
 ) -> CommentPublic | Response:
     access = await service.load_comment_access(session, principal, id)
-    etag = service.comment_etag(access.comment)
-    if (unchanged := not_modified(if_none_match, etag)) is not None:
-        return unchanged
-    response.headers["ETag"] = etag
-    return await service.public_comment(session, access)
+    unchanged = conditional.answer(service.comment_etag(access.comment))
+    return unchanged or await service.public_comment(session, access)
 
 
 @router.patch("/comments/{id}", response_model=CommentPublic, responses=WRITE_ERRORS)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Header, Response, status
+from fastapi import Depends, Header, Response, status
 
 from flyswatter.errors import PreconditionFailed
 from flyswatter.http.headers import entity_tag
@@ -82,11 +83,26 @@ def not_modified(if_none_match: str | None, etag: str) -> Response | None:
     return None
 
 
-def answer_conditionally(
-    response: Response, if_none_match: str | None, etag: str
-) -> Response | None:
-    """A read's 304 when the client's copy is current; else None, the response tagged."""
-    if (unchanged := not_modified(if_none_match, etag)) is not None:
-        return unchanged
-    response.headers["ETag"] = etag
-    return None
+@dataclass(frozen=True, slots=True)
+class ConditionalRead:
+    """A read's ``If-None-Match``, and the response its ETag is set on."""
+
+    response: Response
+    if_none_match: str | None
+
+    def answer(self, etag: str) -> Response | None:
+        """The 304 when the client's copy is current; else None, the response tagged."""
+        if (unchanged := not_modified(self.if_none_match, etag)) is not None:
+            return unchanged
+        self.response.headers["ETag"] = etag
+        return None
+
+
+async def _conditional_read(
+    response: Response, if_none_match: IfNoneMatch = None
+) -> ConditionalRead:
+    return ConditionalRead(response, if_none_match)
+
+
+# A read that answers 304 to a client whose copy is current, and tags the response otherwise.
+ConditionalReadDep = Annotated[ConditionalRead, Depends(_conditional_read)]

@@ -11,7 +11,7 @@ from flyswatter.auth.dependencies import IssuesRead
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep
 from flyswatter.errors import problem_responses
-from flyswatter.http.conditional import NOT_MODIFIED, IfNoneMatch, not_modified
+from flyswatter.http.conditional import NOT_MODIFIED, ConditionalReadDep
 from flyswatter.http.created import creates
 from flyswatter.http.idempotency import IdempotencyDep
 from flyswatter.http.pagination import CountParam, KeysetDep, Page, lists
@@ -154,16 +154,14 @@ async def list_issues(
 )
 async def get_issue(
     issue_key: IssueKeyPath,
-    response: Response,
     session: SessionDep,
     principal: IssuesRead,
-    if_none_match: IfNoneMatch = None,
+    conditional: ConditionalReadDep,
 ) -> IssuePublic | Response:
     # The hottest read: access, issue and people in one statement, labels in a second.
     found = await read_issue(session, principal, issue_key)
-    if (unchanged := not_modified(if_none_match, found.etag)) is not None:
+    if (unchanged := conditional.answer(found.etag)) is not None:
         return unchanged
-    response.headers["ETag"] = found.etag
     (public,) = await public_issues_page(session, found.project_key, [found.row])
     return public
 

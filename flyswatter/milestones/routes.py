@@ -10,9 +10,8 @@ from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import problem_responses
 from flyswatter.http.conditional import (
     NOT_MODIFIED,
+    ConditionalReadDep,
     IfMatch,
-    IfNoneMatch,
-    answer_conditionally,
     check_if_match,
 )
 from flyswatter.http.created import creates
@@ -74,15 +73,13 @@ async def create_milestone(
 )
 async def get_milestone(
     milestone_id: MilestoneIdPath,
-    response: Response,
     session: SessionDep,
     access: ProjectForReading,
-    if_none_match: IfNoneMatch = None,
+    conditional: ConditionalReadDep,
 ) -> MilestonePublic | Response:
     """One milestone with its progress: open and closed (resolved or closed) issues."""
     milestone = await service.load_milestone(session, access, milestone_id)
-    etag = service.milestone_etag(milestone)
-    unchanged = answer_conditionally(response, if_none_match, etag)
+    unchanged = conditional.answer(service.milestone_etag(milestone))
     return unchanged or await service.read_milestone(session, milestone)
 
 
