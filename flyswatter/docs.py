@@ -34,16 +34,20 @@ def add_offline_docs(app: FastAPI, init_oauth: dict[str, Any]) -> None:
     """``/docs`` (and ``/redoc``), the OAuth2 redirect page and their files, all from here."""
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
 
+    def under_root(request: Request, path: str | None) -> str:
+        """A path of this app as the browser must ask for it, behind a proxy's prefix too."""
+        return f"{request.scope.get('root_path', '')}{path}"
+
     @app.get(DOCS_URL, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
+        assets = under_root(request, ASSETS_URL)
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=under_root(request, app.openapi_url),
             title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_URL}",
-            swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            oauth2_redirect_url=under_root(request, OAUTH2_REDIRECT_URL),
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon.png",
             init_oauth=init_oauth,
             # No call to swagger.io's validator: the page must not reach beyond this service.
             swagger_ui_parameters={"validatorUrl": None},
@@ -55,12 +59,12 @@ def add_offline_docs(app: FastAPI, init_oauth: dict[str, Any]) -> None:
 
     @app.get(REDOC_URL, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
+        assets = under_root(request, ASSETS_URL)
         return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=under_root(request, app.openapi_url),
             title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            redoc_js_url=f"{assets}/redoc.standalone.js",
+            redoc_favicon_url=f"{assets}/favicon.png",
             with_google_fonts=False,
         )
 

@@ -8,6 +8,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from flyswatter.docs import BEARER_SCHEME
 
@@ -49,6 +50,20 @@ async def test_docs_page_and_every_file_it_loads_come_from_the_service(
         response = await client.get(url)
         assert response.status_code == 200, url
         assert response.content, url
+
+
+@pytest.mark.parametrize("page_url", ["/docs", "/redoc"])
+async def test_docs_pages_behind_a_path_prefix_name_every_file_under_it(
+    app: FastAPI, page_url: str
+) -> None:
+    # A proxy that serves the service under /tracker passes the prefix as the ASGI root path.
+    transport = httpx.ASGITransport(app=app, root_path="/tracker")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        page = await client.get(page_url)
+    assert page.status_code == 200
+    references = [url for url in _page_references(page.text) if not url.startswith("data:")]
+    assert references
+    assert all(url.startswith("/tracker/") for url in references), references
 
 
 async def test_swagger_ui_files_have_their_content_types(client: httpx.AsyncClient) -> None:
