@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from flyswatter.auth.dependencies import IssuesRead
@@ -41,7 +41,7 @@ from flyswatter.issues.models import (
     TransitionRequest,
 )
 from flyswatter.issues.read_model import public_issues_page, read_issue
-from flyswatter.labels.models import LabelName
+from flyswatter.labels.models import LabelName, LabelNamePath
 from flyswatter.moves.redirects import MOVED
 from flyswatter.observability.metrics import ISSUES_CREATED
 from flyswatter.projects.models import Role
@@ -60,9 +60,6 @@ ProjectForReporting = Annotated[
 ]
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 ISSUE_LABEL = "/issues/{issue_key}/labels/{name}"
-LabelNamePath = Annotated[
-    SingleLine, Path(min_length=1, max_length=50, description="Label name.", examples=["bug"])
-]
 
 
 @router.post("/projects/{key}/issues", **creates(IssuePublic, PROJECT_ERRORS))

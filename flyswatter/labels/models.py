@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
+from fastapi import Path
 from pydantic import ConfigDict, StringConstraints
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
-from flyswatter.text import ONE_LINE, MultiLine
+from flyswatter.text import ONE_LINE, MultiLine, SingleLine
 
 COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
 # No slash, no outer space, no control character; as a JSON schema pattern too.
@@ -22,6 +23,11 @@ LabelName = Annotated[
     str, StringConstraints(min_length=1, max_length=50, pattern=LABEL_NAME_PATTERN), ONE_LINE
 ]
 Color = Annotated[str, StringConstraints(pattern=COLOR_PATTERN), ONE_LINE]
+# A label named in the path is only looked up, never stored: a name the pattern refuses is
+# simply not found (404).
+LabelNamePath = Annotated[
+    SingleLine, Path(min_length=1, max_length=50, description="Label name.", examples=["bug"])
+]
 
 
 class LabelBase(SQLModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -15,21 +15,24 @@ from flyswatter.http.created import creates
 from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import KeysetDep, Page, lists
 from flyswatter.issues.revisions import label_changed
-from flyswatter.labels.models import Label, LabelCreate, LabelPublic, LabelUpdate, label_id
+from flyswatter.labels.models import (
+    Label,
+    LabelCreate,
+    LabelNamePath,
+    LabelPublic,
+    LabelUpdate,
+    label_id,
+)
 from flyswatter.projects.service import (
     PROJECT_ERRORS,
     ProjectAccess,
     ProjectForReading,
     managing,
 )
-from flyswatter.text import SingleLine
 
 router = APIRouter(prefix="/projects/{key}/labels", tags=["labels"])
 
 ProjectForLabelling = Annotated[ProjectAccess, Depends(managing("labels"))]
-LabelNamePath = Annotated[
-    SingleLine, Path(min_length=1, max_length=50, description="Label name.", examples=["bug"])
-]
 
 
 def to_public(label: Label) -> LabelPublic:
