@@ -50,6 +50,7 @@ from flyswatter.projects.routes import router as projects_router
 from flyswatter.ratelimit import RateLimitMiddleware, build_limiter, close_limiter
 from flyswatter.relations.routes import router as relations_router
 from flyswatter.services import Flyswatter, Services, ServicesDep
+from flyswatter.storage.service import storage_from_settings
 from flyswatter.users.routes import router as users_router
 from flyswatter.users.service import UserMirror
 from flyswatter.watchers.routes import router as watchers_router
@@ -150,6 +151,8 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
             user_mirror=mirror,
             limiter=limiter,
             jobs=JobQueue(settings),
+            # Made at start, not on first use: attachments make every API process a user.
+            storage=storage_from_settings(settings),
             webhook_targets=TargetPolicy.from_settings(settings),
             webhook_secrets=SecretBox.from_settings(settings),
             event_broker=broker,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from flyswatter.config import Settings
     from flyswatter.events.broker import EventBroker, StreamSlots
     from flyswatter.jobs.service import JobQueue
+    from flyswatter.storage.service import Storage
     from flyswatter.users.service import UserMirror
     from flyswatter.webhooks.secret_box import SecretBox
     from flyswatter.webhooks.targets import TargetPolicy
@@ -37,8 +38,10 @@ class Services:
     user_mirror: UserMirror
     # The rate limiter (flyswatter.ratelimit): its budgets and where its counters live.
     limiter: Limiter
-    # Publishes jobs to the broker and reads their files from storage.
+    # Publishes jobs to the broker.
     jobs: JobQueue
+    # Where attachments and reports keep their files: a local folder or an S3 bucket.
+    storage: Storage
     # Which webhook URLs may be called (the SSRF guard's rules).
     webhook_targets: TargetPolicy
     # Encrypts webhook signing secrets for the database.

@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from fastapi import FastAPI
 from flyswatter.app import create_app
 from flyswatter.config import Settings
 from flyswatter.events.models import Event
-from flyswatter.jobs import service as jobs_service
+from flyswatter.services import Flyswatter
 from flyswatter.storage.service import LocalStorage, StoredObject
 from tests.support.api import Api, AuthedClient, Team, make_team, walk_pages
 
@@ -258,10 +259,10 @@ class IssueDeletedMidUpload(LocalStorage):
 
 
 async def test_a_database_failure_after_storing_takes_the_object_back(
-    team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    team: Team, settings: Settings, app: Flyswatter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage = IssueDeletedMidUpload(Path(settings.storage_dir), settings.sync_database_url)
-    monkeypatch.setattr(jobs_service, "storage_from_settings", lambda _settings: storage)
+    monkeypatch.setattr(app, "running", replace(app.services, storage=storage))
     response = await upload(team["reporter"], "shot.png", PNG)
     # The row cannot reference the issue any more: the insert fails, the object goes.
     assert response.status_code == 409, response.text

@@ -61,7 +61,7 @@ async def upload_attachment(
     """Attach a file (reporters and up), up to `FLYSWATTER_ATTACHMENT_MAX_BYTES`. Its type is
     sniffed from its bytes; the answer carries its SHA-256 `checksum`."""
     created = await service.create_attachment(
-        session, access, file, services.jobs.storage, services.settings.attachment_max_bytes
+        session, access, file, services.storage, services.settings.attachment_max_bytes
     )
     response.headers["Location"] = created.location
     response.headers["ETag"] = created.etag
@@ -121,4 +121,4 @@ async def delete_attachment(
     services: ServicesDep,
 ) -> None:
     """Delete a file (its uploader, or a maintainer)."""
-    await service.delete_attachment(session, access, attachment_id, services.jobs.storage)
+    await service.delete_attachment(session, access, attachment_id, services.storage)

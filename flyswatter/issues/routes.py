@@ -175,7 +175,7 @@ async def update_issue(body: IssueUpdate, write: IssueWriteDep) -> IssuePublic:
 )
 async def delete_issue(write: IssueWriteDep, services: ServicesDep) -> None:
     """Delete an issue with its comments, files and history (maintainers)."""
-    await service.delete_issue(write, services.jobs.storage)
+    await service.delete_issue(write, services.storage)
 
 
 @router.post("/issues/{issue_key}/transitions", response_model=IssuePublic, responses=WRITE_ERRORS)

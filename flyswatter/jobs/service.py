@@ -21,7 +21,6 @@ from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportPara
 from flyswatter.projects.models import Project, ProjectMember, Role
 from flyswatter.projects.service import ProjectAccess, caller_membership
 from flyswatter.storage.models import Artifact, ArtifactPublic
-from flyswatter.storage.service import Storage, storage_from_settings
 
 if TYPE_CHECKING:
     from flyswatter.jobs.worker import JobsCelery
@@ -42,11 +41,9 @@ POLL_SECONDS = 2
 
 
 class JobQueue:
-    """The API's side of the job system: a Celery app that publishes, and the storage.
-
-    Both are made on first use: Celery and the S3 client cost start-up time that a worker
-    process of the API that never meets a report need not pay.
-    """
+    """The API's side of the job system: a Celery app that publishes, made on first use
+    (Celery costs start-up time that a worker process of the API that never meets a report
+    need not pay)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -56,10 +53,6 @@ class JobQueue:
         from flyswatter.jobs.worker import make_celery
 
         return make_celery(self.settings)
-
-    @cached_property
-    def storage(self) -> Storage:
-        return storage_from_settings(self.settings)
 
     async def publish(self, public_id: str) -> bool:
         """Hand the job to the broker; False when it cannot now (the sweep retries later)."""

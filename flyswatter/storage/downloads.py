@@ -35,7 +35,7 @@ async def stored_file_response(
     """The file under ``key``: a redirect to a presigned URL when the storage is S3 and
     ``FLYSWATTER_S3_PRESIGNED_DOWNLOADS`` is on, else streamed; ``gone`` is the 404's detail
     when the object is missing."""
-    storage, settings = services.jobs.storage, services.settings
+    storage, settings = services.storage, services.settings
     if settings.storage_backend == "s3" and settings.s3_presigned_downloads:
         url = await anyio.to_thread.run_sync(
             lambda: storage.presigned_url(
