@@ -8,17 +8,27 @@ from sqlmodel import SQLModel
 import flyswatter.tables  # noqa: F401 - every table on the metadata, for cleaning
 from flyswatter.config import Settings
 
+# Sequences back to where they start, as TRUNCATE ... RESTART IDENTITY would put them.
+_RESTART_SEQUENCES = (
+    "SELECT setval((quote_ident(schemaname) || '.' || quote_ident(sequencename))::regclass, "
+    "start_value, false) FROM pg_sequences WHERE schemaname = current_schema()"
+)
+
 
 def empty_all_tables(url: str) -> None:
+    """Every table empty and every id counting from its start again.
+
+    DELETE, children first, not TRUNCATE: the tables hold a test's few rows, and PostgreSQL's
+    TRUNCATE gives each table (and index) a new file to sync at commit, which cost 160 ms a
+    test where DELETE costs 10 ms.
+    """
     engine = sa.create_engine(url)
     tables = [table.name for table in reversed(SQLModel.metadata.sorted_tables)]
     with engine.begin() as connection:
+        for name in tables:
+            connection.exec_driver_sql(f'DELETE FROM "{name}"')
         if engine.dialect.name == "postgresql":
-            quoted = ", ".join(f'"{name}"' for name in tables)
-            connection.exec_driver_sql(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE")
-        else:
-            for name in tables:
-                connection.exec_driver_sql(f'DELETE FROM "{name}"')
+            connection.exec_driver_sql(_RESTART_SEQUENCES)
     engine.dispose()
 
 
