@@ -12,7 +12,7 @@ from flyswatter.comments import service
 from flyswatter.comments.models import CommentCreate, CommentPublic, CommentUpdate
 from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import problem_responses
-from flyswatter.http.conditional import NOT_MODIFIED, ConditionalReadDep, IfMatch
+from flyswatter.http.conditional import NOT_MODIFIED, ConditionalReadDep, ConditionalWriteDep
 from flyswatter.http.created import creates
 from flyswatter.http.idempotency import IdempotencyDep
 from flyswatter.http.pagination import KeysetDep, Page, lists
@@ -59,20 +59,22 @@ async def get_comment(
 async def update_comment(
     id: CommentIdPath,
     body: CommentUpdate,
-    response: Response,
     session: SessionDep,
     principal: IssuesWrite,
-    if_match: IfMatch = None,
+    conditional: ConditionalWriteDep,
 ) -> CommentPublic:
     """Edit a comment (its author, or a maintainer); the comment then shows as edited."""
-    access = await service.edit_comment(session, principal, id, body, if_match)
-    response.headers["ETag"] = service.comment_etag(access.comment)
+    access = await service.edit_comment(session, principal, id, body, conditional)
+    conditional.tag(service.comment_etag(access.comment))
     return await service.public_comment(session, access)
 
 
 @router.delete("/comments/{id}", status_code=status.HTTP_204_NO_CONTENT, responses=WRITE_ERRORS)
 async def delete_comment(
-    id: CommentIdPath, session: SessionDep, principal: IssuesWrite, if_match: IfMatch = None
+    id: CommentIdPath,
+    session: SessionDep,
+    principal: IssuesWrite,
+    conditional: ConditionalWriteDep,
 ) -> None:
     """Delete a comment (its author, or a maintainer)."""
-    await service.delete_comment(session, principal, id, if_match)
+    await service.delete_comment(session, principal, id, conditional)

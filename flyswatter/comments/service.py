@@ -12,7 +12,7 @@ from flyswatter.auth.tokens import Principal
 from flyswatter.comments.models import Comment, CommentCreate, CommentPublic, CommentUpdate
 from flyswatter.db import utcnow
 from flyswatter.errors import Forbidden, NotFound
-from flyswatter.http.conditional import check_if_match, etag_of
+from flyswatter.http.conditional import ConditionalWrite, etag_of
 from flyswatter.http.created import Created
 from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import Keyset, Page
@@ -140,12 +140,12 @@ async def edit_comment(
     principal: Principal,
     comment_id: int,
     body: CommentUpdate,
-    if_match: str | None,
+    conditional: ConditionalWrite,
 ) -> CommentAccess:
     """Edit a comment (its author, or a maintainer); the comment then shows as edited."""
     access = await load_comment_access(session, principal, comment_id, for_update=True)
     _may_moderate(access, principal, "editing")
-    check_if_match(if_match, comment_etag(access.comment))
+    conditional.check(comment_etag(access.comment))
     comment = access.comment
     if body.body != comment.body:
         assert comment.id is not None
@@ -160,12 +160,12 @@ async def edit_comment(
 
 
 async def delete_comment(
-    session: AsyncSession, principal: Principal, comment_id: int, if_match: str | None
+    session: AsyncSession, principal: Principal, comment_id: int, conditional: ConditionalWrite
 ) -> None:
     """Delete a comment (its author, or a maintainer)."""
     access = await load_comment_access(session, principal, comment_id, for_update=True)
     _may_moderate(access, principal, "deleting")
-    check_if_match(if_match, comment_etag(access.comment))
+    conditional.check(comment_etag(access.comment))
     issue_id, deleted = access.comment.issue_id, access.comment.id
     _record(session, principal, issue_id, ActivityAction.comment_deleted, old=deleted)
     await session.delete(access.comment)

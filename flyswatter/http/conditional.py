@@ -106,3 +106,25 @@ async def _conditional_read(
 
 # A read that answers 304 to a client whose copy is current, and tags the response otherwise.
 ConditionalReadDep = Annotated[ConditionalRead, Depends(_conditional_read)]
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionalWrite:
+    """A write's ``If-Match``, and the response whose ETag names the version written."""
+
+    response: Response
+    if_match: str | None
+
+    def check(self, etag: str) -> None:
+        """412 when the client's tag no longer names the resource (no ``If-Match``: go on)."""
+        check_if_match(self.if_match, etag)
+
+    def tag(self, etag: str) -> None:
+        self.response.headers["ETag"] = etag
+
+
+async def _conditional_write(response: Response, if_match: IfMatch = None) -> ConditionalWrite:
+    return ConditionalWrite(response, if_match)
+
+
+ConditionalWriteDep = Annotated[ConditionalWrite, Depends(_conditional_write)]

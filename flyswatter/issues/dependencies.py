@@ -15,7 +15,7 @@ from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
 from flyswatter.db import MAX_ROW_ID, SessionDep, first_or_not_found
 from flyswatter.errors import NotFound
-from flyswatter.http.conditional import IfMatch, etag_of
+from flyswatter.http.conditional import ConditionalWrite, ConditionalWriteDep, etag_of
 from flyswatter.issues.models import Issue, IssuePublic
 from flyswatter.moves.redirects import IssueMoved, Successor, successor_headers, successor_of
 from flyswatter.projects.models import Project
@@ -144,18 +144,17 @@ class IssueWrite:
 
     session: AsyncSession
     access: IssueAccess
-    if_match: str | None
-    response: Response
+    conditional: ConditionalWrite
 
     def answer(self, public: IssuePublic) -> IssuePublic:
-        self.response.headers["ETag"] = self.access.etag
+        self.conditional.tag(self.access.etag)
         return public
 
 
 async def issue_write(
-    session: SessionDep, access: IssueForWriting, response: Response, if_match: IfMatch = None
+    session: SessionDep, access: IssueForWriting, conditional: ConditionalWriteDep
 ) -> IssueWrite:
-    return IssueWrite(session, access, if_match, response)
+    return IssueWrite(session, access, conditional)
 
 
 IssueWriteDep = Annotated[IssueWrite, Depends(issue_write)]

@@ -7,7 +7,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.attachments.service import delete_issue_files
 from flyswatter.errors import NotFound, UnprocessableEntity
-from flyswatter.http.conditional import check_if_match, etag_of
+from flyswatter.http.conditional import etag_of
 from flyswatter.http.created import Created
 from flyswatter.http.headers import api_path
 from flyswatter.issues.activity import record_activity, record_deletion
@@ -92,7 +92,7 @@ async def create_issue(
 async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:
     """Change fields; ``labels`` replaces the set, ``milestone: null`` detaches."""
     session, access = write.session, write.access
-    check_if_match(write.if_match, access.etag)
+    write.conditional.check(access.etag)
     changes = body.model_dump(exclude_unset=True)
     require_edit(access, changes)
     change = await resolve_change(session, access.project_access.project_id, changes)
@@ -130,7 +130,7 @@ async def transition(write: IssueWrite, body: TransitionRequest) -> IssuePublic:
     """Move the issue through the workflow (developers)."""
     session, access = write.session, write.access
     access.project_access.require(Role.developer, "moving issues through the workflow")
-    check_if_match(write.if_match, access.etag)
+    write.conditional.check(access.etag)
     check_transition(access.issue, body.to)
     record_transition(session, access, body.to)
     await _commit_change(session, access)
@@ -144,7 +144,7 @@ async def change_labels(
     """Attach or detach one label (developers); attaching twice changes nothing."""
     session, access = write.session, write.access
     access.project_access.require(Role.developer, "labelling issues")
-    check_if_match(write.if_match, access.etag)
+    write.conditional.check(access.etag)
     current = await issue_label_names(session, access.issue_id)
     if remove is not None and remove not in current:
         raise NotFound(f"issue {access.key} has no label {remove}")
@@ -165,7 +165,7 @@ async def change_labels(
 async def delete_issue(write: IssueWrite, storage: Storage) -> None:
     """Delete an issue with its comments, files and history (maintainers)."""
     write.access.project_access.require(Role.maintainer, "deleting issues")
-    check_if_match(write.if_match, write.access.etag)
+    write.conditional.check(write.access.etag)
     await delete_issue_files(write.session, write.access.issue_id, storage)
     await record_deletion(write.session, write.access.principal, write.access.issue_id)
     await write.session.delete(write.access.issue)

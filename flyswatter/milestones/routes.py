@@ -11,8 +11,7 @@ from flyswatter.errors import problem_responses
 from flyswatter.http.conditional import (
     NOT_MODIFIED,
     ConditionalReadDep,
-    IfMatch,
-    check_if_match,
+    ConditionalWriteDep,
 )
 from flyswatter.http.created import creates
 from flyswatter.http.headers import api_path
@@ -87,18 +86,17 @@ async def get_milestone(
 async def update_milestone(
     milestone_id: MilestoneIdPath,
     body: MilestoneUpdate,
-    response: Response,
     session: SessionDep,
     access: ProjectForPlanning,
-    if_match: IfMatch = None,
+    conditional: ConditionalWriteDep,
 ) -> MilestonePublic:
     """Change a milestone (maintainers); with `If-Match`, only if unchanged since read."""
     access.require_active()
     milestone = await service.load_milestone(session, access, milestone_id, for_update=True)
-    check_if_match(if_match, service.milestone_etag(milestone))
+    conditional.check(service.milestone_etag(milestone))
     changed = await service.update_milestone(session, milestone, body)
     public = await service.read_milestone(session, milestone)
-    response.headers["ETag"] = service.milestone_etag(milestone)
+    conditional.tag(service.milestone_etag(milestone))
     if changed:
         await session.commit()
     return public
@@ -109,12 +107,12 @@ async def delete_milestone(
     milestone_id: MilestoneIdPath,
     session: SessionDep,
     access: ProjectForPlanning,
-    if_match: IfMatch = None,
+    conditional: ConditionalWriteDep,
 ) -> None:
     """Delete a milestone (maintainers). Its issues stay, in no milestone: each gets a new
     version and an entry in its history."""
     access.require_active()
     milestone = await service.load_milestone(session, access, milestone_id, for_update=True)
-    check_if_match(if_match, service.milestone_etag(milestone))
+    conditional.check(service.milestone_etag(milestone))
     await service.delete_milestone(session, access, milestone)
     await session.commit()

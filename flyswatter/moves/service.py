@@ -9,7 +9,6 @@ from sqlmodel import col, select
 
 from flyswatter.db import utcnow
 from flyswatter.errors import UnprocessableEntity
-from flyswatter.http.conditional import check_if_match
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueWrite
 from flyswatter.issues.models import ActivityAction, IssuePublic
@@ -30,7 +29,7 @@ async def move_issue(write: IssueWrite, body: MoveRequest) -> IssuePublic:
     """
     session, access = write.session, write.access
     access.project_access.require(Role.developer, "moving issues out of the project")
-    check_if_match(write.if_match, access.etag)
+    write.conditional.check(access.etag)
     destination = await load_project_access(session, access.principal, body.project)
     destination.require(Role.developer, "moving issues into the project")
     destination.require_active()

@@ -12,7 +12,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
 from flyswatter.errors import Conflict, NotFound, UnprocessableEntity
-from flyswatter.http.conditional import check_if_match
 from flyswatter.issues import service as issue_service
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueAccess, IssueWrite, load_issue_access
@@ -120,7 +119,7 @@ async def add_relation(
     """Relate the issue to another (developers of the issue's project; the other issue must
     be visible), committed with both issues' history and events."""
     write.access.project_access.require(Role.developer, "relating issues")
-    check_if_match(write.if_match, write.access.etag)
+    write.conditional.check(write.access.etag)
     other = await _other_issue(write, target_key, ("body", "target"))
     relation = await _stage_relation(write, other, kind, max_depth)
     creators = await user_summaries(write.session, [write.access.principal.subject])
@@ -141,7 +140,7 @@ async def remove_relation(write: IssueWrite, kind: RelationKind, target_key: str
     """Remove a relation, from either of its issues (developers of the issue's project)."""
     session, access = write.session, write.access
     access.project_access.require(Role.developer, "relating issues")
-    check_if_match(write.if_match, access.etag)
+    write.conditional.check(access.etag)
     other = await _other_issue(write, target_key, ("path", "target"))
     relation = await _stored(session, _edge(access, other, kind))
     if relation is None:
@@ -155,7 +154,7 @@ async def close_as_duplicate(write: IssueWrite, original_key: str, max_depth: in
     """Mark the issue a duplicate of another and close it through the workflow, in one
     transaction (developers): either both happen or neither does."""
     write.access.project_access.require(Role.developer, "closing issues as duplicates")
-    check_if_match(write.if_match, write.access.etag)
+    write.conditional.check(write.access.etag)
     other = await _other_issue(write, original_key, ("body", "of"))
     if await _stored(write.session, _edge(write.access, other, RelationKind.duplicates)) is None:
         await _stage_relation(write, other, RelationKind.duplicates, max_depth)
