@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -60,7 +61,7 @@ async def file_issue(http: httpx.AsyncClient, tokens: TokenFactory, title: str) 
 
 @asynccontextmanager
 async def follow(
-    http: httpx.AsyncClient, headers: dict[str, str]
+    http: httpx.AsyncClient, headers: dict[str, str] | dict[str, str | bytes]
 ) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
     async with aconnect_sse(http, "GET", "/api/v1/projects/LIVE/events", headers=headers) as source:
         assert source.response.status_code == 200, await source.response.aread()
@@ -130,6 +131,53 @@ async def test_unknown_last_event_id_is_told_to_resync(
     assert after.id == "2"
 
 
+async def test_a_last_event_id_of_other_digits_is_told_to_resync(
+    live: BackgroundServer, tokens: TokenFactory
+) -> None:
+    """ "²" (latin-1 0xB2) is a digit to str.isdigit(), not to int(): not a number here."""
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
+        await setup_project(http, tokens)
+        await file_issue(http, tokens, "Only")
+        headers: dict[str, str | bytes] = {**bearer(tokens, "otto"), "Last-Event-ID": b"\xb2"}
+        async with follow(http, headers) as events:
+            (told,) = await next_events(events, 1)
+    assert told.event == "resync"
+    assert json.loads(told.data)["reason"] == "unknown_event_id"
+
+
+async def test_a_member_removed_while_following_gets_no_more_events(
+    live: BackgroundServer, tokens: TokenFactory
+) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
+        await setup_project(http, tokens)
+        owner, viewer = bearer(tokens, "otto"), bearer(tokens, "vera")
+        vera = (await http.get("/api/v1/users/me", headers=viewer)).json()["id"]
+        member = f"/api/v1/projects/LIVE/members/{vera}"
+        assert (await http.put(member, json={"role": "viewer"}, headers=owner)).status_code == 201
+        async with follow(http, viewer) as events:
+            await file_issue(http, tokens, "Seen")
+            (seen,) = await next_events(events, 1)
+            assert (await http.delete(member, headers=owner)).status_code == 204
+            await file_issue(http, tokens, "Filed after the removal")
+            told = await next_events(events, 2)
+    assert json.loads(seen.data)["data"]["issue"]["title"] == "Seen"
+    # The stream ends after telling why: nothing of the later issue reaches the viewer.
+    assert [event.event for event in told] == ["resync"]
+    assert json.loads(told[0].data)["reason"] == "access_withdrawn"
+
+
+async def test_a_stream_ends_when_its_token_expires(
+    live: BackgroundServer, tokens: TokenFactory
+) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
+        await setup_project(http, tokens)
+        expiring = bearer(tokens, "otto", exp=int(time.time()) + 2)
+        async with follow(http, expiring) as events:
+            with anyio.fail_after(10):
+                left = [event async for event in events if event.data]
+    assert left == []
+
+
 async def test_pruned_history_is_told_to_resync(
     live: BackgroundServer, tokens: TokenFactory, settings: Settings
 ) -> None:
@@ -190,14 +238,15 @@ async def test_a_client_that_falls_behind_is_told_to_resync(
             await writer.post("/api/v1/projects", json={"key": "LIVE", "name": "Live"})
             project_id = await project_id_of(app, "LIVE")
             services = app.services
-            slot = await services.stream_slots.acquire("user:otto")
+            otto = await services.token_verifier.verify(api.tokens.user_token("otto"))
+            slot = await services.stream_slots.acquire(otto.key)
             stream = ProjectStream(
                 engine=services.read_engine,
                 broker=services.event_broker,
                 slots=services.stream_slots,
                 settings=settings,
                 project_id=project_id,
-                principal_key="user:otto",
+                principal=otto,
                 slot=slot,
                 last_event_id_header=None,
             )

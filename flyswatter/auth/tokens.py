@@ -14,6 +14,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 import time
 from collections import OrderedDict
@@ -75,6 +76,8 @@ class Principal:
     is_service_account: bool
     scopes: frozenset[str]
     realm_roles: frozenset[str]
+    # The token's ``exp`` (Unix time): what outlives a request, a live stream, ends by it.
+    expires_at: float = math.inf
 
     @property
     def is_admin(self) -> bool:
@@ -88,7 +91,7 @@ class Principal:
         return f"user:{self.subject}"
 
     @classmethod
-    def from_claims(cls, claims: dict[str, Any]) -> Principal:
+    def from_claims(cls, claims: dict[str, Any], expires_at: float = math.inf) -> Principal:
         username = str(claims.get("preferred_username") or claims["sub"])
         client_id = claims.get("client_id") or claims.get("azp")
         realm_access = claims.get("realm_access")
@@ -103,6 +106,7 @@ class Principal:
             is_service_account=username.startswith(SERVICE_ACCOUNT_PREFIX),
             scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
             realm_roles=frozenset(r for r in roles if isinstance(r, str)),
+            expires_at=expires_at,
         )
 
 
@@ -275,7 +279,7 @@ class TokenVerifier:
         if not isinstance(claims, dict):
             raise TokenRejected("malformed", "the token's claims are not a JSON object")
         expires_at = self._check_claims(claims)
-        return Principal.from_claims(claims), expires_at
+        return Principal.from_claims(claims, expires_at), expires_at
 
     def _check_claims(self, claims: dict[str, Any]) -> float:
         """Everything the signature does not vouch for; returns the expiry."""

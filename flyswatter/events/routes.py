@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header
 from sse_starlette import EventSourceResponse
 
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep
 from flyswatter.errors import TooManyRequests, problem_responses
 from flyswatter.events.stream import ProjectStream
-from flyswatter.http.context import request_context
 from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess, project_access
 from flyswatter.services import ServicesDep
@@ -25,7 +24,9 @@ STREAM_DESCRIPTION = """A `text/event-stream`. Each event: `event:` its type (`i
 `comment.created`, ...), `id:` its number in the project, `data:` the event (as webhooks receive
 it). Comments (`: ping`) are heartbeats. An event `resync` asks the client to reload what it
 shows: the stream fell behind (it then ends; reconnect with `Last-Event-ID`) or the events after
-`Last-Event-ID` are no longer kept."""
+`Last-Event-ID` are no longer kept, or the caller may no longer see the project (the stream
+then ends). A stream ends when the caller's token expires, or after a while: EventSource then
+reconnects with `Last-Event-ID`."""
 
 STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": STREAM_DESCRIPTION}
@@ -38,7 +39,6 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     responses=STREAM_RESPONSE | problem_responses(401, 403, 404, 422, 429),
 )
 async def follow_events(
-    request: Request,
     session: SessionDep,
     services: ServicesDep,
     access: ProjectForFollowing,
@@ -52,8 +52,7 @@ async def follow_events(
 ) -> EventSourceResponse:
     """Follow the project's events as they are committed (members with `issues:read`)."""
     settings, slots = services.settings, services.stream_slots
-    principal_key = request_context(request.scope).principal_key
-    assert principal_key is not None, "an authenticated request knows its principal"
+    principal_key = access.principal.key
     slot = await slots.acquire(principal_key)
     if slot is None:
         raise TooManyRequests(
@@ -73,7 +72,7 @@ async def follow_events(
         slots=slots,
         settings=settings,
         project_id=access.project_id,
-        principal_key=principal_key,
+        principal=access.principal,
         slot=slot,
         last_event_id_header=last_event_id,
     )

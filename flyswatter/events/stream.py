@@ -8,7 +8,10 @@ event that skips ahead sends the stream to the outbox for the ones between.
 A ``resync`` event (no ``id:``) tells the client that it must reload what it shows rather than
 rely on the stream: when it fell behind by more than the buffer (the stream then ends; it may
 reconnect with its Last-Event-ID), or when the events after its Last-Event-ID were pruned or
-never existed (the stream then goes on from now).
+never existed (the stream then goes on from now), or when the caller may no longer see the
+project (removed from it, or the project deleted; the stream then ends). Access is checked
+again before each batch of events is sent, and the stream ends when the caller's token
+expires: a stream outlives the request that checked both.
 """
 
 from __future__ import annotations
@@ -19,17 +22,19 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import ServerSentEvent
 
+from flyswatter.auth.tokens import Principal
 from flyswatter.config import Settings
 from flyswatter.db import tables
 from flyswatter.events.broker import EventBroker, StreamSlots, Subscription
 from flyswatter.events.models import Event, EventSequence
 from flyswatter.observability.metrics import EVENT_STREAMS_OPEN
+from flyswatter.projects.models import Project, ProjectMember
 
-_EVENT, _SEQUENCE = tables(Event, EventSequence)
+_EVENT, _SEQUENCE, _PROJECT, _MEMBER = tables(Event, EventSequence, Project, ProjectMember)
 PAGE = 100
 # Tells EventSource clients how soon to reconnect when a stream ends (milliseconds).
 RECONNECT_MS = 1000
@@ -42,18 +47,32 @@ _AFTER = (
     .limit(PAGE)
 )
 _LAST = select(_SEQUENCE.c.last_sequence).where(_SEQUENCE.c.project_id == bindparam("project_id"))
+# The project, while it is not deleted, with the caller's role in it (null: no member).
+_ACCESS = (
+    select(_PROJECT.c.id, _MEMBER.c.role)
+    .outerjoin(
+        _MEMBER,
+        and_(_MEMBER.c.project_id == _PROJECT.c.id, _MEMBER.c.user_id == bindparam("subject")),
+    )
+    .where(_PROJECT.c.id == bindparam("project_id"), _PROJECT.c.deleted_at.is_(None))
+)
 
 
 def parse_last_event_id(value: str | None) -> int | None:
     """The number a reconnecting client last saw; None for a fresh (or unusable) one."""
-    if value is None or not value.strip().isdigit():
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if value is None or not (digits := value.strip()).isascii() or not digits.isdigit():
         return None
-    return int(value.strip())
+    return int(digits)
 
 
 def resync(reason: str, last_event_id: int, detail: str) -> ServerSentEvent:
     body = {"reason": reason, "last_event_id": last_event_id, "detail": detail}
     return ServerSentEvent(data=json.dumps(body), event="resync", retry=RECONNECT_MS)
+
+
+def withdrawn(last_event_id: int) -> ServerSentEvent:
+    return resync("access_withdrawn", last_event_id, "the caller may no longer see this project")
 
 
 @dataclass
@@ -63,9 +82,16 @@ class ProjectStream:
     slots: StreamSlots
     settings: Settings
     project_id: int
-    principal_key: str
+    principal: Principal
     slot: str
     last_event_id_header: str | None
+
+    async def _may_follow(self) -> bool:
+        """Whether the caller may still see the project, as the route checked at the start."""
+        parameters = {"project_id": self.project_id, "subject": self.principal.subject}
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(_ACCESS, parameters)).first()
+        return row is not None and (row.role is not None or self.principal.is_admin)
 
     async def _last_sequence(self) -> int:
         async with self.engine.connect() as connection:
@@ -87,7 +113,7 @@ class ProjectStream:
                     yield event
             finally:
                 EVENT_STREAMS_OPEN.dec()
-                await self.slots.release(self.principal_key, self.slot)
+                await self.slots.release(self.principal.key, self.slot)
 
     async def _stream(self, subscription: Subscription) -> AsyncIterator[ServerSentEvent]:
         await self.broker.ready()
@@ -101,13 +127,20 @@ class ProjectStream:
                 )
             else:
                 last = asked
-        deadline = time.monotonic() + self.settings.events_stream_max_seconds
+        lifetime = min(
+            float(self.settings.events_stream_max_seconds),
+            self.principal.expires_at - time.time(),
+        )
+        deadline = time.monotonic() + lifetime
         yield ServerSentEvent(comment="stream open", retry=RECONNECT_MS)
         while time.monotonic() < deadline:
             if subscription.overflowed:
                 yield resync(
                     "too_slow", last, "the stream fell behind; reconnect with Last-Event-ID"
                 )
+                return
+            if not await self._may_follow():
+                yield withdrawn(last)
                 return
             # Catch up from the outbox: after a resume, a gap, or a quiet heartbeat.
             while True:
@@ -125,14 +158,18 @@ class ProjectStream:
                     break
             # Live: events as they commit, until a gap, a heartbeat or the end.
             heartbeat_at = time.monotonic() + self.settings.events_heartbeat_seconds
+            # Whether access was checked since the stream last waited: events that arrive
+            # together share one check.
+            checked = True
             while True:
                 if subscription.overflowed:
                     break
                 if subscription.queue.empty():
+                    checked = False
                     subscription.wake.clear()
                     timeout = min(heartbeat_at, deadline) - time.monotonic()
                     if timeout <= 0:
-                        await self.slots.refresh(self.principal_key, self.slot)
+                        await self.slots.refresh(self.principal.key, self.slot)
                         break
                     try:
                         await asyncio.wait_for(subscription.wake.wait(), timeout)
@@ -144,5 +181,10 @@ class ProjectStream:
                     continue
                 if event.sequence != last + 1:
                     break
+                if not checked:
+                    if not await self._may_follow():
+                        yield withdrawn(last)
+                        return
+                    checked = True
                 yield ServerSentEvent(data=event.document, event=event.type, id=str(event.sequence))
                 last = event.sequence
