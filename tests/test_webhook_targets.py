@@ -13,12 +13,13 @@ from fastapi import FastAPI
 from flyswatter.config import Settings, UnsafeSettings
 from flyswatter.db import create_sync_engine
 from flyswatter.services import services_of
-from flyswatter.webhooks.delivery import deliver_due, delivery_client
+from flyswatter.webhooks.delivery import deliver_due
 from flyswatter.webhooks.targets import (
     IPAddress,
     RefusedTarget,
     TargetPolicy,
     check_target,
+    delivery_client,
 )
 from tests.support.api import Api, AuthedClient
 from tests.webhook_receiver import WebhookReceiver, running_receiver
@@ -58,6 +59,8 @@ REFUSED = {
     "https://[::ffff:169.254.169.254]/hook": "cloud-metadata",
     "https://[64:ff9b::a9fe:a9fe]/hook": "cloud-metadata",
     "https://[2002:a00:1::]/hook": "private",
+    # Fullwidth digits: the system resolver reads 93.184.215.14; httpx, which sends, refuses.
+    "https://\uff19\uff13.184.215.14/hook": "invalid-url",
 }
 
 
@@ -90,6 +93,26 @@ def test_a_name_that_also_resolves_to_an_internal_address_is_refused() -> None:
     with pytest.raises(RefusedTarget) as refused:
         check_target("https://mixed.example/hook", TargetPolicy(resolver=mixed))
     assert refused.value.kind == "private"
+
+
+def test_a_refused_name_says_neither_its_address_nor_whether_it_resolves() -> None:
+    """Whoever registers a webhook must not map the service's internal names with it."""
+
+    def internal(host: str, port: int) -> Sequence[IPAddress]:
+        return [ip_address("10.20.30.40")]
+
+    def nowhere(host: str, port: int) -> Sequence[IPAddress]:
+        raise RefusedTarget("unresolvable", f"{host} does not resolve")
+
+    messages = {}
+    for resolver in (internal, nowhere):
+        with pytest.raises(RefusedTarget) as refused:
+            check_target("https://db.corp.internal/hook", TargetPolicy(resolver=resolver))
+        messages[refused.value.kind] = refused.value.message
+    assert messages == {
+        "private": "db.corp.internal does not resolve to a public address",
+        "unresolvable": "db.corp.internal does not resolve to a public address",
+    }
 
 
 def test_the_allow_list_lets_a_private_network_through() -> None:
@@ -229,7 +252,9 @@ async def test_dns_rebinding_after_creation_is_refused_at_delivery(
     finally:
         engine.dispose()
     assert receiver.received == []
-    assert attempts_of(settings) == [("refused_target", "127.0.0.1 is a loopback address")]
+    assert attempts_of(settings) == [
+        ("refused_target", "rebind.example does not resolve to a public address")
+    ]
 
 
 async def test_delivery_connects_to_the_address_it_checked(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import anyio
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
@@ -16,7 +21,8 @@ from sqlalchemy import Engine
 
 from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
-from flyswatter.webhooks.delivery import backoff_seconds, deliver_due, prune
+from flyswatter.webhooks import delivery
+from flyswatter.webhooks.delivery import Claim, backoff_seconds, deliver_due, prune
 from flyswatter.webhooks.secret_box import SecretBox
 from tests.support.api import Api, AuthedClient, walk_pages
 from tests.webhook_receiver import WebhookReceiver, running_receiver
@@ -383,6 +389,128 @@ class TestDelivery:
                 for table in ("event", "webhook_delivery", "webhook_delivery_attempt")
             ]
         assert counts == [1, 1, 1]
+
+
+def deliveries(engine: Engine) -> list[tuple[str, int]]:
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT state, attempts FROM webhook_delivery ORDER BY id"
+        ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def attempt_log(engine: Engine) -> list[tuple[str, str | None]]:
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT outcome, response_excerpt FROM webhook_delivery_attempt ORDER BY id"
+        ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+async def while_in_flight(
+    engine: Engine,
+    settings: Settings,
+    receiver: WebhookReceiver,
+    requests: int,
+    action: Callable[[], Awaitable[None]],
+) -> Counter[str]:
+    """One run of the deliverer, with ``action`` done once the receiver holds ``requests``
+    requests unanswered (its gate shut), and the gate opened after it."""
+    assert receiver.gate is not None
+    patient = settings.model_copy(update={"webhook_timeout_seconds": 30.0})
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        run = asyncio.wrap_future(pool.submit(deliver_due, engine, patient, batches=10))
+        await anyio.to_thread.run_sync(receiver.wait_for, requests)
+        try:
+            await action()
+        finally:
+            receiver.gate.set()
+        return await run
+
+
+class TestWhileADeliveryIsInFlight:
+    async def test_a_webhook_deleted_meanwhile_leaves_the_other_deliveries_recorded(
+        self, api: Api, settings: Settings, engine: Engine
+    ) -> None:
+        with running_receiver(gate=threading.Event()) as receiver:
+            owner = await maintainer(api)
+            doomed = await subscribe(owner, receiver)
+            await subscribe(owner, receiver)
+            await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Both"})
+
+            async def delete_the_first() -> None:
+                url = f"/api/v1/projects/HOOK/webhooks/{doomed['id']}"
+                assert (await owner.delete(url)).status_code == 204
+
+            outcomes = await while_in_flight(engine, settings, receiver, 2, delete_the_first)
+        assert outcomes == {"succeeded": 2}
+        # The deleted webhook's delivery went with it; the other one is settled and logged.
+        assert deliveries(engine) == [("succeeded", 1)]
+        assert [outcome for outcome, _ in attempt_log(engine)] == ["succeeded"]
+
+    async def test_a_redelivery_asked_for_meanwhile_is_sent_after_the_attempt(
+        self, api: Api, settings: Settings, engine: Engine
+    ) -> None:
+        with running_receiver(gate=threading.Event()) as receiver:
+            owner = await maintainer(api)
+            hook = await subscribe(owner, receiver)
+            await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Again"})
+            log = f"/api/v1/projects/HOOK/webhooks/{hook['id']}/deliveries"
+            (delivery,) = (await owner.get(log)).json()["items"]
+
+            async def redeliver() -> None:
+                again = await owner.post(f"{log}/{delivery['id']}/redeliver")
+                assert again.status_code == 202, again.text
+
+            # The attempt in flight does not settle what was asked for after it: the same
+            # run's next batch sends it again.
+            outcomes = await while_in_flight(engine, settings, receiver, 1, redeliver)
+            first, second = receiver.wait_for(2)
+        assert outcomes == {"succeeded": 2}
+        assert first.webhook_id == second.webhook_id
+        assert deliveries(engine) == [("succeeded", 2)]
+
+    async def test_an_answer_with_nul_bytes_is_recorded(
+        self, api: Api, settings: Settings, engine: Engine
+    ) -> None:
+        # PostgreSQL text cannot hold NUL: the excerpt keeps a replacement character instead.
+        with running_receiver(answer=b'{"ok": true}\x00') as receiver:
+            owner = await maintainer(api)
+            await subscribe(owner, receiver)
+            await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Nul"})
+            assert deliver_due(engine, settings) == {"succeeded": 1}
+        assert attempt_log(engine) == [("succeeded", '{"ok": true}\ufffd')]
+        assert deliveries(engine) == [("succeeded", 1)]
+
+    async def test_a_delivery_that_cannot_be_recorded_costs_the_others_nothing(
+        self,
+        api: Api,
+        settings: Settings,
+        engine: Engine,
+        receiver: WebhookReceiver,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        owner = await maintainer(api)
+        failing = await subscribe(owner, receiver)
+        await subscribe(owner, receiver)
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Half"})
+        recorded = delivery.record
+
+        def record(engine: Engine, settings: Settings, claim: Claim, result: object) -> None:
+            if claim.webhook_id == failing["id"]:
+                raise sa.exc.OperationalError(
+                    "INSERT INTO webhook_delivery_attempt", {}, Exception("connection lost")
+                )
+            recorded(engine, settings, claim, result)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(delivery, "record", record)
+        with caplog.at_level(logging.ERROR, logger="flyswatter.webhooks"):
+            assert deliver_due(engine, settings) == {"succeeded": 1}
+        assert "could not be recorded (OperationalError)" in caplog.text
+        assert "INSERT" not in caplog.text
+        # Left claimed: it is sent again once its lease runs out.
+        assert sorted(deliveries(engine)) == [("pending", 1), ("succeeded", 1)]
 
 
 def test_backoff_doubles_and_spans_about_a_day(base_settings: Settings) -> None:

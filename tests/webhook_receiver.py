@@ -2,7 +2,8 @@
 
 It checks each request's Standard Webhooks signature with the specification's own package
 (``standardwebhooks``), records what arrived, and answers as a test tells it to: a status per
-request in turn, or a delay (a receiver that hangs).
+request in turn, a delay (a receiver that hangs), or only once a test opens its gate (so
+that the test can act while a delivery is in flight), with the body a test chose.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class WebhookReceiver:
     hang_requests: int = 0
     # Answer every request with a redirect there (which the sender must not follow).
     redirect_to: str | None = None
+    # Set: every answer waits until the test sets it.
+    gate: threading.Event | None = None
+    # The body of every answer, instead of a small JSON document.
+    answer: bytes | None = None
     received: list[Received] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     port: int = 0
@@ -88,7 +93,9 @@ class WebhookReceiver:
                     status = owner.statuses[number] if number < len(owner.statuses) else 200
                 if number < owner.hang_requests:
                     time.sleep(owner.hang_seconds)
-                answer = json.dumps({"seen": number}).encode()
+                if owner.gate is not None:
+                    owner.gate.wait(timeout=30)
+                answer = owner.answer or json.dumps({"seen": number}).encode()
                 try:
                     self.send_response(status)
                     if owner.redirect_to is not None:

@@ -40,7 +40,7 @@ from flyswatter.webhooks.models import (
 )
 from flyswatter.webhooks.secret_box import SecretBox
 from flyswatter.webhooks.signing import signed_headers, signing_secrets
-from flyswatter.webhooks.targets import PinnedTransport, RefusedTarget, TargetPolicy
+from flyswatter.webhooks.targets import RefusedTarget, delivery_client
 
 logger = logging.getLogger("flyswatter.webhooks")
 
@@ -61,6 +61,8 @@ class Claim:
     secrets: list[str]
     event_uid: str
     payload: str
+    # The claim's time, which it wrote to the row: a redelivery asked for meanwhile moves it.
+    claimed_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,7 @@ def claim_due(
                 secrets=signing_secrets(current, previous, row.previous_secret_expires_at, now),
                 event_uid=row.uid,
                 payload=row.payload,
+                claimed_at=now,
             )
         )
     return claims
@@ -175,7 +178,7 @@ def send(claim: Claim, client: httpx.Client) -> AttemptResult:
                 received += chunk
                 if len(received) >= MAX_EXCERPT:
                     break
-            excerpt = received.decode("utf-8", errors="replace")[:MAX_EXCERPT]
+            excerpt = _storable(received.decode("utf-8", errors="replace")[:MAX_EXCERPT])
         outcome = (
             AttemptOutcome.succeeded if 200 <= status_code < 300 else AttemptOutcome.http_error
         )
@@ -184,7 +187,7 @@ def send(claim: Claim, client: httpx.Client) -> AttemptResult:
         outcome, error = AttemptOutcome.refused_target, refused.message
     except httpx.TimeoutException as exc:
         outcome, error = AttemptOutcome.timeout, f"no answer in time ({type(exc).__name__})"
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
         outcome, error = AttemptOutcome.connection_error, type(exc).__name__
     duration_ms = (time.perf_counter() - start) * 1000
     return AttemptResult(
@@ -197,9 +200,15 @@ def send(claim: Claim, client: httpx.Client) -> AttemptResult:
     )
 
 
+def _storable(text: str) -> str:
+    # What a receiver answers is stored as text, and PostgreSQL text cannot hold NUL.
+    return text.replace("\x00", "\ufffd")
+
+
 def record(engine: Engine, settings: Settings, claim: Claim, result: AttemptResult) -> None:
     """Log the attempt, then settle the delivery or schedule its retry; count the webhook's
-    failures and disable it after a run of them."""
+    failures and disable it after a run of them. Nothing, if the delivery is gone (its
+    webhook or its event deleted while it was sent)."""
     now = utcnow()
     succeeded = result.outcome is AttemptOutcome.succeeded
     exhausted = claim.attempt >= settings.webhook_max_attempts
@@ -212,6 +221,12 @@ def record(engine: Engine, settings: Settings, claim: Claim, result: AttemptResu
         retry_at = now + timedelta(seconds=backoff_seconds(settings, claim.attempt))
         values = {"next_attempt_at": retry_at}
     with engine.begin() as connection:
+        # Locked (on SQLite the transaction is the only writer): a deletion waits for this.
+        still_there = connection.execute(
+            select(_DELIVERY.c.id).where(_DELIVERY.c.id == claim.delivery_id).with_for_update()
+        ).first()
+        if still_there is None:
+            return
         connection.execute(
             insert(_ATTEMPT).values(
                 delivery_id=claim.delivery_id,
@@ -224,12 +239,14 @@ def record(engine: Engine, settings: Settings, claim: Claim, result: AttemptResu
                 started_at=result.started_at,
             )
         )
-        # Only while the claim is still this worker's: a redelivery or a newer claim wins.
+        # Only while the claim is still this worker's: a redelivery asked for meanwhile (it
+        # moves updated_at) or a newer claim wins, and the delivery stays due.
         connection.execute(
             update(_DELIVERY)
             .where(
                 _DELIVERY.c.id == claim.delivery_id,
                 _DELIVERY.c.attempts == claim.attempt,
+                _DELIVERY.c.updated_at == claim.claimed_at,
                 _DELIVERY.c.state == DeliveryState.pending.value,
             )
             .values(updated_at=now, **values)
@@ -255,7 +272,7 @@ def record(engine: Engine, settings: Settings, claim: Claim, result: AttemptResu
                         active=False,
                         disabled_at=now,
                         updated_at=now,
-                        disabled_reason=(
+                        disabled_reason=_storable(
                             f"disabled after {failures} failed attempts in a row; the last: "
                             f"{result.error}"
                         )[:500],
@@ -263,16 +280,6 @@ def record(engine: Engine, settings: Settings, claim: Claim, result: AttemptResu
                 )
     WEBHOOK_DELIVERIES.labels(outcome=result.outcome.value).inc()
     WEBHOOK_DELIVERY_LATENCY.labels(outcome=result.outcome.value).observe(result.duration_ms / 1000)
-
-
-def delivery_client(settings: Settings, policy: TargetPolicy | None = None) -> httpx.Client:
-    """The HTTP client deliveries use: the SSRF guard as transport, no redirects, a timeout."""
-    return httpx.Client(
-        transport=PinnedTransport(policy or TargetPolicy.from_settings(settings)),
-        follow_redirects=False,
-        timeout=settings.webhook_timeout_seconds,
-        trust_env=False,
-    )
 
 
 def deliver_due(
@@ -293,13 +300,25 @@ def deliver_due(
             if not claims:
                 break
 
-            def attempt(claim: Claim) -> AttemptOutcome:
+            def attempt(claim: Claim) -> AttemptOutcome | None:
                 result = send(claim, http)
-                record(engine, settings, claim, result)
+                try:
+                    record(engine, settings, claim, result)
+                except Exception as exc:
+                    # One delivery's failure must not cost the batch the others' records. Its
+                    # lease runs out and it is sent again. The type only: never the SQL.
+                    logger.error(
+                        "webhook %d: delivery %d could not be recorded (%s); it is due again",
+                        claim.webhook_id,
+                        claim.delivery_id,
+                        type(exc).__name__,
+                    )
+                    return None
                 return result.outcome
 
             with ThreadPoolExecutor(max_workers=len(claims)) as pool:
-                outcomes.update(outcome.value for outcome in pool.map(attempt, claims))
+                results = pool.map(attempt, claims)
+                outcomes.update(outcome.value for outcome in results if outcome is not None)
     finally:
         if own_client:
             http.close()

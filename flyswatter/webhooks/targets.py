@@ -19,7 +19,6 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -145,25 +144,26 @@ def check_address(address: IPAddress, policy: TargetPolicy) -> None:
 
 def check_url(url: str, policy: TargetPolicy) -> tuple[str, str, int]:
     """Scheme, host and port of an acceptable URL, before any resolution."""
+    # Parsed by httpx, which sends the deliveries: a URL another parser reads differently
+    # (a host IDNA refuses, say) must be refused here, not fail at every delivery.
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
+        parts = httpx.URL(url)
+        host = parts.raw_host.decode("ascii").rstrip(".")
+    except (httpx.InvalidURL, UnicodeError):
         raise RefusedTarget("invalid-url", "the URL cannot be parsed") from None
-    scheme = parts.scheme.lower()
+    scheme = parts.scheme
     allowed = ("https", "http") if policy.allow_http else ("https",)
     if scheme not in allowed:
         raise RefusedTarget(
             "scheme", "the URL must be https" + (" or http" if policy.allow_http else "")
         )
-    if parts.username is not None or parts.password is not None:
+    if parts.userinfo:
         raise RefusedTarget("credentials", "the URL must not carry credentials")
-    host = (parts.hostname or "").rstrip(".")
     if not host:
         raise RefusedTarget("invalid-url", "the URL has no host")
     if host.lower() in CLOUD_METADATA_NAMES:
         raise RefusedTarget("cloud-metadata", f"{host} is a cloud metadata service")
-    return scheme, host, port or (443 if scheme == "https" else 80)
+    return scheme, host, parts.port or (443 if scheme == "https" else 80)
 
 
 def check_target(url: str, policy: TargetPolicy) -> Target:
@@ -172,12 +172,25 @@ def check_target(url: str, policy: TargetPolicy) -> Target:
     try:
         addresses: Sequence[IPAddress] = [ip_address(host)]
     except ValueError:
-        addresses = policy.resolver(host, port)
-    # Every answer must pass: a name that also resolves to an internal address is refused
-    # even if the first answer is public, so that the choice of address cannot be steered.
-    for address in addresses:
-        check_address(address, policy)
+        addresses = _resolved(host, port, policy)
+    else:
+        check_address(addresses[0], policy)
     return Target(scheme=scheme, host=host, port=port, addresses=tuple(addresses))
+
+
+def _resolved(host: str, port: int, policy: TargetPolicy) -> Sequence[IPAddress]:
+    """The addresses of a name, all of them acceptable. A refusal names neither the address
+    nor whether the name resolved at all: whoever registers a webhook must not learn what
+    the service's internal names resolve to, or which of them exist."""
+    try:
+        addresses = policy.resolver(host, port)
+        # Every answer must pass: a name that also resolves to an internal address is
+        # refused even if the first answer is public, so that the choice cannot be steered.
+        for address in addresses:
+            check_address(address, policy)
+    except RefusedTarget as refused:
+        raise RefusedTarget(refused.kind, f"{host} does not resolve to a public address") from None
+    return addresses
 
 
 class PinnedTransport(httpx.BaseTransport):
@@ -201,3 +214,13 @@ class PinnedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def delivery_client(settings: Settings, policy: TargetPolicy | None = None) -> httpx.Client:
+    """The HTTP client deliveries use: the SSRF guard as transport, no redirects, a timeout."""
+    return httpx.Client(
+        transport=PinnedTransport(policy or TargetPolicy.from_settings(settings)),
+        follow_redirects=False,
+        timeout=settings.webhook_timeout_seconds,
+        trust_env=False,
+    )
