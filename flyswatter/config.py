@@ -179,8 +179,8 @@ class Settings(BaseSettings):
     events_max_streams_per_principal: int = Field(default=5, ge=1, le=1000)
     # Events waiting for one slow client; past this it is told to resync instead.
     events_stream_buffer: int = Field(default=256, ge=1, le=100_000)
-    # A stream ends after this long (the client resumes with Last-Event-ID), so that access
-    # withdrawn from a member, or an expired token, ends their stream too.
+    # A stream ends after this long at the latest (the client resumes with Last-Event-ID),
+    # and sooner when its token expires or its caller may no longer see the project.
     events_stream_max_seconds: int = Field(default=900, ge=5, le=86_400)
     # Redis pub/sub channel that fans events out to every worker and replica.
     events_channel: str = Field(default="flyswatter:events", min_length=1, max_length=200)
