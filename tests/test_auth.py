@@ -15,6 +15,7 @@ import httpx
 import pytest
 from jwcrypto import jwk, jwt
 
+from flyswatter.auth.tokens import Principal
 from tests.support.identity import JwksServer, TokenFactory
 
 ME = "/api/v1/users/me"
@@ -148,3 +149,52 @@ async def test_service_account_is_recognised_from_its_token(
     me = response.json()
     assert me["is_service_account"] is True
     assert me["client_id"] == "billing-sync"
+
+
+@pytest.mark.parametrize(
+    "client_claims",
+    [{}, {"client_id": "flyswatter-web"}, {"clientId": "flyswatter-web"}],
+    ids=["no-client-id", "client-id-of-another-client", "old-client-id-of-another-client"],
+)
+def test_a_person_named_service_account_is_keyed_as_a_person(
+    tokens: TokenFactory, client_claims: dict[str, str]
+) -> None:
+    # Anyone may choose this name; only a client-credentials token names the client as well.
+    claims = tokens.claims(
+        sub="person-sub", preferred_username="service-account-alice", **client_claims
+    )
+    principal = Principal.from_claims(claims)
+    assert principal.is_service_account is False
+    assert principal.key == "user:person-sub"
+
+
+@pytest.mark.parametrize(
+    ("claim", "client_id"),
+    [("client_id", "billing-sync"), ("clientId", "billing-sync"), ("client_id", "Billing-Sync")],
+    ids=["keycloak-25", "before-keycloak-25", "mixed-case-client"],
+)
+def test_a_service_account_token_is_keyed_by_its_client_not_azp(
+    tokens: TokenFactory, claim: str, client_id: str
+) -> None:
+    claims = tokens.claims(
+        sub="robot-sub",
+        preferred_username="service-account-billing-sync",
+        azp="flyswatter-web",
+        **{claim: client_id},
+    )
+    principal = Principal.from_claims(claims)
+    assert principal.is_service_account is True
+    assert principal.client_id == client_id
+    assert principal.key == f"client:{client_id}"
+
+
+async def test_a_person_named_service_account_is_shown_as_a_person(
+    client: httpx.AsyncClient, tokens: TokenFactory
+) -> None:
+    token = tokens.user_token("service-account-alice")
+    response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    me = response.json()
+    assert me["username"] == "service-account-alice"
+    assert me["is_service_account"] is False
+    assert me["client_id"] is None

@@ -122,6 +122,25 @@ class TestIssues:
         assert sum(REPLAYED not in r.headers for r in responses) == 1
         assert await issue_count(team) == 1
 
+    async def test_people_named_like_service_accounts_each_own_their_keys(
+        self, team: Team, api: Api
+    ) -> None:
+        # Both sign in through the same web client (the same ``azp``); neither is its account.
+        people = [api.as_user("service-account-alice"), api.as_user("service-account-mallory")]
+        for person in people:
+            user_id = await person.sign_in()
+            added = await team["maintainer"].put(
+                f"/api/v1/projects/FLY/members/{user_id}", json={"role": "reporter"}
+            )
+            assert added.status_code == 201, added.text
+        alice, mallory = people
+        first = await post(alice, ISSUES, {"title": "Crash on save"}, "retry-1")
+        second = await post(mallory, ISSUES, {"title": "Crash on save"}, "retry-1")
+        assert first.status_code == second.status_code == 201
+        assert REPLAYED not in second.headers
+        assert second.json()["reporter"]["username"] == "service-account-mallory"
+        assert await issue_count(team) == 2
+
 
 class TestComments:
     @pytest.fixture

@@ -93,7 +93,8 @@ class Principal:
     @classmethod
     def from_claims(cls, claims: dict[str, Any], expires_at: float = math.inf) -> Principal:
         username = str(claims.get("preferred_username") or claims["sub"])
-        client_id = claims.get("client_id") or claims.get("azp")
+        service_client = _service_account_client(claims, username)
+        client_id = service_client or claims.get("azp")
         realm_access = claims.get("realm_access")
         roles = realm_access.get("roles", []) if isinstance(realm_access, dict) else []
         scope = claims.get("scope", "")
@@ -103,11 +104,27 @@ class Principal:
             email=_display_text(claims.get("email")),
             name=_display_text(claims.get("name")),
             client_id=str(client_id) if client_id else None,
-            is_service_account=username.startswith(SERVICE_ACCOUNT_PREFIX),
+            is_service_account=service_client is not None,
             scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
             realm_roles=frozenset(r for r in roles if isinstance(r, str)),
             expires_at=expires_at,
         )
+
+
+def _service_account_client(claims: dict[str, Any], username: str) -> str | None:
+    """The client a service-account token speaks for; None for a person's token.
+
+    Anyone may pick a username starting ``service-account-``, so the name alone proves
+    nothing. Keycloak puts the client id in ``client_id`` (``clientId`` before version 25)
+    only in client-credentials tokens, and names the client's user after it in lower case;
+    both must agree. ``azp`` does not count: a person's token names the client they used.
+    """
+    client_id = claims.get("client_id") or claims.get("clientId")
+    if not isinstance(client_id, str) or not client_id:
+        return None
+    if username != SERVICE_ACCOUNT_PREFIX + client_id.lower():
+        return None
+    return client_id
 
 
 def _display_text(value: Any) -> str | None:
@@ -296,7 +313,7 @@ class TokenVerifier:
         iat = _timestamp(claims, "iat")
         if iat is not None and iat > now + settings.token_leeway_seconds:
             raise TokenRejected("issued_in_future", "the token was issued in the future")
-        for name in ("sub", "preferred_username", "azp", "client_id"):
+        for name in ("sub", "preferred_username", "azp", "client_id", "clientId"):
             _identifier(claims, name)
         if claims.get("iss") != settings.expected_issuer:
             raise TokenRejected("wrong_issuer", "the token was issued by another realm")

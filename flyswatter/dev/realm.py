@@ -119,7 +119,8 @@ class DevRealm:
         # a name-derived id keeps ``sub`` stable across restarts of the development provider.
         return Identity(
             id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.name}/service-account/{client_id}")),
-            username=f"service-account-{client_id}",
+            # Keycloak lowers the case of every username, this one included.
+            username=f"service-account-{client_id.lower()}",
             realm_roles=tuple(self._expanded([self.default_role])),
             service_account_client_id=client_id,
         )
