@@ -222,6 +222,18 @@ async def test_invalid_report_parameters_are_422(team: Team, body: dict[str, obj
     assert response.status_code == 422, response.text
 
 
+@pytest.mark.parametrize("field", ["assignee", "reporter", "q"])
+async def test_a_report_filter_holding_nul_is_a_422_naming_the_field(
+    team: Team, field: str
+) -> None:
+    # As the issue list refuses it; PostgreSQL would otherwise fail the job in the worker.
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports", json={field: "a\x00b"})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", field]
+    listed = (await team["viewer"].get("/api/v1/jobs?project=FLY")).json()["items"]
+    assert listed == []
+
+
 async def test_unknown_job_is_404(team: Team) -> None:
     response = await team["viewer"].get("/api/v1/jobs/" + "0" * 32)
     assert response.status_code == 404

@@ -13,6 +13,7 @@ from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.issues.models import IssueStatus, IssueType, Priority
 from flyswatter.labels.models import LabelName
 from flyswatter.storage.models import ArtifactPublic
+from flyswatter.text import SingleLine
 
 
 class JobKind(StrEnum):
@@ -86,14 +87,18 @@ class ReportParameters(SQLModel):
     )
     to: datetime | None = Field(default=None, description="End of the period; default: now.")
     status: list[IssueStatus] = Field(default_factory=list, max_length=4)
-    assignee: str | None = Field(
+    # The issue list's own filter types: the worker runs these in a query, where PostgreSQL
+    # refuses a NUL that a plain str would let through the 202.
+    assignee: SingleLine | None = Field(
         default=None, max_length=255, description="A user id, `me`, or `none`."
     )
-    reporter: str | None = Field(default=None, max_length=255, description="A user id, or `me`.")
+    reporter: SingleLine | None = Field(
+        default=None, max_length=255, description="A user id, or `me`."
+    )
     label: list[LabelName] = Field(default_factory=list, max_length=10)
     priority: list[Priority] = Field(default_factory=list, max_length=4)
     type: list[IssueType] = Field(default_factory=list, max_length=3)
-    q: str | None = Field(default=None, min_length=1, max_length=200)
+    q: SingleLine | None = Field(default=None, min_length=1, max_length=200)
 
     @model_validator(mode="after")
     def _aware_and_ordered(self) -> ReportParameters:
