@@ -124,6 +124,20 @@ async def test_display_name_with_control_characters_is_shown_blanked(
     assert response.json()["email"] == "a\ufffd@example.org"
 
 
+@pytest.mark.parametrize(
+    "roles",
+    [None, 5, "flyswatter-admin", {"flyswatter-admin": True}],
+    ids=["null", "number", "string", "object"],
+)
+async def test_realm_roles_that_are_not_a_list_grant_no_role(
+    client: httpx.AsyncClient, tokens: TokenFactory, roles: object
+) -> None:
+    token = tokens.sign(tokens.claims(sub="odd-roles", realm_access={"roles": roles}))
+    response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    assert response.json()["is_admin"] is False
+
+
 async def test_two_authorization_headers_are_a_400_invalid_request(
     client: httpx.AsyncClient, tokens: TokenFactory
 ) -> None:

@@ -96,7 +96,9 @@ class Principal:
         service_client = _service_account_client(claims, username)
         client_id = service_client or claims.get("azp")
         realm_access = claims.get("realm_access")
-        roles = realm_access.get("roles", []) if isinstance(realm_access, dict) else []
+        roles = realm_access.get("roles") if isinstance(realm_access, dict) else None
+        # Like an odd scope or realm_access: roles only ever grant, so an odd claim grants none.
+        roles = roles if isinstance(roles, list) else []
         scope = claims.get("scope", "")
         return cls(
             subject=str(claims["sub"]),
