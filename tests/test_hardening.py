@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from flyswatter.app import create_app
 from flyswatter.cli.serve import serve_options
 from flyswatter.config import Settings
+from flyswatter.observability.logs import JsonFormatter, RequestIdFilter, logging_config
 from tests.support.api import Api
 
 
@@ -103,6 +106,27 @@ async def test_tokens_never_reach_the_logs(api: Api, caplog: pytest.LogCaptureFi
         assert signature not in text
         assert payload not in text
         assert "dXNlcjpwYXNz" not in text
+
+
+@pytest.mark.parametrize("control", ["%0A", "%0D", "%1B[2J", "%C2%85", "%E2%80%A8"])
+async def test_the_access_log_line_cannot_be_split_or_forged_through_the_path(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, control: str
+) -> None:
+    forged = "2026-01-01 00:00:00,000 INFO flyswatter.auth [admin] token accepted for root"
+    with caplog.at_level(logging.INFO, logger="flyswatter.requests"):
+        await client.get(f"/x{control}{forged}")
+    record = next(r for r in caplog.records if r.name == "flyswatter.requests")
+    RequestIdFilter().filter(record)
+    text = logging.Formatter(logging_config("text", "INFO")["formatters"]["text"]["format"])
+    line = text.format(record)
+    assert len(line.splitlines()) == 1, line
+    assert "\x1b" not in line
+    # Each case starts with its control character, which the line shows as U+FFFD.
+    assert line.endswith(f" GET /x\ufffd{unquote(control)[1:]}{forged} 404")
+    # The structured field keeps the path as requested; JSON escapes it within one line.
+    entry = JsonFormatter().format(record)
+    assert len(entry.splitlines()) == 1
+    assert json.loads(entry)["path"] == f"/x{unquote(control)}{forged}"
 
 
 def test_served_responses_name_no_server_software(base_settings: Settings) -> None:

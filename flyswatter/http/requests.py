@@ -24,6 +24,7 @@ from flyswatter.http.headers import (
 )
 from flyswatter.observability.errors import report_unhandled
 from flyswatter.observability.logs import request_id_var
+from flyswatter.text import replace_unsafe_characters
 
 logger = logging.getLogger("flyswatter.requests")
 
@@ -64,10 +65,12 @@ class RequestContextMiddleware(HttpMiddleware):
         finally:
             path = scope.get("path", "")
             if path not in _QUIET_PATHS:
+                # The path is percent-decoded: a %0A in the URL would start a forged line of
+                # the text log. The JSON log's own ``path`` field keeps it exactly, escaped.
                 logger.info(
                     "%s %s %s",
-                    scope.get("method"),
-                    path,
+                    replace_unsafe_characters(str(scope.get("method"))),
+                    replace_unsafe_characters(path),
                     status_code,
                     extra={
                         "method": scope.get("method"),
