@@ -164,6 +164,15 @@ async def test_a_current_etag_answers_304(team: Team) -> None:
     assert again.status_code == 304
 
 
+async def test_a_download_whose_if_match_names_another_version_is_a_412(team: Team) -> None:
+    created = await upload(team["reporter"], "shot.png", PNG)
+    url, etag = created.headers["Location"], created.headers["ETag"]
+    assert (await team["viewer"].get(url, headers={"If-Match": etag})).status_code == 200
+    stale = await team["viewer"].get(url, headers={"If-Match": '"attachment-0-v0"'})
+    assert stale.status_code == 412
+    assert stale.headers["ETag"] == etag
+
+
 async def test_file_names_lose_their_path_and_control_characters_are_refused(team: Team) -> None:
     cut = await upload(team["reporter"], "C:\\Users\\me\\../secret.txt", b"text")
     assert cut.json()["filename"] == "secret.txt"

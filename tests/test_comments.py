@@ -191,6 +191,17 @@ class TestEdit:
         )
         assert response.status_code == 200
 
+    async def test_if_none_match_naming_the_current_tag_on_edit_is_a_412(self, team: Team) -> None:
+        created = await comment(team)
+        url = f"/api/v1/comments/{created['id']}"
+        etag = (await team["viewer"].get(url)).headers["ETag"]
+        for header in (etag, "*"):
+            response = await team["reporter"].patch(
+                url, json={"body": "edit"}, headers={"If-None-Match": header}
+            )
+            assert response.status_code == 412, header
+        assert (await team["viewer"].get(url)).json() == created
+
 
 class TestDelete:
     async def test_author_deletes_own_comment(self, team: Team) -> None:

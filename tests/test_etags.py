@@ -1,6 +1,6 @@
 """An issue's ETag changes whenever its served document does, through related rows too, and
 conditional requests compare tags as RFC 9110 13.1 says: strongly for ``If-Match``, weakly for
-``If-None-Match``, with ``*`` and lists."""
+``If-None-Match``, with ``*`` and lists, on reads and writes alike."""
 
 from __future__ import annotations
 
@@ -145,3 +145,56 @@ async def test_if_none_match_compares_weakly(team: Team, case: str) -> None:
     header, matches = if_none_match_cases(etag)[case]
     response = await team["viewer"].get(ISSUE, headers={"If-None-Match": header})
     assert response.status_code == (304 if matches else 200), response.text
+
+
+@pytest.mark.parametrize("case", sorted(if_none_match_cases('"x"')))
+async def test_if_none_match_on_a_write_is_a_412_when_it_matches(team: Team, case: str) -> None:
+    # RFC 9110 13.1.2: a write meant only for a version the client does not know (or, with
+    # "*", for a resource that does not exist yet) must not overwrite the current one.
+    etag = (await team["viewer"].get(ISSUE)).headers["ETag"]
+    header, matches = if_none_match_cases(etag)[case]
+    response = await team["developer"].patch(
+        ISSUE, json={"title": "Edited"}, headers={"If-None-Match": header}
+    )
+    assert response.status_code == (412 if matches else 200), response.text
+    title = (await team["viewer"].get(ISSUE)).json()["title"]
+    assert title == ("Crash on save" if matches else "Edited")
+
+
+async def test_if_none_match_star_keeps_an_issue_from_being_deleted(team: Team) -> None:
+    refused = await team["maintainer"].delete(ISSUE, headers={"If-None-Match": "*"})
+    assert refused.status_code == 412, refused.text
+    assert refused.headers["ETag"] == (await team["viewer"].get(ISSUE)).headers["ETag"]
+
+
+@pytest.mark.parametrize("case", sorted(if_match_cases('"x"')))
+async def test_if_match_on_a_read_is_a_412_when_it_does_not_match(team: Team, case: str) -> None:
+    etag = (await team["viewer"].get(ISSUE)).headers["ETag"]
+    header, matches = if_match_cases(etag)[case]
+    response = await team["viewer"].get(ISSUE, headers={"If-Match": header})
+    assert response.status_code == (200 if matches else 412), response.text
+    assert response.headers["ETag"] == etag
+
+
+async def test_a_stale_if_match_wins_over_a_current_if_none_match_on_a_read(team: Team) -> None:
+    # RFC 9110 13.2.2 evaluates If-Match first: a 412, not the 304 If-None-Match alone gives.
+    etag = (await team["viewer"].get(ISSUE)).headers["ETag"]
+    headers = {"If-Match": '"issue-1-v0"', "If-None-Match": etag}
+    assert (await team["viewer"].get(ISSUE, headers=headers)).status_code == 412
+
+
+async def test_a_long_list_of_tags_is_compared_and_an_endless_one_refused(team: Team) -> None:
+    etag = (await team["viewer"].get(ISSUE)).headers["ETag"]
+    others = [f'"issue-{n}-v{n}"' for n in range(100, 150)]  # ~800 characters
+    listed = ", ".join([*others, etag])
+    matched = await team["developer"].patch(
+        ISSUE, json={"title": "Edited"}, headers={"If-Match": listed}
+    )
+    assert matched.status_code == 200, matched.text
+    endless = ", ".join([f'"issue-{n}-v1"' for n in range(1_000, 1_200)])
+    assert len(endless) > 2048
+    refused = await team["developer"].patch(
+        ISSUE, json={"title": "x"}, headers={"If-Match": endless}
+    )
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["loc"] == ["header", "if-match"]

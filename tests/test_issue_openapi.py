@@ -13,7 +13,7 @@ from flyswatter.config import Settings
 PROBLEM = "application/problem+json"
 # Every route: no/bad token, missing scope or role, not found or hidden, invalid input.
 COMMON_ERRORS = {"401", "403", "404", "422"}
-# Conditional writes (If-Match) add 412; writes that can meet the current state add 409.
+# Conditional writes add 412; writes that can meet the current state add 409.
 CONDITIONAL_WRITES = {
     ("PATCH", "/api/v1/issues/{issue_key}"),
     ("DELETE", "/api/v1/issues/{issue_key}"),
@@ -27,6 +27,7 @@ CONDITIONAL_WRITES = {
     ("POST", "/api/v1/issues/{issue_key}/close-as-duplicate"),
     ("POST", "/api/v1/issues/{issue_key}/move"),
 }
+# Conditional reads add 412 (If-Match) and 304 (If-None-Match).
 CONDITIONAL_READS = {
     ("GET", "/api/v1/issues/{issue_key}"),
     ("GET", "/api/v1/comments/{id}"),
@@ -100,6 +101,8 @@ def test_errors_are_documented_as_problem_details(
     expected = set(COMMON_ERRORS)
     if (method, path) in CONDITIONAL_WRITES:
         expected |= {"409", "412"}
+    if (method, path) in CONDITIONAL_READS:
+        expected.add("412")
     if (method, path) in LABEL_WRITES | IDEMPOTENT_CREATES:
         expected.add("409")
     if (method, path) in LISTS:
@@ -140,8 +143,11 @@ def test_conditional_and_idempotency_headers_are_documented(
     method: str, path: str, operation: dict[str, Any]
 ) -> None:
     headers = parameter_names(operation, "header")
-    assert ("if-match" in headers) == ((method, path) in CONDITIONAL_WRITES)
-    assert ("if-none-match" in headers) == ((method, path) in CONDITIONAL_READS)
+    # RFC 9110 evaluates both for any method: 412 for If-Match that names another version,
+    # and If-None-Match that names the current one is a 304 on a read, a 412 on a write.
+    conditional = (method, path) in CONDITIONAL_WRITES | CONDITIONAL_READS
+    assert ("if-match" in headers) == conditional
+    assert ("if-none-match" in headers) == conditional
     assert ("idempotency-key" in headers) == ((method, path) in IDEMPOTENT_CREATES)
     if (method, path) in CONDITIONAL_READS:
         assert "304" in operation["responses"]

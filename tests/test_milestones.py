@@ -134,6 +134,15 @@ async def test_a_stale_if_match_is_412_and_a_change_gives_a_new_etag(team: Team)
     assert (await team["developer"].patch(url, json={"title": "x"})).status_code == 403
 
 
+async def test_if_none_match_star_on_an_existing_milestone_is_a_412(team: Team) -> None:
+    url = f"{MILESTONES}/{(await milestone(team, '1.0'))['id']}"
+    owner = team["maintainer"]
+    star = {"If-None-Match": "*"}
+    assert (await owner.patch(url, json={"title": "1.1"}, headers=star)).status_code == 412
+    assert (await owner.delete(url, headers=star)).status_code == 412
+    assert (await team["viewer"].get(url)).json()["title"] == "1.0"
+
+
 async def test_deleting_a_milestone_detaches_its_issues_with_their_history(team: Team) -> None:
     created = await milestone(team, "1.0")
     await team.issue(milestone="1.0")

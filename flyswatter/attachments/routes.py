@@ -11,7 +11,7 @@ from flyswatter.attachments.models import AttachmentPublic
 from flyswatter.auth.dependencies import IssuesWrite
 from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import problem_responses
-from flyswatter.http.conditional import IfNoneMatch, not_modified
+from flyswatter.http.conditional import IfMatch, IfNoneMatch, check_if_match, not_modified
 from flyswatter.http.created import creates
 from flyswatter.http.pagination import KeysetDep, Page, lists
 from flyswatter.issues.dependencies import (
@@ -83,6 +83,7 @@ async def list_attachments(
         200: {"content": {"application/octet-stream": {}}, "description": "The file"},
         304: {"description": "Not modified (the `If-None-Match` tag is the file's)"},
         307: {"description": "Redirect to a short-lived download URL (S3 storage)"},
+        **problem_responses(412),
         **STORAGE_ERRORS,
         **PROJECT_ERRORS,
     },
@@ -93,12 +94,15 @@ async def download_attachment(
     access: IssueForReading,
     services: ServicesDep,
     if_none_match: IfNoneMatch = None,
+    if_match: IfMatch = None,
 ) -> Response:
     """The file, with its sniffed type: images (not SVG) and plain text shown inline,
     anything else as a download (RFC 8187 `Content-Disposition`). On S3 with presigned
     downloads on, a redirect to a short-lived URL."""
     attachment = await service.load_attachment(session, access, attachment_id)
-    if (unchanged := not_modified(if_none_match, service.attachment_etag(attachment))) is not None:
+    etag = service.attachment_etag(attachment)
+    check_if_match(if_match, etag)
+    if (unchanged := not_modified(if_none_match, etag)) is not None:
         return unchanged
     return await stored_file_response(
         services,

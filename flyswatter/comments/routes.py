@@ -12,7 +12,11 @@ from flyswatter.comments import service
 from flyswatter.comments.models import CommentCreate, CommentPublic, CommentUpdate
 from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import problem_responses
-from flyswatter.http.conditional import NOT_MODIFIED, ConditionalReadDep, ConditionalWriteDep
+from flyswatter.http.conditional import (
+    CONDITIONAL_READ_RESPONSES,
+    ConditionalReadDep,
+    ConditionalWriteDep,
+)
 from flyswatter.http.created import creates
 from flyswatter.http.idempotency import IdempotencyDep
 from flyswatter.http.pagination import KeysetDep, Page, lists
@@ -46,7 +50,11 @@ async def create_comment(
     )
 
 
-@router.get("/comments/{id}", response_model=CommentPublic, responses=NOT_MODIFIED | PROJECT_ERRORS)
+@router.get(
+    "/comments/{id}",
+    response_model=CommentPublic,
+    responses=CONDITIONAL_READ_RESPONSES | PROJECT_ERRORS,
+)
 async def get_comment(
     id: CommentIdPath, session: SessionDep, principal: IssuesRead, conditional: ConditionalReadDep
 ) -> CommentPublic | Response:

@@ -1,4 +1,4 @@
-"""Conditional requests (RFC 9110): ETags, ``If-Match`` for writes, ``If-None-Match`` for reads."""
+"""Conditional requests (RFC 9110): ETags, ``If-Match`` and ``If-None-Match`` for any method."""
 
 from __future__ import annotations
 
@@ -8,23 +8,39 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Response, status
 
-from flyswatter.errors import PreconditionFailed
+from flyswatter.errors import PreconditionFailed, problem_responses
 from flyswatter.http.headers import entity_tag
 from flyswatter.text import SingleLine
 
-NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
-    304: {"description": "Not modified (the ETag in If-None-Match still holds)"}
+# What a conditional read answers besides its success.
+CONDITIONAL_READ_RESPONSES: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified (the ETag in If-None-Match still holds)"},
+    **problem_responses(412),
 }
+# A list of tags is legitimate (a client holding several versions, RFC 9110 13.1.1), and about
+# a hundred issue tags fit; the cap bounds the parse every conditional request pays for.
+MAX_TAG_LIST_LENGTH = 2048
 IfMatch = Annotated[
     SingleLine | None,
     Header(
-        max_length=200,
-        description="Apply only if the resource still has this ETag (else 412).",
+        max_length=MAX_TAG_LIST_LENGTH,
+        description="Only if the resource still has one of these ETags, or any for `*` (else 412).",
     ),
 ]
 IfNoneMatch = Annotated[
     SingleLine | None,
-    Header(max_length=200, description="Answer 304 if the resource still has this ETag."),
+    Header(
+        max_length=MAX_TAG_LIST_LENGTH,
+        description="Answer 304 if the resource still has one of these ETags.",
+    ),
+]
+IfNoneMatchForWrites = Annotated[
+    SingleLine | None,
+    Header(
+        max_length=MAX_TAG_LIST_LENGTH,
+        description="Apply only if the resource has none of these ETags; `*`: never, as it "
+        "exists (else 412).",
+    ),
 ]
 
 
@@ -66,13 +82,27 @@ def _weak_match(header: str, etag: str) -> bool:
     return tags is None or etag.removeprefix("W/") in {tag for _weak, tag in tags}
 
 
+def _precondition_failed(detail: str, etag: str) -> PreconditionFailed:
+    return PreconditionFailed(
+        detail,
+        # The current tag in the header too, where clients read ETags from (RFC 9110).
+        headers={"ETag": etag},
+        extra={"current_etag": etag},
+    )
+
+
 def check_if_match(if_match: str | None, etag: str) -> None:
     if if_match is not None and not _strong_match(if_match, etag):
-        raise PreconditionFailed(
-            "the resource changed since you read it; fetch it again and retry",
-            # The current tag in the header too, where clients read ETags from (RFC 9110).
-            headers={"ETag": etag},
-            extra={"current_etag": etag},
+        raise _precondition_failed(
+            "the resource changed since you read it; fetch it again and retry", etag
+        )
+
+
+def check_if_none_match_for_write(if_none_match: str | None, etag: str) -> None:
+    """RFC 9110 13.1.2: on a write, a tag that matches is a 412, not a 304."""
+    if if_none_match is not None and _weak_match(if_none_match, etag):
+        raise _precondition_failed(
+            "the resource exists with a tag your If-None-Match names; nothing was changed", etag
         )
 
 
@@ -85,13 +115,19 @@ def not_modified(if_none_match: str | None, etag: str) -> Response | None:
 
 @dataclass(frozen=True, slots=True)
 class ConditionalRead:
-    """A read's ``If-None-Match``, and the response its ETag is set on."""
+    """A read's ``If-Match`` and ``If-None-Match``, and the response its ETag is set on."""
 
     response: Response
     if_none_match: str | None
+    if_match: str | None = None
 
     def answer(self, etag: str) -> Response | None:
-        """The 304 when the client's copy is current; else None, the response tagged."""
+        """The 304 when the client's copy is current; else None, the response tagged.
+
+        A 412 first when ``If-Match`` names another version: RFC 9110 13.2.2 evaluates it
+        before ``If-None-Match``, for every method.
+        """
+        check_if_match(self.if_match, etag)
         if (unchanged := not_modified(self.if_none_match, etag)) is not None:
             return unchanged
         self.response.headers["ETag"] = etag
@@ -99,32 +135,39 @@ class ConditionalRead:
 
 
 async def _conditional_read(
-    response: Response, if_none_match: IfNoneMatch = None
+    response: Response, if_none_match: IfNoneMatch = None, if_match: IfMatch = None
 ) -> ConditionalRead:
-    return ConditionalRead(response, if_none_match)
+    return ConditionalRead(response, if_none_match, if_match)
 
 
-# A read that answers 304 to a client whose copy is current, and tags the response otherwise.
+# A read that answers 412 to a stale If-Match, 304 to a client whose copy is current, and
+# tags the response otherwise.
 ConditionalReadDep = Annotated[ConditionalRead, Depends(_conditional_read)]
 
 
 @dataclass(frozen=True, slots=True)
 class ConditionalWrite:
-    """A write's ``If-Match``, and the response whose ETag names the version written."""
+    """A write's ``If-Match`` and ``If-None-Match``, and the response whose ETag names the
+    version written."""
 
     response: Response
     if_match: str | None
+    if_none_match: str | None = None
 
     def check(self, etag: str) -> None:
-        """412 when the client's tag no longer names the resource (no ``If-Match``: go on)."""
+        """412 when ``If-Match`` no longer names the resource, or ``If-None-Match`` does (``*``
+        always, as the resource exists); with neither header, go on."""
         check_if_match(self.if_match, etag)
+        check_if_none_match_for_write(self.if_none_match, etag)
 
     def tag(self, etag: str) -> None:
         self.response.headers["ETag"] = etag
 
 
-async def _conditional_write(response: Response, if_match: IfMatch = None) -> ConditionalWrite:
-    return ConditionalWrite(response, if_match)
+async def _conditional_write(
+    response: Response, if_match: IfMatch = None, if_none_match: IfNoneMatchForWrites = None
+) -> ConditionalWrite:
+    return ConditionalWrite(response, if_match, if_none_match)
 
 
 ConditionalWriteDep = Annotated[ConditionalWrite, Depends(_conditional_write)]

@@ -11,7 +11,7 @@ from flyswatter.auth.dependencies import IssuesRead
 from flyswatter.auth.scopes import Scope
 from flyswatter.db import SessionDep
 from flyswatter.errors import problem_responses
-from flyswatter.http.conditional import NOT_MODIFIED, ConditionalReadDep
+from flyswatter.http.conditional import CONDITIONAL_READ_RESPONSES, ConditionalReadDep
 from flyswatter.http.created import creates
 from flyswatter.http.idempotency import IdempotencyDep
 from flyswatter.http.pagination import CountParam, KeysetDep, Page, lists
@@ -147,7 +147,7 @@ async def list_issues(
 @router.get(
     "/issues/{issue_key}",
     response_model=IssuePublic,
-    responses=NOT_MODIFIED | PROJECT_ERRORS | MOVED,
+    responses=CONDITIONAL_READ_RESPONSES | PROJECT_ERRORS | MOVED,
 )
 async def get_issue(
     issue_key: IssueKeyPath,

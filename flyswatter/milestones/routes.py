@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import problem_responses
 from flyswatter.http.conditional import (
-    NOT_MODIFIED,
+    CONDITIONAL_READ_RESPONSES,
     ConditionalReadDep,
     ConditionalWriteDep,
 )
@@ -68,7 +68,7 @@ async def create_milestone(
 @router.get(
     "/{milestone_id}",
     response_model=MilestonePublic,
-    responses=NOT_MODIFIED | PROJECT_ERRORS,
+    responses=CONDITIONAL_READ_RESPONSES | PROJECT_ERRORS,
 )
 async def get_milestone(
     milestone_id: MilestoneIdPath,
