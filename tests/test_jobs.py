@@ -7,11 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
+import anyio.to_thread
 import pytest
 import sqlalchemy as sa
 from pypdf import PdfReader
 
 from flyswatter.config import Settings
+from flyswatter.jobs.models import JobState
+from flyswatter.jobs.tasks import PROJECT_DELETED, JobRuntime, run_report_job
 from flyswatter.storage.models import Artifact
 from tests.support.api import Api, Team, make_team, walk_pages
 from tests.support.jobs import in_process_worker, wait_for_job
@@ -86,6 +89,23 @@ async def test_a_file_name_in_any_script_round_trips_through_content_disposition
     disposition = download.headers["Content-Disposition"]
     assert disposition.isascii()
     assert unquote(disposition.split("filename*=UTF-8''")[1], errors="strict") == filename
+
+
+async def run_once(settings: Settings, public_id: str, task_id: str) -> JobState | None:
+    """One attempt at the job, as a worker's task makes it (on a thread, its own engine)."""
+
+    def attempt() -> JobState | None:
+        runtime = JobRuntime(settings)
+        try:
+            return run_report_job(runtime, public_id, task_id)
+        finally:
+            runtime.engine.dispose()
+
+    return await anyio.to_thread.run_sync(attempt)
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    return [path for path in Path(settings.storage_dir).rglob("*") if path.is_file()]
 
 
 def pdf_text(content: bytes) -> str:
@@ -248,3 +268,46 @@ async def test_forged_job_cursors_are_400(team: Team) -> None:
         cursor = encode_cursor(b"not-the-service-key", "/api/v1/jobs", "-created_at", values)
         response = await team["viewer"].get(f"/api/v1/jobs?cursor={cursor}")
         assert response.status_code == 400, response.text
+
+
+async def test_a_deleted_projects_jobs_and_files_answer_404_until_it_is_restored(
+    team: Team, settings: Settings
+) -> None:
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+    location, job_id = response.headers["Location"], response.json()["id"]
+    assert await run_once(settings, job_id, "task-1") == JobState.succeeded
+    assert (await team["maintainer"].delete("/api/v1/projects/FLY")).status_code == 204
+    admin = team.api.as_user("root", roles=["flyswatter-admin"])
+    for who in (team["viewer"], team["maintainer"], admin):
+        assert (await who.get(location)).status_code == 404
+        assert (await who.get(f"{location}/artifact")).status_code == 404
+        assert (await who.post(f"{location}/cancel")).status_code == 404
+        assert (await who.delete(location)).status_code == 404
+        assert (await who.get("/api/v1/jobs")).json()["items"] == []
+    assert (await admin.post("/api/v1/projects/FLY/restore")).status_code == 200
+    assert (await team["viewer"].get(f"{location}/artifact")).status_code == 200
+    listed = (await team["viewer"].get("/api/v1/jobs")).json()["items"]
+    assert [job["id"] for job in listed] == [job_id]
+
+
+async def test_a_queued_report_of_a_deleted_project_is_failed_not_built(
+    team: Team, settings: Settings
+) -> None:
+    await team.issue(title="Secret roadmap item")
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+    location, job_id = response.headers["Location"], response.json()["id"]
+    assert (await team["maintainer"].delete("/api/v1/projects/FLY")).status_code == 204
+    assert await run_once(settings, job_id, "task-1") == JobState.failed
+    # A redelivery finds it finished.
+    assert await run_once(settings, job_id, "task-2") is None
+    engine = sa.create_engine(settings.sync_database_url)
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(Artifact)).scalar() == 0
+    engine.dispose()
+    assert stored_files(settings) == []
+    admin = team.api.as_user("root", roles=["flyswatter-admin"])
+    assert (await admin.post("/api/v1/projects/FLY/restore")).status_code == 200
+    job = (await team["viewer"].get(location)).json()
+    assert job["state"] == "failed"
+    assert job["error"] == PROJECT_DELETED
+    assert job["artifact"] is None

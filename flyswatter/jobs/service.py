@@ -89,10 +89,12 @@ class JobAccess:
 
 
 def visible_jobs(principal: Principal) -> Select[Any]:
-    """Jobs with their project key, the caller's role and artifact, limited to what it may see."""
+    """Jobs with their project key, the caller's role and artifact, limited to what it may see:
+    a deleted project's jobs (and their files) answer 404 as the project does, until it is
+    restored."""
     statement = (
         select(Job, Project.key, ProjectMember.role, Artifact)
-        .join(Project, col(Project.id) == Job.project_id)
+        .join(Project, and_(col(Project.id) == Job.project_id, col(Project.deleted_at).is_(None)))
         .outerjoin(ProjectMember, caller_membership(principal, Job.project_id))
         .outerjoin(Artifact, col(Artifact.id) == Job.artifact_id)
     )

@@ -48,6 +48,11 @@ from flyswatter.storage.service import Storage, StorageUnavailable, storage_from
 logger = logging.getLogger("flyswatter.jobs")
 
 PDF = "application/pdf"
+PROJECT_DELETED = "its project was deleted before the report was built"
+
+
+class ProjectDeleted(Exception):
+    """The job's project was deleted after the job was requested."""
 
 
 def transient_reason(exc: BaseException) -> str | None:
@@ -176,6 +181,8 @@ def build_report_file(runtime: JobRuntime, claim: Claim, now: datetime) -> tuple
             select(Project).where(col(Project.id) == claim.project_id)
         ).one()
         project_row = Project.model_validate(project._mapping)
+        if project_row.deleted_at is not None:
+            raise ProjectDeleted(project_row.key)
         data, table = collect_report(
             connection,
             project_row,
@@ -202,7 +209,16 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
     if claim.attempts == 1:
         JOB_QUEUE_WAIT.labels(claim.kind).observe((started - claim.created_at).total_seconds())
     clock = time.perf_counter()
-    pdf, filename = build_report_file(runtime, claim, started)
+    try:
+        pdf, filename = build_report_file(runtime, claim, started)
+    except ProjectDeleted:
+        # Failed, not cancelled: this run has claimed it (it is running, an attempt counted),
+        # and only a queued job is cancelled, by a person. The error says why, for when the
+        # project is restored; the API hides the job meanwhile.
+        if fail_job(engine, public_id, PROJECT_DELETED):
+            JOBS_FINISHED.labels(claim.kind, JobState.failed.value).inc()
+        logger.info("job %s: %s; not built", public_id, PROJECT_DELETED)
+        return JobState.failed
     key = f"reports/{public_id}.pdf"
     stored = runtime.storage.put(key, pdf, PDF)
     with engine.begin() as connection:
