@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -21,7 +22,7 @@ from flyswatter.app import create_app
 from flyswatter.config import Settings
 from flyswatter.events.models import Event
 from flyswatter.services import Flyswatter
-from flyswatter.storage.service import LocalStorage, StoredObject
+from flyswatter.storage.service import LocalStorage, StorageUnavailable, StoredObject
 from tests.support.api import Api, AuthedClient, Team, make_team, walk_pages
 
 MAX_BYTES = 100_000
@@ -310,6 +311,94 @@ async def test_deleting_the_issue_removes_its_files_from_storage(
     assert (await team["maintainer"].delete("/api/v1/issues/FLY-1")).status_code == 204
     assert stored_files(settings) == []
     assert attachment_rows(settings) == 0
+
+
+class DeletesAfterTheCommit(LocalStorage):
+    """Storage that notes, for every delete, whether the key's row is still in the database
+    as another connection sees it (committed), and that may fail to delete."""
+
+    def __init__(self, root: Path, database_url: str, *, fails: bool = False) -> None:
+        super().__init__(root)
+        self.database_url = database_url
+        self.fails = fails
+        self.rows_at_delete: list[int] = []
+
+    def delete(self, key: str) -> None:
+        engine = sa.create_engine(self.database_url)
+        try:
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    sa.text("SELECT count(*) FROM attachment WHERE key = :key"), {"key": key}
+                )
+                self.rows_at_delete.append(int(rows.scalar_one()))
+        finally:
+            engine.dispose()
+        if self.fails:
+            raise StorageUnavailable("local storage: cannot delete (Permission denied)")
+        super().delete(key)
+
+
+@pytest.fixture
+def watched_storage(
+    settings: Settings, app: Flyswatter, monkeypatch: pytest.MonkeyPatch
+) -> DeletesAfterTheCommit:
+    storage = DeletesAfterTheCommit(Path(settings.storage_dir), settings.sync_database_url)
+    monkeypatch.setattr(app, "running", replace(app.services, storage=storage))
+    return storage
+
+
+@pytest.mark.parametrize("what", ["attachment", "issue"])
+async def test_a_files_object_is_deleted_only_once_its_rows_deletion_is_committed(
+    team: Team, settings: Settings, watched_storage: DeletesAfterTheCommit, what: str
+) -> None:
+    location = (await upload(team["reporter"], "a.png", PNG)).headers["Location"]
+    path = location if what == "attachment" else "/api/v1/issues/FLY-1"
+    assert (await team["maintainer"].delete(path)).status_code == 204
+    assert watched_storage.rows_at_delete == [0]
+    assert stored_files(settings) == []
+
+
+@pytest.mark.parametrize("what", ["attachment", "issue"])
+async def test_storage_that_fails_after_the_commit_is_logged_and_the_delete_succeeds(
+    team: Team,
+    settings: Settings,
+    watched_storage: DeletesAfterTheCommit,
+    caplog: pytest.LogCaptureFixture,
+    what: str,
+) -> None:
+    location = (await upload(team["reporter"], "a.png", PNG)).headers["Location"]
+    (stored,) = stored_files(settings)
+    watched_storage.fails = True
+    path = location if what == "attachment" else "/api/v1/issues/FLY-1"
+    with caplog.at_level(logging.ERROR, logger="flyswatter.attachments"):
+        assert (await team["maintainer"].delete(path)).status_code == 204
+    assert attachment_rows(settings) == 0
+    assert (await team["viewer"].get(location)).status_code == 404
+    # The orphan is left (harmless) and named in the log, with the storage's reason.
+    assert stored_files(settings) == [stored]
+    (record,) = [r for r in caplog.records if r.name == "flyswatter.attachments"]
+    message = record.getMessage()
+    assert "left in storage" in message
+    assert "Permission denied" in message
+    assert stored.relative_to(settings.storage_dir).as_posix() in message
+
+
+async def test_an_issue_delete_that_fails_before_its_commit_keeps_every_file(
+    team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location = (await upload(team["reporter"], "a.png", PNG)).headers["Location"]
+    import flyswatter.issues.service as issue_service
+
+    async def database_fails(*args: object, **kwargs: object) -> None:
+        # Any database failure between reading the files' keys and the commit.
+        raise sa.exc.OperationalError("INSERT INTO event", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(issue_service, "record_deletion", database_fails)
+    assert (await team["maintainer"].delete("/api/v1/issues/FLY-1")).status_code == 503
+    assert (await team["viewer"].get("/api/v1/issues/FLY-1")).status_code == 200
+    download = await team["viewer"].get(location)
+    assert download.status_code == 200
+    assert download.content == PNG
 
 
 async def test_an_issues_files_are_listed_oldest_first_page_by_page(team: Team) -> None:

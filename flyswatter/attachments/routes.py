@@ -113,16 +113,13 @@ async def download_attachment(
     )
 
 
-@router.delete(
-    ATTACHMENT,
-    status_code=status.HTTP_204_NO_CONTENT,
-    responses=STORAGE_ERRORS | PROJECT_ERRORS,
-)
+@router.delete(ATTACHMENT, status_code=status.HTTP_204_NO_CONTENT, responses=PROJECT_ERRORS)
 async def delete_attachment(
     attachment_id: AttachmentIdPath,
     session: SessionDep,
     access: IssueForWriting,
     services: ServicesDep,
 ) -> None:
-    """Delete a file (its uploader, or a maintainer)."""
+    """Delete a file (its uploader, or a maintainer). Its bytes are removed from the storage
+    after the deletion is committed; storage that fails then does not fail the request."""
     await service.delete_attachment(session, access, attachment_id, services.storage)

@@ -4,7 +4,7 @@ An upload is copied from the request's spooled file to storage in chunks, counte
 the cap and hashed on the way, its type sniffed from its first bytes. The row and its history
 are written only once the object is stored, and a failure at any step after that (the
 database, the commit) deletes the object again: no row without an object, no object without
-a row.
+a row. Deleting goes the other way: the rows first, the objects once that is committed.
 """
 
 from __future__ import annotations
@@ -261,8 +261,8 @@ async def load_attachment(
 async def delete_attachment(
     session: AsyncSession, access: IssueAccess, attachment_id: int, storage: Storage
 ) -> None:
-    """Delete a file (its uploader, or a maintainer): the object first, then the row, in the
-    transaction that records it; storage that cannot delete leaves both (503)."""
+    """Delete a file (its uploader, or a maintainer): the row, in the transaction that records
+    it, then, once that is committed, the object (see ``remove_objects``)."""
     attachment = await load_attachment(session, access, attachment_id)
     project = access.project_access
     if attachment.uploaded_by != access.principal.subject:
@@ -279,21 +279,37 @@ async def delete_attachment(
         field=_FIELD,
         old=attachment_id,
     )
+    key = attachment.key
     await session.delete(attachment)
-    await session.flush()
-    try:
-        await anyio.to_thread.run_sync(storage.delete, attachment.key)
-    except StorageUnavailable:
-        raise _unavailable() from None
     await session.commit()
+    await remove_objects(storage, [key])
 
 
-async def delete_issue_files(session: AsyncSession, issue_id: int, storage: Storage) -> None:
-    """Remove the stored objects of an issue being deleted (its rows go with it, by cascade),
-    before its transaction commits: storage that cannot delete leaves the issue (503)."""
-    keys = (await session.exec(select(Attachment.key).where(Attachment.issue_id == issue_id))).all()
+async def issue_file_keys(session: AsyncSession, issue_id: int) -> list[str]:
+    """The storage keys of an issue's files: what to remove once its deletion is committed
+    (the rows go with the issue, by cascade)."""
+    keys = await session.exec(select(Attachment.key).where(Attachment.issue_id == issue_id))
+    return list(keys.all())
+
+
+def _remove_objects(storage: Storage, keys: Sequence[str]) -> None:
     for key in keys:
         try:
-            await anyio.to_thread.run_sync(storage.delete, key)
-        except StorageUnavailable:
-            raise _unavailable() from None
+            storage.delete(key)
+        except Exception as exc:
+            # Whatever it is: the rows are gone, and nothing may fail the request now.
+            # Our own message for a transient fault; only the type for anything else, whose
+            # text is the backend's.
+            why = str(exc) if isinstance(exc, StorageUnavailable) else type(exc).__name__
+            # No sweep looks for objects without a row: this line is how one is found.
+            logger.error("attachment object %s left in storage, its row deleted: %s", key, why)
+
+
+async def remove_objects(storage: Storage, keys: Sequence[str]) -> None:
+    """Remove the objects of attachment rows whose deletion is committed. Only after the
+    commit: an object left without its row is harmless, a row without its object is not.
+    A failure is logged and does not fail the request, which has done what it was asked."""
+    if keys:
+        # Shielded: a client that hangs up now must not leave objects behind.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_remove_objects, storage, keys)

@@ -170,9 +170,7 @@ async def update_issue(body: IssueUpdate, write: IssueWriteDep) -> IssuePublic:
     return write.answer(await service.apply_update(write, body))
 
 
-@router.delete(
-    "/issues/{issue_key}", status_code=204, responses=WRITE_ERRORS | problem_responses(503)
-)
+@router.delete("/issues/{issue_key}", status_code=204, responses=WRITE_ERRORS)
 async def delete_issue(write: IssueWriteDep, services: ServicesDep) -> None:
     """Delete an issue with its comments, files and history (maintainers)."""
     await service.delete_issue(write, services.storage)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flyswatter.attachments.service import delete_issue_files
+from flyswatter.attachments.service import issue_file_keys, remove_objects
 from flyswatter.errors import NotFound, UnprocessableEntity
 from flyswatter.http.conditional import etag_of
 from flyswatter.http.created import Created
@@ -163,10 +163,12 @@ async def change_labels(
 
 
 async def delete_issue(write: IssueWrite, storage: Storage) -> None:
-    """Delete an issue with its comments, files and history (maintainers)."""
+    """Delete an issue with its comments, files and history (maintainers); its files' objects
+    are removed once the deletion is committed."""
     write.access.project_access.require(Role.maintainer, "deleting issues")
     write.conditional.check(write.access.etag)
-    await delete_issue_files(write.session, write.access.issue_id, storage)
+    keys = await issue_file_keys(write.session, write.access.issue_id)
     await record_deletion(write.session, write.access.principal, write.access.issue_id)
     await write.session.delete(write.access.issue)
     await write.session.commit()
+    await remove_objects(storage, keys)
