@@ -13,6 +13,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 DEFAULT_SQLITE_URL = "sqlite:///./flyswatter.db"
+# The longest period a report may cover, and so the longest default period: ten years of
+# weeks render in well under a second, where an unbounded one took minutes.
+REPORT_MAX_DAYS = 3660
 
 
 class UnsafeSettings(ValueError):
@@ -104,7 +107,7 @@ class Settings(BaseSettings):
     job_requeue_after_seconds: int = Field(default=60, ge=5, le=86_400)
     # Reports: rows in the issue table at most (the total is stated), default period.
     report_table_limit: int = Field(default=1000, ge=10, le=20_000)
-    report_default_days: int = Field(default=30, ge=1, le=3660)
+    report_default_days: int = Field(default=30, ge=1, le=REPORT_MAX_DAYS)
     # Sub-issues nest at most this many levels below a top-level issue.
     subissue_max_depth: int = Field(default=5, ge=1, le=50)
 

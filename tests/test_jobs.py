@@ -254,6 +254,55 @@ async def test_a_report_filter_holding_nul_is_a_422_naming_the_field(
     assert listed == []
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        # Outside the window the fields' bounds lie in.
+        ({"to": "0001-01-05T00:00:00Z"}, "to"),
+        ({"from": "1969-12-31T23:59:59Z", "to": "1970-01-02T00:00:00Z"}, "from"),
+        ({"to": "2200-01-01T00:00:01Z"}, "to"),
+        ({"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T00:00:00Z"}, "from,to"),
+        # Longer than a report covers.
+        ({"from": "2000-01-01T00:00:00Z", "to": "2010-01-09T00:00:00Z"}, "from"),
+        ({"from": "2000-01-01T00:00:00Z"}, "from"),
+        # Backwards once `to` takes its default, now.
+        ({"from": "2199-12-01T00:00:00Z"}, "from"),
+    ],
+    ids=[
+        "to-near-year-1",
+        "from-before-1970",
+        "to-after-2200",
+        "unbounded",
+        "too-long",
+        "from-alone-too-long",
+        "from-alone-in-the-future",
+    ],
+)
+async def test_report_periods_out_of_range_are_422_naming_the_field(
+    team: Team, body: dict[str, str], field: str
+) -> None:
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports", json=body)
+    assert response.status_code == 422, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    named = [error["loc"] for error in response.json()["errors"]]
+    assert named == [["body", name] for name in field.split(",")]
+    assert (await team["reporter"].get("/api/v1/jobs")).json()["items"] == []
+
+
+async def test_the_widest_periods_a_request_may_ask_for_are_built(
+    team: Team, settings: Settings
+) -> None:
+    bodies = [
+        # `from` defaults to `to` minus report_default_days, before 1970: that is fine.
+        {"to": "1970-01-02T00:00:00Z"},
+        {"from": "2000-01-01T00:00:00Z", "to": "2010-01-08T00:00:00Z"},  # 3660 days
+    ]
+    for body in bodies:
+        response = await team["reporter"].post("/api/v1/projects/FLY/reports", json=body)
+        assert response.status_code == 202, response.text
+        assert await run_once(settings, response.json()["id"], "task-1") == JobState.succeeded
+
+
 async def test_unknown_job_is_404(team: Team) -> None:
     response = await team["viewer"].get("/api/v1/jobs/" + "0" * 32)
     assert response.status_code == 404

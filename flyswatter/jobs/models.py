@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, field_validator, model_validator
 from sqlalchemy import CheckConstraint, Index, String, Text
 from sqlmodel import Field, SQLModel
 
+from flyswatter.config import REPORT_MAX_DAYS
 from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.issues.models import IssueStatus, IssueType, Priority
 from flyswatter.labels.models import LabelName
@@ -75,6 +76,12 @@ class Job(JobBase, table=True):
     enqueued_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+# Where a requested period's bounds may lie: nothing older was tracked here, and a default
+# taken from them (``to`` minus the default days) stays far inside what a datetime holds.
+PERIOD_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+PERIOD_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 class ReportParameters(SQLModel):
     """A report's period and the issue filters the issue list accepts."""
 
@@ -83,9 +90,14 @@ class ReportParameters(SQLModel):
     from_: datetime | None = Field(
         default=None,
         alias="from",
-        description="Start of the period (inclusive); default: `to` minus 30 days.",
+        description=(
+            "Start of the period (inclusive); default: `to` minus 30 days. Between 1970 and"
+            f" 2200, before `to`; a period covers at most {REPORT_MAX_DAYS} days."
+        ),
     )
-    to: datetime | None = Field(default=None, description="End of the period; default: now.")
+    to: datetime | None = Field(
+        default=None, description="End of the period, between 1970 and 2200; default: now."
+    )
     status: list[IssueStatus] = Field(default_factory=list, max_length=4)
     # The issue list's own filter types: the worker runs these in a query, where PostgreSQL
     # refuses a NUL that a plain str would let through the 202.
@@ -109,9 +121,16 @@ class ReportParameters(SQLModel):
             raise ValueError("from must be before to")
         return self
 
+    def period(self, now: datetime, default_days: int) -> tuple[datetime, datetime]:
+        """The period's start and end once the defaults are applied (the one place they are:
+        the request is checked, and the report built, with these)."""
+        end = self.to or now
+        return self.from_ or end - timedelta(days=default_days), end
+
 
 class ReportRequest(ReportParameters):
-    """``POST /projects/{key}/reports``: everything is optional."""
+    """``POST /projects/{key}/reports``: everything is optional. Only a request is held to
+    the period's window (stored jobs keep whatever they were asked with)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -120,6 +139,16 @@ class ReportRequest(ReportParameters):
             "examples": [{"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}]
         },
     )
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _in_window(cls, value: datetime | None) -> datetime | None:
+        if value is None or value.tzinfo is None:
+            # Without an offset, it is refused by the model's check, which says so.
+            return value
+        if not PERIOD_EARLIEST <= value <= PERIOD_LATEST:
+            raise ValueError("must be between 1970-01-01T00:00:00Z and 2200-01-01T00:00:00Z")
+        return value
 
 
 class JobPublic(JobBase):

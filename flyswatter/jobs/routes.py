@@ -13,7 +13,7 @@ from sqlmodel import col
 from flyswatter.auth.dependencies import IssuesRead
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
-from flyswatter.db import SessionDep
+from flyswatter.db import SessionDep, utcnow
 from flyswatter.errors import (
     BadRequest,
     Conflict,
@@ -29,6 +29,7 @@ from flyswatter.jobs.service import (
     JobAccess,
     JobIdPath,
     after_cursor,
+    check_period,
     job_filter,
     job_location,
     load_job_access,
@@ -79,6 +80,7 @@ async def request_report(
         return replayed
     access.require_active()
     parameters = body or ReportRequest()
+    check_period(parameters, utcnow(), services.settings.report_default_days)
     job = new_report_job(access, parameters, request_context(request.scope).request_id)
     session.add(job)
     await session.flush()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Integer, Select, case, cast, func, literal
@@ -70,8 +70,7 @@ class ReportData:
 
 
 def resolve_period(parameters: ReportParameters, now: datetime, default_days: int) -> Period:
-    end = parameters.to or now
-    start = parameters.from_ or end - timedelta(days=default_days)
+    start, end = parameters.period(now, default_days)
     return Period(start=start, end=end)
 
 
