@@ -106,7 +106,7 @@ def test_readme_scenario_in_flyswatter_dev(tmp_path: Path) -> None:
         run_scenario(
             readme_scenario(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{idp_port}"), workdir
         )
-        assert list((tmp_path / "flyswatter-artifacts" / "reports").glob("*.pdf"))
+        assert list((tmp_path / "flyswatter-artifacts" / "reports").rglob("*.pdf"))
     finally:
         process.terminate()
         process.wait(timeout=30)

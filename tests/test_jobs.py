@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,9 @@ import sqlalchemy as sa
 from pypdf import PdfReader
 
 from flyswatter.config import Settings
+from flyswatter.jobs import report_files, tasks
 from flyswatter.jobs.models import JobState
-from flyswatter.jobs.tasks import PROJECT_DELETED, JobRuntime, run_report_job
+from flyswatter.jobs.tasks import PROJECT_DELETED, JobRuntime, claim_job, run_report_job
 from flyswatter.storage.models import Artifact
 from tests.support.api import Api, Team, make_team, walk_pages
 from tests.support.jobs import in_process_worker, wait_for_job
@@ -360,3 +362,61 @@ async def test_a_queued_report_of_a_deleted_project_is_failed_not_built(
     assert job["state"] == "failed"
     assert job["error"] == PROJECT_DELETED
     assert job["artifact"] is None
+
+
+async def test_a_run_that_lost_its_claim_leaves_the_winners_file_and_removes_its_own(
+    team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+    location, job_id = response.headers["Location"], response.json()["id"]
+    engine = sa.create_engine(settings.sync_database_url)
+    # Run A claims the job, then outlives its lease (nothing renews it) ...
+    claim_a = claim_job(engine, job_id, "task-a", 900)
+    assert claim_a is not None
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE job SET lease_expires_at = :t WHERE public_id = :id"),
+            {"t": "2000-01-01 00:00:00", "id": job_id},
+        )
+    # ... so that the broker's redelivery, run B, takes the job over and finishes it.
+    assert await run_once(settings, job_id, "task-b") == JobState.succeeded
+    with engine.connect() as connection:
+        winner = connection.execute(sa.select(Artifact.key)).scalar_one()
+    engine.dispose()
+    assert winner.startswith(f"reports/{job_id}/")
+    finished = (await team["viewer"].get(location)).json()
+    for n in range(5):
+        await team.issue(title=f"Filed while run A was still rendering {n}")
+    # A gets to the end of its stale attempt, with the claim it took long ago.
+    real_claim = tasks.claim_job
+    monkeypatch.setattr(
+        tasks,
+        "claim_job",
+        lambda e, p, t, s: claim_a if t == "task-a" else real_claim(e, p, t, s),
+    )
+    assert await run_once(settings, job_id, "task-a") is None
+    download = await team["viewer"].get(f"{location}/artifact")
+    assert download.status_code == 200
+    assert hashlib.sha256(download.content).hexdigest() == finished["artifact"]["checksum"]
+    assert len(download.content) == finished["artifact"]["size"]
+    # A's own object went with its rolled-back transaction: only the winner's is stored.
+    root = Path(settings.storage_dir)
+    assert [path.relative_to(root).as_posix() for path in stored_files(settings)] == [winner]
+
+
+async def test_an_attempt_whose_recording_fails_before_the_commit_removes_its_file(
+    team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = (await team["reporter"].post("/api/v1/projects/FLY/reports")).json()["id"]
+
+    def database_fails(*args: object, **kwargs: object) -> bool:
+        raise sa.exc.OperationalError("UPDATE job", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(report_files, "_finish", database_fails)
+    with pytest.raises(sa.exc.OperationalError):
+        await run_once(settings, job_id, "task-1")
+    assert stored_files(settings) == []
+    monkeypatch.undo()
+    # The retry stores a file of its own and records it.
+    assert await run_once(settings, job_id, "task-1") == JobState.succeeded
+    assert len(stored_files(settings)) == 1

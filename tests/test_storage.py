@@ -193,10 +193,12 @@ async def test_expired_artifacts_are_removed_with_their_files(api: Api, settings
         response = await team["reporter"].post("/api/v1/projects/FLY/reports")
         job = await wait_for_job(team["viewer"], response.headers["Location"])
     runtime = JobRuntime(settings)
-    key = f"reports/{job['id']}.pdf"
+    engine = sa.create_engine(settings.sync_database_url)
+    with engine.connect() as connection:
+        key = connection.execute(sa.text("SELECT key FROM artifact")).scalar_one()
+    assert key.startswith(f"reports/{job['id']}/")
     assert b"".join(runtime.storage.open(key)).startswith(b"%PDF")
     assert expire_artifacts(runtime) == 0
-    engine = sa.create_engine(settings.sync_database_url)
     with engine.begin() as connection:
         past = utcnow() - timedelta(seconds=1)
         connection.execute(

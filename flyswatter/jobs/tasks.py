@@ -18,7 +18,7 @@ from typing import Any
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+from sqlalchemy import Engine, and_, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import col
@@ -26,7 +26,14 @@ from sqlmodel import col
 from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
 from flyswatter.errors import database_error_summary
-from flyswatter.jobs.models import Job, JobKind, JobState, ReportParameters
+from flyswatter.jobs.models import Job, JobKind, JobState
+from flyswatter.jobs.report_files import (
+    PDF,
+    ProjectDeleted,
+    build_report_file,
+    record_report,
+    report_key,
+)
 from flyswatter.jobs.worker import (
     BUILD_REPORT,
     EXPIRE_ARTIFACTS,
@@ -41,18 +48,10 @@ from flyswatter.observability.metrics import (
     JOBS_FINISHED,
     create_job_series,
 )
-from flyswatter.projects.models import Project
-from flyswatter.storage.models import Artifact
 from flyswatter.storage.service import Storage, StorageUnavailable, storage_from_settings
 
 logger = logging.getLogger("flyswatter.jobs")
-
-PDF = "application/pdf"
 PROJECT_DELETED = "its project was deleted before the report was built"
-
-
-class ProjectDeleted(Exception):
-    """The job's project was deleted after the job was requested."""
 
 
 def transient_reason(exc: BaseException) -> str | None:
@@ -163,40 +162,6 @@ def fail_job(engine: Engine, public_id: str, reason: str) -> bool:
     return result.rowcount == 1
 
 
-def build_report_file(runtime: JobRuntime, claim: Claim, now: datetime) -> tuple[bytes, str]:
-    """The PDF and its file name, read from one snapshot of the database."""
-    # Imported on first use: the API process builds this Celery app to publish, never to
-    # render, and need not load the PDF library and its fonts.
-    from flyswatter.reports.data import collect_report
-    from flyswatter.reports.pdf import render_report
-
-    settings = runtime.settings
-    parameters = ReportParameters.model_validate_json(claim.parameters)
-    engine = runtime.engine
-    # One snapshot for every section on PostgreSQL. SQLite reads in autocommit: a transaction
-    # there takes the write lock (see db.py), which a report must not hold for seconds.
-    isolation = "AUTOCOMMIT" if engine.dialect.name == "sqlite" else "REPEATABLE READ"
-    with engine.connect().execution_options(isolation_level=isolation) as connection:
-        project = connection.execute(
-            select(Project).where(col(Project.id) == claim.project_id)
-        ).one()
-        project_row = Project.model_validate(project._mapping)
-        if project_row.deleted_at is not None:
-            raise ProjectDeleted(project_row.key)
-        data, table = collect_report(
-            connection,
-            project_row,
-            parameters,
-            claim.requested_by,
-            now=now,
-            default_days=settings.report_default_days,
-            table_limit=settings.report_table_limit,
-        )
-        pdf = render_report(data, table)
-    filename = f"{project_row.key}-report-{data.period.start:%Y%m%d}-{data.period.end:%Y%m%d}.pdf"
-    return pdf, filename
-
-
 def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobState | None:
     """One attempt at a report job; None when there was nothing to do."""
     settings = runtime.settings
@@ -219,44 +184,10 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
             JOBS_FINISHED.labels(claim.kind, JobState.failed.value).inc()
         logger.info("job %s: %s; not built", public_id, PROJECT_DELETED)
         return JobState.failed
-    key = f"reports/{public_id}.pdf"
-    stored = runtime.storage.put(key, pdf, PDF)
-    with engine.begin() as connection:
-        # A retry that stored the file again replaces the earlier attempt's row.
-        connection.execute(delete(Artifact).where(col(Artifact.key) == key))
-        artifact_id = connection.execute(
-            insert(Artifact)
-            .values(
-                key=key,
-                filename=filename,
-                content_type=PDF,
-                size=stored.size,
-                checksum=stored.checksum,
-                created_by=claim.requested_by,
-                created_at=utcnow(),
-                expires_at=utcnow() + timedelta(seconds=settings.artifact_ttl_seconds),
-            )
-            .returning(col(Artifact.id))
-        ).scalar_one()
-        finished = connection.execute(
-            update(Job)
-            .where(
-                col(Job.id) == claim.job_id,
-                col(Job.state) == JobState.running,
-                col(Job.task_id) == task_id,
-            )
-            .values(
-                state=JobState.succeeded,
-                artifact_id=artifact_id,
-                error=None,
-                finished_at=utcnow(),
-                lease_expires_at=None,
-            )
-        )
-        if finished.rowcount != 1:
-            connection.rollback()
-            logger.info("job %s: another run finished it first", public_id)
-            return None
+    stored = runtime.storage.put(report_key(public_id), pdf, PDF)
+    if not record_report(runtime, claim, task_id, stored, filename):
+        logger.info("job %s: another run finished it first", public_id)
+        return None
     JOB_RUN_TIME.labels(claim.kind).observe(time.perf_counter() - clock)
     JOBS_FINISHED.labels(claim.kind, JobState.succeeded.value).inc()
     logger.info("job %s: report built (%d bytes)", public_id, stored.size)

@@ -1,0 +1,151 @@
+"""A report job's file: built from one snapshot, stored under a key of its own attempt, and
+recorded on the job only while the attempt's run still holds the job's claim.
+
+Every attempt stores its own object (``reports/{job}/{random}.pdf``): a run that lost its
+claim while rendering (its lease ran out, another run took the job over and finished it)
+must not replace the winner's file, which the winner's row describes (size, checksum). Its
+own object is deleted once its transaction is rolled back. Everything that reads or removes
+a report's bytes later (downloads, the expiry sweep, deleting a job) goes by the key stored
+on the artifact's row.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, insert, select, update
+from sqlmodel import col
+
+from flyswatter.db import utcnow
+from flyswatter.jobs.models import Job, JobState, ReportParameters
+from flyswatter.projects.models import Project
+from flyswatter.storage.models import Artifact
+from flyswatter.storage.service import Storage, StorageUnavailable, StoredObject
+
+if TYPE_CHECKING:
+    from flyswatter.jobs.tasks import Claim, JobRuntime
+
+logger = logging.getLogger("flyswatter.jobs")
+
+PDF = "application/pdf"
+
+
+class ProjectDeleted(Exception):
+    """The job's project was deleted after the job was requested."""
+
+
+def report_key(public_id: str) -> str:
+    """Where one attempt at the job stores its file: a key no other attempt uses."""
+    return f"reports/{public_id}/{secrets.token_hex(16)}.pdf"
+
+
+def build_report_file(runtime: JobRuntime, claim: Claim, now: datetime) -> tuple[bytes, str]:
+    """The PDF and its file name, read from one snapshot of the database."""
+    # Imported on first use: the API process builds this Celery app to publish, never to
+    # render, and need not load the PDF library and its fonts.
+    from flyswatter.reports.data import collect_report
+    from flyswatter.reports.pdf import render_report
+
+    settings = runtime.settings
+    parameters = ReportParameters.model_validate_json(claim.parameters)
+    engine = runtime.engine
+    # One snapshot for every section on PostgreSQL. SQLite reads in autocommit: a transaction
+    # there takes the write lock (see db.py), which a report must not hold for seconds.
+    isolation = "AUTOCOMMIT" if engine.dialect.name == "sqlite" else "REPEATABLE READ"
+    with engine.connect().execution_options(isolation_level=isolation) as connection:
+        project = connection.execute(
+            select(Project).where(col(Project.id) == claim.project_id)
+        ).one()
+        project_row = Project.model_validate(project._mapping)
+        if project_row.deleted_at is not None:
+            raise ProjectDeleted(project_row.key)
+        data, table = collect_report(
+            connection,
+            project_row,
+            parameters,
+            claim.requested_by,
+            now=now,
+            default_days=settings.report_default_days,
+            table_limit=settings.report_table_limit,
+        )
+        pdf = render_report(data, table)
+    filename = f"{project_row.key}-report-{data.period.start:%Y%m%d}-{data.period.end:%Y%m%d}.pdf"
+    return pdf, filename
+
+
+def _finish(
+    connection: Connection,
+    runtime: JobRuntime,
+    claim: Claim,
+    task_id: str,
+    stored: StoredObject,
+    filename: str,
+) -> bool:
+    """Insert the artifact and mark the job succeeded if this task still holds it."""
+    ttl = timedelta(seconds=runtime.settings.artifact_ttl_seconds)
+    artifact_id = connection.execute(
+        insert(Artifact)
+        .values(
+            key=stored.key,
+            filename=filename,
+            content_type=PDF,
+            size=stored.size,
+            checksum=stored.checksum,
+            created_by=claim.requested_by,
+            created_at=utcnow(),
+            expires_at=utcnow() + ttl,
+        )
+        .returning(col(Artifact.id))
+    ).scalar_one()
+    finished = connection.execute(
+        update(Job)
+        .where(
+            col(Job.id) == claim.job_id,
+            col(Job.state) == JobState.running,
+            col(Job.task_id) == task_id,
+        )
+        .values(
+            state=JobState.succeeded,
+            artifact_id=artifact_id,
+            error=None,
+            finished_at=utcnow(),
+            lease_expires_at=None,
+        )
+    )
+    return finished.rowcount == 1
+
+
+def record_report(
+    runtime: JobRuntime, claim: Claim, task_id: str, stored: StoredObject, filename: str
+) -> bool:
+    """Record the stored file and finish the job, in one transaction, if this run still
+    holds the claim: True when it did. Otherwise (another run finished the job), or when a
+    statement fails before the commit, the transaction is rolled back and the attempt's
+    object deleted: no row names it. A commit that fails leaves the object, since it may
+    have committed after all (an object without a row is harmless, the reverse is not)."""
+    committing = won = False
+    try:
+        with runtime.engine.connect() as connection:
+            won = _finish(connection, runtime, claim, task_id, stored, filename)
+            if won:
+                committing = True
+                connection.commit()
+            # Otherwise closing the connection rolls the insert back.
+    finally:
+        if not committing:
+            _discard(runtime.storage, stored.key)
+    return won
+
+
+def _discard(storage: Storage, key: str) -> None:
+    """Delete an attempt's object that no row names; a failure is logged, never raised (the
+    job's outcome, or the exception on its way, matters more)."""
+    try:
+        storage.delete(key)
+    except Exception as exc:
+        # Our own message for a transient fault; only the type for anything else.
+        why = str(exc) if isinstance(exc, StorageUnavailable) else type(exc).__name__
+        logger.warning("report object %s left in storage, no row names it: %s", key, why)
