@@ -404,3 +404,28 @@ async def test_an_issue_delete_that_fails_before_its_commit_keeps_every_file(
 async def test_an_issues_files_are_listed_oldest_first_page_by_page(team: Team) -> None:
     made = [(await upload(team["reporter"], f"{n}.txt", b"text")).json() for n in range(3)]
     assert await walk_pages(team["viewer"], f"{ATTACHMENTS}?limit=1") == made
+
+
+async def test_an_upload_to_a_moved_issues_old_key_is_attached_where_the_issue_is_now(
+    team: Team,
+) -> None:
+    owner = team["maintainer"]
+    assert (await owner.post("/api/v1/projects", json={"key": "OPS", "name": "Ops"})).is_success
+    member = f"/api/v1/projects/OPS/members/{team.ids['reporter']}"
+    assert (await owner.put(member, json={"role": "reporter"})).status_code == 201
+    moved = await owner.post("/api/v1/issues/FLY-1/move", json={"project": "OPS"})
+    assert moved.status_code == 200, moved.text
+    comment = await team["reporter"].post("/api/v1/issues/FLY-1/comments", json={"body": "hi"})
+    response = await upload(team["reporter"], "a.png", PNG)
+    assert response.status_code == 201, response.text
+    # Answered as the other writers of an old key are.
+    for header in ("Deprecation", "Link"):
+        assert response.headers[header] == comment.headers[header]
+    assert response.headers["Link"] == '</api/v1/issues/OPS-1>; rel="successor-version"'
+    location = response.headers["Location"]
+    assert location.startswith("/api/v1/issues/OPS-1/attachments/")
+    assert response.json()["issue_key"] == "OPS-1"
+    listed = (await team["reporter"].get("/api/v1/issues/OPS-1/attachments")).json()["items"]
+    assert [item["download_url"] for item in listed] == [location]
+    # Readers of the old key are still sent on.
+    assert (await team["reporter"].get(ATTACHMENTS)).status_code == 301

@@ -21,6 +21,7 @@ from flyswatter.issues.dependencies import (
     IssueKeyPath,
     load_issue_access,
 )
+from flyswatter.moves.redirects import successor_headers
 from flyswatter.projects.service import PROJECT_ERRORS
 from flyswatter.services import ServicesDep
 from flyswatter.storage.downloads import stored_file_response
@@ -35,11 +36,14 @@ ATTACHMENT = "/issues/{issue_key}/attachments/{attachment_id}"
 
 
 async def issue_for_upload(
-    issue_key: IssueKeyPath, session: SessionDep, principal: IssuesWrite
+    issue_key: IssueKeyPath, session: SessionDep, principal: IssuesWrite, response: Response
 ) -> IssueAccess:
     """The issue, in a project that is not archived. Unlike other writers' it is not locked:
-    the upload is copied to storage outside any transaction."""
-    access = await load_issue_access(session, principal, issue_key)
+    the upload is copied to storage outside any transaction. As for the other writers, an
+    old key of a moved issue is followed, and the answer says where the issue is now."""
+    access = await load_issue_access(session, principal, issue_key, follow_moves=True)
+    if access.moved is not None:
+        response.headers.update(successor_headers(access.moved))
     access.project_access.require_active()
     return access
 

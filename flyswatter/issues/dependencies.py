@@ -77,12 +77,19 @@ class IssueAccess:
 
 
 async def load_issue_access(
-    session: AsyncSession, principal: Principal, issue_key: str, *, for_update: bool = False
+    session: AsyncSession,
+    principal: Principal,
+    issue_key: str,
+    *,
+    for_update: bool = False,
+    follow_moves: bool = False,
 ) -> IssueAccess:
     """The issue and the caller's project standing; 404 when it may not be seen.
 
     Writers lock the issue row (``for_update``) so that concurrent changes apply one after
-    the other and every one of them sees, and bumps, the latest version.
+    the other and every one of them sees, and bumps, the latest version. An old key of a
+    moved issue is a 301 (``IssueMoved``) for readers; writers (and ``follow_moves``, for one
+    that writes without the lock) get the issue where it is now, ``moved`` set.
     """
     project_key, number = parse_issue_key(issue_key)
     try:
@@ -91,7 +98,7 @@ async def load_issue_access(
         successor = await successor_of(session, principal, project_key, number)
         if successor is None:
             raise
-    if not for_update:
+    if not (for_update or follow_moves):
         raise IssueMoved(issue_key, successor.key)
     # Writers of an old key change the issue where it is now, and are told of its new key.
     access = await _load_issue(session, principal, *parse_issue_key(successor.key), for_update)
