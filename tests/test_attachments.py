@@ -197,6 +197,48 @@ async def test_an_upload_over_the_cap_is_413_and_leaves_no_row_or_object(
     assert exactly.status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("files", "data", "raw", "expected"),
+    [
+        ({"file": ("", b"abc", "text/plain")}, None, None, 422),  # no file name: not a file
+        (None, {"file": "just a string"}, None, 422),
+        ({"other": ("x.txt", b"abc", "text/plain")}, None, None, 422),
+        (None, None, b"not multipart at all", 400),
+    ],
+    ids=["no-name", "string-field", "wrong-field", "not-multipart"],
+)
+async def test_a_malformed_upload_is_a_client_error_and_stores_nothing(
+    team: Team,
+    settings: Settings,
+    files: dict[str, Any] | None,
+    data: dict[str, str] | None,
+    raw: bytes | None,
+    expected: int,
+) -> None:
+    client = team["reporter"]
+    if raw is not None:
+        boundary = {"Content-Type": "multipart/form-data; boundary=x"}
+        response = await client.post(ATTACHMENTS, content=raw, headers=boundary)
+    else:
+        response = await client.post(ATTACHMENTS, files=files, data=data)
+    assert response.status_code == expected, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert stored_files(settings) == []
+    assert attachment_rows(settings) == 0
+
+
+@pytest.mark.parametrize("name", ["a" * 300 + ".png", "é" * 300])
+async def test_an_empty_file_or_a_long_name_is_stored(team: Team, name: str) -> None:
+    empty = await upload(team["reporter"], "empty.txt", b"")
+    assert empty.status_code == 201, empty.text
+    assert empty.json()["size"] == 0
+    long = await upload(team["reporter"], name, PNG)
+    assert long.status_code == 201, long.text
+    kept = long.json()["filename"]
+    assert len(kept) == 255
+    assert kept.endswith(".png") == name.endswith(".png")
+
+
 def multipart(data: bytes, boundary: str = "flyswatterboundary") -> tuple[str, Iterator[bytes]]:
     """A multipart body sent in pieces, without a Content-Length."""
 
