@@ -1,7 +1,7 @@
 """``GET /api/v1/users``: finding people to assign or add, by the start of a name.
 
 A caller sees itself and the people it shares a project with; an admin sees everyone
-Flyswatter knows. ``q`` is a case-insensitive prefix of username, name or email.
+Flyswatter knows. ``q`` is a case-insensitive prefix of username or name, or a whole email.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ async def test_a_member_finds_the_people_of_its_projects_and_no_one_else(team: T
     assert await usernames(team.outsider, q="main") == []
 
 
-async def test_q_is_a_case_insensitive_prefix_of_username_name_or_email(
+async def test_q_is_a_case_insensitive_prefix_of_username_or_name_or_a_whole_email(
     team: Team, api: Api
 ) -> None:
     ada = api.as_user("ada", name="Grace Hopper", email="g.hopper@example.org")
@@ -43,7 +43,7 @@ async def test_q_is_a_case_insensitive_prefix_of_username_name_or_email(
     viewer = team["viewer"]
     assert await usernames(viewer, q="AD") == ["ada"]  # username
     assert await usernames(viewer, q="grace") == ["ada"]  # name
-    assert await usernames(viewer, q="G.HOP") == ["ada"]  # email
+    assert await usernames(viewer, q="G.Hopper@Example.ORG") == ["ada"]  # the whole email
     assert await usernames(viewer, q="hopper") == []  # a prefix, not any substring
     # LIKE's wildcards are plain characters in q.
     assert await usernames(viewer, q="%") == []
@@ -51,7 +51,7 @@ async def test_q_is_a_case_insensitive_prefix_of_username_name_or_email(
 
 
 async def test_a_listed_user_shows_its_name_not_its_email(team: Team) -> None:
-    response = await team["viewer"].get(USERS, params={"q": "developer@"})
+    response = await team["viewer"].get(USERS, params={"q": "developer@example.org"})
     assert response.status_code == 200, response.text
     [developer] = response.json()["items"]
     assert developer == {
@@ -60,6 +60,20 @@ async def test_a_listed_user_shows_its_name_not_its_email(team: Team) -> None:
         "name": "Developer",
         "is_service_account": False,
     }
+
+
+async def test_q_never_matches_part_of_an_email_so_it_cannot_be_spelled_out(api: Api) -> None:
+    victim = api.as_user("victim", name="Vic Tim", email="v.secret-42@corp.example")
+    await victim.sign_in()
+    mallory = api.as_user("mallory")
+    await mallory.sign_in()
+    # Anyone may make a project and add anyone to it, and so share a project with them.
+    assert (await mallory.post("/api/v1/projects", json={"key": "EVIL", "name": "x"})).is_success
+    added = await mallory.put("/api/v1/projects/EVIL/members/victim", json={"role": "viewer"})
+    assert added.status_code == 201, added.text
+    for part in ("v.", "v.s", "v.secret-42@", "v.secret-42@corp.exampl", "corp.example"):
+        assert await usernames(mallory, q=part) == [], part
+    assert await usernames(mallory, q="V.Secret-42@corp.example") == ["victim"]
 
 
 async def test_an_admin_finds_everyone_known(team: Team, api: Api) -> None:

@@ -24,7 +24,9 @@ UserQuery = Annotated[
     Query(
         min_length=1,
         max_length=255,
-        description="Case-insensitive prefix of the username, the name or the email address.",
+        description=(
+            "Case-insensitive prefix of the username or the name, or a whole email address."
+        ),
         examples=["ma"],
     ),
 ]
@@ -43,8 +45,8 @@ async def list_users(
     project with the caller, and for admins every user Flyswatter knows (signed in once, or
     a demo user of ``flyswatter dev``). Ordered by username.
 
-    ``q`` matches the start of the username, the name or the email address, in any case.
-    The email address is searched but not shown (nor are service accounts' client ids):
+    ``q`` matches the start of the username or the name, or the whole email address, in any
+    case. The email address is matched but not shown (nor are service accounts' client ids):
     a name is enough to address someone. To add a person who shares no project with you,
     name them by username in ``PUT /api/v1/projects/{key}/members/{user_id}``.
     """
@@ -62,12 +64,14 @@ async def list_users(
         )
     if q is not None:
         prefix = _escaped_prefix(q)
+        # The email address only ever matches whole: matching its start would let any caller
+        # who shares a project with someone (and anyone may add anyone to a project of theirs)
+        # read the hidden address one character at a time.
         statement = statement.where(
             or_(
-                *(
-                    func.lower(field).like(prefix, escape="\\")
-                    for field in (col(User.username), col(User.name), col(User.email))
-                )
+                func.lower(col(User.username)).like(prefix, escape="\\"),
+                func.lower(col(User.name)).like(prefix, escape="\\"),
+                func.lower(col(User.email)) == q.lower(),
             )
         )
     if (after := keyset.after("username", (str, str))) is not None:
