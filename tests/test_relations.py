@@ -174,6 +174,66 @@ async def test_issues_the_caller_cannot_see_are_not_found_and_not_listed(
     assert (await team.outsider.get(f"/api/v1/issues/{mine}/relations")).status_code == 404
 
 
+async def stranger_project(team: Team, api: Api, fly_maintainer_role: str) -> AuthedClient:
+    """A stranger's project OPS with two issues, where FLY's maintainer has the role given."""
+    stranger = api.as_user("stranger")
+    await stranger.sign_in()
+    assert (await stranger.post("/api/v1/projects", json={"key": "OPS", "name": "Ops"})).is_success
+    added = await stranger.put(
+        f"/api/v1/projects/OPS/members/{team.ids['maintainer']}",
+        json={"role": fly_maintainer_role},
+    )
+    assert added.status_code == 201, added.text
+    for title in ("one", "two"):
+        created = await stranger.post("/api/v1/projects/OPS/issues", json={"title": title})
+        assert created.status_code == 201, created.text
+    return stranger
+
+
+async def test_a_viewer_of_the_other_project_cannot_relate_its_issue(team: Team, api: Api) -> None:
+    owner = team["maintainer"]
+    (mine,) = await issues(team, 1)
+    await stranger_project(team, api, "viewer")
+    for kind in ("parent", "child", "blocks", "blocked_by", "duplicates", "relates_to"):
+        refused = await owner.post(
+            f"/api/v1/issues/{mine}/relations", json={"kind": kind, "target": "OPS-1"}
+        )
+        assert refused.status_code == 403, (kind, refused.text)
+        assert "developer role in OPS" in refused.json()["detail"]
+    duplicate = await owner.post(f"/api/v1/issues/{mine}/close-as-duplicate", json={"of": "OPS-1"})
+    assert duplicate.status_code == 403, duplicate.text
+    assert (await owner.get(f"/api/v1/issues/{mine}")).json()["status"] == "open"
+    assert await relations(owner, mine) == []
+    assert await relations(owner, "OPS-1") == []
+
+
+async def test_a_developer_removes_a_relation_to_an_issue_of_a_project_they_cannot_see(
+    team: Team, api: Api
+) -> None:
+    owner = team["maintainer"]
+    (mine,) = await issues(team, 1)
+    stranger = await stranger_project(team, api, "developer")
+    # Who is a developer of both projects makes OPS-1 a sub-issue of FLY-1 ...
+    assert await relate(owner, mine, "parent", "OPS-1") == 201
+    # ... which OPS's maintainer, who cannot see FLY, does not see, yet it holds OPS-1 ...
+    assert await relations(stranger, "OPS-1") == []
+    assert await relate(stranger, "OPS-2", "parent", "OPS-1") == 409
+    # ... so they may remove it from their side by the hidden issue's key; an unrelated
+    # hidden issue, or the wrong kind, is the 404 of an issue they cannot see.
+    for missing in (f"relations/parent/{mine}", "relations/child/FLY-99"):
+        refused = await stranger.delete(f"/api/v1/issues/OPS-1/{missing}")
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["detail"] == "project FLY not found"
+    removed = await stranger.delete(f"/api/v1/issues/OPS-1/relations/child/{mine}")
+    assert removed.status_code == 204, removed.text
+    assert await relations(owner, mine) == []
+    assert await history(owner, mine) == [
+        ("related", "parent", None, "OPS-1"),
+        ("unrelated", "parent", "OPS-1", None),
+    ]
+    assert await relate(stranger, "OPS-2", "parent", "OPS-1") == 201
+
+
 async def test_close_as_duplicate_relates_and_closes_in_one_transaction(team: Team) -> None:
     dev = team["developer"]
     original, copy, busy = await issues(team, 3)

@@ -45,7 +45,7 @@ async def list_relations(
 async def add_relation(
     body: RelationCreate, request: Request, response: Response, write: IssueWriteDep
 ) -> RelationPublic:
-    """Relate the issue to another one the caller can see (developers): `kind` reads
+    """Relate the issue to another one (developers of both issues' projects): `kind` reads
     `<this issue> <kind> <target>`; `child` makes this issue a sub-issue of the target.
     A relation that would close a cycle of `blocks` or of sub-issues is a 409 naming it."""
     public = await service.add_relation(write, body.kind, body.target, _max_depth(request))
@@ -62,7 +62,8 @@ async def add_relation(
 )
 async def remove_relation(kind: KindPath, target: IssueKeyPath, write: IssueWriteDep) -> None:
     """Remove a relation, from either issue (`FLY-2/relations/blocked_by/FLY-1` removes what
-    `FLY-1/relations/blocks/FLY-2` does)."""
+    `FLY-1/relations/blocks/FLY-2` does); developers of this issue's project may remove its
+    relation to an issue of a project they cannot see, by that issue's key."""
     await service.remove_relation(write, kind, target)
 
 

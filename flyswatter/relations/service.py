@@ -14,11 +14,17 @@ from flyswatter.auth.tokens import Principal
 from flyswatter.errors import Conflict, NotFound, UnprocessableEntity
 from flyswatter.issues import service as issue_service
 from flyswatter.issues.activity import record_activity
-from flyswatter.issues.dependencies import IssueAccess, IssueWrite, load_issue_access
-from flyswatter.issues.models import ActivityAction, IssuePublic, IssueStatus
+from flyswatter.issues.dependencies import (
+    IssueAccess,
+    IssueWrite,
+    load_issue_access,
+    parse_issue_key,
+)
+from flyswatter.issues.models import ActivityAction, Issue, IssuePublic, IssueStatus
 from flyswatter.issues.models import TransitionRequest as Transition
 from flyswatter.moves.redirects import IssueMoved
-from flyswatter.projects.models import Role
+from flyswatter.projects.models import Project, Role
+from flyswatter.projects.service import ProjectAccess
 from flyswatter.relations.graph import Edge, refuse_cycle
 from flyswatter.relations.models import IssueRelation, RelatedIssue, RelationKind, RelationPublic
 from flyswatter.users.service import user_summaries
@@ -53,14 +59,44 @@ async def _stored(session: AsyncSession, edge: Edge) -> IssueRelation | None:
     return (await session.exec(statement)).first()
 
 
-async def _other_issue(write: IssueWrite, key: str, loc: tuple[str, str]) -> IssueAccess:
+async def _other_issue(
+    write: IssueWrite, key: str, loc: tuple[str, str], *, role: Role | None = None
+) -> IssueAccess:
+    """The other issue of a relation, which the caller must see; a new relation also needs
+    ``role`` there, as its history and its subscribers change as much as the path issue's."""
     access = write.access
     other = await visible_issue(write.session, access.principal, key)
     if other.issue_id == access.issue_id:
         raise UnprocessableEntity(f"an issue cannot be related to itself ({access.key})", loc=loc)
+    if role is not None:
+        other.project_access.require(role, "relating issues")
     # Both issues' histories change: neither project may be archived.
     other.project_access.require_active()
     return other
+
+
+async def _hidden_issue(write: IssueWrite, key: str, not_found: NotFound) -> IssueAccess:
+    """The other issue of a relation being removed, in a project the caller may not see.
+
+    Who may relate two issues must be a developer of both projects, so a relation across
+    projects is seen only by members of both; the path project's developers can still remove
+    it from their issue, naming the hidden issue by its key. The answer for an issue that is
+    missing, unrelated or in an archived project is the 404 of an issue not seen, so nothing
+    about the hidden project shows but that the relation, which is their issue's, existed:
+    ``not_found`` is raised, here or by the caller.
+    """
+    project_key, number = parse_issue_key(key)
+    statement = (
+        select_model(Issue, Project)
+        .join(Project, col(Project.id) == col(Issue.project_id))
+        .where(col(Project.key) == project_key, col(Issue.number) == number)
+    )
+    row = (await write.session.exec(statement)).first()
+    if row is None or row[1].archived:
+        raise not_found
+    issue, project = row
+    # Used for its id and key only: the caller has no standing in the project.
+    return IssueAccess(issue, ProjectAccess(project, None, write.access.principal))
 
 
 def _record(
@@ -116,11 +152,11 @@ async def _stage_relation(
 async def add_relation(
     write: IssueWrite, kind: RelationKind, target_key: str, max_depth: int
 ) -> RelationPublic:
-    """Relate the issue to another (developers of the issue's project; the other issue must
-    be visible), committed with both issues' history and events."""
+    """Relate the issue to another (developers of both issues' projects), committed with
+    both issues' history and events."""
     write.access.project_access.require(Role.developer, "relating issues")
     write.conditional.check(write.access.etag)
-    other = await _other_issue(write, target_key, ("body", "target"))
+    other = await _other_issue(write, target_key, ("body", "target"), role=Role.developer)
     relation = await _stage_relation(write, other, kind, max_depth)
     creators = await user_summaries(write.session, [write.access.principal.subject])
     public = RelationPublic(
@@ -137,14 +173,20 @@ async def add_relation(
 
 
 async def remove_relation(write: IssueWrite, kind: RelationKind, target_key: str) -> None:
-    """Remove a relation, from either of its issues (developers of the issue's project)."""
+    """Remove a relation, from either of its issues (developers of the issue's project,
+    whether or not they may see the other issue)."""
     session, access = write.session, write.access
     access.project_access.require(Role.developer, "relating issues")
     write.conditional.check(access.etag)
-    other = await _other_issue(write, target_key, ("path", "target"))
+    hidden: NotFound | None = None
+    try:
+        other = await _other_issue(write, target_key, ("path", "target"))
+    except NotFound as not_found:
+        hidden = not_found
+        other = await _hidden_issue(write, target_key, not_found)
     relation = await _stored(session, _edge(access, other, kind))
     if relation is None:
-        raise NotFound(f"{access.key} has no relation {kind.value} {other.key}")
+        raise hidden or NotFound(f"{access.key} has no relation {kind.value} {other.key}")
     await session.exec(delete(IssueRelation).where(col(IssueRelation.id) == relation.id))
     _record(write, other, kind, ActivityAction.unrelated)
     await session.commit()
@@ -157,6 +199,7 @@ async def close_as_duplicate(write: IssueWrite, original_key: str, max_depth: in
     write.conditional.check(write.access.etag)
     other = await _other_issue(write, original_key, ("body", "of"))
     if await _stored(write.session, _edge(write.access, other, RelationKind.duplicates)) is None:
+        other.project_access.require(Role.developer, "relating issues")
         await _stage_relation(write, other, RelationKind.duplicates, max_depth)
     return await issue_service.transition(write, Transition(to=IssueStatus.closed))
 
