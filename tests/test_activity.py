@@ -122,6 +122,42 @@ class TestRecorded:
         ]
         assert entries[0]["actor"]["is_service_account"] is True
 
+    async def test_a_related_issue_of_a_project_the_reader_cannot_see_is_hidden(
+        self, team: Team, api: Api
+    ) -> None:
+        stranger = api.as_user("stranger")
+        await stranger.sign_in()
+        assert (
+            await stranger.post("/api/v1/projects", json={"key": "SEC", "name": "S"})
+        ).is_success
+        maintainer_id = team.ids["maintainer"]
+        await stranger.put(
+            f"/api/v1/projects/SEC/members/{maintainer_id}", json={"role": "developer"}
+        )
+        await stranger.post("/api/v1/projects/SEC/issues", json={"title": "secret"})
+        await team.issue()
+        await team.issue()
+        owner = team["maintainer"]
+        for target in ("SEC-1", "FLY-2"):
+            relation = {"kind": "blocks", "target": target}
+            assert (await owner.post(f"{ACTIVITY[:-9]}/relations", json=relation)).is_success
+        assert (await owner.delete(f"{ACTIVITY[:-9]}/relations/blocks/SEC-1")).is_success
+        related = [
+            summary(entry)[:4]
+            for entry in await history(team["viewer"])
+            if entry["action"] in ("related", "unrelated")
+        ]
+        assert related == [
+            ("related", "blocks", None, "(hidden)"),
+            ("related", "blocks", None, "FLY-2"),
+            ("unrelated", "blocks", "(hidden)", None),
+        ]
+        # Who may see both projects reads the key, and so does an admin.
+        admin = api.as_user("root", roles=["flyswatter-admin"])
+        for reader in (owner, admin):
+            named = [e["new_value"] for e in await history(reader) if e["action"] == "related"]
+            assert named == ["SEC-1", "FLY-2"]
+
     async def test_history_is_readable_by_viewers_only_within_the_project(self, team: Team) -> None:
         await team.issue()
         assert (await team["viewer"].get(ACTIVITY)).status_code == 200

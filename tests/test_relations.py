@@ -234,6 +234,31 @@ async def test_a_developer_removes_a_relation_to_an_issue_of_a_project_they_cann
     assert await relate(stranger, "OPS-2", "parent", "OPS-1") == 201
 
 
+async def test_an_event_does_not_name_a_related_issue_of_another_project(
+    team: Team, api: Api, app: FastAPI
+) -> None:
+    owner = team["maintainer"]
+    mine, neighbour = await issues(team, 2)
+    await stranger_project(team, api, "developer")
+    assert await relate(owner, mine, "blocks", "OPS-1") == 201
+    assert await relate(owner, mine, "blocks", neighbour) == 201
+    # Each project's events reach all its members and its webhooks, whoever sees the other.
+    async with app.services.engine.connect() as connection:
+        payloads = (await connection.execute(select(Event.payload))).scalars().all()  # type: ignore[call-overload]
+    told = [
+        (event["data"]["issue"]["key"], change["field"], change["new"])
+        for event in map(json.loads, payloads)
+        for change in event["data"]["changes"]
+        if change["action"] == "related"
+    ]
+    assert told == [
+        (mine, "blocks", "(hidden)"),
+        ("OPS-1", "blocked_by", "(hidden)"),
+        (mine, "blocks", neighbour),
+        (neighbour, "blocked_by", mine),
+    ]
+
+
 async def test_close_as_duplicate_relates_and_closes_in_one_transaction(team: Team) -> None:
     dev = team["developer"]
     original, copy, busy = await issues(team, 3)

@@ -13,7 +13,15 @@ from sqlalchemy import Connection, bindparam, select
 from flyswatter.comments.models import Comment, CommentPublic
 from flyswatter.db import tables
 from flyswatter.events.models import EventChange, EventData, EventType
-from flyswatter.issues.models import Activity, ActivityAction, Issue, IssuePublic, UserSummary
+from flyswatter.issues.models import (
+    HIDDEN_ISSUE,
+    RELATION_ACTIONS,
+    Activity,
+    ActivityAction,
+    Issue,
+    IssuePublic,
+    UserSummary,
+)
 from flyswatter.issues.read_model import ISSUES_WITH_PEOPLE, PUBLIC_ISSUE_COLUMNS, public_issue
 from flyswatter.labels.models import IssueLabel, Label, LabelPublic
 from flyswatter.projects.models import Project
@@ -90,6 +98,17 @@ def event_type(actions: Sequence[ActivityAction]) -> EventType:
 
 def _loaded(value: str | None) -> Any:
     return None if value is None else json.loads(value)
+
+
+def _shown(activity: Activity, stored: str | None, project_key: str) -> Any:
+    """A change's value as the event tells it. An event reaches every member of the issue's
+    project and its webhooks, whoever may see the other project, so a related issue of
+    another project is never named (its history names it to those who may see it)."""
+    value = _loaded(stored)
+    related = activity.action in RELATION_ACTIONS and isinstance(value, str)
+    if related and value.rpartition("-")[0].upper() != project_key:
+        return HIDDEN_ISSUE
+    return value
 
 
 def _summary(row: Any) -> UserSummary:
@@ -170,8 +189,8 @@ def issue_event(
         EventChange(
             action=ActivityAction(activity.action),
             field=activity.field,
-            old=_loaded(activity.old_value),
-            new=_loaded(activity.new_value),
+            old=_shown(activity, activity.old_value, issue.project_key),
+            new=_shown(activity, activity.new_value, issue.project_key),
         )
         for activity in activities
     ]

@@ -211,6 +211,15 @@ class ActivityAction(StrEnum):
     detached = "detached"
 
 
+# The entries whose values are the key of another issue, which may be in a project the
+# reader of the history (or of the event) may not see.
+RELATION_ACTIONS = frozenset({ActivityAction.related, ActivityAction.unrelated})
+
+# How an issue the caller may not see is named where its key would be: in a refused cycle,
+# in the history, in an event.
+HIDDEN_ISSUE = "(hidden)"
+
+
 class Activity(SQLModel, table=True):
     """One change to an issue. Rows are only ever inserted, in the changing transaction."""
 

@@ -203,5 +203,6 @@ async def detach_label(name: LabelNamePath, write: IssueWriteDep) -> IssuePublic
 async def list_activity(
     session: SessionDep, access: IssueForReading, keyset: KeysetDep
 ) -> Page[ActivityPublic]:
-    """The issue's history, oldest first."""
-    return await activity_page(session, access.issue_id, keyset)
+    """The issue's history, oldest first; a related issue in a project the caller may not
+    see is named `(hidden)`."""
+    return await activity_page(session, access, keyset)

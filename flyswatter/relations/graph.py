@@ -20,7 +20,7 @@ from flyswatter.auth.tokens import Principal
 from flyswatter.db import tables
 from flyswatter.errors import Conflict
 from flyswatter.issues.dependencies import IssueAccess
-from flyswatter.issues.models import Issue
+from flyswatter.issues.models import HIDDEN_ISSUE, Issue
 from flyswatter.projects.models import Project, ProjectMember
 from flyswatter.projects.service import caller_membership
 from flyswatter.relations.models import IssueRelation, RelationKind
@@ -31,10 +31,6 @@ _RELATION, _ISSUE, _PROJECT, _MEMBER = tables(IssueRelation, Issue, Project, Pro
 # Taken (PostgreSQL) before a cycle check, so that two relations written at once cannot each
 # pass the check and close a cycle together; relation writes are rare enough to queue.
 _GRAPH_LOCK = 0x466C7952
-
-
-# How an issue the caller may not see is named in a refused cycle.
-HIDDEN = "(hidden)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,4 +151,4 @@ async def _keys(session: AsyncSession, principal: Principal, ids: Sequence[int])
         for row in await connection.execute(statement)
         if (row.role is not None or principal.is_admin) and row.deleted_at is None
     }
-    return [known.get(issue_id, HIDDEN) for issue_id in ids]
+    return [known.get(issue_id, HIDDEN_ISSUE) for issue_id in ids]
