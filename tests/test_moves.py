@@ -100,6 +100,53 @@ async def test_a_moved_issue_takes_the_next_number_and_its_old_key_keeps_answeri
     assert moves == [("OPS", issue["key"], "OPS-2")]
 
 
+async def test_a_moved_issue_keeps_its_milestone_by_title_or_leaves_it(team: Team) -> None:
+    owner = team["maintainer"]
+    await project(team, "OPS")
+
+    async def milestone(key: str, title: str, due_on: str | None = None) -> int:
+        body = {"title": title, "due_on": due_on}
+        created = await owner.post(f"/api/v1/projects/{key}/milestones", json=body)
+        assert created.status_code == 201, created.text
+        return int(created.json()["id"])
+
+    only_fly = await milestone("FLY", "1.0")
+    fly_two = await milestone("FLY", "2.0", "2030-01-01")
+    ops_two = await milestone("OPS", "2.0", "2031-06-01")
+    await milestone("OPS", "3.0", "2029-01-01")
+    leaving = (await team.issue(milestone="1.0"))["key"]
+    staying = (await team.issue(milestone="2.0"))["key"]
+
+    # OPS has no milestone 1.0: the issue leaves FLY's, and its history says so.
+    status, left = await move(owner, leaving, "OPS")
+    assert status == 200, left
+    assert left["milestone_id"] is None
+    entries = (await owner.get(f"/api/v1/issues/{left['key']}/activity")).json()["items"]
+    assert [(e["old_value"], e["new_value"]) for e in entries if e["field"] == "milestone"] == [
+        ("1.0", None)
+    ]
+    # OPS has a 2.0, which the issue is in now, with OPS's due date.
+    status, kept = await move(owner, staying, "OPS")
+    assert status == 200, kept
+    assert kept["milestone_id"] == ops_two
+    entries = (await owner.get(f"/api/v1/issues/{kept['key']}/activity")).json()["items"]
+    assert [e for e in entries if e["field"] == "milestone"] == []
+
+    async def listed(query: str) -> list[str]:
+        response = await owner.get(f"/api/v1/projects/OPS/issues?{query}")
+        assert response.status_code == 200, response.text
+        return [issue["key"] for issue in response.json()["items"]]
+
+    assert await listed("milestone=none") == [left["key"]]
+    assert await listed("milestone=2.0") == [kept["key"]]
+    assert await listed("sort=milestone_due") == [kept["key"], left["key"]]
+    for milestone_id in (only_fly, fly_two):
+        counted = (await owner.get(f"/api/v1/projects/FLY/milestones/{milestone_id}")).json()
+        assert (counted["open_issues"], counted["closed_issues"]) == (0, 0)
+    counted = (await owner.get(f"/api/v1/projects/OPS/milestones/{ops_two}")).json()
+    assert counted["open_issues"] == 1
+
+
 async def test_a_chain_of_moves_resolves_in_one_lookup(team: Team, app: FastAPI) -> None:
     dev = team["developer"]
     await project(team, "OPS", developer="developer")

@@ -10,22 +10,42 @@ from sqlmodel import col, select
 from flyswatter.db import utcnow
 from flyswatter.errors import UnprocessableEntity
 from flyswatter.issues.activity import record_activity
+from flyswatter.issues.changes import set_milestone
 from flyswatter.issues.dependencies import IssueWrite
 from flyswatter.issues.models import ActivityAction, IssuePublic
 from flyswatter.issues.read_model import build_public_issue
 from flyswatter.issues.references import allocate_issue_number, issue_label_names
 from flyswatter.labels.models import IssueLabel, Label, label_id
+from flyswatter.milestones.models import Milestone, due_rank
 from flyswatter.moves.models import IssueKeyRedirect, MoveRequest
 from flyswatter.projects.models import ProjectMember, Role
 from flyswatter.projects.service import load_project_access
+
+
+async def _carry_milestone(write: IssueWrite, current: int, project_id: int) -> None:
+    """Keep the issue in the new project's milestone of the same title, as labels are kept by
+    name (nothing to record: the title reads the same); without one, take it out of its
+    milestone, which stays in the old project, and record that."""
+    issue = write.access.issue
+    old = await write.session.get(Milestone, current)
+    assert old is not None, "an issue's milestone is its project's, and goes with the project"
+    statement = select(Milestone).where(
+        Milestone.project_id == project_id, Milestone.title == old.title
+    )
+    same = (await write.session.exec(statement)).first()
+    if same is None:
+        set_milestone(write.session, write.access, None, {current: old.title})
+    else:
+        issue.milestone_id, issue.milestone_due_rank = same.id, due_rank(same.due_on)
 
 
 async def move_issue(write: IssueWrite, body: MoveRequest) -> IssuePublic:
     """Move the issue (developers of both projects).
 
     A label is kept when the new project has one of the same name and dropped otherwise
-    (creating labels is a maintainer's call, which a move must not grant); an assignee who is
-    not a member of the new project is unassigned. Both show in the history as usual.
+    (creating labels is a maintainer's call, which a move must not grant), and so is the
+    milestone, by title; an assignee who is not a member of the new project is unassigned.
+    Each shows in the history as usual.
     """
     session, access = write.session, write.access
     access.project_access.require(Role.developer, "moving issues out of the project")
@@ -62,6 +82,8 @@ async def move_issue(write: IssueWrite, body: MoveRequest) -> IssuePublic:
         record_activity(
             session, principal, access.issue_id, ActivityAction.unlabeled, field="label", old=name
         )
+    if issue.milestone_id is not None:
+        await _carry_milestone(write, issue.milestone_id, destination.project_id)
     if issue.assignee_id is not None and (
         await session.get(ProjectMember, (destination.project_id, issue.assignee_id)) is None
     ):
