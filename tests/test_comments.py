@@ -99,6 +99,22 @@ class TestRead:
         assert fresh.status_code == 200
         assert fresh.headers["ETag"] != etag
 
+    async def test_a_move_of_its_issue_gives_the_comment_a_new_etag(self, team: Team) -> None:
+        created = await comment(team)
+        url = f"/api/v1/comments/{created['id']}"
+        owner = team["maintainer"]
+        etag = (await owner.get(url)).headers["ETag"]
+        assert (await owner.post("/api/v1/projects", json={"key": "OPS", "name": "O"})).is_success
+        moved = await owner.post("/api/v1/issues/FLY-1/move", json={"project": "OPS"})
+        assert moved.status_code == 200, moved.text
+        # The comment shows its issue's key, which changed: the old ETag validates no more.
+        fresh = await owner.get(url, headers={"If-None-Match": etag})
+        assert fresh.status_code == 200
+        assert fresh.json()["issue_key"] == "OPS-1"
+        assert fresh.headers["ETag"] != etag
+        stale = await owner.patch(url, json={"body": "edited"}, headers={"If-Match": etag})
+        assert stale.status_code == 412, stale.text
+
     async def test_outsider_and_missing_comment_look_the_same(self, team: Team) -> None:
         created = await comment(team)
         hidden = await team.outsider.get(f"/api/v1/comments/{created['id']}")

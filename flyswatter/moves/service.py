@@ -4,9 +4,10 @@ issue's id), in one transaction with the issue's event."""
 
 from __future__ import annotations
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlmodel import col, select
 
+from flyswatter.comments.models import Comment
 from flyswatter.db import utcnow
 from flyswatter.errors import UnprocessableEntity
 from flyswatter.issues.activity import record_activity
@@ -107,6 +108,12 @@ async def move_issue(write: IssueWrite, body: MoveRequest) -> IssuePublic:
         field="key",
         old=old_key,
         new=access.key,
+    )
+    # A comment shows its issue's key, which changed: new versions, so that its ETag does.
+    await session.exec(
+        update(Comment)
+        .where(col(Comment.issue_id) == access.issue_id)
+        .values(version=col(Comment.version) + 1)
     )
     issue.version += 1
     issue.updated_at = utcnow()
