@@ -143,6 +143,41 @@ async def test_if_none_match_star_on_an_existing_milestone_is_a_412(team: Team) 
     assert (await team["viewer"].get(url)).json()["title"] == "1.0"
 
 
+async def test_the_etag_changes_with_the_progress_through_every_kind_of_issue_write(
+    team: Team,
+) -> None:
+    created = await milestone(team, "1.0")
+    url = f"{MILESTONES}/{created['id']}"
+    owner, viewer = team["maintainer"], team["viewer"]
+    assert (await owner.post("/api/v1/projects", json={"key": "OPS", "name": "O"})).is_success
+    await team.issue()
+    await team.issue()
+    seen: list[str] = [(await viewer.get(url)).headers["ETag"]]
+    writes = [
+        ("PATCH", "/api/v1/issues/FLY-1", {"milestone": "1.0"}),
+        ("POST", "/api/v1/issues/FLY-1/transitions", {"to": "closed"}),
+        ("POST", "/api/v1/issues/FLY-1/transitions", {"to": "open"}),
+        ("PATCH", ISSUES, {"issues": ["FLY-2"], "change": {"milestone": "1.0"}}),
+        ("POST", "/api/v1/issues/FLY-2/move", {"project": "OPS"}),
+        ("DELETE", "/api/v1/issues/FLY-1", None),
+    ]
+    for method, path, body in writes:
+        done = await owner.request(method, path, json=body)
+        assert done.is_success, (path, done.text)
+        stale = await viewer.get(url, headers={"If-None-Match": seen[-1]})
+        assert stale.status_code == 200, (method, path)
+        assert stale.headers["ETag"] != seen[-1], (method, path)
+        seen.append(stale.headers["ETag"])
+    assert (stale.json()["open_issues"], stale.json()["closed_issues"]) == (0, 0)
+    # If-Match compares with the same tag: the one before the last write is stale.
+    refused = await owner.patch(url, json={"title": "1.1"}, headers={"If-Match": seen[-2]})
+    assert refused.status_code == 412
+    assert refused.json()["current_etag"] == seen[-1]
+    changed = await owner.patch(url, json={"title": "1.1"}, headers={"If-Match": seen[-1]})
+    assert changed.status_code == 200, changed.text
+    assert (await viewer.get(url)).headers["ETag"] == changed.headers["ETag"]
+
+
 async def test_deleting_a_milestone_detaches_its_issues_with_their_history(team: Team) -> None:
     created = await milestone(team, "1.0")
     await team.issue(milestone="1.0")

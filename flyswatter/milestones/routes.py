@@ -60,7 +60,7 @@ async def create_milestone(
     milestone = await service.create_milestone(session, access, body)
     public = await service.read_milestone(session, milestone)
     response.headers["Location"] = api_path("projects", access.project.key, "milestones", public.id)
-    response.headers["ETag"] = service.milestone_etag(milestone)
+    response.headers["ETag"] = service.milestone_etag(public)
     await session.commit()
     return public
 
@@ -78,8 +78,8 @@ async def get_milestone(
 ) -> MilestonePublic | Response:
     """One milestone with its progress: open and closed (resolved or closed) issues."""
     milestone = await service.load_milestone(session, access, milestone_id)
-    unchanged = conditional.answer(service.milestone_etag(milestone))
-    return unchanged or await service.read_milestone(session, milestone)
+    public = await service.read_milestone(session, milestone)
+    return conditional.answer(service.milestone_etag(public)) or public
 
 
 @router.patch("/{milestone_id}", response_model=MilestonePublic, responses=WRITE_ERRORS)
@@ -93,10 +93,11 @@ async def update_milestone(
     """Change a milestone (maintainers); with `If-Match`, only if unchanged since read."""
     access.require_active()
     milestone = await service.load_milestone(session, access, milestone_id, for_update=True)
-    conditional.check(service.milestone_etag(milestone))
+    current = await service.read_milestone(session, milestone)
+    conditional.check(service.milestone_etag(current))
     changed = await service.update_milestone(session, milestone, body)
-    public = await service.read_milestone(session, milestone)
-    conditional.tag(service.milestone_etag(milestone))
+    public = await service.read_milestone(session, milestone) if changed else current
+    conditional.tag(service.milestone_etag(public))
     if changed:
         await session.commit()
     return public
@@ -113,6 +114,6 @@ async def delete_milestone(
     version and an entry in its history."""
     access.require_active()
     milestone = await service.load_milestone(session, access, milestone_id, for_update=True)
-    conditional.check(service.milestone_etag(milestone))
+    conditional.check(service.milestone_etag(await service.read_milestone(session, milestone)))
     await service.delete_milestone(session, access, milestone)
     await session.commit()

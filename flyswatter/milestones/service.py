@@ -14,7 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.db import utcnow
 from flyswatter.errors import BadRequest, Conflict
-from flyswatter.http.conditional import etag_of
+from flyswatter.http.headers import entity_tag
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.models import CLOSED_STATUSES, ActivityAction, Issue
@@ -34,8 +34,12 @@ LIST_SORT = "due_on"
 _NO_DATE = ""
 
 
-def milestone_etag(milestone: Milestone) -> str:
-    return etag_of("milestone", milestone.id, milestone.version)
+def milestone_etag(public: MilestonePublic) -> str:
+    """The tag of the document, progress included: the counts change with the milestone's
+    issues, which are written from wherever issues are (transitions, edits, bulk changes,
+    moves, deletions, jobs) and never touch the milestone's row or its version."""
+    progress = f"o{public.open_issues}", f"c{public.closed_issues}"
+    return entity_tag("milestone", public.id, f"v{public.version}", *progress)
 
 
 async def progress(
