@@ -234,8 +234,12 @@ def cases(seeded: Seeded) -> Iterator[tuple[str, object]]:
         "search with a filter",
         page(seeded, IssueSort.updated_desc, query="android", statuses=(IssueStatus.open,)),
     )
-    yield "blocked", page(seeded, IssueSort.updated_desc, blocked=True)
-    yield "not blocked", page(seeded, IssueSort.updated_desc, blocked=False)
+    member = seeded.assignee_id
+    yield "blocked", page(seeded, IssueSort.updated_desc, blocked=True, blockers_seen_by=member)
+    yield (
+        "not blocked",
+        page(seeded, IssueSort.updated_desc, blocked=False, blockers_seen_by=member),
+    )
     yield "sub-issues", page(seeded, IssueSort.updated_desc, parent_id=seeded.parent_id)
     yield "with sub-issues", page(seeded, IssueSort.updated_desc, has_children=True)
 

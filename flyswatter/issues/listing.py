@@ -31,7 +31,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
-from flyswatter.db import UTCDateTime, table
+from flyswatter.db import UTCDateTime
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.models import Issue, IssuePublic, IssueStatus, IssueType, Priority
 from flyswatter.issues.read_model import (
@@ -41,7 +41,7 @@ from flyswatter.issues.read_model import (
 )
 from flyswatter.labels.models import IssueLabel, Label
 from flyswatter.milestones.models import NO_MILESTONE, Milestone
-from flyswatter.relations.models import IssueRelation, RelationKind
+from flyswatter.relations.filters import relation_filters
 
 SEARCH_CONFIG = "english"
 MAX_QUERY_LENGTH = 200
@@ -101,6 +101,8 @@ class IssueFilters:
     query: str | None = None
     milestone: str | None = None  # a milestone's title; "none" for issues in none
     blocked: bool | None = None  # has a blocker that is open or in progress
+    # ``blocked`` counts blockers in this user's projects only; None: an admin's, all.
+    blockers_seen_by: str | None = None
     parent_id: int | None = None  # a sub-issue of this issue
     has_children: bool | None = None
 
@@ -168,7 +170,7 @@ def list_statement(project_id: int, filters: IssueFilters, dialect: str) -> Sele
         )
     if filters.query:
         statement = statement.where(search_condition(filters.query, dialect))
-    return relation_filters(statement, filters)
+    return relation_filters(statement, filters, dialect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,36 +302,3 @@ def _bounded_search(
     # ...)" would be a semi-join), so the outer statement looks candidates up by primary key.
     ids = select(func.array_agg(candidates.c.id)).correlate(None).scalar_subquery()
     return col(Issue.id) == any_(cast(ids, ARRAY(Integer)))
-
-
-def relation_filters(
-    statement: SelectOfScalar[Issue], filters: IssueFilters
-) -> SelectOfScalar[Issue]:
-    """``blocked``, ``parent`` and ``has_children``: each an index lookup on the relations
-    (by target for blockers and parents, by source for children), per issue of the page."""
-    relation = table(IssueRelation)
-    if filters.blocked is not None:
-        blocker = table(Issue).alias("blocker")
-        has_open_blocker = (
-            exists()
-            .where(relation.c.target_id == Issue.id, relation.c.kind == RelationKind.blocks.value)
-            .where(
-                blocker.c.id == relation.c.source_id,
-                blocker.c.status.in_([IssueStatus.open.value, IssueStatus.in_progress.value]),
-            )
-        )
-        statement = statement.where(has_open_blocker if filters.blocked else ~has_open_blocker)
-    if filters.parent_id is not None:
-        statement = statement.where(
-            exists().where(
-                relation.c.target_id == Issue.id,
-                relation.c.kind == RelationKind.parent.value,
-                relation.c.source_id == filters.parent_id,
-            )
-        )
-    if filters.has_children is not None:
-        has_children = exists().where(
-            relation.c.source_id == Issue.id, relation.c.kind == RelationKind.parent.value
-        )
-        statement = statement.where(has_children if filters.has_children else ~has_children)
-    return statement
