@@ -1,6 +1,6 @@
 """Following issues: explicitly or automatically (reporting, being assigned, commenting),
-an unfollow that is remembered, the auto-follow switch, the caller's watched issues, and the
-watchers carried by every issue event."""
+an unfollow that is remembered, the auto-follow switch, the caller's watched issues, the
+watchers carried by every issue event, and only people who may see the issue as watchers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from flyswatter.config import Settings
 from flyswatter.events.models import Event
 from tests.support.api import Api, AuthedClient, Team, make_team, walk_pages
+from tests.test_events_outbox import stored_events
 
 WATCHING = "/api/v1/users/me/watching"
 PREFERENCES = "/api/v1/users/me/preferences"
@@ -126,3 +127,52 @@ async def test_issue_events_carry_the_watchers(team: Team, settings: Settings) -
         # The commenter follows in the same transaction, so the event names them already.
         "comment.created": ["developer", "reporter", "viewer"],
     }
+
+
+def event_watchers(settings: Settings) -> list[tuple[str, list[str]]]:
+    """Each stored event's type and the usernames it names as watchers, oldest first."""
+    return [
+        (event["doc"]["type"], sorted(p["username"] for p in event["doc"]["data"]["watchers"]))
+        for event in stored_events(settings)
+    ]
+
+
+async def test_a_member_who_leaves_follows_the_projects_issues_no_more(
+    team: Team, settings: Settings
+) -> None:
+    key = (await team.issue())["key"]  # the reporter follows it
+    developer, owner = team["developer"], team["maintainer"]
+    assert (await developer.post(f"/api/v1/issues/{key}/comments", json={"body": "a"})).is_success
+    assert (await developer.delete(f"/api/v1/issues/{key}/watchers/me")).is_success
+    for who in ("reporter", "developer"):
+        left = await owner.delete(f"/api/v1/projects/FLY/members/{team.ids[who]}")
+        assert left.status_code == 204, left.text
+    assert (await team["reporter"].get(f"/api/v1/issues/{key}")).status_code == 404
+    assert await watcher_names(team["viewer"], key) == []
+    assert (await owner.post(f"/api/v1/issues/{key}/comments", json={"body": "fixed"})).is_success
+    assert event_watchers(settings)[-1] == ("comment.created", ["maintainer"])
+    # Back in the project, nobody follows again unasked, and an unfollow is still remembered.
+    for who in ("reporter", "developer"):
+        url = f"/api/v1/projects/FLY/members/{team.ids[who]}"
+        assert (await owner.put(url, json={"role": who})).status_code == 201
+    assert (await developer.post(f"/api/v1/issues/{key}/comments", json={"body": "b"})).is_success
+    assert await watcher_names(team["viewer"], key) == ["maintainer"]
+
+
+async def test_a_moved_issue_keeps_only_the_watchers_who_may_see_it_there(
+    team: Team, settings: Settings
+) -> None:
+    owner = team["maintainer"]
+    assert (await owner.post("/api/v1/projects", json={"key": "OPS", "name": "Ops"})).is_success
+    url = f"/api/v1/projects/OPS/members/{team.ids['developer']}"
+    assert (await owner.put(url, json={"role": "developer"})).status_code == 201
+    key = (await team.issue())["key"]  # the reporter follows it
+    for who in ("viewer", "developer"):
+        assert (await team[who].put(f"/api/v1/issues/{key}/watchers/me")).is_success
+    moved = await owner.post(f"/api/v1/issues/{key}/move", json={"project": "OPS"})
+    assert moved.status_code == 200, moved.text
+    new_key = moved.json()["key"]
+    assert (await team["viewer"].get(f"/api/v1/issues/{new_key}")).status_code == 404
+    assert await watcher_names(owner, new_key) == ["developer"]
+    # The move's own event, in OPS, names only who may see the issue there.
+    assert event_watchers(settings)[-1] == ("issue.updated", ["developer"])

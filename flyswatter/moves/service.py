@@ -21,6 +21,7 @@ from flyswatter.milestones.models import Milestone, due_rank
 from flyswatter.moves.models import IssueKeyRedirect, MoveRequest
 from flyswatter.projects.models import ProjectMember, Role
 from flyswatter.projects.service import load_project_access
+from flyswatter.watchers.service import moved_out_of_reach
 
 
 async def _carry_milestone(write: IssueWrite, current: int, project_id: int) -> None:
@@ -98,6 +99,7 @@ async def move_issue(write: IssueWrite, body: MoveRequest) -> IssuePublic:
         )
         issue.assignee_id = None
 
+    await moved_out_of_reach(session, access.issue_id, destination.project_id)
     issue.project_id, issue.number = destination.project_id, number
     access.project_access = destination
     record_activity(

@@ -38,6 +38,7 @@ from flyswatter.projects.service import (
 )
 from flyswatter.text import SingleLine
 from flyswatter.users.models import User
+from flyswatter.watchers.service import member_left_watching
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
@@ -287,6 +288,7 @@ async def remove_member(
         await _keep_a_maintainer(session, access)
     await session.delete(member)
     await member_left(session, principal, access.project_id, user_id)
+    await member_left_watching(session, access.project_id, user_id)
     await session.commit()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Select, exists, func, literal, select, true, tuple_
+from sqlalchemy import Select, delete, exists, func, literal, select, true, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -95,6 +95,36 @@ async def set_following(session: AsyncSession, access: IssueAccess, following: b
     await session.exec(statement)
     await session.commit()
     return WatchStatus(issue_key=access.key, following=following)
+
+
+# The watcher rows are who is named as following an issue, in its list and in every event of
+# it; so they hold only people who may see the issue, kept so where someone stops being able
+# to (a member leaves, the issue moves), not filtered by each reader. An unfollow row names
+# no one, and stays: the choice holds should they come back.
+
+
+async def member_left_watching(session: AsyncSession, project_id: int, user_id: str) -> None:
+    """Someone left the project: they follow none of its issues any more."""
+    issues = select(_ISSUE.c.id).where(_ISSUE.c.project_id == project_id)
+    await session.exec(
+        delete(_WATCHER).where(
+            _WATCHER.c.user_id == user_id,
+            _WATCHER.c.following.is_(True),
+            _WATCHER.c.issue_id.in_(issues),
+        )
+    )
+
+
+async def moved_out_of_reach(session: AsyncSession, issue_id: int, project_id: int) -> None:
+    """The issue moved to ``project_id``: who is no member there follows it no more."""
+    member = exists().where(
+        _MEMBER.c.project_id == project_id, _MEMBER.c.user_id == _WATCHER.c.user_id
+    )
+    await session.exec(
+        delete(_WATCHER).where(
+            _WATCHER.c.issue_id == issue_id, _WATCHER.c.following.is_(True), ~member
+        )
+    )
 
 
 def watchers_statement(issue_id: int, after: list[Any] | None, rows: int) -> Select[Any]:
