@@ -111,8 +111,8 @@ def fleet(
                         metrics_dir=metrics,
                         redis_url=redis.url,
                         storage_dir=artifacts,
-                        rate_limit_writes=f"{WRITE_BUDGET}/minute",
-                        rate_limit_reads="100000/minute",
+                        rate_limit_writes=f"{WRITE_BUDGET}/hour",
+                        rate_limit_reads="100000/hour",
                         **webhooks,
                     )
                 )

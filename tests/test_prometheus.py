@@ -204,7 +204,7 @@ def stack(served_url: str, jwks_server: JwksServer, stack_root: Path) -> Iterato
         jwks_server=jwks_server,
         log_path=stack_root / "serve.log",
         metrics_dir=metrics_dir,
-        rate_limit_writes=f"{WRITE_BUDGET}/minute",
+        rate_limit_writes=f"{WRITE_BUDGET}/hour",
         database_timeout_seconds="2",
         jwks_refresh_min_interval_seconds="0",
         redis_url=redis.url,
