@@ -184,6 +184,26 @@ async def test_file_names_lose_their_path_and_control_characters_are_refused(tea
     assert refused.json()["errors"][0]["loc"] == ["body", "file", "filename"]
 
 
+@pytest.mark.parametrize("control", ["\u202e", "\u202d", "\u202b", "\u2067", "\u2068"])
+async def test_a_file_name_with_a_bidirectional_control_is_refused(
+    team: Team, control: str
+) -> None:
+    # Shown as "invoiceexe.png" while it is an .exe.
+    refused = await upload(team["reporter"], f"invoice{control}gnp.exe", b"MZ")
+    assert refused.status_code == 422
+    problem = refused.json()
+    assert problem["errors"][0]["loc"] == ["body", "file", "filename"]
+    assert f"U+{ord(control):04X}" in problem["errors"][0]["msg"]
+    assert (await team["viewer"].get(ATTACHMENTS)).json()["items"] == []
+
+
+async def test_a_file_name_in_a_right_to_left_script_is_kept_as_sent(team: Team) -> None:
+    name = "\u05d3\u05d5\u05d7 \u05e9\u05e0\u05ea\u05d9.pdf"
+    stored = await upload(team["reporter"], name, b"%PDF-1.4")
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["filename"] == name
+
+
 async def test_an_upload_over_the_cap_is_413_and_leaves_no_row_or_object(
     team: Team, settings: Settings
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
@@ -51,12 +52,23 @@ PLAIN_TEXT = "text/plain; charset=utf-8"
 # Active content: an SVG image runs scripts when opened on its own.
 _NEVER_INLINE = frozenset({"image/svg+xml"})
 _FILE_LOC = ("body", "file")
+# The bidirectional embeddings, overrides and isolates: in a file name they reorder what is
+# shown, so that ``invoice\u202egnp.exe`` reads as ``invoiceexe.png``. Right-to-left letters
+# need none of them to show right.
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 def clean_filename(raw: str | None) -> str:
     """The name a file is kept under: its last path segment (browsers and tools may send a
-    whole path), trimmed; a name with a control character is refused (422)."""
+    whole path), trimmed; a name with a control character, or a bidirectional control that
+    could disguise its extension, is refused (422)."""
     name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if (bidi := _BIDI_CONTROLS.search(name)) is not None:
+        raise UnprocessableEntity(
+            f"a file name may not contain U+{ord(bidi.group()):04X}, a bidirectional control"
+            " that changes the order its characters are shown in",
+            loc=(*_FILE_LOC, "filename"),
+        )
     if (bad := first_unsafe_character(name)) is not None:
         raise UnprocessableEntity(
             f"a file name may not contain U+{ord(bad):04X}", loc=(*_FILE_LOC, "filename")
