@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -16,7 +17,8 @@ from pypdf import PdfReader
 from flyswatter.config import Settings
 from flyswatter.jobs import report_files, tasks
 from flyswatter.jobs.models import JobState
-from flyswatter.jobs.tasks import PROJECT_DELETED, JobRuntime, claim_job, run_report_job
+from flyswatter.jobs.report_files import PROJECT_DELETED
+from flyswatter.jobs.tasks import JobRuntime, claim_job, run_report_job
 from flyswatter.storage.models import Artifact
 from tests.support.api import Api, Team, make_team, walk_pages
 from tests.support.jobs import in_process_worker, wait_for_job
@@ -339,6 +341,42 @@ async def test_a_deleted_projects_jobs_and_files_answer_404_until_it_is_restored
     assert (await team["viewer"].get(f"{location}/artifact")).status_code == 200
     listed = (await team["viewer"].get("/api/v1/jobs")).json()["items"]
     assert [job["id"] for job in listed] == [job_id]
+
+
+@pytest.mark.parametrize(
+    ("stored", "error"),
+    [
+        (
+            {"from": "0001-01-01T00:00:00Z", "to": "0001-01-10T00:00:00Z"},
+            "its parameters are no longer accepted: from: Value error, must be between",
+        ),
+        # Its default start (30 days before) is no date at all.
+        ({"to": "0001-01-10T00:00:00Z"}, "its parameters are no longer accepted: to: "),
+        (
+            {"from": "1970-01-01T00:00:00Z", "to": "2199-01-01T00:00:00Z"},
+            "its parameters are no longer accepted: a report covers at most 3660 days",
+        ),
+    ],
+)
+async def test_a_job_stored_before_todays_period_rules_is_failed_with_the_rules_words(
+    team: Team, settings: Settings, stored: dict[str, str], error: str
+) -> None:
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+    location, job_id = response.headers["Location"], response.json()["id"]
+    engine = sa.create_engine(settings.sync_database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE job SET parameters = :parameters WHERE public_id = :id"),
+            {"parameters": json.dumps(stored), "id": job_id},
+        )
+    engine.dispose()
+    # A refusal, not an error: the attempt ends failed instead of raising.
+    assert await run_once(settings, job_id, "task-1") == JobState.failed
+    job = (await team["reporter"].get(location)).json()
+    assert job["state"] == "failed"
+    assert job["error"].startswith(error)
+    assert job["artifact"] is None
+    assert stored_files(settings) == []
 
 
 async def test_a_queued_report_of_a_deleted_project_is_failed_not_built(

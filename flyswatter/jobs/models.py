@@ -127,6 +127,16 @@ class ReportParameters(SQLModel):
         end = self.to or now
         return self.from_ or end - timedelta(days=default_days), end
 
+    def period_problem(self, now: datetime, default_days: int) -> str | None:
+        """Why the period, once its defaults are applied, cannot be reported on: it runs
+        backwards or is longer than a report covers. None when it can."""
+        start, end = self.period(now, default_days)
+        if start >= end:
+            return "from must be before to (default: now)"
+        if end - start > timedelta(days=REPORT_MAX_DAYS):
+            return f"a report covers at most {REPORT_MAX_DAYS} days"
+        return None
+
 
 class ReportRequest(ReportParameters):
     """``POST /projects/{key}/reports``: everything is optional. Only a request is held to

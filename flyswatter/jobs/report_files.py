@@ -16,11 +16,12 @@ import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
 from sqlalchemy import Connection, insert, select, update
 from sqlmodel import col
 
 from flyswatter.db import utcnow
-from flyswatter.jobs.models import Job, JobState, ReportParameters
+from flyswatter.jobs.models import Job, JobState, ReportParameters, ReportRequest
 from flyswatter.projects.models import Project
 from flyswatter.storage.models import Artifact
 from flyswatter.storage.service import Storage, StorageUnavailable, StoredObject
@@ -33,8 +34,28 @@ logger = logging.getLogger("flyswatter.jobs")
 PDF = "application/pdf"
 
 
-class ProjectDeleted(Exception):
-    """The job's project was deleted after the job was requested."""
+PROJECT_DELETED = "its project was deleted before the report was built"
+
+
+class NotBuildable(Exception):
+    """The job can never be built; the message says why, on the job, to whoever asked."""
+
+
+def buildable_parameters(stored: str, now: datetime, default_days: int) -> ReportParameters:
+    """The job's parameters, held to the rules a request is held to today. A job stored
+    before a rule existed (a period of centuries, or one reaching past what a date holds)
+    fails with the rule's words, instead of overflowing or rendering for hours."""
+    try:
+        parameters = ReportRequest.model_validate_json(stored)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "parameters"
+        raise NotBuildable(
+            f"its parameters are no longer accepted: {where}: {error['msg']}"
+        ) from None
+    if (problem := parameters.period_problem(now, default_days)) is not None:
+        raise NotBuildable(f"its parameters are no longer accepted: {problem}")
+    return parameters
 
 
 def report_key(public_id: str) -> str:
@@ -50,7 +71,7 @@ def build_report_file(runtime: JobRuntime, claim: Claim, now: datetime) -> tuple
     from flyswatter.reports.pdf import render_report
 
     settings = runtime.settings
-    parameters = ReportParameters.model_validate_json(claim.parameters)
+    parameters = buildable_parameters(claim.parameters, now, settings.report_default_days)
     engine = runtime.engine
     # One snapshot for every section on PostgreSQL. SQLite reads in autocommit: a transaction
     # there takes the write lock (see db.py), which a report must not hold for seconds.
@@ -61,7 +82,7 @@ def build_report_file(runtime: JobRuntime, claim: Claim, now: datetime) -> tuple
         ).one()
         project_row = Project.model_validate(project._mapping)
         if project_row.deleted_at is not None:
-            raise ProjectDeleted(project_row.key)
+            raise NotBuildable(PROJECT_DELETED)
         data, table = collect_report(
             connection,
             project_row,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,7 +15,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
-from flyswatter.config import REPORT_MAX_DAYS, Settings
+from flyswatter.config import Settings
 from flyswatter.errors import NotFound, UnprocessableEntity
 from flyswatter.http.headers import api_path, retry_after
 from flyswatter.jobs.models import Job, JobKind, JobPublic, JobState, ReportParameters
@@ -64,14 +64,9 @@ class JobQueue:
 
 def check_period(parameters: ReportParameters, now: datetime, default_days: int) -> None:
     """422 for a period that, once its defaults are applied as the worker will apply them,
-    runs backwards or is longer than a report covers (only ``from`` can make either)."""
-    start, end = parameters.period(now, default_days)
-    if start >= end:
-        raise UnprocessableEntity("from must be before to (default: now)", loc=("body", "from"))
-    if end - start > timedelta(days=REPORT_MAX_DAYS):
-        raise UnprocessableEntity(
-            f"a report covers at most {REPORT_MAX_DAYS} days", loc=("body", "from")
-        )
+    cannot be reported on (only ``from`` can make it so)."""
+    if (problem := parameters.period_problem(now, default_days)) is not None:
+        raise UnprocessableEntity(problem, loc=("body", "from"))
 
 
 def new_report_job(access: ProjectAccess, body: ReportParameters, request_id: str | None) -> Job:

@@ -29,7 +29,7 @@ from flyswatter.errors import database_error_summary
 from flyswatter.jobs.models import Job, JobKind, JobState
 from flyswatter.jobs.report_files import (
     PDF,
-    ProjectDeleted,
+    NotBuildable,
     build_report_file,
     record_report,
     report_key,
@@ -51,7 +51,6 @@ from flyswatter.observability.metrics import (
 from flyswatter.storage.service import Storage, StorageUnavailable, storage_from_settings
 
 logger = logging.getLogger("flyswatter.jobs")
-PROJECT_DELETED = "its project was deleted before the report was built"
 
 
 def transient_reason(exc: BaseException) -> str | None:
@@ -176,13 +175,15 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
     clock = time.perf_counter()
     try:
         pdf, filename = build_report_file(runtime, claim, started)
-    except ProjectDeleted:
+    except NotBuildable as refusal:
         # Failed, not cancelled: this run has claimed it (it is running, an attempt counted),
-        # and only a queued job is cancelled, by a person. The error says why, for when the
-        # project is restored; the API hides the job meanwhile.
-        if fail_job(engine, public_id, PROJECT_DELETED):
+        # and only a queued job is cancelled, by a person. The error says why (for a deleted
+        # project, for when it is restored: the API hides its jobs meanwhile). Nothing to
+        # retry and nothing went wrong inside: no error report.
+        reason = str(refusal)
+        if fail_job(engine, public_id, reason):
             JOBS_FINISHED.labels(claim.kind, JobState.failed.value).inc()
-        logger.info("job %s: %s; not built", public_id, PROJECT_DELETED)
+        logger.info("job %s: %s; not built", public_id, reason)
         return JobState.failed
     stored = runtime.storage.put(report_key(public_id), pdf, PDF)
     if not record_report(runtime, claim, task_id, stored, filename):
