@@ -106,6 +106,20 @@ class TestIssues:
         assert retry.status_code == 201
         assert REPLAYED not in retry.headers
 
+    @pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+    async def test_a_body_nested_too_deep_to_parse_is_a_4xx_with_a_key(
+        self, team: Team, content_type: str
+    ) -> None:
+        deep = b"[" * 100_000 + b"]" * 100_000
+        response = await team["reporter"].post(
+            ISSUES,
+            content=deep,
+            headers={"Idempotency-Key": "deep", "Content-Type": content_type},
+        )
+        assert 400 <= response.status_code < 500
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert await issue_count(team) == 0
+
     @pytest.mark.parametrize("key", ["", "x" * 256, "has space", "tab\there"])
     async def test_malformed_key_is_a_422(self, team: Team, key: str) -> None:
         response = await post(team["reporter"], ISSUES, {"title": "x"}, key)

@@ -68,10 +68,13 @@ class IdempotencyRecord(IdempotentRequest, table=True):
 
 
 def canonical_body(body: bytes) -> bytes:
-    """A JSON body in one canonical spelling, so a retry that re-serialises still matches."""
+    """A JSON body in one canonical spelling, so a retry that re-serialises still matches.
+
+    A body that is not JSON, or nests too deep for the parser, is hashed as sent: the route
+    refuses it with a 4xx of its own, and the key must not turn that into a 500."""
     try:
         return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
+    except (ValueError, RecursionError):
         return body
 
 
