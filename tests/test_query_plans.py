@@ -235,13 +235,16 @@ def cases(seeded: Seeded) -> Iterator[tuple[str, object]]:
         page(seeded, IssueSort.updated_desc, query="android", statuses=(IssueStatus.open,)),
     )
     member = seeded.assignee_id
-    yield "blocked", page(seeded, IssueSort.updated_desc, blocked=True, blockers_seen_by=member)
+    yield "blocked", page(seeded, IssueSort.updated_desc, blocked=True, related_seen_by=member)
     yield (
         "not blocked",
-        page(seeded, IssueSort.updated_desc, blocked=False, blockers_seen_by=member),
+        page(seeded, IssueSort.updated_desc, blocked=False, related_seen_by=member),
     )
     yield "sub-issues", page(seeded, IssueSort.updated_desc, parent_id=seeded.parent_id)
-    yield "with sub-issues", page(seeded, IssueSort.updated_desc, has_children=True)
+    yield (
+        "with sub-issues",
+        page(seeded, IssueSort.updated_desc, has_children=True, related_seen_by=member),
+    )
 
 
 async def test_no_list_or_search_query_scans_the_issue_table(seeded: Seeded, app: FastAPI) -> None:

@@ -287,6 +287,33 @@ async def test_the_blocked_filter_counts_only_blockers_the_caller_may_see(
         assert await listed(client, "blocked=true") == []
 
 
+async def test_the_has_children_filter_counts_only_sub_issues_the_caller_may_see(
+    team: Team, api: Api
+) -> None:
+    owner, viewer = team["maintainer"], team["viewer"]
+    mine, loose = await issues(team, 2)
+    stranger = await stranger_project(team, api, "developer")
+    assert await relate(owner, "OPS-1", "child", mine) == 201
+
+    async def listed(client: AuthedClient, query: str) -> list[str]:
+        response = await client.get(f"/api/v1/projects/FLY/issues?{query}&sort=created_at")
+        assert response.status_code == 200, response.text
+        return [issue["key"] for issue in response.json()["items"]]
+
+    # FLY's viewer may not see OPS: for them FLY-1 has no sub-issue, as its relations say.
+    assert await relations(viewer, mine) == []
+    assert await listed(viewer, "has_children=true") == []
+    assert await listed(viewer, "has_children=false") == [mine, loose]
+    admin = api.as_user("root", roles=["flyswatter-admin"])
+    for client in (owner, admin):
+        assert await listed(client, "has_children=true") == [mine]
+        assert await listed(client, "has_children=false") == [loose]
+    # A deleted project's issues are no one's sub-issues.
+    assert (await stranger.delete("/api/v1/projects/OPS")).status_code == 204
+    for client in (owner, admin):
+        assert await listed(client, "has_children=true") == []
+
+
 async def test_close_as_duplicate_relates_and_closes_in_one_transaction(team: Team) -> None:
     dev = team["developer"]
     original, copy, busy = await issues(team, 3)

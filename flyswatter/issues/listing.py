@@ -101,8 +101,9 @@ class IssueFilters:
     query: str | None = None
     milestone: str | None = None  # a milestone's title; "none" for issues in none
     blocked: bool | None = None  # has a blocker that is open or in progress
-    # ``blocked`` counts blockers in this user's projects only; None: an admin's, all.
-    blockers_seen_by: str | None = None
+    # ``blocked`` and ``has_children`` count blockers and sub-issues in this user's projects
+    # only; None: an admin's, all.
+    related_seen_by: str | None = None
     parent_id: int | None = None  # a sub-issue of this issue
     has_children: bool | None = None
 

@@ -136,7 +136,7 @@ async def list_issues(
         query=q.strip() or None if q else None,
         milestone=milestone,
         blocked=blocked,
-        blockers_seen_by=None if access.principal.is_admin else me,
+        related_seen_by=None if access.principal.is_admin else me,
         parent_id=parent_id,
         has_children=has_children,
     )

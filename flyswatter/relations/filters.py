@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 def _seen_project(project_id: Any, user_id: str | None, dialect: str) -> ColumnElement[bool]:
     """``project_id`` is a project the caller may see: not deleted, and one of theirs unless
-    they are an admin (``user_id`` None). A blocker the caller may not see does not count,
-    as the relations list leaves it out: the filter would tell of it otherwise."""
+    they are an admin (``user_id`` None). A blocker or a sub-issue the caller may not see
+    does not count, as the relations list leaves it out: the filter would tell of it
+    otherwise."""
     seen = select(Project.id).where(col(Project.deleted_at).is_(None))
     if user_id is not None:
         seen = seen.join(ProjectMember).where(ProjectMember.user_id == user_id)
@@ -49,7 +50,7 @@ def relation_filters(
             .where(
                 blocker.c.id == relation.c.source_id,
                 blocker.c.status.in_([IssueStatus.open.value, IssueStatus.in_progress.value]),
-                _seen_project(blocker.c.project_id, filters.blockers_seen_by, dialect),
+                _seen_project(blocker.c.project_id, filters.related_seen_by, dialect),
             )
         )
         statement = statement.where(has_open_blocker if filters.blocked else ~has_open_blocker)
@@ -62,8 +63,12 @@ def relation_filters(
             )
         )
     if filters.has_children is not None:
+        child = table(Issue).alias("child")
         has_children = exists().where(
-            relation.c.source_id == Issue.id, relation.c.kind == RelationKind.parent.value
+            relation.c.source_id == Issue.id,
+            relation.c.kind == RelationKind.parent.value,
+            child.c.id == relation.c.target_id,
+            _seen_project(child.c.project_id, filters.related_seen_by, dialect),
         )
         statement = statement.where(has_children if filters.has_children else ~has_children)
     return statement
