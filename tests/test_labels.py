@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from flyswatter.config import Settings
 from tests.support.api import Api, Team, make_team, walk_pages
+from tests.test_events_outbox import stored_events
 
 LABELS = "/api/v1/projects/FLY/labels"
 
@@ -83,6 +85,7 @@ class TestManage:
         await team.label("defect")
         response = await team["maintainer"].patch(f"{LABELS}/bug", json={"name": "defect"})
         assert response.status_code == 409
+        assert response.json()["detail"] == "a label named defect already exists in this project"
         listed = (await team["viewer"].get(LABELS)).json()["items"]
         assert [label["name"] for label in listed] == ["bug", "defect"]
 
@@ -105,6 +108,36 @@ class TestManage:
         assert [label["name"] for label in (await team["viewer"].get(LABELS)).json()["items"]] == [
             "ui"
         ]
+
+    async def test_deleting_a_label_records_its_removal_in_each_issues_history_and_event(
+        self, team: Team, settings: Settings
+    ) -> None:
+        await team.label("bug")
+        await team.label("ui")
+        await team.issue(labels=["bug", "ui"])
+        await team.issue(labels=["ui"])
+        before = (await team["viewer"].get("/api/v1/issues/FLY-1")).json()
+        assert (await team["maintainer"].delete(f"{LABELS}/bug")).status_code == 204
+        after = (await team["viewer"].get("/api/v1/issues/FLY-1")).json()
+        assert after["version"] == before["version"] + 1
+        assert after["updated_at"] > before["updated_at"]
+        history = (await team["viewer"].get("/api/v1/issues/FLY-1/activity")).json()["items"]
+        removal = history[-1]
+        assert (removal["action"], removal["field"], removal["old_value"]) == (
+            "unlabeled",
+            "label",
+            "bug",
+        )
+        assert removal["actor"]["username"] == "maintainer"
+        event = stored_events(settings)[-1]
+        assert event["type"] == "issue.labelled"
+        assert event["doc"]["data"]["issue"]["key"] == "FLY-1"
+        assert names(event["doc"]["data"]["issue"]) == ["ui"]
+        assert [(c["action"], c["old"]) for c in event["doc"]["data"]["changes"]] == [
+            ("unlabeled", "bug")
+        ]
+        # An issue without the label is untouched.
+        assert (await team["viewer"].get("/api/v1/issues/FLY-2")).json()["version"] == 1
 
     @pytest.mark.parametrize("role", ["viewer", "reporter", "developer"])
     async def test_only_maintainers_manage_labels(self, team: Team, role: str) -> None:

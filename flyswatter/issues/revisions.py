@@ -10,6 +10,9 @@ hottest read stays one statement (no representation to hash before a 304), and
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,15 +21,52 @@ from flyswatter.auth.tokens import Principal
 from flyswatter.db import utcnow
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.models import ActivityAction, Issue
-from flyswatter.labels.models import IssueLabel
+from flyswatter.labels.models import IssueLabel, Label
 
 
 async def label_changed(session: AsyncSession, label_id: int) -> None:
-    """A label was renamed, recoloured, redescribed or is about to be deleted: every issue
-    that shows it gets a new version (before a delete, while the links still exist)."""
+    """A label was renamed, recoloured or redescribed: every issue that shows it gets a new
+    version."""
     labelled = select(IssueLabel.issue_id).where(IssueLabel.label_id == label_id)
     await session.exec(
         update(Issue).where(col(Issue.id).in_(labelled)).values(version=Issue.version + 1)
+    )
+
+
+async def revise(
+    session: AsyncSession,
+    principal: Principal,
+    issue_ids: Sequence[int | None],
+    action: ActivityAction,
+    *,
+    field: str,
+    old: Any = None,
+    new: Any = None,
+    values: Mapping[str, Any] | None = None,
+) -> None:
+    """A change made elsewhere reaches these issues: each gets ``values``, a new version and
+    one entry in its history (so an event too), as if it had been changed on its own."""
+    if not issue_ids:
+        return
+    await session.exec(
+        update(Issue)
+        .where(col(Issue.id).in_(issue_ids))
+        .values(**(values or {}), version=Issue.version + 1, updated_at=utcnow())
+    )
+    for issue_id in issue_ids:
+        assert issue_id is not None, "a stored issue has an id"
+        record_activity(session, principal, issue_id, action, field=field, old=old, new=new)
+
+
+async def label_deleted(session: AsyncSession, principal: Principal, label: Label) -> None:
+    """A label is about to be deleted: every issue that has it loses it as if one by one,
+    so that its history and its subscribers learn where the label went (before the delete,
+    while the links still exist)."""
+    labelled = (
+        await session.exec(select(IssueLabel.issue_id).where(IssueLabel.label_id == label.id))
+    ).all()
+    await revise(
+        session, principal, labelled, ActivityAction.unlabeled, field="label", old=label.name
     )
 
 
@@ -40,21 +80,12 @@ async def member_left(
             select(Issue.id).where(Issue.project_id == project_id, Issue.assignee_id == user_id)
         )
     ).all()
-    if not assigned:
-        return
-    await session.exec(
-        update(Issue)
-        .where(col(Issue.id).in_(assigned))
-        .values(assignee_id=None, version=Issue.version + 1, updated_at=utcnow())
+    await revise(
+        session,
+        principal,
+        assigned,
+        ActivityAction.assigned,
+        field="assignee_id",
+        old=user_id,
+        values={"assignee_id": None},
     )
-    for issue_id in assigned:
-        assert issue_id is not None, "a stored issue has an id"
-        record_activity(
-            session,
-            principal,
-            issue_id,
-            ActivityAction.assigned,
-            field="assignee_id",
-            old=user_id,
-            new=None,
-        )

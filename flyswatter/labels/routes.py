@@ -14,7 +14,7 @@ from flyswatter.errors import Conflict, NotFound, problem_responses
 from flyswatter.http.created import creates
 from flyswatter.http.headers import api_path
 from flyswatter.http.pagination import KeysetDep, Page, lists
-from flyswatter.issues.revisions import label_changed
+from flyswatter.issues.revisions import label_changed, label_deleted
 from flyswatter.labels.models import (
     Label,
     LabelCreate,
@@ -50,9 +50,11 @@ async def _label(session: AsyncSession, access: ProjectAccess, name: str) -> Lab
     return label
 
 
-async def _commit_or_conflict(session: AsyncSession, name: str) -> None:
+async def _flush_or_conflict(session: AsyncSession, name: str) -> None:
+    """Write the label now: a name taken is this 409, before anything else the request
+    stages flushes it on its way and fails with the generic one."""
     try:
-        await session.commit()
+        await session.flush()
     except IntegrityError:
         await session.rollback()
         raise Conflict(f"a label named {name} already exists in this project") from None
@@ -78,7 +80,8 @@ async def create_label(
     label = Label.model_validate(body, update={"project_id": access.project_id})
     session.add(label)
     response.headers["Location"] = api_path("projects", access.project.key, "labels", label.name)
-    await _commit_or_conflict(session, body.name)
+    await _flush_or_conflict(session, body.name)
+    await session.commit()
     return to_public(label)
 
 
@@ -95,9 +98,10 @@ async def update_label(
     if any(getattr(label, field) != value for field, value in changes.items()):
         label.sqlmodel_update(changes)
         session.add(label)
+        await _flush_or_conflict(session, label.name)
         # The issues showing the label show it changed: new versions, new ETags.
         await label_changed(session, label_id(label))
-        await _commit_or_conflict(session, label.name)
+        await session.commit()
     return to_public(label)
 
 
@@ -109,9 +113,10 @@ async def update_label(
 async def delete_label(
     name: LabelNamePath, session: SessionDep, access: ProjectForLabelling
 ) -> None:
-    """Delete a label (maintainers); it is removed from every issue that had it."""
+    """Delete a label (maintainers); it is removed from every issue that had it, each with
+    an entry in its history."""
     access.require_active()
     label = await _label(session, access, name)
-    await label_changed(session, label_id(label))
+    await label_deleted(session, access.principal, label)
     await session.delete(label)
     await session.commit()

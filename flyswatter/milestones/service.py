@@ -16,8 +16,8 @@ from flyswatter.db import utcnow
 from flyswatter.errors import BadRequest, Conflict
 from flyswatter.http.headers import entity_tag
 from flyswatter.http.pagination import Keyset, Page
-from flyswatter.issues.activity import record_activity
 from flyswatter.issues.models import CLOSED_STATUSES, ActivityAction, Issue
+from flyswatter.issues.revisions import revise
 from flyswatter.milestones.models import (
     UNDATED_RANK,
     Milestone,
@@ -171,26 +171,13 @@ async def delete_milestone(
             )
         )
     ).all()
-    if detached:
-        await session.exec(
-            update(Issue)
-            .where(col(Issue.id).in_(detached))
-            .values(
-                milestone_id=None,
-                milestone_due_rank=UNDATED_RANK,
-                version=Issue.version + 1,
-                updated_at=utcnow(),
-            )
-        )
-    for issue_id in detached:
-        assert issue_id is not None, "a stored issue has an id"
-        record_activity(
-            session,
-            access.principal,
-            issue_id,
-            ActivityAction.updated,
-            field="milestone",
-            old=milestone.title,
-            new=None,
-        )
+    await revise(
+        session,
+        access.principal,
+        detached,
+        ActivityAction.updated,
+        field="milestone",
+        old=milestone.title,
+        values={"milestone_id": None, "milestone_due_rank": UNDATED_RANK},
+    )
     await session.delete(milestone)
