@@ -96,6 +96,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+    # SQLite's own lower() (and so ILIKE, which SQLAlchemy writes as lower() LIKE lower())
+    # folds ASCII letters only: "É" would never find "émile". Python's is Unicode's, as
+    # PostgreSQL's is under a UTF-8 locale. No index is built on lower(), so none goes stale.
+    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
+
+
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 def _sqlite_begin_immediate(conn: Any) -> None:

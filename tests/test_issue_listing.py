@@ -155,6 +155,7 @@ class TestSearch:
             ("Login button misaligned", "On the settings page the LOGIN button overlaps."),
             ("Export to PDF", "Users want to export reports; crash reports too."),
             ("Dark mode", "Support a dark theme for the editor."),
+            ("Écran figé", "L'éditeur se fige au démarrage."),
         ]
         for title, description in texts:
             await team.issue(title=title, description=description)
@@ -176,6 +177,9 @@ class TestSearch:
             ("editor dark", [5]),
             ("export reports", [4]),
             ("kubernetes", []),
+            # Letters beyond ASCII fold too, whichever the database.
+            ("écran", [6]),
+            ("ÉDITEUR", [6]),
         ],
     )
     async def test_words_match_title_and_description_case_insensitively(
@@ -197,7 +201,7 @@ class TestSearch:
         assert (await corpus["viewer"].get(LIST, params={"q": "x" * 201})).status_code == 422
 
     async def test_blank_query_lists_everything(self, corpus: Team) -> None:
-        assert await self.search(corpus, "   ") == [1, 2, 3, 4, 5]
+        assert await self.search(corpus, "   ") == [1, 2, 3, 4, 5, 6]
 
     async def test_like_wildcards_in_the_query_are_literal(self, corpus: Team) -> None:
         assert await self.search(corpus, "%") == []

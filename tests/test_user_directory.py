@@ -45,6 +45,14 @@ async def test_q_is_a_case_insensitive_prefix_of_username_or_name_or_a_whole_ema
     assert await usernames(viewer, q="grace") == ["ada"]  # name
     assert await usernames(viewer, q="G.Hopper@Example.ORG") == ["ada"]  # the whole email
     assert await usernames(viewer, q="hopper") == []  # a prefix, not any substring
+    emile = api.as_user("emile", name="Émile Zola", email="Emile@Example.org")
+    added = await team["maintainer"].put(
+        f"/api/v1/projects/FLY/members/{await emile.sign_in()}", json={"role": "viewer"}
+    )
+    assert added.status_code == 201, added.text
+    # Letters beyond ASCII fold too, whichever the database.
+    assert await usernames(viewer, q="émi") == ["emile"]
+    assert await usernames(viewer, q="ÉMILE Z") == ["emile"]
     # LIKE's wildcards are plain characters in q.
     assert await usernames(viewer, q="%") == []
     assert await usernames(viewer, q="_da") == []
