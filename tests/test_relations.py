@@ -259,59 +259,41 @@ async def test_an_event_does_not_name_a_related_issue_of_another_project(
     ]
 
 
-async def test_the_blocked_filter_counts_only_blockers_the_caller_may_see(
-    team: Team, api: Api
+@pytest.mark.parametrize(
+    ("source", "kind", "target", "flag"),
+    [
+        # FLY-1 is blocked by OPS-1 ...
+        ("FLY-1", "blocked_by", "OPS-1", "blocked"),
+        # ... or is the parent of OPS-1.
+        ("OPS-1", "child", "FLY-1", "has_children"),
+    ],
+)
+async def test_the_relation_filters_count_only_issues_the_caller_may_see(
+    team: Team, api: Api, source: str, kind: str, target: str, flag: str
 ) -> None:
     owner, viewer = team["maintainer"], team["viewer"]
     mine, loose = await issues(team, 2)
     stranger = await stranger_project(team, api, "developer")
-    assert await relate(owner, mine, "blocked_by", "OPS-1") == 201
+    assert await relate(owner, source, kind, target) == 201
 
-    async def listed(client: AuthedClient, query: str) -> list[str]:
-        response = await client.get(f"/api/v1/projects/FLY/issues?{query}&sort=created_at")
+    async def listed(client: AuthedClient, value: str) -> list[str]:
+        response = await client.get(f"/api/v1/projects/FLY/issues?{flag}={value}&sort=created_at")
         assert response.status_code == 200, response.text
         return [issue["key"] for issue in response.json()["items"]]
 
-    # FLY's viewer may not see OPS: for them FLY-1 has no blocker, as its relations say.
+    # FLY's viewer may not see OPS: for them FLY-1 has no relation, as its relations say.
     assert await relations(viewer, mine) == []
-    assert await listed(viewer, "blocked=true") == []
-    assert await listed(viewer, "blocked=false") == [mine, loose]
-    # A member of both projects, and an admin, see the blocker.
+    assert await listed(viewer, "true") == []
+    assert await listed(viewer, "false") == [mine, loose]
+    # A member of both projects, and an admin, see the related issue.
     admin = api.as_user("root", roles=["flyswatter-admin"])
     for client in (owner, admin):
-        assert await listed(client, "blocked=true") == [mine]
-        assert await listed(client, "blocked=false") == [loose]
-    # A deleted project's issues block no one.
+        assert await listed(client, "true") == [mine]
+        assert await listed(client, "false") == [loose]
+    # A deleted project's issues block no one and are no one's sub-issues.
     assert (await stranger.delete("/api/v1/projects/OPS")).status_code == 204
     for client in (owner, admin):
-        assert await listed(client, "blocked=true") == []
-
-
-async def test_the_has_children_filter_counts_only_sub_issues_the_caller_may_see(
-    team: Team, api: Api
-) -> None:
-    owner, viewer = team["maintainer"], team["viewer"]
-    mine, loose = await issues(team, 2)
-    stranger = await stranger_project(team, api, "developer")
-    assert await relate(owner, "OPS-1", "child", mine) == 201
-
-    async def listed(client: AuthedClient, query: str) -> list[str]:
-        response = await client.get(f"/api/v1/projects/FLY/issues?{query}&sort=created_at")
-        assert response.status_code == 200, response.text
-        return [issue["key"] for issue in response.json()["items"]]
-
-    # FLY's viewer may not see OPS: for them FLY-1 has no sub-issue, as its relations say.
-    assert await relations(viewer, mine) == []
-    assert await listed(viewer, "has_children=true") == []
-    assert await listed(viewer, "has_children=false") == [mine, loose]
-    admin = api.as_user("root", roles=["flyswatter-admin"])
-    for client in (owner, admin):
-        assert await listed(client, "has_children=true") == [mine]
-        assert await listed(client, "has_children=false") == [loose]
-    # A deleted project's issues are no one's sub-issues.
-    assert (await stranger.delete("/api/v1/projects/OPS")).status_code == 204
-    for client in (owner, admin):
-        assert await listed(client, "has_children=true") == []
+        assert await listed(client, "true") == []
 
 
 async def test_close_as_duplicate_relates_and_closes_in_one_transaction(team: Team) -> None:
