@@ -39,6 +39,7 @@ from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueAccess
 from flyswatter.issues.models import ActivityAction
 from flyswatter.projects.models import Role
+from flyswatter.storage.models import StorageRemoval
 from flyswatter.storage.service import CHUNK_SIZE, Storage, StorageUnavailable, StoredObject
 from flyswatter.text import first_unsafe_character
 from flyswatter.users.service import user_summaries
@@ -292,16 +293,26 @@ async def delete_attachment(
         old=attachment_id,
     )
     key = attachment.key
+    stage_removals(session, [key])
     await session.delete(attachment)
     await session.commit()
     await remove_objects(storage, [key])
 
 
-async def issue_file_keys(session: AsyncSession, issue_id: int) -> list[str]:
-    """The storage keys of an issue's files: what to remove once its deletion is committed
-    (the rows go with the issue, by cascade)."""
-    keys = await session.exec(select(Attachment.key).where(Attachment.issue_id == issue_id))
-    return list(keys.all())
+def stage_removals(session: AsyncSession, keys: Sequence[str]) -> None:
+    """Name the objects of file rows being deleted, in the deleting transaction, so that the
+    sweep finds any the removal after the commit does not reach."""
+    session.add_all(StorageRemoval(key=key) for key in keys)
+
+
+async def stage_issue_file_removals(session: AsyncSession, issue_id: int) -> list[str]:
+    """The storage keys of an issue's files, staged for removal: what to remove once its
+    deletion is committed (the rows go with the issue, by cascade)."""
+    keys = list(
+        (await session.exec(select(Attachment.key).where(Attachment.issue_id == issue_id))).all()
+    )
+    stage_removals(session, keys)
+    return keys
 
 
 def _remove_objects(storage: Storage, keys: Sequence[str]) -> None:
@@ -313,14 +324,20 @@ def _remove_objects(storage: Storage, keys: Sequence[str]) -> None:
             # Our own message for a transient fault; only the type for anything else, whose
             # text is the backend's.
             why = str(exc) if isinstance(exc, StorageUnavailable) else type(exc).__name__
-            # No sweep looks for objects without a row: this line is how one is found.
-            logger.error("attachment object %s left in storage, its row deleted: %s", key, why)
+            # Still named in storage_removal: the periodic sweep removes it.
+            logger.warning(
+                "attachment object %s left in storage, its row deleted: %s; the sweep retries",
+                key,
+                why,
+            )
 
 
 async def remove_objects(storage: Storage, keys: Sequence[str]) -> None:
     """Remove the objects of attachment rows whose deletion is committed. Only after the
     commit: an object left without its row is harmless, a row without its object is not.
-    A failure is logged and does not fail the request, which has done what it was asked."""
+    A failure is logged and does not fail the request, which has done what it was asked;
+    the object stays named in ``storage_removal`` for the sweep (which also clears the
+    names of the objects removed here)."""
     if keys:
         # Shielded: a client that hangs up now must not leave objects behind.
         with anyio.CancelScope(shield=True):

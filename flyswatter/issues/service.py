@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flyswatter.attachments.service import issue_file_keys, remove_objects
+from flyswatter.attachments.service import remove_objects, stage_issue_file_removals
 from flyswatter.errors import NotFound, UnprocessableEntity
 from flyswatter.http.conditional import etag_of
 from flyswatter.http.created import Created
@@ -167,7 +167,7 @@ async def delete_issue(write: IssueWrite, storage: Storage) -> None:
     are removed once the deletion is committed."""
     write.access.project_access.require(Role.maintainer, "deleting issues")
     write.conditional.check(write.access.etag)
-    keys = await issue_file_keys(write.session, write.access.issue_id)
+    keys = await stage_issue_file_removals(write.session, write.access.issue_id)
     await record_deletion(write.session, write.access.principal, write.access.issue_id)
     await write.session.delete(write.access.issue)
     await write.session.commit()

@@ -1,5 +1,6 @@
 """The periodic sweeps beat runs: jobs whose message was lost are published again (or failed,
-with no attempt left), and artifacts past their expiry are removed with their files."""
+with no attempt left), artifacts past their expiry are removed with their files, and the
+objects of deleted files that a removal after the commit did not reach are removed."""
 
 from __future__ import annotations
 
@@ -15,12 +16,17 @@ from flyswatter.jobs.models import Job, JobKind, JobState
 from flyswatter.jobs.tasks import JobRuntime, fail_job
 from flyswatter.jobs.worker import publish_job
 from flyswatter.observability.metrics import JOBS_FINISHED
-from flyswatter.storage.models import Artifact
+from flyswatter.storage.models import Artifact, StorageRemoval
+from flyswatter.storage.service import StorageUnavailable
 
 logger = logging.getLogger("flyswatter.jobs")
 
 REQUEUE_BATCH = 100
 EXPIRE_BATCH = 500
+REMOVAL_BATCH = 500
+# The request removes the object right after its commit: a name younger than this is most
+# likely one it is removing now (removing twice is harmless, only wasted).
+REMOVAL_GRACE = timedelta(minutes=1)
 
 
 def requeue_stale_jobs(app: Celery, runtime: JobRuntime) -> int:
@@ -97,4 +103,38 @@ def expire_artifacts(runtime: JobRuntime) -> int:
             )
             connection.execute(delete(Artifact).where(col(Artifact.id).in_(removed)))
         logger.info("expired %d artifact(s)", len(removed))
+    return len(removed)
+
+
+def remove_deleted_objects(runtime: JobRuntime, *, grace: timedelta = REMOVAL_GRACE) -> int:
+    """Remove the objects still named in ``storage_removal``, then their names: those the
+    request removed already (removing again is a no-op on every backend), and those it could
+    not reach (storage down, or the process gone between the commit and the removal)."""
+    cutoff = utcnow() - grace
+    with runtime.engine.connect() as connection:
+        keys = list(
+            connection.execute(
+                select(col(StorageRemoval.key))
+                .where(col(StorageRemoval.created_at) < cutoff)
+                .order_by(col(StorageRemoval.created_at))
+                .limit(REMOVAL_BATCH)
+            ).scalars()
+        )
+    removed: list[str] = []
+    for key in keys:
+        try:
+            runtime.storage.delete(key)
+        except Exception as exc:
+            # The rest would most likely fail alike: one line, and the next sweep goes on.
+            why = str(exc) if isinstance(exc, StorageUnavailable) else type(exc).__name__
+            logger.warning(
+                "%d deleted object(s) left in storage until the next sweep: %s",
+                len(keys) - len(removed),
+                why,
+            )
+            break
+        removed.append(key)
+    if removed:
+        with runtime.engine.begin() as connection:
+            connection.execute(delete(StorageRemoval).where(col(StorageRemoval.key).in_(removed)))
     return len(removed)

@@ -37,6 +37,7 @@ from flyswatter.jobs.report_files import (
 from flyswatter.jobs.worker import (
     BUILD_REPORT,
     EXPIRE_ARTIFACTS,
+    REMOVE_DELETED_OBJECTS,
     REQUEUE_STALE_JOBS,
     JobsCelery,
 )
@@ -198,7 +199,11 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
 def register_tasks(app: JobsCelery, runtime: JobRuntime) -> None:
     # The sweeps build on this module's steps (claims, failing a job): imported here, once
     # both modules are loaded.
-    from flyswatter.jobs.sweeps import expire_artifacts, requeue_stale_jobs
+    from flyswatter.jobs.sweeps import (
+        expire_artifacts,
+        remove_deleted_objects,
+        requeue_stale_jobs,
+    )
 
     settings = app.flyswatter_settings
     create_job_series(kind.value for kind in JobKind)
@@ -260,3 +265,7 @@ def register_tasks(app: JobsCelery, runtime: JobRuntime) -> None:
     @app.task(name=EXPIRE_ARTIFACTS, shared=False, lazy=False, acks_late=True)
     def expire() -> int:
         return expire_artifacts(runtime)
+
+    @app.task(name=REMOVE_DELETED_OBJECTS, shared=False, lazy=False, acks_late=True)
+    def remove_objects() -> int:
+        return remove_deleted_objects(runtime)

@@ -26,6 +26,7 @@ QUEUE = "flyswatter"
 BUILD_REPORT = "flyswatter.jobs.build_report"
 REQUEUE_STALE_JOBS = "flyswatter.jobs.requeue_stale_jobs"
 EXPIRE_ARTIFACTS = "flyswatter.jobs.expire_artifacts"
+REMOVE_DELETED_OBJECTS = "flyswatter.jobs.remove_deleted_objects"
 IN_MEMORY_BROKER = "memory://localhost/"
 
 
@@ -97,6 +98,10 @@ def make_celery(settings: Settings, *, broker: str | None = None) -> JobsCelery:
             },
             "expire-artifacts": {
                 "task": EXPIRE_ARTIFACTS,
+                "schedule": float(settings.artifact_sweep_interval_seconds),
+            },
+            "remove-deleted-objects": {
+                "task": REMOVE_DELETED_OBJECTS,
                 "schedule": float(settings.artifact_sweep_interval_seconds),
             },
         },

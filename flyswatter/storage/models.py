@@ -36,3 +36,16 @@ class Artifact(ArtifactBase, table=True):
 class ArtifactPublic(ArtifactBase):
     created_at: datetime
     expires_at: datetime
+
+
+class StorageRemoval(SQLModel, table=True):
+    """An object whose file row is deleted, staged in the deleting transaction: the request
+    removes the object once that commits, and the periodic sweep removes whatever a storage
+    outage or a crash in between left behind (then this row)."""
+
+    __tablename__ = "storage_removal"
+
+    key: str = Field(primary_key=True, max_length=500)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True
+    )
