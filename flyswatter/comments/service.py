@@ -79,7 +79,11 @@ async def load_comment_access(
     if row is None:
         raise NotFound(f"comment {comment_id} not found")
     try:
-        issue_access = await load_issue_access(session, principal, f"{row[0]}-{row[1]}")
+        # The key just read is the issue's old one if it moved since: a comment is addressed
+        # by its id, so follow the move rather than answer the key's 301.
+        issue_access = await load_issue_access(
+            session, principal, f"{row[0]}-{row[1]}", follow_moves=True
+        )
     except NotFound:
         raise NotFound(f"comment {comment_id} not found") from None
     statement = select(Comment).where(Comment.id == comment_id)
