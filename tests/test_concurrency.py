@@ -1,5 +1,5 @@
-"""Optimistic concurrency on issues: ETags, conditional reads and writes, and parallel
-writers that neither lose updates nor apply stale ones."""
+"""Optimistic concurrency on issues: ETags, conditional reads and writes, parallel writers
+that neither lose updates nor apply stale ones, and writes racing a member's removal."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import asyncio
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from flyswatter.config import Settings
 from tests.support.api import Api, Team, make_team
 
 ISSUE = "/api/v1/issues/FLY-1"
@@ -185,3 +187,46 @@ class TestParallelWriters:
         assert sorted(r.status_code for r in responses) == [200] + [409] * (PARALLEL - 1)
         issue, _ = await current(team)
         assert (issue["status"], issue["version"]) == ("in_progress", 2)
+
+
+@pytest.mark.postgres_only
+async def test_an_assignment_racing_the_assignees_removal_is_refused(
+    team: Team, settings: Settings
+) -> None:
+    await team.issue()
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as removal:
+            # The removal's first step, not yet committed: the member row is deleted.
+            removal.execute(
+                sa.text("DELETE FROM project_member WHERE user_id = :user"),
+                {"user": team.ids["reporter"]},
+            )
+            assign = asyncio.create_task(
+                team["developer"].patch(
+                    "/api/v1/issues/FLY-1", json={"assignee_id": team.ids["reporter"]}
+                )
+            )
+            await waiting_on_a_lock(engine, assign)
+            removal.commit()
+        response = await assign
+    finally:
+        engine.dispose()
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", "assignee_id"]
+    issue = (await team["developer"].get("/api/v1/issues/FLY-1")).json()
+    assert issue["assignee"] is None
+
+
+async def waiting_on_a_lock(engine: sa.Engine, request: asyncio.Task[Any]) -> None:
+    """Until another backend waits on a row lock (the request under test), or the request
+    is answered without waiting."""
+    query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+    for _ in range(200):
+        if request.done():
+            return
+        with engine.connect() as connection:
+            if connection.execute(query).scalar_one():
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no request came to wait on the lock")

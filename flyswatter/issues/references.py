@@ -30,7 +30,10 @@ async def allocate_issue_number(session: AsyncSession, project_id: int) -> int:
 async def require_member(
     session: AsyncSession, project_id: int, user_id: str, *, loc: tuple[str, ...] = ("body",)
 ) -> None:
-    member = await session.get(ProjectMember, (project_id, user_id))
+    # FOR SHARE (PostgreSQL): a removal of this member, in flight, is waited for and then
+    # refuses the assignment; one that comes after waits for this one, then unassigns.
+    # Unlocked, both would pass, and the issue would stay assigned to a non-member.
+    member = await session.get(ProjectMember, (project_id, user_id), with_for_update={"read": True})
     if member is None:
         raise UnprocessableEntity(
             "the assignee must be a member of the project", loc=(*loc, "assignee_id")
