@@ -461,6 +461,42 @@ async def test_storage_that_fails_after_the_commit_is_logged_and_the_sweep_remov
     runtime.engine.dispose()
 
 
+class RefusesOneKey(LocalStorage):
+    """Storage that refuses to delete one object, for a reason of the backend's own."""
+
+    def __init__(self, root: Path, refused: str) -> None:
+        super().__init__(root)
+        self.refused = refused
+
+    def delete(self, key: str) -> None:
+        if key == self.refused:
+            raise PermissionError("the backend's own words")
+        super().delete(key)
+
+
+async def test_an_object_the_sweep_cannot_remove_holds_up_no_other(
+    team: Team, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("a.png", "b.png"):
+        location = (await upload(team["reporter"], name, PNG)).headers["Location"]
+        assert (await team["reporter"].delete(location)).status_code == 204
+    runtime = JobRuntime(settings)
+    with runtime.engine.connect() as connection:
+        statement = sa.text("SELECT key FROM storage_removal ORDER BY created_at")
+        first, _ = connection.execute(statement).scalars()
+    runtime.storage = RefusesOneKey(Path(settings.storage_dir), refused=first)
+    with caplog.at_level(logging.WARNING, logger="flyswatter.jobs"):
+        assert remove_deleted_objects(runtime, grace=timedelta(0)) == 1
+    (record,) = [r for r in caplog.records if r.name == "flyswatter.jobs"]
+    assert first in record.getMessage()
+    assert "own words" not in record.getMessage()
+    runtime.storage = LocalStorage(Path(settings.storage_dir))
+    assert remove_deleted_objects(runtime, grace=timedelta(0)) == 1
+    with runtime.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM storage_removal")).scalar() == 0
+    runtime.engine.dispose()
+
+
 async def test_an_issue_delete_that_fails_before_its_commit_keeps_every_file(
     team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -121,18 +121,19 @@ def remove_deleted_objects(runtime: JobRuntime, *, grace: timedelta = REMOVAL_GR
             ).scalars()
         )
     removed: list[str] = []
-    for key in keys:
+    for index, key in enumerate(keys):
         try:
             runtime.storage.delete(key)
-        except Exception as exc:
-            # The rest would most likely fail alike: one line, and the next sweep goes on.
-            why = str(exc) if isinstance(exc, StorageUnavailable) else type(exc).__name__
-            logger.warning(
-                "%d deleted object(s) left in storage until the next sweep: %s",
-                len(keys) - len(removed),
-                why,
-            )
+        except StorageUnavailable as exc:
+            # The rest would fail alike: one line, and the next sweep goes on from here.
+            left = len(keys) - index
+            logger.warning("%d deleted object(s) left until the next sweep: %s", left, exc)
             break
+        except Exception as exc:
+            # This object only (its name stays, to be tried again), not the ones after it.
+            # Only the type: the backend's text is its own.
+            logger.warning("deleted object %s not removed: %s", key, type(exc).__name__)
+            continue
         removed.append(key)
     if removed:
         with runtime.engine.begin() as connection:
