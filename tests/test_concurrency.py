@@ -189,33 +189,70 @@ class TestParallelWriters:
         assert (issue["status"], issue["version"]) == ("in_progress", 2)
 
 
+ORPHANS = sa.text(
+    """
+    SELECT
+      (SELECT count(*) FROM issue i WHERE i.assignee_id IS NOT NULL AND NOT EXISTS (
+         SELECT 1 FROM project_member m
+         WHERE m.project_id = i.project_id AND m.user_id = i.assignee_id)),
+      (SELECT count(*) FROM watcher w JOIN issue i ON i.id = w.issue_id
+       WHERE w.following AND NOT EXISTS (
+         SELECT 1 FROM project_member m
+         WHERE m.project_id = i.project_id AND m.user_id = w.user_id))
+    """
+)
+
+
+# A write the reporter's removal, in flight, is to refuse once it commits: (who, method,
+# path, body, status, where the error points).
+REFUSED_AFTER_REMOVAL = {
+    "assigning them": ("developer", "PATCH", ISSUE, {"assignee_id": "<reporter>"}, 422),
+    "reporting for them": (
+        "developer",
+        "POST",
+        "/api/v1/projects/FLY/issues",
+        {"title": "t", "assignee_id": "<reporter>"},
+        422,
+    ),
+    "their comment": ("reporter", "POST", f"{ISSUE}/comments", {"body": "mine"}, 404),
+    "their follow": ("reporter", "PUT", f"{ISSUE}/watchers/me", None, 404),
+    "their report": ("reporter", "POST", "/api/v1/projects/FLY/issues", {"title": "t"}, 404),
+}
+
+
 @pytest.mark.postgres_only
-async def test_an_assignment_racing_the_assignees_removal_is_refused(
-    team: Team, settings: Settings
+@pytest.mark.parametrize("write", REFUSED_AFTER_REMOVAL.values(), ids=REFUSED_AFTER_REMOVAL)
+async def test_a_write_racing_a_members_removal_waits_for_it_and_is_refused(
+    team: Team, settings: Settings, write: tuple[str, str, str, dict | None, int]
 ) -> None:
-    await team.issue()
+    who, method, path, body, refused = write
+    reporter = {"user": team.ids["reporter"]}
+    if body is not None:
+        body = {k: team.ids["reporter"] if v == "<reporter>" else v for k, v in body.items()}
     engine = sa.create_engine(settings.sync_database_url)
     try:
         with engine.connect() as removal:
-            # The removal's first step, not yet committed: the member row is deleted.
-            removal.execute(
-                sa.text("DELETE FROM project_member WHERE user_id = :user"),
-                {"user": team.ids["reporter"]},
-            )
-            assign = asyncio.create_task(
-                team["developer"].patch(
-                    "/api/v1/issues/FLY-1", json={"assignee_id": team.ids["reporter"]}
-                )
-            )
-            await waiting_on_a_lock(engine, assign)
+            # The removal's steps, not yet committed: as DELETE .../members/{id} does, the
+            # project row is locked, the member row deleted and their follows with it.
+            removal.execute(sa.text("SELECT id FROM project WHERE key = 'FLY' FOR UPDATE"))
+            for step in ("DELETE FROM project_member", "DELETE FROM watcher"):
+                removal.execute(sa.text(f"{step} WHERE user_id = :user"), reporter)
+            request = asyncio.create_task(team[who].request(method, path, json=body))
+            await waiting_on_a_lock(engine, request)
+            assert not request.done(), "the write did not wait for the removal"
             removal.commit()
-        response = await assign
+        response = await request
+        with engine.connect() as connection:
+            assert tuple(connection.execute(ORPHANS).one()) == (0, 0)
     finally:
         engine.dispose()
-    assert response.status_code == 422, response.text
-    assert response.json()["errors"][0]["loc"] == ["body", "assignee_id"]
-    issue = (await team["developer"].get("/api/v1/issues/FLY-1")).json()
-    assert issue["assignee"] is None
+    assert response.status_code == refused, response.text
+    if refused == 422:
+        assert response.json()["errors"][0]["loc"] == ["body", "assignee_id"]
+    developer = team["developer"]
+    assert (await developer.get(ISSUE)).json()["assignee"] is None
+    assert (await developer.get(f"{ISSUE}/comments")).json()["items"] == []
+    assert len((await developer.get("/api/v1/projects/FLY/issues")).json()["items"]) == 1
 
 
 async def waiting_on_a_lock(engine: sa.Engine, request: asyncio.Task[Any]) -> None:
@@ -230,3 +267,68 @@ async def waiting_on_a_lock(engine: sa.Engine, request: asyncio.Task[Any]) -> No
                 return
         await asyncio.sleep(0.05)
     raise AssertionError("no request came to wait on the lock")
+
+
+@pytest.mark.postgres_only
+async def test_writes_racing_a_members_removal_neither_deadlock_nor_outlive_it(
+    team: Team, settings: Settings
+) -> None:
+    """Round after round, the reporter is removed while issues are created assigned to them
+    and while they comment, follow and take issues themselves: every request is answered
+    (none is a deadlock's victim), and no issue or follow outlives their membership."""
+    reporter, member_url = (
+        team.ids["reporter"],
+        f"/api/v1/projects/FLY/members/{team.ids['reporter']}",
+    )
+    for _ in range(12):
+        readd = await team["maintainer"].put(member_url, json={"role": "developer"})
+        assert readd.status_code in (200, 201), readd.text
+        responses = await asyncio.gather(
+            team["developer"].post(
+                "/api/v1/projects/FLY/issues", json={"title": "t", "assignee_id": reporter}
+            ),
+            team["reporter"].post(f"{ISSUE}/comments", json={"body": "mine"}),
+            team["reporter"].put(f"{ISSUE}/watchers/me"),
+            team["reporter"].patch(ISSUE, json={"assignee_id": reporter}),
+            team["maintainer"].delete(member_url),
+        )
+        statuses = [response.status_code for response in responses]
+        assert statuses[-1] == 204, responses[-1].text
+        assert statuses[0] in (201, 422), responses[0].text
+        assert all(status in (200, 201, 404) for status in statuses[1:4]), statuses
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as connection:
+            assert tuple(connection.execute(ORPHANS).one()) == (0, 0)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres_only
+async def test_a_deadlocks_victim_is_a_409_to_retry_and_changes_nothing(
+    team: Team, settings: Settings
+) -> None:
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as other:
+            # A transaction taking the locks in the opposite order to the PATCH's (issue row,
+            # then project row), made to wait longer before it looks for a deadlock, so that
+            # the PATCH is the one the database rolls back.
+            other.execute(sa.text("SET LOCAL deadlock_timeout = '30s'"))
+            other.execute(sa.text("SELECT id FROM issue WHERE number = 1 FOR UPDATE"))
+            patch = asyncio.create_task(team["developer"].patch(ISSUE, json={"title": "mine"}))
+            await waiting_on_a_lock(engine, patch)
+            lock_project = sa.text("SELECT id FROM project WHERE key = 'FLY' FOR UPDATE")
+            await asyncio.to_thread(other.execute, lock_project)
+            other.rollback()
+        response = await patch
+    finally:
+        engine.dispose()
+    assert response.status_code == 409, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["type"].endswith(":concurrent-change")
+    assert "retry" in response.json()["detail"]
+    issue, _ = await current(team)
+    assert (issue["title"], issue["version"]) == ("Crash on save", 1)
+    retried = await team["developer"].patch(ISSUE, json={"title": "mine"})
+    assert retried.status_code == 200

@@ -17,8 +17,10 @@ from flyswatter.projects.service import PROJECT_ERRORS, ProjectAccess, project_a
 router = APIRouter(tags=["issues"])
 
 # Reporters may change their own issues' milestone; each issue is checked on its own.
+# Holding the project row (shared), as every issue writer does: see ``load_project_access``.
 ProjectForChanging = Annotated[
-    ProjectAccess, Depends(project_access(Role.reporter, Scope.issues_write, "changing issues"))
+    ProjectAccess,
+    Depends(project_access(Role.reporter, Scope.issues_write, "changing issues", lock="share")),
 ]
 MULTI_STATUS = {
     status.HTTP_207_MULTI_STATUS: {

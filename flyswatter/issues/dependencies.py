@@ -19,7 +19,7 @@ from flyswatter.http.conditional import ConditionalWrite, ConditionalWriteDep, e
 from flyswatter.issues.models import Issue, IssuePublic
 from flyswatter.moves.redirects import IssueMoved, Successor, successor_headers, successor_of
 from flyswatter.projects.models import Project
-from flyswatter.projects.service import ProjectAccess, load_project_access
+from flyswatter.projects.service import ProjectAccess, ProjectLock, load_project_access
 
 ISSUE_KEY_PATTERN = r"^[A-Za-z][A-Za-z0-9]{1,9}-[1-9][0-9]{0,9}$"
 _ISSUE_KEY = re.compile(ISSUE_KEY_PATTERN)
@@ -109,7 +109,10 @@ async def load_issue_access(
 async def _load_issue(
     session: AsyncSession, principal: Principal, project_key: str, number: int, for_update: bool
 ) -> IssueAccess:
-    access = await load_project_access(session, principal, project_key)
+    # Writers hold the project row (shared) before the issue's: a member's removal, which
+    # locks the project first, then waits for them, and they see it when it came first.
+    lock: ProjectLock | None = "share" if for_update else None
+    access = await load_project_access(session, principal, project_key, lock=lock)
     statement = select(Issue).where(Issue.project_id == access.project_id, Issue.number == number)
     missing = f"issue {project_key}-{number} not found"
     issue = await first_or_not_found(session, statement, missing, for_update=for_update)

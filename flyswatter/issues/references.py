@@ -30,10 +30,11 @@ async def allocate_issue_number(session: AsyncSession, project_id: int) -> int:
 async def require_member(
     session: AsyncSession, project_id: int, user_id: str, *, loc: tuple[str, ...] = ("body",)
 ) -> None:
-    # FOR SHARE (PostgreSQL): a removal of this member, in flight, is waited for and then
-    # refuses the assignment; one that comes after waits for this one, then unassigns.
-    # Unlocked, both would pass, and the issue would stay assigned to a non-member.
-    member = await session.get(ProjectMember, (project_id, user_id), with_for_update={"read": True})
+    # The caller holds the project row (``load_project_access(lock=...)``), which a removal
+    # locks before it deletes the member: one in flight was waited for, and is seen here as
+    # the member gone; one that comes after waits for this transaction, then unassigns.
+    # Locking the member row instead would take locks in the opposite order to the removal's.
+    member = await session.get(ProjectMember, (project_id, user_id))
     if member is None:
         raise UnprocessableEntity(
             "the assignee must be a member of the project", loc=(*loc, "assignee_id")

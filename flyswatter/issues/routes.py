@@ -55,8 +55,11 @@ router = APIRouter(tags=["issues"])
 ProjectForReadingIssues = Annotated[
     ProjectAccess, Depends(project_access(Role.viewer, Scope.issues_read, "reading issues"))
 ]
+# Holding the project row (shared): the reporter's and the assignee's memberships are read
+# after it is locked, and no removal can land between those reads and the commit.
 ProjectForReporting = Annotated[
-    ProjectAccess, Depends(project_access(Role.reporter, Scope.issues_write, "reporting issues"))
+    ProjectAccess,
+    Depends(project_access(Role.reporter, Scope.issues_write, "reporting issues", lock="share")),
 ]
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 ISSUE_LABEL = "/issues/{issue_key}/labels/{name}"

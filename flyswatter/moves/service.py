@@ -52,7 +52,7 @@ async def move_issue(write: IssueWrite, body: MoveRequest) -> IssuePublic:
     session, access = write.session, write.access
     access.project_access.require(Role.developer, "moving issues out of the project")
     write.conditional.check(access.etag)
-    destination = await load_project_access(session, access.principal, body.project)
+    destination = await load_project_access(session, access.principal, body.project, lock="share")
     destination.require(Role.developer, "moving issues into the project")
     destination.require_active()
     if destination.project_id == access.project_access.project_id:

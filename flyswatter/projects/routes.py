@@ -246,7 +246,7 @@ async def put_member(
     The user is named by id or by username, and must be known to Flyswatter: signed in once,
     or seeded (the demo users of `flyswatter dev`).
     """
-    access = await load_project_access(session, principal, key, for_update=True)
+    access = await load_project_access(session, principal, key, lock="update")
     access.require(Role.maintainer, "managing members")
     user = await _find_user(session, user_id)
     if user is None:
@@ -275,7 +275,7 @@ async def remove_member(
     user_id: UserIdPath, session: SessionDep, principal: ProjectsWrite, key: ProjectKeyPath
 ) -> None:
     """Remove a member (maintainers), or leave a project yourself."""
-    access = await load_project_access(session, principal, key, for_update=True)
+    access = await load_project_access(session, principal, key, lock="update")
     user = await _find_user(session, user_id)
     if user is not None:
         user_id = user.id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, Path
 from sqlalchemy import ColumnElement, and_, bindparam
@@ -109,16 +109,33 @@ _PROJECT_ACCESS = (
     # A deleted project is not found, by every route, whoever asks.
     .where(Project.key == bindparam("key"), col(Project.deleted_at).is_(None))
 )
-_PROJECT_ACCESS_FOR_UPDATE = _PROJECT_ACCESS.with_for_update(of=Project)
+_LIVE_PROJECT = select(Project.id).where(
+    Project.key == bindparam("key"), col(Project.deleted_at).is_(None)
+)
+# How a transaction holds the project row while it acts on the caller's standing there:
+# "share" (FOR KEY SHARE) for the writers of its issues, who do not wait for each other, nor
+# for issue creation's UPDATE of the row; "update" (FOR UPDATE) for membership changes, which
+# wait for every writer in flight and hold off every writer after them.
+ProjectLock = Literal["share", "update"]
+_LOCK_PROJECT = {
+    "share": _LIVE_PROJECT.with_for_update(read=True, key_share=True),
+    "update": _LIVE_PROJECT.with_for_update(),
+}
 
 
 async def load_project_access(
-    session: AsyncSession, principal: Principal, key: str, *, for_update: bool = False
+    session: AsyncSession, principal: Principal, key: str, *, lock: ProjectLock | None = None
 ) -> ProjectAccess:
-    """The project with the caller's membership, in one query; 404 when it may not be seen."""
-    statement = _PROJECT_ACCESS_FOR_UPDATE if for_update else _PROJECT_ACCESS
+    """The project with the caller's membership; 404 when it may not be seen.
+
+    With ``lock``, the row is locked first and the membership read after: a statement that
+    waits for a lock still reads from the snapshot it began with, so a removal it waited for
+    would not show in it; the next statement sees it (READ COMMITTED).
+    """
     parameters = {"subject": principal.subject, "key": key.upper()}
-    row = (await session.exec(statement, params=parameters)).first()
+    if lock is not None:
+        await session.exec(_LOCK_PROJECT[lock], params=parameters)
+    row = (await session.exec(_PROJECT_ACCESS, params=parameters)).first()
     if row is None:
         raise project_not_found(key.upper())
     project, role = row
@@ -130,10 +147,10 @@ async def load_project_access(
 
 
 def project_access(
-    min_role: Role, scope: Scope, action: str
+    min_role: Role, scope: Scope, action: str, *, lock: ProjectLock | None = None
 ) -> Callable[..., Awaitable[ProjectAccess]]:
     """Dependency: the ``{key}`` project, requiring ``scope`` of the client and ``min_role``
-    of the person."""
+    of the person; ``lock`` as for ``load_project_access``."""
 
     async def dependency(
         key: ProjectKeyPath,
@@ -142,7 +159,7 @@ def project_access(
         # annotations (PEP 563) could not resolve.
         principal: Principal = require_scopes(scope),
     ) -> ProjectAccess:
-        access = await load_project_access(session, principal, key)
+        access = await load_project_access(session, principal, key, lock=lock)
         access.require(min_role, action)
         return access
 
