@@ -130,6 +130,14 @@ class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict"
 
 
+class ConcurrentChange(Conflict):
+    """The database rolled the transaction back to let a concurrent one through (a deadlock's
+    victim, a serialization failure): nothing was changed, and the same request may be sent
+    again as it is."""
+
+    slug, title = "concurrent-change", "Concurrent change"
+
+
 class PreconditionFailed(Problem):
     status, slug, title = 412, "precondition-failed", "Precondition failed"
 
@@ -253,32 +261,47 @@ async def _handle_http(request: Request, exc: Exception) -> ProblemResponse:
     return problem_response_for(request, HttpError(exc.status_code, detail, headers))
 
 
+def _sqlstate(exc: BaseException) -> str | None:
+    return getattr(getattr(exc, "orig", None), "sqlstate", None)
+
+
 def database_error_summary(exc: BaseException) -> str:
     """What may be logged of a database error: classes and SQLSTATE, never SQL or parameters."""
     orig = getattr(exc, "orig", None)
-    sqlstate = getattr(orig, "sqlstate", None)
-    return f"{type(exc).__name__}({type(orig).__name__ if orig else '-'}, sqlstate={sqlstate})"
+    origin = type(orig).__name__ if orig else "-"
+    return f"{type(exc).__name__}({origin}, sqlstate={_sqlstate(exc)})"
 
 
 async def _handle_database_error(request: Request, exc: Exception) -> ProblemResponse:
-    request_context(request.scope).database_error = True
+    context = request_context(request.scope)
     if isinstance(exc, IntegrityError):
+        context.database_error = "integrity"
         # Services check what they can up front; what is left is a race with another writer.
         logger.warning("integrity conflict: %s", database_error_summary(exc))
         conflict = Conflict("the change conflicts with the current state; reload and retry")
         return problem_response_for(request, conflict)
+    if (_sqlstate(exc) or "").startswith("40"):
+        # SQLSTATE class 40, transaction rollback: the database is well, the request lost a race.
+        context.database_error = "rollback"
+        logger.warning("transaction rolled back: %s", database_error_summary(exc))
+        lost = ConcurrentChange(
+            "the change collided with a concurrent one and was not made; retry it"
+        )
+        return problem_response_for(request, lost)
     if isinstance(exc, OperationalError | PoolTimeoutError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
         # Imported here: the services module builds on this one.
         from flyswatter.services import settings_of
 
+        context.database_error = "unavailable"
         logger.error(
             "database at %s unavailable: %s",
             settings_of(request.app).database_address,
             database_error_summary(exc),
         )
         return problem_response_for(request, DatabaseUnavailable())
+    context.database_error = "other"
     logger.error("database error: %s", database_error_summary(exc))
     return problem_response_for(request, InternalError())
 

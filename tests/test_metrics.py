@@ -193,9 +193,11 @@ async def test_in_progress_gauge_counts_a_request_while_it_runs() -> None:
     )
 
 
-@pytest.mark.parametrize(("status", "kind"), [(503, "unavailable"), (409, "integrity")])
+@pytest.mark.parametrize(
+    ("status", "kind"), [(503, "unavailable"), (409, "integrity"), (409, "rollback")]
+)
 async def test_database_errors_are_counted_by_kind(status: int, kind: str) -> None:
-    app = _probe_app(status, database_error=True)
+    app = _probe_app(status, database_error=kind)
     before = sample("flyswatter_database_errors_total", kind=kind)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         assert (await c.get("/probe/2")).status_code == status

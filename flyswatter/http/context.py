@@ -35,8 +35,8 @@ class RequestContext:
     principal: Principal | None = None
     # Why a token was refused: a metrics label, set by the 401 handler.
     auth_failure: str | None = None
-    # Set when the database failed the request, for the database error counter.
-    database_error: bool = False
+    # How the database failed the request (a label of the database error counter).
+    database_error: str | None = None
     # The request's database session, made on first use (db.get_session), closed after it.
     session: AsyncSession | None = None
 

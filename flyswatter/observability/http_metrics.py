@@ -31,8 +31,6 @@ UNMATCHED_ROUTE = "<unmatched>"
 NOT_TRAFFIC = frozenset({"/metrics", "/healthz", "/readyz"})
 # Anything else a client may send as a method would be a label value of its choosing.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_DATABASE_ERROR_KIND = {409: "integrity", 503: "unavailable"}
-
 _RouteTable = list[tuple[re.Pattern[str], str, frozenset[str] | None]]
 
 
@@ -76,8 +74,7 @@ class HttpMetricsMiddleware(HttpMiddleware):
                 if context.auth_failure:
                     AUTH_FAILURES.labels(context.auth_failure).inc()
                 if context.database_error:
-                    kind = _DATABASE_ERROR_KIND.get(status_code, "other")
-                    DATABASE_ERRORS.labels(kind).inc()
+                    DATABASE_ERRORS.labels(context.database_error).inc()
 
     def _record(self, method: str, route: str, status_code: int, elapsed: float) -> None:
         key = (method, route, str(status_code))
