@@ -160,19 +160,20 @@ async def test_a_member_who_leaves_follows_the_projects_issues_no_more(
 
 
 async def test_a_moved_issue_keeps_only_the_watchers_who_may_see_it_there(
-    team: Team, settings: Settings
+    api: Api, team: Team, settings: Settings
 ) -> None:
-    owner = team["maintainer"]
+    owner, admin = team["maintainer"], api.as_user("root", roles=["flyswatter-admin"])
     assert (await owner.post("/api/v1/projects", json={"key": "OPS", "name": "Ops"})).is_success
     url = f"/api/v1/projects/OPS/members/{team.ids['developer']}"
     assert (await owner.put(url, json={"role": "developer"})).status_code == 201
     key = (await team.issue())["key"]  # the reporter follows it
-    for who in ("viewer", "developer"):
-        assert (await team[who].put(f"/api/v1/issues/{key}/watchers/me")).is_success
+    # An admin, no member of either project, sees the issue in both.
+    for who in (team["viewer"], team["developer"], admin):
+        assert (await who.put(f"/api/v1/issues/{key}/watchers/me")).is_success
     moved = await owner.post(f"/api/v1/issues/{key}/move", json={"project": "OPS"})
     assert moved.status_code == 200, moved.text
     new_key = moved.json()["key"]
     assert (await team["viewer"].get(f"/api/v1/issues/{new_key}")).status_code == 404
-    assert await watcher_names(owner, new_key) == ["developer"]
+    assert await watcher_names(owner, new_key) == ["developer", "root"]
     # The move's own event, in OPS, names only who may see the issue there.
-    assert event_watchers(settings)[-1] == ("issue.updated", ["developer"])
+    assert event_watchers(settings)[-1] == ("issue.updated", ["developer", "root"])

@@ -99,7 +99,8 @@ async def move_issue(write: IssueWrite, body: MoveRequest) -> IssuePublic:
         )
         issue.assignee_id = None
 
-    await moved_out_of_reach(session, access.issue_id, destination.project_id)
+    source_id = access.project_access.project_id
+    await moved_out_of_reach(session, access.issue_id, source_id, destination.project_id)
     issue.project_id, issue.number = destination.project_id, number
     access.project_access = destination
     record_activity(

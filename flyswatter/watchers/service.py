@@ -115,14 +115,27 @@ async def member_left_watching(session: AsyncSession, project_id: int, user_id: 
     )
 
 
-async def moved_out_of_reach(session: AsyncSession, issue_id: int, project_id: int) -> None:
-    """The issue moved to ``project_id``: who is no member there follows it no more."""
-    member = exists().where(
-        _MEMBER.c.project_id == project_id, _MEMBER.c.user_id == _WATCHER.c.user_id
-    )
+async def moved_out_of_reach(
+    session: AsyncSession, issue_id: int, source_id: int, destination_id: int
+) -> None:
+    """The issue moves from project ``source_id`` to ``destination_id``: who saw it as a
+    member of the first and is no member of the second follows it no more.
+
+    A follower who was no member of the first saw it as an admin (a role of the token, not
+    stored), and sees it in the second too: their follow stays.
+    """
+
+    def member_of(project_id: int) -> Any:
+        return exists().where(
+            _MEMBER.c.project_id == project_id, _MEMBER.c.user_id == _WATCHER.c.user_id
+        )
+
     await session.exec(
         delete(_WATCHER).where(
-            _WATCHER.c.issue_id == issue_id, _WATCHER.c.following.is_(True), ~member
+            _WATCHER.c.issue_id == issue_id,
+            _WATCHER.c.following.is_(True),
+            member_of(source_id),
+            ~member_of(destination_id),
         )
     )
 
