@@ -162,6 +162,15 @@ class TestEdit:
         priority = await team["reporter"].patch("/api/v1/issues/FLY-1", json={"priority": "high"})
         assert priority.status_code == 403
 
+    async def test_an_empty_description_and_no_labels_clear_them(self, team: Team) -> None:
+        await team.label("ui")
+        await team.issue(description="steps", labels=["ui"])
+        response = await team["developer"].patch(
+            "/api/v1/issues/FLY-1", json={"description": "", "labels": []}
+        )
+        assert response.status_code == 200, response.text
+        assert (response.json()["description"], response.json()["labels"]) == ("", [])
+
     async def test_status_cannot_be_patched(self, team: Team) -> None:
         await team.issue()
         response = await team["developer"].patch("/api/v1/issues/FLY-1", json={"status": "closed"})

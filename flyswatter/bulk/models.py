@@ -12,6 +12,7 @@ from flyswatter.errors import ProblemDetails
 from flyswatter.issues.dependencies import ISSUE_KEY_PATTERN
 from flyswatter.issues.models import MAX_LABELS, IssuePublic, IssueStatus, Priority
 from flyswatter.labels.models import LabelName
+from flyswatter.patch import unless_sent
 from flyswatter.text import ONE_LINE, SingleLine
 
 MAX_BULK_ISSUES = 100
@@ -27,16 +28,14 @@ class BulkChange(SQLModel):
 
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
-    status: IssueStatus | None = Field(
-        default=None, description="Moved there through the workflow's transitions."
-    )
+    status: IssueStatus = unless_sent(description="Moved there through the workflow's transitions.")
     assignee_id: SingleLine | None = Field(default=None, max_length=255)
     add_labels: list[LabelName] = Field(default_factory=list, max_length=MAX_LABELS)
     remove_labels: list[LabelName] = Field(default_factory=list, max_length=MAX_LABELS)
     milestone: SingleLine | None = Field(
         default=None, max_length=200, description="A milestone of the project, by title."
     )
-    priority: Priority | None = None
+    priority: Priority = unless_sent()
 
     @model_validator(mode="after")
     def _one_change_at_least(self) -> Self:

@@ -13,6 +13,7 @@ from sqlmodel import Field, SQLModel
 from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.labels.models import LabelName, LabelPublic
 from flyswatter.milestones.models import UNDATED_RANK
+from flyswatter.patch import unless_sent
 from flyswatter.text import ONE_LINE_AS_SENT, ONE_LINE_DOCUMENTED, MultiLine, SingleLine
 from flyswatter.users.models import UserSummary
 
@@ -154,18 +155,19 @@ class IssueCreate(IssueBase):
 
 
 class IssueUpdate(SQLModel):
-    """Fields to change; absent fields stay. ``assignee_id: null`` unassigns."""
+    """Fields to change; absent fields stay. ``assignee_id: null`` unassigns, ``milestone:
+    null`` detaches; ``""`` clears the description, ``[]`` the labels."""
 
     model_config = ConfigDict(  # type: ignore[assignment]
         extra="forbid", json_schema_extra={"examples": [{"priority": "critical"}]}
     )
 
-    title: Title | None = None
-    description: MultiLine | None = Field(default=None, max_length=MAX_DESCRIPTION)
-    type: IssueType | None = None
-    priority: Priority | None = None
+    title: Title = unless_sent()
+    description: MultiLine = unless_sent(max_length=MAX_DESCRIPTION)
+    type: IssueType = unless_sent()
+    priority: Priority = unless_sent()
     assignee_id: SingleLine | None = Field(default=None, max_length=255)
-    labels: list[LabelName] | None = Field(default=None, max_length=MAX_LABELS)
+    labels: list[LabelName] = unless_sent(max_length=MAX_LABELS)
     milestone: SingleLine | None = Field(
         default=None, max_length=200, description="A milestone by title; `null` detaches."
     )

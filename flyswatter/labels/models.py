@@ -11,6 +11,7 @@ from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.patch import unless_sent
 from flyswatter.text import ONE_LINE, MultiLine, SingleLine
 
 COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
@@ -64,9 +65,9 @@ class LabelUpdate(SQLModel):
         extra="forbid", json_schema_extra={"examples": [{"color": "#b60205"}]}
     )
 
-    name: LabelName | None = None
-    color: Color | None = None
-    description: MultiLine | None = Field(default=None, max_length=500)
+    name: LabelName = unless_sent()
+    color: Color = unless_sent()
+    description: MultiLine = unless_sent(max_length=500)
 
 
 class LabelPublic(LabelBase):

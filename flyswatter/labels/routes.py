@@ -94,7 +94,7 @@ async def update_label(
     """Rename or recolour a label (maintainers); issues keep it."""
     access.require_active()
     label = await _label(session, access, name)
-    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    changes = body.model_dump(exclude_unset=True)
     if any(getattr(label, field) != value for field, value in changes.items()):
         label.sqlmodel_update(changes)
         session.add(label)

@@ -11,6 +11,7 @@ from sqlalchemy import CheckConstraint, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.patch import unless_sent
 from flyswatter.text import ONE_LINE_AS_SENT, ONE_LINE_DOCUMENTED, MultiLine
 
 MAX_DESCRIPTION = 10_000
@@ -87,10 +88,10 @@ class MilestoneUpdate(SQLModel):
         extra="forbid", json_schema_extra={"examples": [{"state": "closed"}]}
     )
 
-    title: MilestoneTitle | None = None
-    description: MultiLine | None = Field(default=None, max_length=MAX_DESCRIPTION)
+    title: MilestoneTitle = unless_sent()
+    description: MultiLine = unless_sent(max_length=MAX_DESCRIPTION)
     due_on: date | None = None
-    state: MilestoneState | None = None
+    state: MilestoneState = unless_sent()
 
 
 class MilestonePublic(MilestoneBase):

@@ -140,8 +140,6 @@ async def update_milestone(
 ) -> bool:
     """Stage the changes; its issues' due-date rank follows a new due date."""
     changes = body.model_dump(exclude_unset=True)
-    # Only ``due_on`` may be set to null (no due date); other nulls change nothing.
-    changes = {k: v for k, v in changes.items() if v is not None or k == "due_on"}
     changes = {k: v for k, v in changes.items() if getattr(milestone, k) != v}
     if not changes:
         return False

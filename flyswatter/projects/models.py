@@ -11,6 +11,7 @@ from sqlalchemy import CheckConstraint, Index, String
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.patch import unless_sent
 from flyswatter.text import ONE_LINE, MultiLine, SingleLine
 
 PROJECT_KEY_PATTERN = r"^[A-Z][A-Z0-9]{1,9}$"
@@ -75,10 +76,10 @@ class ProjectUpdate(SQLModel):
         json_schema_extra={"examples": [{"description": "Where the demo users try things."}]},
     )
 
-    name: SingleLine | None = Field(default=None, min_length=1, max_length=200)
-    description: MultiLine | None = Field(default=None, max_length=10_000)
+    name: SingleLine = unless_sent(min_length=1, max_length=200)
+    description: MultiLine = unless_sent(max_length=10_000)
     # Strict: a JSON 0 or "yes" is a client bug, not a request to unarchive.
-    archived: StrictBool | None = None
+    archived: StrictBool = unless_sent()
 
 
 class ProjectPublic(ProjectBase):

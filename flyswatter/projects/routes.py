@@ -147,7 +147,7 @@ async def update_project(
     body: ProjectUpdate, session: SessionDep, access: ProjectForManaging
 ) -> ProjectPublic:
     """Change name, description or the archived flag (maintainers)."""
-    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    changes = body.model_dump(exclude_unset=True)
     project = access.project
     if changes:
         project.sqlmodel_update(changes)

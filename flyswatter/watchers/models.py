@@ -9,6 +9,7 @@ from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.patch import unless_sent
 from flyswatter.users.models import UserSummary
 
 
@@ -67,7 +68,7 @@ class UserPreferencesUpdate(SQLModel):
     )
 
     # Strict: a JSON 0 or "no" is a client bug, not a choice.
-    auto_follow: StrictBool | None = None
+    auto_follow: StrictBool = unless_sent()
 
 
 class UserPreferencesPublic(UserPreferencesBase):

@@ -243,7 +243,7 @@ async def preferences_of(session: AsyncSession, principal: Principal) -> UserPre
 async def update_preferences(
     session: AsyncSession, principal: Principal, body: UserPreferencesUpdate
 ) -> UserPreferencesPublic:
-    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    changes = body.model_dump(exclude_unset=True)
     if changes:
         now = utcnow()
         statement = _insert(session)(_PREFERENCES).values(

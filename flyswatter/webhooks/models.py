@@ -11,6 +11,7 @@ from sqlalchemy import JSON, CheckConstraint, Index, String, Text, UniqueConstra
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
+from flyswatter.patch import unless_sent
 from flyswatter.text import MultiLine, SingleLine
 
 MAX_URL = 2000
@@ -96,10 +97,10 @@ class WebhookUpdate(SQLModel):
         extra="forbid", json_schema_extra={"examples": [{"event_types": ["*"]}]}
     )
 
-    url: SingleLine | None = Field(default=None, max_length=MAX_URL)
-    event_types: list[SubscribedType] | None = Field(default=None, min_length=1)
-    active: StrictBool | None = None
-    description: MultiLine | None = Field(default=None, max_length=500)
+    url: SingleLine = unless_sent(max_length=MAX_URL)
+    event_types: list[SubscribedType] = unless_sent(min_length=1)
+    active: StrictBool = unless_sent()
+    description: MultiLine = unless_sent(max_length=500)
 
 
 class SecretRotation(SQLModel):

@@ -119,7 +119,7 @@ async def update_webhook(
 ) -> WebhookPublic:
     """Change the URL, event types, description or ``active``; ``active: true`` re-enables a
     webhook the service disabled, and its pending deliveries resume."""
-    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    changes = body.model_dump(exclude_unset=True)
     if "url" in changes:
         await check_webhook_url(services.webhook_targets, changes["url"])
     webhook = await load_webhook(session, access, webhook_id, for_update=True)
