@@ -217,6 +217,8 @@ REFUSED_AFTER_REMOVAL = {
     "their comment": ("reporter", "POST", f"{ISSUE}/comments", {"body": "mine"}, 404),
     "their follow": ("reporter", "PUT", f"{ISSUE}/watchers/me", None, 404),
     "their report": ("reporter", "POST", "/api/v1/projects/FLY/issues", {"title": "t"}, 404),
+    "their edit": ("reporter", "PATCH", "/api/v1/comments/{comment}", {"body": "edited"}, 404),
+    "their deletion": ("reporter", "DELETE", "/api/v1/comments/{comment}", None, 404),
 }
 
 
@@ -227,6 +229,9 @@ async def test_a_write_racing_a_members_removal_waits_for_it_and_is_refused(
 ) -> None:
     who, method, path, body, refused = write
     reporter = {"user": team.ids["reporter"]}
+    before = await team["reporter"].post(f"{ISSUE}/comments", json={"body": "before"})
+    assert before.status_code == 201, before.text
+    path = path.format(comment=before.json()["id"])
     if body is not None:
         body = {k: team.ids["reporter"] if v == "<reporter>" else v for k, v in body.items()}
     engine = sa.create_engine(settings.sync_database_url)
@@ -251,7 +256,7 @@ async def test_a_write_racing_a_members_removal_waits_for_it_and_is_refused(
         assert response.json()["errors"][0]["loc"] == ["body", "assignee_id"]
     developer = team["developer"]
     assert (await developer.get(ISSUE)).json()["assignee"] is None
-    assert (await developer.get(f"{ISSUE}/comments")).json()["items"] == []
+    assert (await developer.get(f"{ISSUE}/comments")).json()["items"] == [before.json()]
     assert len((await developer.get("/api/v1/projects/FLY/issues")).json()["items"]) == 1
 
 

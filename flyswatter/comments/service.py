@@ -80,9 +80,11 @@ async def load_comment_access(
         raise NotFound(f"comment {comment_id} not found")
     try:
         # The key just read is the issue's old one if it moved since: a comment is addressed
-        # by its id, so follow the move rather than answer the key's 301.
+        # by its id, so follow the move rather than answer the key's 301. Writers hold the
+        # project and the issue as every issue writer does, so that an edit racing its
+        # author's removal from the project waits for it and is refused.
         issue_access = await load_issue_access(
-            session, principal, f"{row[0]}-{row[1]}", follow_moves=True
+            session, principal, f"{row[0]}-{row[1]}", follow_moves=True, for_update=for_update
         )
     except NotFound:
         raise NotFound(f"comment {comment_id} not found") from None
