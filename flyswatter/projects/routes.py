@@ -293,6 +293,6 @@ async def remove_member(
 
 
 async def _keep_a_maintainer(session: SessionDep, access: ProjectAccess) -> None:
-    # The project row is locked (for_update), so two concurrent demotions cannot both pass.
+    # The project row is locked (lock="update"), so two concurrent demotions cannot both pass.
     if await count_maintainers(session, access.project_id) <= 1:
         raise Conflict(f"{access.project.key} must keep at least one maintainer")
