@@ -61,12 +61,23 @@ async def file_issue(http: httpx.AsyncClient, tokens: TokenFactory, title: str) 
 
 @asynccontextmanager
 async def follow(
-    http: httpx.AsyncClient, headers: dict[str, str] | dict[str, str | bytes]
+    http: httpx.AsyncClient,
+    headers: dict[str, str] | dict[str, str | bytes],
+    *,
+    patience: float = 0.0,
 ) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
-    async with aconnect_sse(http, "GET", "/api/v1/projects/LIVE/events", headers=headers) as source:
-        assert source.response.status_code == 200, await source.response.aread()
-        assert source.response.headers["content-type"].startswith("text/event-stream")
-        yield source.aiter_sse()
+    """The project's stream; refused for the caller's stream cap (429), tried again for up
+    to ``patience`` seconds, as a client told to wait would."""
+    deadline = time.monotonic() + patience
+    while True:
+        url = "/api/v1/projects/LIVE/events"
+        async with aconnect_sse(http, "GET", url, headers=headers) as source:
+            if source.response.status_code != 429 or time.monotonic() >= deadline:
+                assert source.response.status_code == 200, await source.response.aread()
+                assert source.response.headers["content-type"].startswith("text/event-stream")
+                yield source.aiter_sse()
+                return
+        await asyncio.sleep(0.05)
 
 
 async def next_events(events: AsyncIterator[ServerSentEvent], count: int) -> list[ServerSentEvent]:
@@ -220,8 +231,9 @@ async def test_streams_per_principal_are_capped(
             assert refused.status_code == 429
             assert refused.headers["content-type"] == "application/problem+json"
             assert "Retry-After" in refused.headers
-        # Closed streams give their slots back.
-        async with follow(http, headers) as events:
+        # Closed streams give their slots back, once the server has seen them close: it
+        # learns of a close from the connection, a moment after the client drops it.
+        async with follow(http, headers, patience=5) as events:
             await file_issue(http, tokens, "Again")
             assert len(await next_events(events, 1)) == 1
 
