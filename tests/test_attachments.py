@@ -315,19 +315,22 @@ async def test_storage_that_fails_is_503_and_leaves_no_row(
     assert attachment_rows(settings) == 0
 
 
-class IssueDeletedMidUpload(LocalStorage):
-    """Storage during whose write another request deletes the issue (a real race)."""
+class ChangedMidUpload(LocalStorage):
+    """Storage during whose write another connection runs ``statement`` (a real race); it
+    is given the key being written as ``:key`` and ``parameters`` besides."""
 
-    def __init__(self, root: Path, database_url: str) -> None:
+    def __init__(self, root: Path, database_url: str, statement: str, **parameters: str) -> None:
         super().__init__(root)
         self.database_url = database_url
+        self.statement = sa.text(statement)
+        self.parameters = parameters
 
     def put_stream(self, key: str, chunks: Any, content_type: str) -> StoredObject:
         stored = super().put_stream(key, chunks, content_type)
         engine = sa.create_engine(self.database_url)
         try:
             with engine.begin() as connection:
-                connection.exec_driver_sql("DELETE FROM issue")
+                connection.execute(self.statement, {"key": key, **self.parameters})
         finally:
             engine.dispose()
         return stored
@@ -336,11 +339,47 @@ class IssueDeletedMidUpload(LocalStorage):
 async def test_a_database_failure_after_storing_takes_the_object_back(
     team: Team, settings: Settings, app: Flyswatter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage = IssueDeletedMidUpload(Path(settings.storage_dir), settings.sync_database_url)
+    assert (await upload(team["reporter"], "first.png", PNG)).status_code == 201
+    kept = stored_files(settings)
+    # The first row takes the key the second upload is stored under: its insert fails.
+    statement = "UPDATE attachment SET key = :key"
+    storage = ChangedMidUpload(Path(settings.storage_dir), settings.sync_database_url, statement)
     monkeypatch.setattr(app, "running", replace(app.services, storage=storage))
     response = await upload(team["reporter"], "shot.png", PNG)
-    # The row cannot reference the issue any more: the insert fails, the object goes.
     assert response.status_code == 409, response.text
+    assert stored_files(settings) == kept
+    assert attachment_rows(settings) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        pytest.param("DELETE FROM issue", 404, id="issue-deleted"),
+        pytest.param(
+            "DELETE FROM project_member WHERE user_id = :reporter", 404, id="uploader-removed"
+        ),
+        pytest.param(
+            "UPDATE project_member SET role = 'viewer' WHERE user_id = :reporter",
+            403,
+            id="uploader-demoted",
+        ),
+        pytest.param("UPDATE project SET archived = true", 409, id="project-archived"),
+    ],
+)
+async def test_an_upload_lands_only_if_still_allowed_once_stored(
+    team: Team,
+    settings: Settings,
+    app: Flyswatter,
+    monkeypatch: pytest.MonkeyPatch,
+    change: str,
+    status: int,
+) -> None:
+    root, url = Path(settings.storage_dir), settings.sync_database_url
+    storage = ChangedMidUpload(root, url, change, reporter=team.ids["reporter"])
+    monkeypatch.setattr(app, "running", replace(app.services, storage=storage))
+    response = await upload(team["reporter"], "shot.png", PNG)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
     assert stored_files(settings) == []
     assert attachment_rows(settings) == 0
 

@@ -36,7 +36,7 @@ from flyswatter.http.created import Created
 from flyswatter.http.headers import api_path, entity_tag, retry_after
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.activity import record_activity
-from flyswatter.issues.dependencies import IssueAccess
+from flyswatter.issues.dependencies import IssueAccess, load_issue_access
 from flyswatter.issues.models import ActivityAction
 from flyswatter.projects.models import Role
 from flyswatter.storage.models import StorageRemoval
@@ -204,6 +204,15 @@ async def create_attachment(
     except StorageUnavailable:
         raise _unavailable() from None
     try:
+        # The copy took a while, outside any transaction: the caller may have lost the
+        # project, or the issue been archived, moved or deleted meanwhile. Asked again with
+        # the writers' locks, the row lands only if the upload would still be allowed now.
+        access = await load_issue_access(session, principal, issue_key, for_update=True)
+        if access.issue_id != issue_id:
+            raise NotFound(f"issue {issue_key} not found")
+        access.project_access.require(Role.reporter, "attaching files")
+        access.project_access.require_active()
+        issue_key = access.key
         attachment = Attachment(
             issue_id=issue_id,
             filename=filename,
