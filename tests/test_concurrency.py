@@ -275,6 +275,41 @@ async def waiting_on_a_lock(engine: sa.Engine, request: asyncio.Task[Any]) -> No
 
 
 @pytest.mark.postgres_only
+@pytest.mark.parametrize(
+    ("method", "body", "refused"),
+    [("PATCH", {"archived": True}, 409), ("DELETE", None, 404)],
+    ids=["archive", "delete"],
+)
+async def test_archiving_or_deleting_waits_for_the_issue_writes_in_flight(
+    team: Team, settings: Settings, method: str, body: dict | None, refused: int
+) -> None:
+    """No write that found the project open commits after it is archived or deleted: the
+    change waits for those in flight (a write that comes while it waits may still join
+    them, and lands before it), and the writes after it see it."""
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as write:
+            # An issue write in flight, not yet committed: it holds the project row shared.
+            write.execute(sa.text("SELECT id FROM project WHERE key = 'FLY' FOR KEY SHARE"))
+            write.execute(sa.text("UPDATE issue SET title = 'in flight'"))
+            change = asyncio.create_task(
+                team["maintainer"].request(method, "/api/v1/projects/FLY", json=body)
+            )
+            await waiting_on_a_lock(engine, change)
+            assert not change.done(), "the project changed under a write in flight"
+            write.commit()
+        assert (await change).status_code in (200, 204)
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT title FROM issue")).scalar_one() == (
+                "in flight"
+            )
+    finally:
+        engine.dispose()
+    after = await team["developer"].patch(ISSUE, json={"title": "after"})
+    assert after.status_code == refused, after.text
+
+
+@pytest.mark.postgres_only
 async def test_writes_racing_a_members_removal_neither_deadlock_nor_outlive_it(
     team: Team, settings: Settings
 ) -> None:

@@ -42,7 +42,9 @@ from flyswatter.watchers.service import member_left_watching
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
-ProjectForManaging = Annotated[ProjectAccess, Depends(managing("the project"))]
+# Archiving or deleting the project locks its row, which issue writers hold shared until
+# they commit: it waits for those in flight, and those that come after it see it.
+ProjectForManaging = Annotated[ProjectAccess, Depends(managing("the project", lock="update"))]
 UserIdPath = Annotated[
     SingleLine,
     Path(

@@ -166,10 +166,13 @@ def project_access(
     return dependency
 
 
-def managing(what: str) -> Callable[..., Awaitable[ProjectAccess]]:
+def managing(
+    what: str, *, lock: ProjectLock | None = None
+) -> Callable[..., Awaitable[ProjectAccess]]:
     """Dependency: the ``{key}`` project for managing ``what`` (the project itself, its labels,
-    milestones, webhooks): maintainers, through a client allowed ``projects:write``."""
-    return project_access(Role.maintainer, Scope.projects_write, f"managing {what}")
+    milestones, webhooks): maintainers, through a client allowed ``projects:write``; ``lock``
+    as for ``load_project_access``."""
+    return project_access(Role.maintainer, Scope.projects_write, f"managing {what}", lock=lock)
 
 
 async def count_maintainers(session: AsyncSession, project_id: int) -> int:
