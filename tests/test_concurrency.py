@@ -310,6 +310,36 @@ async def test_archiving_or_deleting_waits_for_the_issue_writes_in_flight(
 
 
 @pytest.mark.postgres_only
+async def test_a_relation_racing_the_other_projects_archiving_waits_and_is_refused(
+    team: Team, settings: Settings
+) -> None:
+    owner = team["maintainer"]
+    assert (await owner.post("/api/v1/projects", json={"key": "OPS", "name": "Ops"})).is_success
+    other = await owner.post("/api/v1/projects/OPS/issues", json={"title": "elsewhere"})
+    assert other.status_code == 201, other.text
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as archive:
+            # PATCH /projects/OPS {"archived": true}, not yet committed.
+            archive.execute(sa.text("SELECT id FROM project WHERE key = 'OPS' FOR UPDATE"))
+            archive.execute(sa.text("UPDATE project SET archived = true WHERE key = 'OPS'"))
+            relate = asyncio.create_task(
+                owner.post(f"{ISSUE}/relations", json={"kind": "blocks", "target": "OPS-1"})
+            )
+            await waiting_on_a_lock(engine, relate)
+            assert not relate.done(), "the relation did not wait for the archiving"
+            archive.commit()
+        response = await relate
+        with engine.connect() as connection:
+            relations = connection.execute(sa.text("SELECT count(*) FROM issue_relation"))
+            assert relations.scalar_one() == 0
+    finally:
+        engine.dispose()
+    assert response.status_code == 409, response.text
+    assert "OPS is archived" in response.json()["detail"]
+
+
+@pytest.mark.postgres_only
 async def test_writes_racing_a_members_removal_neither_deadlock_nor_outlive_it(
     team: Team, settings: Settings
 ) -> None:

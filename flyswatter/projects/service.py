@@ -130,12 +130,18 @@ async def load_project_access(
 
     With ``lock``, the row is locked first and the membership read after: a statement that
     waits for a lock still reads from the snapshot it began with, so a removal it waited for
-    would not show in it; the next statement sees it (READ COMMITTED).
+    would not show in it; the next statement sees it (READ COMMITTED), and its project
+    replaces what the session held of it.
     """
     parameters = {"subject": principal.subject, "key": key.upper()}
+    options = {}
     if lock is not None:
         await session.exec(_LOCK_PROJECT[lock], params=parameters)
-    row = (await session.exec(_PROJECT_ACCESS, params=parameters)).first()
+        # The row as it is once locked, even if the session had loaded it before.
+        options = {"populate_existing": True}
+    row = (
+        await session.exec(_PROJECT_ACCESS, params=parameters, execution_options=options)
+    ).first()
     if row is None:
         raise project_not_found(key.upper())
     project, role = row

@@ -24,7 +24,7 @@ from flyswatter.issues.models import ActivityAction, Issue, IssuePublic, IssueSt
 from flyswatter.issues.models import TransitionRequest as Transition
 from flyswatter.moves.redirects import IssueMoved
 from flyswatter.projects.models import Project, Role
-from flyswatter.projects.service import ProjectAccess
+from flyswatter.projects.service import ProjectAccess, load_project_access
 from flyswatter.relations.graph import Edge, refuse_cycle
 from flyswatter.relations.models import IssueRelation, RelatedIssue, RelationKind, RelationPublic
 from flyswatter.users.service import user_summaries
@@ -68,6 +68,12 @@ async def _other_issue(
     other = await visible_issue(write.session, access.principal, key)
     if other.issue_id == access.issue_id:
         raise UnprocessableEntity(f"an issue cannot be related to itself ({access.key})", loc=loc)
+    if other.project.id != access.project.id:
+        # Held shared, as the path issue's project is: the other project's archiving, or the
+        # caller's removal from it, waits for this write, or comes first and is seen.
+        other.project_access = await load_project_access(
+            write.session, access.principal, other.project.key, lock="share"
+        )
     if role is not None:
         other.project_access.require(role, "relating issues")
     # Both issues' histories change: neither project may be archived.
