@@ -51,13 +51,26 @@ def tables(*models: type[SQLModel]) -> tuple[Table, ...]:
 _Row = TypeVar("_Row")
 
 
+_Locked = TypeVar("_Locked", bound=SelectOfScalar[Any])
+
+
+def for_change(statement: _Locked) -> _Locked:
+    """The rows locked until the transaction ends, for a change that keeps their keys:
+    FOR NO KEY UPDATE, which queues the changes of a row one after the other but lets other
+    transactions insert rows that reference it (their foreign-key checks take KEY SHARE).
+    FOR UPDATE would make those wait too, and two writers each holding one issue while
+    recording history on the other's would wait on each other (a deadlock). A row's
+    deletion still waits for, and is waited on by, every lock of the row."""
+    return statement.with_for_update(key_share=True)
+
+
 async def first_or_not_found(
     session: AsyncSession, statement: SelectOfScalar[_Row], missing: str, *, for_update: bool
 ) -> _Row:
     """The statement's first row, locked until the transaction ends when ``for_update``;
     a 404 saying ``missing`` when there is none."""
     if for_update:
-        statement = statement.with_for_update()
+        statement = for_change(statement)
     row = (await session.exec(statement)).first()
     if row is None:
         raise NotFound(missing)

@@ -340,6 +340,27 @@ async def test_a_relation_racing_the_other_projects_archiving_waits_and_is_refus
 
 
 @pytest.mark.postgres_only
+async def test_relations_written_from_both_ends_at_once_all_land(team: Team) -> None:
+    """Each writer locks its path issue, and the other issue's history rows reference the
+    other's: the lock must not keep those references out, or the two wait on each other."""
+    developer = team["developer"]
+    for _ in range(6):
+        first, second = [(await team.issue(title=title))["key"] for title in ("one", "two")]
+        responses = await asyncio.gather(
+            developer.post(
+                f"/api/v1/issues/{first}/relations",
+                json={"kind": "relates_to", "target": second},
+            ),
+            developer.post(
+                f"/api/v1/issues/{second}/relations", json={"kind": "blocks", "target": first}
+            ),
+        )
+        assert [response.status_code for response in responses] == [201, 201], [
+            response.text for response in responses
+        ]
+
+
+@pytest.mark.postgres_only
 async def test_writes_racing_a_members_removal_neither_deadlock_nor_outlive_it(
     team: Team, settings: Settings
 ) -> None:

@@ -9,6 +9,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.bulk.models import BulkItem, BulkOutcome, BulkResult, BulkUpdate
+from flyswatter.db import for_change
 from flyswatter.errors import PROBLEM_TYPE_PREFIX, NotFound, Problem, ProblemDetails
 from flyswatter.http.headers import api_path
 from flyswatter.issues.changes import (
@@ -59,11 +60,10 @@ async def _locked_issues(
 ) -> dict[int, Issue]:
     """The issues by number, each row locked (in id order, as every bulk change locks them,
     so that two of them over the same issues queue instead of deadlocking)."""
-    statement = (
+    statement = for_change(
         select(Issue)
         .where(Issue.project_id == project_id, col(Issue.number).in_(numbers))
         .order_by(col(Issue.id))
-        .with_for_update()
     )
     return {issue.number: issue for issue in (await session.exec(statement)).all()}
 

@@ -10,7 +10,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
 from flyswatter.comments.models import Comment, CommentCreate, CommentPublic, CommentUpdate
-from flyswatter.db import utcnow
+from flyswatter.db import for_change, utcnow
 from flyswatter.errors import Forbidden, NotFound
 from flyswatter.http.conditional import ConditionalWrite, etag_of
 from flyswatter.http.created import Created
@@ -90,7 +90,7 @@ async def load_comment_access(
         raise NotFound(f"comment {comment_id} not found") from None
     statement = select(Comment).where(Comment.id == comment_id)
     if for_update:
-        statement = statement.with_for_update()
+        statement = for_change(statement)
     comment = (await session.exec(statement)).one()
     return CommentAccess(comment=comment, issue_access=issue_access)
 
