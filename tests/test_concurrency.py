@@ -4,8 +4,10 @@ that neither lose updates nor apply stale ones, and writes racing a member's rem
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -236,17 +238,15 @@ async def test_a_write_racing_a_members_removal_waits_for_it_and_is_refused(
         body = {k: team.ids["reporter"] if v == "<reporter>" else v for k, v in body.items()}
     engine = sa.create_engine(settings.sync_database_url)
     try:
-        with engine.connect() as removal:
-            # The removal's steps, not yet committed: as DELETE .../members/{id} does, the
-            # project row is locked, the member row deleted and their follows with it.
-            removal.execute(sa.text("SELECT id FROM project WHERE key = 'FLY' FOR UPDATE"))
-            for step in ("DELETE FROM project_member", "DELETE FROM watcher"):
-                removal.execute(sa.text(f"{step} WHERE user_id = :user"), reporter)
-            request = asyncio.create_task(team[who].request(method, path, json=body))
-            await waiting_on_a_lock(engine, request)
-            assert not request.done(), "the write did not wait for the removal"
-            removal.commit()
-        response = await request
+        # The removal's steps: as DELETE .../members/{id} does, the project row is locked,
+        # the member row deleted and their follows with it.
+        removal = [
+            "SELECT id FROM project WHERE key = 'FLY' FOR UPDATE",
+            "DELETE FROM project_member WHERE user_id = :user",
+            "DELETE FROM watcher WHERE user_id = :user",
+        ]
+        request = team[who].request(method, path, json=body)
+        response = await sent_while_held(engine, removal, request, reporter)
         with engine.connect() as connection:
             assert tuple(connection.execute(ORPHANS).one()) == (0, 0)
     finally:
@@ -274,6 +274,25 @@ async def waiting_on_a_lock(engine: sa.Engine, request: asyncio.Task[Any]) -> No
     raise AssertionError("no request came to wait on the lock")
 
 
+async def sent_while_held(
+    engine: sa.Engine,
+    held: list[str],
+    send: Coroutine[Any, Any, httpx.Response],
+    parameters: dict[str, str] | None = None,
+) -> httpx.Response:
+    """The answer to ``send``, sent while another transaction has run ``held`` and not yet
+    committed: the request must wait on that transaction's locks, and is answered once it
+    commits."""
+    with engine.connect() as other:
+        for statement in held:
+            other.execute(sa.text(statement), parameters or {})
+        request = asyncio.create_task(send)
+        await waiting_on_a_lock(engine, request)
+        assert not request.done(), "the request did not wait for the other transaction"
+        other.commit()
+    return await request
+
+
 @pytest.mark.postgres_only
 @pytest.mark.parametrize(
     ("method", "body", "refused"),
@@ -288,17 +307,13 @@ async def test_archiving_or_deleting_waits_for_the_issue_writes_in_flight(
     them, and lands before it), and the writes after it see it."""
     engine = sa.create_engine(settings.sync_database_url)
     try:
-        with engine.connect() as write:
-            # An issue write in flight, not yet committed: it holds the project row shared.
-            write.execute(sa.text("SELECT id FROM project WHERE key = 'FLY' FOR KEY SHARE"))
-            write.execute(sa.text("UPDATE issue SET title = 'in flight'"))
-            change = asyncio.create_task(
-                team["maintainer"].request(method, "/api/v1/projects/FLY", json=body)
-            )
-            await waiting_on_a_lock(engine, change)
-            assert not change.done(), "the project changed under a write in flight"
-            write.commit()
-        assert (await change).status_code in (200, 204)
+        # An issue write in flight: it holds the project row shared.
+        write = [
+            "SELECT id FROM project WHERE key = 'FLY' FOR KEY SHARE",
+            "UPDATE issue SET title = 'in flight'",
+        ]
+        change = team["maintainer"].request(method, "/api/v1/projects/FLY", json=body)
+        assert (await sent_while_held(engine, write, change)).status_code in (200, 204)
         with engine.connect() as connection:
             assert connection.execute(sa.text("SELECT title FROM issue")).scalar_one() == (
                 "in flight"
@@ -319,17 +334,13 @@ async def test_a_relation_racing_the_other_projects_archiving_waits_and_is_refus
     assert other.status_code == 201, other.text
     engine = sa.create_engine(settings.sync_database_url)
     try:
-        with engine.connect() as archive:
-            # PATCH /projects/OPS {"archived": true}, not yet committed.
-            archive.execute(sa.text("SELECT id FROM project WHERE key = 'OPS' FOR UPDATE"))
-            archive.execute(sa.text("UPDATE project SET archived = true WHERE key = 'OPS'"))
-            relate = asyncio.create_task(
-                owner.post(f"{ISSUE}/relations", json={"kind": "blocks", "target": "OPS-1"})
-            )
-            await waiting_on_a_lock(engine, relate)
-            assert not relate.done(), "the relation did not wait for the archiving"
-            archive.commit()
-        response = await relate
+        # PATCH /projects/OPS {"archived": true}, as it runs.
+        archive = [
+            "SELECT id FROM project WHERE key = 'OPS' FOR UPDATE",
+            "UPDATE project SET archived = true WHERE key = 'OPS'",
+        ]
+        relate = owner.post(f"{ISSUE}/relations", json={"kind": "blocks", "target": "OPS-1"})
+        response = await sent_while_held(engine, archive, relate)
         with engine.connect() as connection:
             relations = connection.execute(sa.text("SELECT count(*) FROM issue_relation"))
             assert relations.scalar_one() == 0
