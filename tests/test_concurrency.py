@@ -1,5 +1,6 @@
 """Optimistic concurrency on issues: ETags, conditional reads and writes, parallel writers
-that neither lose updates nor apply stale ones, and writes racing a member's removal."""
+that neither lose updates nor apply stale ones, and writes racing a member's removal or the
+project's archiving."""
 
 from __future__ import annotations
 
@@ -322,6 +323,37 @@ async def test_archiving_or_deleting_waits_for_the_issue_writes_in_flight(
         engine.dispose()
     after = await team["developer"].patch(ISSUE, json={"title": "after"})
     assert after.status_code == refused, after.text
+
+
+# Writes an archived project refuses: (method, path, body).
+REFUSED_WHEN_ARCHIVED = {
+    "an issue's edit": ("PATCH", ISSUE, {"title": "late"}),
+    "a report": ("POST", "/api/v1/projects/FLY/issues", {"title": "late"}),
+    "a comment": ("POST", f"{ISSUE}/comments", {"body": "late"}),
+    "a label": ("POST", "/api/v1/projects/FLY/labels", {"name": "late", "color": "#123456"}),
+    "a milestone": ("POST", "/api/v1/projects/FLY/milestones", {"title": "late"}),
+}
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("write", REFUSED_WHEN_ARCHIVED.values(), ids=REFUSED_WHEN_ARCHIVED)
+async def test_a_write_racing_the_projects_archiving_waits_for_it_and_is_refused(
+    team: Team, settings: Settings, write: tuple[str, str, dict]
+) -> None:
+    method, path, body = write
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        # PATCH /projects/FLY {"archived": true}, as it runs.
+        archive = [
+            "SELECT id FROM project WHERE key = 'FLY' FOR UPDATE",
+            "UPDATE project SET archived = true WHERE key = 'FLY'",
+        ]
+        request = team["maintainer"].request(method, path, json=body)
+        response = await sent_while_held(engine, archive, request)
+    finally:
+        engine.dispose()
+    assert response.status_code == 409, response.text
+    assert "FLY is archived" in response.json()["detail"]
 
 
 @pytest.mark.postgres_only

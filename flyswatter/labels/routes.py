@@ -32,7 +32,9 @@ from flyswatter.projects.service import (
 
 router = APIRouter(prefix="/projects/{key}/labels", tags=["labels"])
 
-ProjectForLabelling = Annotated[ProjectAccess, Depends(managing("labels"))]
+# Held shared, as by issue writers: label changes reach the project's issues, and must not
+# land once the project is archived, nor after the maintainer's removal.
+ProjectForLabelling = Annotated[ProjectAccess, Depends(managing("labels", lock="share"))]
 
 
 def to_public(label: Label) -> LabelPublic:

@@ -33,8 +33,9 @@ from flyswatter.projects.service import (
 MilestoneIdPath = Annotated[
     int, Path(ge=1, le=MAX_ROW_ID, description="The milestone's id.", examples=[1])
 ]
-# Milestones are the project's plan: its maintainers make it, every member reads it.
-ProjectForPlanning = Annotated[ProjectAccess, Depends(managing("milestones"))]
+# Milestones are the project's plan: its maintainers make it, every member reads it. Held
+# shared, as by issue writers, so that no change lands once the project is archived.
+ProjectForPlanning = Annotated[ProjectAccess, Depends(managing("milestones", lock="share"))]
 
 router = APIRouter(prefix="/projects/{key}/milestones", tags=["milestones"])
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
