@@ -316,13 +316,16 @@ async def test_storage_that_fails_is_503_and_leaves_no_row(
 
 
 class ChangedMidUpload(LocalStorage):
-    """Storage during whose write another connection runs ``statement`` (a real race); it
-    is given the key being written as ``:key`` and ``parameters`` besides."""
+    """Storage during whose write another connection runs ``statements`` in a transaction
+    (a real race); each is given the key being written as ``:key`` and ``parameters``."""
 
-    def __init__(self, root: Path, database_url: str, statement: str, **parameters: str) -> None:
+    def __init__(
+        self, root: Path, database_url: str, statements: str | list[str], **parameters: str
+    ) -> None:
         super().__init__(root)
         self.database_url = database_url
-        self.statement = sa.text(statement)
+        listed = [statements] if isinstance(statements, str) else statements
+        self.statements = [sa.text(statement) for statement in listed]
         self.parameters = parameters
 
     def put_stream(self, key: str, chunks: Any, content_type: str) -> StoredObject:
@@ -330,7 +333,8 @@ class ChangedMidUpload(LocalStorage):
         engine = sa.create_engine(self.database_url)
         try:
             with engine.begin() as connection:
-                connection.execute(self.statement, {"key": key, **self.parameters})
+                for statement in self.statements:
+                    connection.execute(statement, {"key": key, **self.parameters})
         finally:
             engine.dispose()
         return stored
@@ -382,6 +386,33 @@ async def test_an_upload_lands_only_if_still_allowed_once_stored(
     assert response.headers["content-type"] == "application/problem+json"
     assert stored_files(settings) == []
     assert attachment_rows(settings) == 0
+
+
+async def test_an_upload_to_an_issue_moved_meanwhile_lands_on_it_under_its_new_key(
+    team: Team, settings: Settings, app: Flyswatter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = team["maintainer"]
+    assert (await owner.post("/api/v1/projects", json={"key": "OPS", "name": "Ops"})).is_success
+    added = await owner.put(
+        f"/api/v1/projects/OPS/members/{team.ids['reporter']}", json={"role": "reporter"}
+    )
+    assert added.is_success, added.text
+    # POST /issues/FLY-1/move {"project": "OPS"}, as it leaves the rows: FLY-1 is OPS-1.
+    move = [
+        "INSERT INTO issue_key_redirect (project_id, number, issue_id, moved_at)"
+        " SELECT project_id, number, id, created_at FROM issue",
+        "UPDATE project SET last_issue_number = 1 WHERE key = 'OPS'",
+        "UPDATE issue SET number = 1, project_id = (SELECT id FROM project WHERE key = 'OPS')",
+    ]
+    storage = ChangedMidUpload(Path(settings.storage_dir), settings.sync_database_url, move)
+    monkeypatch.setattr(app, "running", replace(app.services, storage=storage))
+    response = await upload(team["reporter"], "shot.png", PNG)
+    assert response.status_code == 201, response.text
+    assert response.json()["issue_key"] == "OPS-1"
+    assert response.headers["Location"].startswith("/api/v1/issues/OPS-1/attachments/")
+    listed = (await team["reporter"].get("/api/v1/issues/OPS-1/attachments")).json()["items"]
+    assert [item["id"] for item in listed] == [response.json()["id"]]
+    assert len(stored_files(settings)) == 1
 
 
 async def test_the_uploader_and_maintainers_delete_and_the_object_goes_too(
