@@ -153,6 +153,13 @@ async def test_a_read_only_token_may_request_and_cancel_its_report(team: Team, a
     assert cancelled.status_code == 200, cancelled.text
 
 
+async def test_an_archived_project_is_still_reported_on(team: Team) -> None:
+    archived = await team["maintainer"].patch("/api/v1/projects/FLY", json={"archived": True})
+    assert archived.status_code == 200, archived.text
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+    assert response.status_code == 202, response.text
+
+
 async def test_jobs_are_visible_to_project_members_only(team: Team) -> None:
     created = await team["reporter"].post("/api/v1/projects/FLY/reports")
     location = created.headers["Location"]

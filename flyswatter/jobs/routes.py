@@ -78,7 +78,8 @@ async def request_report(
     `Location` until it has succeeded, then download `links.artifact`."""
     if (replayed := await idempotency.replay(session)) is not None:
         return replayed
-    access.require_active()
+    # A report reads the project (a read-only token may ask for one): an archived project,
+    # which stays readable, is reported on too.
     parameters = body or ReportRequest()
     check_period(parameters, utcnow(), services.settings.report_default_days)
     job = new_report_job(access, parameters, request_context(request.scope).request_id)
