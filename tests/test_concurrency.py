@@ -383,6 +383,36 @@ async def test_a_relation_racing_the_other_projects_archiving_waits_and_is_refus
 
 
 @pytest.mark.postgres_only
+async def test_a_relation_removed_to_a_hidden_project_waits_for_its_archiving(
+    team: Team, api: Api, settings: Settings
+) -> None:
+    owner, stranger = team["maintainer"], api.as_user("stranger")
+    await stranger.sign_in()
+    assert (await stranger.post("/api/v1/projects", json={"key": "OPS", "name": "Ops"})).is_success
+    member = f"/api/v1/projects/OPS/members/{team.ids['maintainer']}"
+    assert (await stranger.put(member, json={"role": "developer"})).status_code == 201
+    assert (await stranger.post("/api/v1/projects/OPS/issues", json={"title": "t"})).is_success
+    related = await owner.post(f"{ISSUE}/relations", json={"kind": "blocks", "target": "OPS-1"})
+    assert related.status_code == 201, related.text
+    # OPS is hidden from FLY's maintainer now; the relation is still their issue's to remove.
+    assert (await stranger.delete(member)).status_code == 204
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        archive = [
+            "SELECT id FROM project WHERE key = 'OPS' FOR UPDATE",
+            "UPDATE project SET archived = true WHERE key = 'OPS'",
+        ]
+        removal = owner.delete(f"{ISSUE}/relations/blocks/OPS-1")
+        response = await sent_while_held(engine, archive, removal)
+        with engine.connect() as connection:
+            relations = connection.execute(sa.text("SELECT count(*) FROM issue_relation"))
+            assert relations.scalar_one() == 1
+    finally:
+        engine.dispose()
+    assert response.status_code == 404, response.text
+
+
+@pytest.mark.postgres_only
 async def test_relations_written_from_both_ends_at_once_all_land(team: Team) -> None:
     """Each writer locks its path issue, and the other issue's history rows reference the
     other's: the lock must not keep those references out, or the two wait on each other."""

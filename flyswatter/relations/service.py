@@ -96,6 +96,10 @@ async def _hidden_issue(write: IssueWrite, key: str, not_found: NotFound) -> Iss
         select_model(Issue, Project)
         .join(Project, col(Project.id) == col(Issue.project_id))
         .where(col(Project.key) == project_key, col(Issue.number) == number)
+        # Its project held shared, as every writer holds the projects it changes, and read as
+        # the lock finds it: an archiving in flight is waited for and seen.
+        .with_for_update(of=Project, read=True, key_share=True)
+        .execution_options(populate_existing=True)
     )
     row = (await write.session.exec(statement)).first()
     if row is None or row[1].archived:
