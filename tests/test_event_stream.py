@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +38,21 @@ def live(settings: Settings) -> Iterator[BackgroundServer]:
     """The app under uvicorn in a thread of this process: one process, no Redis."""
     server = BackgroundServer()
     server.start(create_app(settings))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def on_redis(settings: Settings, redis_url: str) -> Settings:
+    """Stream slots and fan-out in Redis, on a channel (and slot keys) of this test's own."""
+    channel = f"flyswatter-test:{uuid.uuid4().hex}"
+    return settings.model_copy(update={"redis_url": redis_url, "events_channel": channel})
+
+
+@pytest.fixture
+def live_on_redis(on_redis: Settings) -> Iterator[BackgroundServer]:
+    server = BackgroundServer()
+    server.start(create_app(on_redis))
     yield server
     server.stop()
 
@@ -220,9 +237,11 @@ async def test_outsiders_and_missing_scopes_are_refused(
         assert (await http.get(url, headers=narrow)).status_code == 403
 
 
+@pytest.mark.parametrize("served", ["live", "live_on_redis"])
 async def test_streams_per_principal_are_capped(
-    live: BackgroundServer, tokens: TokenFactory
+    served: str, request: pytest.FixtureRequest, tokens: TokenFactory
 ) -> None:
+    live: BackgroundServer = request.getfixturevalue(served)
     async with httpx.AsyncClient(base_url=live.base_url, timeout=20) as http:
         await setup_project(http, tokens)
         headers = bearer(tokens, "otto")
@@ -232,8 +251,9 @@ async def test_streams_per_principal_are_capped(
             assert refused.headers["content-type"] == "application/problem+json"
             assert "Retry-After" in refused.headers
         # Closed streams give their slots back, once the server has seen them close: it
-        # learns of a close from the connection, a moment after the client drops it.
-        async with follow(http, headers, patience=5) as events:
+        # learns of a close from the connection, a moment after the client drops it. Well
+        # before a slot left behind would expire (6.5 s here).
+        async with follow(http, headers, patience=3) as events:
             await file_issue(http, tokens, "Again")
             assert len(await next_events(events, 1)) == 1
 
@@ -284,3 +304,58 @@ async def project_id_of(app: Flyswatter, key: str) -> int:
             sa.text("SELECT id FROM project WHERE key = :k"), {"k": key}
         )
         return int(result.scalar_one())
+
+
+@pytest.mark.parametrize("table", ["event_sequence", "project_member", "event"])
+async def test_a_stream_cut_off_mid_read_gives_back_its_connection_and_slot(
+    table: str, on_redis: Settings, api: Api
+) -> None:
+    """A client that goes away cancels its stream, and anyio cancels again at every later
+    await: the read under way finishes and hands its connection back to the pool intact,
+    and the slot is given back at once rather than held until it expires."""
+    app = create_app(on_redis)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            writer = Api(http, api.tokens).as_user("otto")
+            await writer.post("/api/v1/projects", json={"key": "LIVE", "name": "Live"})
+        services = app.services
+        otto = await services.token_verifier.verify(api.tokens.user_token("otto"))
+        slot = await services.stream_slots.acquire(otto.key)
+        assert slot is not None
+        stream = ProjectStream(
+            engine=services.read_engine,
+            broker=services.event_broker,
+            slots=services.stream_slots,
+            settings=on_redis,
+            project_id=await project_id_of(app, "LIVE"),
+            principal=otto,
+            slot=slot,
+            last_event_id_header=None,
+        )
+        pool = services.engine.pool
+        discarded: list[object] = []
+        sa.event.listen(pool, "invalidate", lambda connection, *_: discarded.append(connection))
+        # The stream's task, cancelled as sse_starlette cancels it when the client leaves:
+        # here in the middle of a statement that reads the table.
+        with anyio.CancelScope() as client_left:
+
+            def leave_mid_read(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+                if re.search(rf"\b{table}\b", statement):
+                    client_left.cancel()
+
+            sa.event.listen(services.engine.sync_engine, "before_cursor_execute", leave_mid_read)
+            try:
+                async for _ in stream.events():
+                    pass
+            finally:
+                sa.event.remove(
+                    services.engine.sync_engine, "before_cursor_execute", leave_mid_read
+                )
+        assert client_left.cancelled_caught
+        # Back in the pool, and fit for use: not discarded as one cut off mid-statement is.
+        assert pool.checkedout() == 0
+        assert discarded == []
+        redis = services.stream_slots.redis
+        assert redis is not None
+        assert await redis.zcard(services.stream_slots.prefix + otto.key) == 0

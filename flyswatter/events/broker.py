@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from time import time
 from typing import Any
 
+import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -247,7 +248,12 @@ class StreamSlots:
                 del self._local[principal_key]
             return
         if self.redis is not None:
-            try:
-                await self.redis.zrem(self.prefix + principal_key, slot)
-            except (RedisError, OSError):
-                return
+            # Release is cleanup, mostly of a stream whose client has gone: sse_starlette
+            # cancels that stream, and anyio cancels again at every await that follows, so
+            # unshielded the removal would be cut short and the slot held until it expires.
+            # The client's socket timeout bounds the wait.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.redis.zrem(self.prefix + principal_key, slot)
+                except (RedisError, OSError):
+                    return

@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, bindparam, select
+import anyio
+from sqlalchemy import Row, Select, and_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import ServerSentEvent
 
@@ -86,22 +88,27 @@ class ProjectStream:
     slot: str
     last_event_id_header: str | None
 
+    async def _rows(self, statement: Select[Any], **parameters: Any) -> Sequence[Row[Any]]:
+        # Shielded: a client that goes away cancels its stream, and a statement cut short
+        # costs its pooled connection (SQLAlchemy discards one it cannot reset). A read here
+        # is short and bounded by the statement timeout; the cancellation lands right after.
+        with anyio.CancelScope(shield=True):
+            async with self.engine.connect() as connection:
+                rows = (await connection.execute(statement, parameters)).all()
+        return rows
+
     async def _may_follow(self) -> bool:
         """Whether the caller may still see the project, as the route checked at the start."""
-        parameters = {"project_id": self.project_id, "subject": self.principal.subject}
-        async with self.engine.connect() as connection:
-            row = (await connection.execute(_ACCESS, parameters)).first()
-        return row is not None and (row.role is not None or self.principal.is_admin)
+        rows = await self._rows(_ACCESS, project_id=self.project_id, subject=self.principal.subject)
+        return bool(rows) and (rows[0].role is not None or self.principal.is_admin)
 
     async def _last_sequence(self) -> int:
-        async with self.engine.connect() as connection:
-            last = (await connection.execute(_LAST, {"project_id": self.project_id})).scalar()
-        return int(last or 0)
+        rows = await self._rows(_LAST, project_id=self.project_id)
+        return int(rows[0].last_sequence) if rows else 0
 
     async def _read_after(self, after: int) -> list[tuple[int, str, str]]:
-        async with self.engine.connect() as connection:
-            rows = await connection.execute(_AFTER, {"project_id": self.project_id, "after": after})
-            return [(row.sequence, row.type, row.payload) for row in rows]
+        rows = await self._rows(_AFTER, project_id=self.project_id, after=after)
+        return [(row.sequence, row.type, row.payload) for row in rows]
 
     async def events(self) -> AsyncIterator[ServerSentEvent]:
         # Subscribed before anything is read: whatever commits from here on is either read
