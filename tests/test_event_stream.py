@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -33,13 +33,22 @@ def settings(base_settings: Settings, clean_database: str) -> Settings:
     )
 
 
-@pytest.fixture
-def live(settings: Settings) -> Iterator[BackgroundServer]:
-    """The app under uvicorn in a thread of this process: one process, no Redis."""
+@contextmanager
+def serving(settings: Settings) -> Iterator[BackgroundServer]:
+    """The app under uvicorn in a thread of this process: one process."""
     server = BackgroundServer()
     server.start(create_app(settings))
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def live(settings: Settings) -> Iterator[BackgroundServer]:
+    """Served without Redis: stream slots and fan-out in the process."""
+    with serving(settings) as server:
+        yield server
 
 
 @pytest.fixture
@@ -51,10 +60,8 @@ def on_redis(settings: Settings, redis_url: str) -> Settings:
 
 @pytest.fixture
 def live_on_redis(on_redis: Settings) -> Iterator[BackgroundServer]:
-    server = BackgroundServer()
-    server.start(create_app(on_redis))
-    yield server
-    server.stop()
+    with serving(on_redis) as server:
+        yield server
 
 
 def bearer(tokens: TokenFactory, username: str, **claims: Any) -> dict[str, str]:
@@ -262,40 +269,51 @@ async def test_a_client_that_falls_behind_is_told_to_resync(
     base_settings: Settings, clean_database: str, api: Api
 ) -> None:
     settings = base_settings.model_copy(update={"events_stream_buffer": 2})
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            writer = Api(http, api.tokens).as_user("otto")
-            await writer.post("/api/v1/projects", json={"key": "LIVE", "name": "Live"})
-            project_id = await project_id_of(app, "LIVE")
-            services = app.services
-            otto = await services.token_verifier.verify(api.tokens.user_token("otto"))
-            slot = await services.stream_slots.acquire(otto.key)
-            stream = ProjectStream(
-                engine=services.read_engine,
-                broker=services.event_broker,
-                slots=services.stream_slots,
-                settings=settings,
-                project_id=project_id,
-                principal=otto,
-                slot=slot,
-                last_event_id_header=None,
-            )
-            events = stream.events()
-            assert (await anext(events)).comment == "stream open"
-            # The client reads nothing while five events commit.
-            for number in range(5):
-                await writer.post("/api/v1/projects/LIVE/issues", json={"title": f"T{number}"})
-            await asyncio.sleep(0.1)
-            told = await anext(events)
-            await events.aclose()
+    async with in_process(settings, api) as (app, writer):
+        events = (await stream_of(app, "otto", api.tokens)).events()
+        assert (await anext(events)).comment == "stream open"
+        # The client reads nothing while five events commit.
+        for number in range(5):
+            await writer.post("/api/v1/projects/LIVE/issues", json={"title": f"T{number}"})
+        await asyncio.sleep(0.1)
+        told = await anext(events)
+        await events.aclose()
     assert told.event == "resync"
     assert json.loads(str(told.data)) == {
         "reason": "too_slow",
         "last_event_id": 0,
         "detail": "the stream fell behind; reconnect with Last-Event-ID",
     }
+
+
+@asynccontextmanager
+async def in_process(settings: Settings, api: Api) -> AsyncIterator[tuple[Flyswatter, Api]]:
+    """The app started in this test's event loop, with otto's project LIVE, and otto."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            writer = Api(http, api.tokens).as_user("otto")
+            await writer.post("/api/v1/projects", json={"key": "LIVE", "name": "Live"})
+            yield app, writer
+
+
+async def stream_of(app: Flyswatter, username: str, tokens: TokenFactory) -> ProjectStream:
+    """The user's stream of LIVE as the route would make it, holding a slot, not yet read."""
+    services = app.services
+    principal = await services.token_verifier.verify(tokens.user_token(username))
+    slot = await services.stream_slots.acquire(principal.key)
+    assert slot is not None
+    return ProjectStream(
+        engine=services.read_engine,
+        broker=services.event_broker,
+        slots=services.stream_slots,
+        settings=services.settings,
+        project_id=await project_id_of(app, "LIVE"),
+        principal=principal,
+        slot=slot,
+        last_event_id_header=None,
+    )
 
 
 async def project_id_of(app: Flyswatter, key: str) -> int:
@@ -313,26 +331,9 @@ async def test_a_stream_cut_off_mid_read_gives_back_its_connection_and_slot(
     """A client that goes away cancels its stream, and anyio cancels again at every later
     await: the read under way finishes and hands its connection back to the pool intact,
     and the slot is given back at once rather than held until it expires."""
-    app = create_app(on_redis)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            writer = Api(http, api.tokens).as_user("otto")
-            await writer.post("/api/v1/projects", json={"key": "LIVE", "name": "Live"})
+    async with in_process(on_redis, api) as (app, _):
+        stream = await stream_of(app, "otto", api.tokens)
         services = app.services
-        otto = await services.token_verifier.verify(api.tokens.user_token("otto"))
-        slot = await services.stream_slots.acquire(otto.key)
-        assert slot is not None
-        stream = ProjectStream(
-            engine=services.read_engine,
-            broker=services.event_broker,
-            slots=services.stream_slots,
-            settings=on_redis,
-            project_id=await project_id_of(app, "LIVE"),
-            principal=otto,
-            slot=slot,
-            last_event_id_header=None,
-        )
         pool = services.engine.pool
         discarded: list[object] = []
         sa.event.listen(pool, "invalidate", lambda connection, *_: discarded.append(connection))
@@ -358,4 +359,4 @@ async def test_a_stream_cut_off_mid_read_gives_back_its_connection_and_slot(
         assert discarded == []
         redis = services.stream_slots.redis
         assert redis is not None
-        assert await redis.zcard(services.stream_slots.prefix + otto.key) == 0
+        assert await redis.zcard(services.stream_slots.prefix + stream.principal.key) == 0
