@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -175,6 +176,56 @@ async def test_a_download_whose_if_match_names_another_version_is_a_412(team: Te
     stale = await team["viewer"].get(url, headers={"If-Match": '"attachment-0-v0"'})
     assert stale.status_code == 412
     assert stale.headers["ETag"] == etag
+
+
+async def test_a_download_holds_no_database_connection_while_its_bytes_go_out(
+    team: Team, app: FastAPI
+) -> None:
+    """A slow reader must not pin a pooled connection: a few would starve every request."""
+    data = bytes(range(256)) * 350  # two chunks of storage, under the cap
+    created = await upload(team["reporter"], "big.bin", data)
+    assert created.status_code == 201, created.text
+    url = httpx.URL(created.headers["Location"])
+    pool = app.services.engine.pool
+    in_use_while_sending: list[int] = []
+    received = bytearray()
+
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await anyio.sleep_forever()  # the client stays until the response ends
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            in_use_while_sending.append(pool.checkedout())
+            received.extend(message.get("body", b""))
+
+    # The ASGI app called as a server would, so that the test sees each chunk as it is sent.
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": url.path,
+        "raw_path": url.raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {team['viewer'].token}".encode()),
+        ],
+        "state": {},
+    }
+    await app(scope, receive, send)
+    assert bytes(received) == data
+    assert len(in_use_while_sending) > 2
+    assert set(in_use_while_sending) == {0}
 
 
 async def test_file_names_lose_their_path_and_control_characters_are_refused(team: Team) -> None:

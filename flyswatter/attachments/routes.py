@@ -110,6 +110,7 @@ async def download_attachment(
         return unchanged
     return await stored_file_response(
         services,
+        session,
         attachment,
         attachment.key,
         gone=f"the file of attachment {attachment_id} is gone",

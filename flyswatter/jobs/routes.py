@@ -225,6 +225,7 @@ async def download_artifact(
         raise Conflict(f"job {job_id} is {access.job.state}; it has no file")
     return await stored_file_response(
         services,
+        session,
         artifact,
         artifact.key,
         gone=f"the file of job {job_id} is gone; request the report again",

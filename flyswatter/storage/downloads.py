@@ -16,6 +16,8 @@ from flyswatter.storage.models import StoredFileBase
 from flyswatter.storage.service import ObjectMissing, StorageUnavailable
 
 if TYPE_CHECKING:
+    from sqlmodel.ext.asyncio.session import AsyncSession
+
     from flyswatter.services import Services
 
 # A file shown in the browser still runs nothing and loads nothing (an HTML or SVG file sent
@@ -30,11 +32,22 @@ async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 
 async def stored_file_response(
-    services: Services, file: StoredFileBase, key: str, *, gone: str, inline: bool = False
+    services: Services,
+    session: AsyncSession,
+    file: StoredFileBase,
+    key: str,
+    *,
+    gone: str,
+    inline: bool = False,
 ) -> Response:
     """The file under ``key``: a redirect to a presigned URL when the storage is S3 and
     ``FLYSWATTER_S3_PRESIGNED_DOWNLOADS`` is on, else streamed; ``gone`` is the 404's detail
-    when the object is missing."""
+    when the object is missing.
+
+    The request's session, which found the file, is closed first: nothing needs the database
+    while the bytes go out, and a slow reader must not hold a pooled connection meanwhile
+    (a few of them would leave every other request waiting for one)."""
+    await session.close()
     storage, settings = services.storage, services.settings
     if settings.storage_backend == "s3" and settings.s3_presigned_downloads:
         url = await anyio.to_thread.run_sync(
