@@ -209,3 +209,19 @@ async def test_a_comment_by_id_answers_when_its_issue_moves_while_it_is_looked_u
     body = {"body": "edited"} if method == "PATCH" else None
     response = await dev.request(method, comment_url, json=body)
     assert response.status_code == (204 if method == "DELETE" else 200), response.text
+
+
+async def test_an_old_key_answers_404_once_its_project_is_deleted(team: Team) -> None:
+    """A deleted project is not found by any route, its keys included: the moved issue
+    stays where it is, reachable under its new key only."""
+    dev = team["developer"]
+    await project(team, "OPS", developer="developer")
+    issue = await team.issue()
+    assert (await move(dev, issue["key"], "OPS"))[0] == 200
+    deleted = await team["maintainer"].delete("/api/v1/projects/FLY")
+    assert deleted.status_code == 204, deleted.text
+    for client in (dev, team.api.as_user("root", roles=["flyswatter-admin"])):
+        assert (await client.get(f"/api/v1/issues/{issue['key']}")).status_code == 404
+        patched = await client.patch(f"/api/v1/issues/{issue['key']}", json={"priority": "low"})
+        assert patched.status_code == 404
+        assert (await client.get("/api/v1/issues/OPS-1")).status_code == 200

@@ -22,7 +22,8 @@ _NEW = table(Project).alias("new_project")
 _MEMBER = table(ProjectMember)
 
 # The old key's issue where it is now, with the caller's membership there: whoever may not
-# see the issue's current project learns nothing of the move.
+# see the issue's current project learns nothing of the move. The keys of a deleted project
+# answer nothing, as every other route of it does (an admin's restore brings them back).
 _SUCCESSOR = (
     select(_NEW.c.key, _ISSUE.c.number, _REDIRECT.c.moved_at, _MEMBER.c.role)
     .select_from(
@@ -37,6 +38,7 @@ _SUCCESSOR = (
     .where(
         _OLD.c.key == bindparam("project_key"),
         _REDIRECT.c.number == bindparam("number"),
+        _OLD.c.deleted_at.is_(None),
         _NEW.c.deleted_at.is_(None),
     )
 )
