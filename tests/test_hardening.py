@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
@@ -13,7 +16,7 @@ import pytest
 from flyswatter.app import create_app
 from flyswatter.cli.serve import serve_options
 from flyswatter.config import Settings
-from flyswatter.observability.logs import JsonFormatter, RequestIdFilter, logging_config
+from flyswatter.observability.logs import JsonFormatter, RequestIdFilter, TextFormatter
 from tests.support.api import Api
 
 
@@ -108,6 +111,61 @@ async def test_tokens_never_reach_the_logs(api: Api, caplog: pytest.LogCaptureFi
         assert "dXNlcjpwYXNz" not in text
 
 
+# As SQLAlchemy words a driver's error: the statement and its values in the message.
+STATEMENT_ERROR = "[SQL: SELECT * FROM webhook WHERE secret = %s] [parameters: ('s3cr3t',)]"
+DRIVER_ERROR = "the driver's own words"
+
+
+def failing_statement(message: str, cause: str) -> None:
+    try:
+        raise KeyError(cause)
+    except KeyError as error:
+        raise RuntimeError(message) from error
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])
+def test_a_logged_exception_shows_its_type_and_frames_never_its_message(
+    formatter: logging.Formatter,
+) -> None:
+    """Whoever logs it: uvicorn logs an error raised once a stream has started, with the
+    exception attached, and Celery logs a task's failure the same way."""
+    try:
+        failing_statement(STATEMENT_ERROR, DRIVER_ERROR)
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application", None, exc_info
+    )
+    RequestIdFilter().filter(record)
+    line = formatter.format(record)
+    for secret in ("s3cr3t", "SELECT", DRIVER_ERROR):
+        assert secret not in line
+    for shown in ("builtins.RuntimeError", "builtins.KeyError", "in failing_statement"):
+        assert shown in line
+
+
+def test_webhook_urls_are_not_logged_by_the_http_client(tmp_path: Path) -> None:
+    """httpx logs every request's URL at info, and a receiver's URL may hold its secret."""
+    script = """
+import http.server, threading, httpx
+from flyswatter.observability.logs import configure_logging
+configure_logging("json", "INFO")
+class Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # the receiver's own log is not the service's
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+url = f"http://127.0.0.1:{server.server_port}/services/T1/B1/s3cr3t-token"
+print(httpx.post(url).status_code)
+server.shutdown()
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert ran.stdout.strip() == "501"  # the request was made
+    assert "s3cr3t-token" not in ran.stderr
+
+
 @pytest.mark.parametrize("control", ["%0A", "%0D", "%1B[2J", "%C2%85", "%E2%80%A8"])
 async def test_the_access_log_line_cannot_be_split_or_forged_through_the_path(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, control: str
@@ -117,8 +175,7 @@ async def test_the_access_log_line_cannot_be_split_or_forged_through_the_path(
         await client.get(f"/x{control}{forged}")
     record = next(r for r in caplog.records if r.name == "flyswatter.requests")
     RequestIdFilter().filter(record)
-    text = logging.Formatter(logging_config("text", "INFO")["formatters"]["text"]["format"])
-    line = text.format(record)
+    line = TextFormatter().format(record)
     assert len(line.splitlines()) == 1, line
     assert "\x1b" not in line
     # Each case starts with its control character, which the line shows as U+FFFD.

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import traceback
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -18,7 +23,29 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
+class _NoExceptionMessages(logging.Formatter):
+    """Exceptions shown by type and frames, never by message, whoever logs them (uvicorn's
+    "Exception in ASGI application" and Celery's task failures included): a driver's error
+    message carries the statement and its values."""
+
+    def formatException(self, ei: ExcInfo) -> str:
+        parts: list[str] = []
+        error, seen = ei[1], set()
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            kind = type(error)
+            parts.append(f"{kind.__module__}.{kind.__qualname__}\n")
+            parts.extend(traceback.format_tb(error.__traceback__))
+            error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        return "".join(parts).rstrip("\n")
+
+
+class TextFormatter(_NoExceptionMessages):
+    def __init__(self, fmt: str = "") -> None:
+        super().__init__(fmt or TEXT_FORMAT)
+
+
+class JsonFormatter(_NoExceptionMessages):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -34,12 +61,8 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 entry[field] = value
         if record.exc_info and record.exc_info[0] is not None:
-            # The exception type and where it happened; messages of driver errors may carry SQL.
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
-
-
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
 def logging_config(log_format: str, level: str) -> dict[str, Any]:
@@ -54,7 +77,7 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
         "filters": {"request_id": {"()": RequestIdFilter}},
         "formatters": {
             "json": {"()": JsonFormatter},
-            "text": {"format": TEXT_FORMAT},
+            "text": {"()": TextFormatter, "fmt": TEXT_FORMAT},
         },
         "handlers": {
             "stderr": {
@@ -70,6 +93,10 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
             "uvicorn.access": {"handlers": [], "propagate": False, "level": "WARNING"},
             "uvicorn": {"handlers": [], "propagate": True},
             "uvicorn.error": {"handlers": [], "propagate": True},
+            # httpx logs each request's whole URL at info: a webhook's URL may carry its
+            # receiver's secret token (chat services put it in the path).
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }
 
