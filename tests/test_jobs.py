@@ -5,8 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import re
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import anyio.to_thread
@@ -15,11 +20,14 @@ import sqlalchemy as sa
 from pypdf import PdfReader
 
 from flyswatter.config import Settings
+from flyswatter.db import utcnow
 from flyswatter.jobs import report_files, tasks
-from flyswatter.jobs.models import JobState
+from flyswatter.jobs.models import JobState, ReportParameters
 from flyswatter.jobs.report_files import PROJECT_DELETED
+from flyswatter.jobs.sweeps import expire_artifacts
 from flyswatter.jobs.tasks import JobRuntime, claim_job, run_report_job
 from flyswatter.storage.models import Artifact
+from flyswatter.storage.service import LocalStorage, StorageUnavailable
 from tests.support.api import Api, Team, make_team, walk_pages
 from tests.support.jobs import in_process_worker, wait_for_job
 
@@ -386,6 +394,49 @@ async def test_a_job_stored_before_todays_period_rules_is_failed_with_the_rules_
     assert stored_files(settings) == []
 
 
+@pytest.mark.parametrize(
+    "refused",
+    [{"assignee": "a\u0000b"}, {"milestone": "v1"}, {"label": ["x" * 300]}],
+    ids=["nul-byte", "unknown-field", "label-too-long"],
+)
+async def test_a_job_whose_stored_parameters_no_longer_validate_is_still_shown(
+    team: Team, settings: Settings, refused: dict[str, object]
+) -> None:
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+    location, job_id = response.headers["Location"], response.json()["id"]
+    stored = {"to": "2026-12-01T00:00:00Z", "status": ["open"], **refused}
+    engine = sa.create_engine(settings.sync_database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE job SET parameters = :parameters WHERE public_id = :id"),
+            {"parameters": json.dumps(stored), "id": job_id},
+        )
+    engine.dispose()
+
+    async def shown() -> dict[str, Any]:
+        one = await team["viewer"].get(location)
+        assert one.status_code == 200, one.text
+        listed = await team["viewer"].get("/api/v1/jobs")
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["items"] == [one.json()]
+        return dict(one.json())
+
+    queued = await shown()
+    assert queued["state"] == "queued"
+    # What still validates is shown, within the schema; the refused value is not.
+    assert queued["parameters"]["to"] == "2026-12-01T00:00:00Z"
+    assert queued["parameters"]["status"] == ["open"]
+    assert set(queued["parameters"]) <= set(ReportParameters.model_json_schema()["properties"])
+    for key, value in refused.items():
+        assert queued["parameters"].get(key) != value
+    # The worker refuses it, with the rule's words on the job.
+    assert await run_once(settings, job_id, "task-1") == JobState.failed
+    failed = await shown()
+    assert failed["state"] == "failed"
+    assert failed["error"].startswith("its parameters are no longer accepted: ")
+    assert failed["parameters"] == queued["parameters"]
+
+
 async def test_a_queued_report_of_a_deleted_project_is_failed_not_built(
     team: Team, settings: Settings
 ) -> None:
@@ -416,7 +467,7 @@ async def test_a_run_that_lost_its_claim_leaves_the_winners_file_and_removes_its
     location, job_id = response.headers["Location"], response.json()["id"]
     engine = sa.create_engine(settings.sync_database_url)
     # Run A claims the job, then outlives its lease (nothing renews it) ...
-    claim_a = claim_job(engine, job_id, "task-a", 900)
+    claim_a = claim_job(engine, job_id, "task-a", 900, settings.job_max_retries + 1)
     assert claim_a is not None
     with engine.begin() as connection:
         connection.execute(
@@ -437,7 +488,7 @@ async def test_a_run_that_lost_its_claim_leaves_the_winners_file_and_removes_its
     monkeypatch.setattr(
         tasks,
         "claim_job",
-        lambda e, p, t, s: claim_a if t == "task-a" else real_claim(e, p, t, s),
+        lambda e, p, t, s, **limit: claim_a if t == "task-a" else real_claim(e, p, t, s, **limit),
     )
     assert await run_once(settings, job_id, "task-a") is None
     download = await team["viewer"].get(f"{location}/artifact")
@@ -447,6 +498,42 @@ async def test_a_run_that_lost_its_claim_leaves_the_winners_file_and_removes_its
     # A's own object went with its rolled-back transaction: only the winner's is stored.
     root = Path(settings.storage_dir)
     assert [path.relative_to(root).as_posix() for path in stored_files(settings)] == [winner]
+
+
+class WorkerKilled(Exception):
+    """The run's process dying mid-report (out of memory, a segfault): the run ends there,
+    with no retry and no failure recorded (run_report_job leaves those to its task)."""
+
+
+async def test_a_job_that_keeps_killing_its_worker_is_failed_once_out_of_attempts(
+    team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings.model_copy(update={"job_max_retries": 2})
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+    location, job_id = response.headers["Location"], response.json()["id"]
+
+    def killed(*args: object) -> tuple[bytes, str]:
+        raise WorkerKilled
+
+    monkeypatch.setattr(tasks, "build_report_file", killed)
+    # With acks_late and reject_on_worker_lost the broker redelivers the same message, task id
+    # and all, after each kill: the first attempt and its two retries.
+    for _ in range(3):
+        with pytest.raises(WorkerKilled):
+            await run_once(settings, job_id, "task-1")
+    # The next delivery is not built (nor kills another worker): the job fails, and the
+    # message is acknowledged.
+    assert await run_once(settings, job_id, "task-1") == JobState.failed
+    job = (await team["viewer"].get(location)).json()
+    assert job["state"] == "failed"
+    assert job["attempts"] == 3
+    assert job["error"].endswith("gave up after 3 attempt(s)")
+    assert "worker stopped" in job["error"]
+    assert job["finished_at"] is not None
+    assert job["artifact"] is None
+    # Any later redelivery finds it finished.
+    assert await run_once(settings, job_id, "task-1") is None
+    assert (await team["viewer"].get(location)).json() == job
 
 
 async def test_an_attempt_whose_recording_fails_before_the_commit_removes_its_file(
@@ -465,3 +552,154 @@ async def test_an_attempt_whose_recording_fails_before_the_commit_removes_its_fi
     # The retry stores a file of its own and records it.
     assert await run_once(settings, job_id, "task-1") == JobState.succeeded
     assert len(stored_files(settings)) == 1
+
+
+class RefusesOneKey(LocalStorage):
+    """Storage that refuses to delete one object: for a reason of the backend's own, or (when
+    ``down``) as storage that has just become unreachable."""
+
+    def __init__(self, root: Path, refused: str, *, down: bool = False) -> None:
+        super().__init__(root)
+        self.refused = refused
+        self.down = down
+
+    def delete(self, key: str) -> None:
+        if key == self.refused:
+            if self.down:
+                raise StorageUnavailable("object storage unreachable")
+            raise PermissionError("the backend's own words")
+        super().delete(key)
+
+
+async def expired_reports(team: Team, settings: Settings, runtime: JobRuntime) -> list[str]:
+    """Two built reports, both past their expiry: the keys of their files, oldest expiry first."""
+    for _ in range(2):
+        job_id = (await team["reporter"].post("/api/v1/projects/FLY/reports")).json()["id"]
+        assert await run_once(settings, job_id, "task-1") == JobState.succeeded
+    with runtime.engine.begin() as connection:
+        keys = list(connection.execute(sa.select(Artifact.key).order_by(sa.column("id"))).scalars())
+        for days, key in enumerate(keys):
+            connection.execute(
+                sa.update(Artifact)
+                .where(sa.column("key") == key)
+                .values(expires_at=utcnow() - timedelta(days=len(keys) - days))
+            )
+    return keys
+
+
+def artifact_keys(runtime: JobRuntime) -> list[str]:
+    with runtime.engine.connect() as connection:
+        return list(connection.execute(sa.select(Artifact.key)).scalars())
+
+
+async def test_an_artifact_the_expiry_sweep_cannot_remove_holds_up_no_other(
+    team: Team, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = JobRuntime(settings)
+    first, _ = await expired_reports(team, settings, runtime)
+    root = Path(settings.storage_dir)
+    # The sweep takes the oldest expiry first: the refused file comes first, every sweep.
+    runtime.storage = RefusesOneKey(root, refused=first)
+    with caplog.at_level(logging.WARNING, logger="flyswatter.jobs"):
+        assert expire_artifacts(runtime) == 1
+    (record,) = [
+        r for r in caplog.records if r.name == "flyswatter.jobs" and r.levelno >= logging.WARNING
+    ]
+    assert first in record.getMessage()
+    assert "own words" not in record.getMessage()
+    # The refused file keeps its row, to be tried again; the other went with its row.
+    assert artifact_keys(runtime) == [first]
+    assert [path.relative_to(root).as_posix() for path in stored_files(settings)] == [first]
+    runtime.storage = LocalStorage(root)
+    assert expire_artifacts(runtime) == 1
+    assert artifact_keys(runtime) == []
+    assert stored_files(settings) == []
+    runtime.engine.dispose()
+
+
+async def test_storage_down_mid_sweep_keeps_the_expiry_of_the_files_already_removed(
+    team: Team, settings: Settings
+) -> None:
+    runtime = JobRuntime(settings)
+    _, second = await expired_reports(team, settings, runtime)
+    root = Path(settings.storage_dir)
+    runtime.storage = RefusesOneKey(root, refused=second, down=True)
+    assert expire_artifacts(runtime) == 1
+    # The first file is gone and so is its row (none names a missing file); the other waits.
+    assert artifact_keys(runtime) == [second]
+    assert [path.relative_to(root).as_posix() for path in stored_files(settings)] == [second]
+    runtime.engine.dispose()
+
+
+def database_fault() -> sa.exc.OperationalError:
+    """A driver error as SQLAlchemy raises it: its text carries the statement, its values, and
+    the driver's own words (which may quote values too)."""
+    return sa.exc.OperationalError(
+        "UPDATE job SET error=? WHERE public_id=?",
+        ("the-bound-value", "x"),
+        Exception('the driver\'s own words, quoting "the-quoted-value"'),
+    )
+
+
+def log_lines(records: list[logging.LogRecord]) -> list[str]:
+    """Every record as a handler would write it, tracebacks included."""
+    formatter = logging.Formatter("%(name)s %(message)s")
+    return [formatter.format(record) for record in records]
+
+
+async def test_a_database_fault_reaches_no_log_line_with_its_sql_through_retries_and_giving_up(
+    team: Team,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings.model_copy(
+        update={
+            "job_max_retries": 1,
+            "job_retry_backoff_seconds": 0.1,
+            "job_retry_backoff_max_seconds": 0.2,
+        }
+    )
+    job_id = (await team["reporter"].post("/api/v1/projects/FLY/reports")).json()["id"]
+    real_run = tasks.run_report_job
+
+    def database_down(runtime: JobRuntime, public_id: str, task_id: str) -> JobState | None:
+        if public_id != job_id:
+            return real_run(runtime, public_id, task_id)
+        raise database_fault()
+
+    def cannot_fail(*args: object) -> bool:
+        raise database_fault()
+
+    monkeypatch.setattr(tasks, "run_report_job", database_down)
+    # Giving up finds the database down too: the job cannot even be marked failed.
+    monkeypatch.setattr(tasks, "fail_job", cannot_fail)
+    celery = "celery.app.trace"
+    with caplog.at_level(logging.INFO), in_process_worker(settings):
+        # The attempt is retried once, then the retry gives up: the task ends either way.
+        deadline = time.monotonic() + 30
+        while not any(
+            r.name == celery and "retry:" not in r.getMessage() and job_task(caplog, r)
+            for r in caplog.records
+        ):
+            assert time.monotonic() < deadline, log_lines(caplog.records)
+            await anyio.sleep(0.05)
+    lines = log_lines(caplog.records)
+    assert [line for line in lines if "retry: Retry in" in line], lines
+    for line in lines:
+        assert "[SQL:" not in line
+        assert "the-bound-value" not in line
+        assert "the-quoted-value" not in line
+    assert [line for line in lines if f"job {job_id}" in line and "gave up" in line], lines
+    # The task ended as a run does (its outcome is the job's), not with the driver's error.
+    assert not [line for line in lines if "raised unexpected" in line], lines
+
+
+def job_task(caplog: pytest.LogCaptureFixture, record: logging.LogRecord) -> bool:
+    """Whether a Celery record is of the task that was retried (its id in brackets)."""
+    retried = {
+        match.group(1)
+        for r in caplog.records
+        if (match := re.search(r"\[([0-9a-f-]{36})\] retry:", r.getMessage()))
+    }
+    return any(f"[{task_id}]" in record.getMessage() for task_id in retried)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio.to_thread
 from fastapi import Path
+from pydantic import ValidationError
 from sqlalchemy import Select, and_, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -133,6 +135,32 @@ def job_location(public_id: str) -> str:
     return api_path("jobs", public_id)
 
 
+def shown_parameters(stored: str) -> ReportParameters:
+    """The job's parameters as the API shows them. A job stored before a rule existed may
+    hold a value refused today: the job is still shown (the worker fails it, its ``error``
+    naming the rule), with every parameter that validates alone, and without those that do
+    not (nor keys the model no longer has), so that the answer keeps to its schema."""
+    try:
+        return ReportParameters.model_validate_json(stored)
+    except ValidationError:
+        pass
+    try:
+        raw = json.loads(stored)
+    except ValueError:
+        raw = None
+    shown: dict[str, Any] = {}
+    for name, field in ReportParameters.model_fields.items():
+        key = field.alias or name
+        if not isinstance(raw, dict) or key not in raw:
+            continue
+        try:
+            alone = ReportParameters.model_validate({key: raw[key]})
+        except ValidationError:
+            continue
+        shown[name] = getattr(alone, name)
+    return ReportParameters.model_construct(**shown)
+
+
 def public_job(job: Job, project_key: str, artifact: Artifact | None) -> JobPublic:
     links = {"self": job_location(job.public_id)}
     if artifact is not None:
@@ -148,7 +176,7 @@ def public_job(job: Job, project_key: str, artifact: Artifact | None) -> JobPubl
         finished_at=job.finished_at,
         project_key=project_key,
         requested_by=job.requested_by,
-        parameters=ReportParameters.model_validate_json(job.parameters),
+        parameters=shown_parameters(job.parameters),
         artifact=ArtifactPublic.model_validate(artifact, from_attributes=True)
         if artifact is not None
         else None,

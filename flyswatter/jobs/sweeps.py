@@ -93,8 +93,20 @@ def expire_artifacts(runtime: JobRuntime) -> int:
             )
         )
     removed = []
-    for artifact_id, key in expired:
-        runtime.storage.delete(key)
+    for index, (artifact_id, key) in enumerate(expired):
+        try:
+            runtime.storage.delete(key)
+        except StorageUnavailable as exc:
+            # The rest would fail alike: one line, and the next sweep goes on from here.
+            left = len(expired) - index
+            logger.warning("%d expired artifact(s) left until the next sweep: %s", left, exc)
+            break
+        except Exception as exc:
+            # This file only (its row stays, to be tried again), not the ones after it: the
+            # oldest first, so one that always fails would otherwise hold up every other.
+            # Only the type: the backend's text is its own.
+            logger.warning("expired artifact %s not removed: %s", key, type(exc).__name__)
+            continue
         removed.append(artifact_id)
     if removed:
         with runtime.engine.begin() as connection:

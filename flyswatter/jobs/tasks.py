@@ -18,7 +18,7 @@ from typing import Any
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlmodel import col
@@ -67,6 +67,12 @@ def transient_reason(exc: BaseException) -> str | None:
     return None
 
 
+class TransientFault(Exception):
+    """What a retry is handed instead of the fault itself: Celery logs the exception it retries
+    with (its repr, at INFO), and a driver error's repr carries the driver's own text, which
+    may quote values. This one carries ``transient_reason``'s words only."""
+
+
 class JobRuntime:
     """What tasks use, made on first use in the process that runs them (after a fork)."""
 
@@ -93,8 +99,17 @@ class Claim:
     attempts: int
 
 
-def claim_job(engine: Engine, public_id: str, task_id: str, lease_seconds: int) -> Claim | None:
-    """Mark the job running for this task; None when it is finished or held by another."""
+class OutOfAttempts(Exception):
+    """The job was failed instead of claimed: it has had every attempt it may have. The
+    message is the job's error."""
+
+
+def claim_job(
+    engine: Engine, public_id: str, task_id: str, lease_seconds: int, max_attempts: int
+) -> Claim | None:
+    """Mark the job running for this task; None when it is finished or held by another.
+    Raises ``OutOfAttempts``, once the job is failed, when this would start more than
+    ``max_attempts``."""
     now = utcnow()
     claimable = or_(
         col(Job.state) == JobState.queued,
@@ -106,7 +121,7 @@ def claim_job(engine: Engine, public_id: str, task_id: str, lease_seconds: int) 
     with engine.begin() as connection:
         claimed = connection.execute(
             update(Job)
-            .where(col(Job.public_id) == public_id, claimable)
+            .where(col(Job.public_id) == public_id, claimable, col(Job.attempts) < max_attempts)
             .values(
                 state=JobState.running,
                 attempts=col(Job.attempts) + 1,
@@ -115,22 +130,55 @@ def claim_job(engine: Engine, public_id: str, task_id: str, lease_seconds: int) 
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
             )
         )
+        refusal = row = None
         if claimed.rowcount != 1:
-            return None
-        row = connection.execute(
-            select(
-                col(Job.id),
-                col(Job.kind),
-                col(Job.project_id),
-                col(Job.requested_by),
-                col(Job.parameters),
-                col(Job.created_at),
-                col(Job.attempts),
-            ).where(col(Job.public_id) == public_id)
-        ).one()
+            refusal = _fail_exhausted(connection, public_id, claimable, max_attempts)
+        else:
+            row = connection.execute(
+                select(
+                    col(Job.id),
+                    col(Job.kind),
+                    col(Job.project_id),
+                    col(Job.requested_by),
+                    col(Job.parameters),
+                    col(Job.created_at),
+                    col(Job.attempts),
+                ).where(col(Job.public_id) == public_id)
+            ).one()
+    if row is None:
+        # Raised once the failure is committed.
+        if refusal is not None:
+            raise OutOfAttempts(refusal)
+        return None
     job_id, kind, project_id, requested_by, parameters, created_at, attempts = row
     assert job_id is not None
     return Claim(job_id, kind, project_id, requested_by, parameters, created_at, attempts)
+
+
+def _fail_exhausted(
+    connection: Connection, public_id: str, claimable: ColumnElement[bool], max_attempts: int
+) -> str | None:
+    """Fail a claimable job that has had its attempts, and say why; None for any other job.
+
+    A run that kills its worker (out of memory, a crash) ends with no retry and no failure:
+    acks_late with reject_on_worker_lost has the broker redeliver its message, task id and
+    all, which would take the job back and kill the next worker, forever. The Celery retries
+    of a transient fault count the same attempts, and stop at as many."""
+    attempts = connection.execute(
+        select(col(Job.attempts)).where(col(Job.public_id) == public_id, claimable)
+    ).scalar()
+    if attempts is None or attempts < max_attempts:
+        return None
+    reason = (
+        "no attempt finished the report (its worker stopped while building it: killed, or"
+        f" out of memory); gave up after {attempts} attempt(s)"
+    )
+    failed = connection.execute(
+        update(Job)
+        .where(col(Job.public_id) == public_id, claimable, col(Job.attempts) == attempts)
+        .values(state=JobState.failed, error=reason, finished_at=utcnow(), lease_expires_at=None)
+    )
+    return reason if failed.rowcount == 1 else None
 
 
 def job_request_id(engine: Engine, public_id: str) -> str | None:
@@ -166,7 +214,20 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
     """One attempt at a report job; None when there was nothing to do."""
     settings = runtime.settings
     engine = runtime.engine
-    claim = claim_job(engine, public_id, task_id, settings.job_visibility_timeout_seconds)
+    try:
+        claim = claim_job(
+            engine,
+            public_id,
+            task_id,
+            settings.job_visibility_timeout_seconds,
+            # The first attempt and its retries, as the task's own retries count them.
+            max_attempts=settings.job_max_retries + 1,
+        )
+    except OutOfAttempts as refusal:
+        # The run ends here, so that the redelivered message is acknowledged and dropped.
+        JOBS_FINISHED.labels(JobKind.report.value, JobState.failed.value).inc()
+        logger.error("job %s failed: %s", public_id, refusal)
+        return JobState.failed
     if claim is None:
         logger.info("job %s: finished or taken by another worker; nothing to do", public_id)
         return None
@@ -238,13 +299,22 @@ def register_tasks(app: JobsCelery, runtime: JobRuntime) -> None:
                     countdown,
                 )
                 JOB_RETRIES.labels(JobKind.report.value).inc()
-                raise self.retry(exc=exc, countdown=countdown) from None
+                raise self.retry(exc=TransientFault(reason), countdown=countdown) from None
             message = (
                 f"{reason}; gave up after {attempt} attempt(s)"
                 if reason is not None
                 else "the report could not be built because of an internal error"
             )
-            if fail_job(runtime.engine, public_id, message):
+            try:
+                failed = fail_job(runtime.engine, public_id, message)
+            except Exception as failure:
+                # Most likely the database that failed the attempt: the job stays as it is,
+                # for the sweep to take up. Not the driver's error, which would reach
+                # Celery's log with its SQL and values.
+                why = transient_reason(failure) or type(failure).__name__
+                logger.error("job %s not marked failed (%s); the sweep takes it up", public_id, why)
+                failed = False
+            if failed:
                 JOBS_FINISHED.labels(JobKind.report.value, JobState.failed.value).inc()
             if reason is None:
                 # The traceback for the logs and one error report, and the task ends here:
