@@ -191,6 +191,20 @@ async def test_report_without_issues_says_so(team: Team, worker: None) -> None:
     assert "No open issues." in text
 
 
+async def test_a_period_given_with_another_offset_is_printed_and_named_in_utc(
+    team: Team, worker: None
+) -> None:
+    # Midnight in Tokyo is 15:00 UTC the day before: the report says UTC, so it shows that.
+    body = {"from": "2026-11-01T00:00:00+09:00", "to": "2026-11-20T00:00:00+09:00"}
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports", json=body)
+    assert response.status_code == 202, response.text
+    job = await wait_for_job(team["reporter"], response.headers["Location"])
+    assert job["state"] == "succeeded", job
+    assert job["artifact"]["filename"] == "FLY-report-20261031-20261119.pdf"
+    download = await team["reporter"].get(job["links"]["artifact"])
+    assert "Period: 2026-10-31 15:00 UTC to 2026-11-19 15:00 UTC" in text_of(download.content)
+
+
 UNICODE_TITLES = [
     "Ошибка при сохранении",
     "Σφάλμα κατά την αποθήκευση",

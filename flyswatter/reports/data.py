@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Integer, Select, case, cast, func, literal
@@ -71,7 +71,9 @@ class ReportData:
 
 def resolve_period(parameters: ReportParameters, now: datetime, default_days: int) -> Period:
     start, end = parameters.period(now, default_days)
-    return Period(start=start, end=end)
+    # In UTC before anything is printed or named by it: the report labels its times UTC, and
+    # a bound asked with another offset (+09:00) would otherwise show its local wall time.
+    return Period(start=start.astimezone(UTC), end=end.astimezone(UTC))
 
 
 def issue_filters(parameters: ReportParameters, requested_by: str) -> IssueFilters:
