@@ -3,20 +3,26 @@
 Synchronous, for the Celery worker (``flyswatter.webhooks.tasks``); any number of workers may
 run it at once. A claim takes due rows with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (on
 SQLite, ``BEGIN IMMEDIATE`` makes the claiming transaction the only writer) and moves their
-due time a lease ahead before anything is sent. No transaction stays open while a receiver
-is called: a worker killed mid-delivery leaves its rows due again once the lease runs out,
-and the next worker sends them again, under the same ``webhook-id`` (at least once).
+due time a lease ahead before anything is sent; an attempt is cut at a deadline well inside
+the lease. No transaction stays open while a receiver is called: a worker killed
+mid-delivery leaves its rows due again once the lease runs out, and the next worker sends
+them again, under the same ``webhook-id`` (at least once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import socket
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
 
 import httpx
 from cryptography.fernet import InvalidToken
@@ -75,9 +81,18 @@ class AttemptResult:
     started_at: datetime
 
 
+def attempt_seconds(settings: Settings) -> float:
+    """The most one attempt may take, connecting and reading the answer included. httpx's
+    timeouts bound each connect, read and write, not their sum: a receiver trickling its
+    answer a byte at a time, each just inside the timeout, would hold the attempt open."""
+    return 2 * settings.webhook_timeout_seconds
+
+
 def lease_seconds(settings: Settings) -> float:
-    """How long a claimed delivery stays out of other workers' reach while it is sent."""
-    return 2 * settings.webhook_timeout_seconds + 5
+    """How long a claimed delivery stays out of other workers' reach while it is sent: well
+    past the attempt's deadline, which cannot cut a slow resolution of the host short, and
+    the recording of the outcome comes after it."""
+    return 2 * attempt_seconds(settings) + 5
 
 
 def backoff_seconds(settings: Settings, attempts: int) -> float:
@@ -118,60 +133,157 @@ def claim_due(
         # renders no FOR UPDATE; its claiming transaction holds the write lock instead).
         .with_for_update(skip_locked=True, of=_DELIVERY)
     )
+    lease_end = now + timedelta(seconds=lease_seconds(settings))
+    # Each webhook's secrets, opened once, before anything is claimed: only a delivery that
+    # can be signed is claimed and has an attempt counted. None: they do not decrypt.
+    opened: dict[int, list[str] | None] = {}
+    claims = []
     with engine.begin() as connection:
         rows = list(connection.execute(statement))
         if not rows:
             return []
-        connection.execute(
-            update(_DELIVERY)
-            .where(_DELIVERY.c.id.in_([row.id for row in rows]))
-            .values(
-                attempts=_DELIVERY.c.attempts + 1,
-                next_attempt_at=now + timedelta(seconds=lease_seconds(settings)),
-                updated_at=now,
+        for row in rows:
+            if row.webhook_id not in opened:
+                try:
+                    current = box.open(row.secret_sealed)
+                    previous = (
+                        box.open(row.previous_secret_sealed) if row.previous_secret_sealed else None
+                    )
+                except InvalidToken:
+                    opened[row.webhook_id] = None
+                else:
+                    opened[row.webhook_id] = signing_secrets(
+                        current, previous, row.previous_secret_expires_at, now
+                    )
+            secrets = opened[row.webhook_id]
+            if secrets is None:
+                continue
+            claims.append(
+                Claim(
+                    delivery_id=row.id,
+                    attempt=row.attempts + 1,
+                    webhook_id=row.webhook_id,
+                    url=row.url,
+                    secrets=secrets,
+                    event_uid=row.uid,
+                    payload=row.payload,
+                    claimed_at=now,
+                )
             )
-        )
-    claims = []
-    for row in rows:
-        try:
-            current = box.open(row.secret_sealed)
-            previous = box.open(row.previous_secret_sealed) if row.previous_secret_sealed else None
-        except InvalidToken:
-            # Left claimed: it is due again after the lease, once the key is configured back.
+        if claims:
+            connection.execute(
+                update(_DELIVERY)
+                .where(_DELIVERY.c.id.in_([claim.delivery_id for claim in claims]))
+                .values(
+                    attempts=_DELIVERY.c.attempts + 1,
+                    next_attempt_at=lease_end,
+                    updated_at=now,
+                )
+            )
+        waiting = [row.id for row in rows if opened[row.webhook_id] is None]
+        if waiting:
+            # Not claimed, as nothing can be signed: no attempt is counted, so that they still
+            # have all of theirs once the key is configured back. Only moved a lease ahead, out
+            # of the way of the deliveries that can be sent.
+            connection.execute(
+                update(_DELIVERY)
+                .where(_DELIVERY.c.id.in_(waiting))
+                .values(next_attempt_at=lease_end)
+            )
+    for webhook_id, secrets in opened.items():
+        if secrets is None:
             logger.error(
                 "webhook %d: its signing secret does not decrypt with the configured "
                 "FLYSWATTER_WEBHOOK_SECRET_KEYS; its deliveries wait",
-                row.webhook_id,
+                webhook_id,
             )
-            continue
-        claims.append(
-            Claim(
-                delivery_id=row.id,
-                attempt=row.attempts + 1,
-                webhook_id=row.webhook_id,
-                url=row.url,
-                secrets=signing_secrets(current, previous, row.previous_secret_expires_at, now),
-                event_uid=row.uid,
-                payload=row.payload,
-                claimed_at=now,
-            )
-        )
     return claims
 
 
-def send(claim: Claim, client: httpx.Client) -> AttemptResult:
-    """POST the signed event; never raises for what the receiver or the network does."""
+class _Deadline:
+    """Ends an attempt at its deadline by shutting its connection down, which wakes the read
+    or write in progress with an error. The connection is learnt from httpcore's ``trace``
+    extension as it opens; a duplicate of its socket, as the TLS handshake takes the socket
+    itself over (and may trickle too)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.passed = False
+        self._ended = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        if name != "connection.connect_tcp.complete":
+            return
+        opened = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            if self._ended or opened is None:
+                return
+            duplicate = opened.dup()
+            self._sockets.append(duplicate)
+            if self.passed:  # it took that long to resolve the host
+                _shut(duplicate)
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self.passed = True
+            for duplicate in self._sockets:
+                _shut(duplicate)
+
+    def __enter__(self) -> None:
+        self._timer.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._ended = True
+            for duplicate in self._sockets:
+                duplicate.close()
+            self._sockets.clear()
+
+
+def _shut(connection: socket.socket) -> None:
+    # An error if the receiver closed it already.
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
+
+
+def send(claim: Claim, client: httpx.Client, deadline_seconds: float) -> AttemptResult:
+    """POST the signed event, for ``deadline_seconds`` at most; never raises for what the
+    receiver or the network does."""
     started_at = utcnow()
     headers = {
         **signed_headers(claim.secrets, claim.event_uid, started_at, claim.payload),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
+        # A connection of its own for every attempt: the deadline can only cut a connection
+        # it saw open, which a connection kept from an earlier attempt was not.
+        "connection": "close",
     }
     start = time.perf_counter()
     status_code = None
     excerpt = None
+    deadline = _Deadline(deadline_seconds)
     try:
-        with client.stream("POST", claim.url, content=claim.payload, headers=headers) as response:
+        with (
+            deadline,
+            client.stream(
+                "POST",
+                claim.url,
+                content=claim.payload,
+                headers=headers,
+                extensions={"trace": deadline.trace},
+            ) as response,
+        ):
             status_code = response.status_code
             received = b""
             for chunk in response.iter_bytes():
@@ -188,7 +300,11 @@ def send(claim: Claim, client: httpx.Client) -> AttemptResult:
     except httpx.TimeoutException as exc:
         outcome, error = AttemptOutcome.timeout, f"no answer in time ({type(exc).__name__})"
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
-        outcome, error = AttemptOutcome.connection_error, type(exc).__name__
+        if deadline.passed:
+            outcome = AttemptOutcome.timeout
+            error = f"no answer in time (the attempt's {deadline_seconds:g} s deadline)"
+        else:
+            outcome, error = AttemptOutcome.connection_error, type(exc).__name__
     duration_ms = (time.perf_counter() - start) * 1000
     return AttemptResult(
         outcome=outcome,
@@ -301,7 +417,7 @@ def deliver_due(
                 break
 
             def attempt(claim: Claim) -> AttemptOutcome | None:
-                result = send(claim, http)
+                result = send(claim, http, attempt_seconds(settings))
                 try:
                     record(engine, settings, claim, result)
                 except Exception as exc:
