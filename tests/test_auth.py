@@ -198,3 +198,39 @@ async def test_a_person_named_service_account_is_shown_as_a_person(
     assert me["username"] == "service-account-alice"
     assert me["is_service_account"] is False
     assert me["client_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("claims", "scopes", "roles"),
+    [
+        (
+            {"scope": "projects:read issues:read \ud800x"},
+            ["issues:read", "projects:read"],
+            [],
+        ),
+        (
+            {"scope": "projects:read", "realm_access": {"roles": ["\udfff", "flyswatter-dev"]}},
+            ["projects:read"],
+            ["flyswatter-dev"],
+        ),
+        (
+            {"scope": "projects:read is\x1bsues:read", "realm_access": {"roles": ["adm\x00in"]}},
+            ["projects:read"],
+            [],
+        ),
+    ],
+    ids=["lone-surrogate-scope", "lone-surrogate-role", "control-characters"],
+)
+async def test_scopes_and_roles_with_unsafe_characters_are_dropped_not_a_500(
+    client: httpx.AsyncClient,
+    tokens: TokenFactory,
+    claims: dict[str, object],
+    scopes: list[str],
+    roles: list[str],
+) -> None:
+    token = tokens.sign(tokens.claims(sub="odd-grants", preferred_username="odd", **claims))
+    response = await client.get(ME, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    # The well-formed entries still grant; the others grant nothing and are not echoed back.
+    assert response.json()["scopes"] == scopes
+    assert response.json()["realm_roles"] == roles

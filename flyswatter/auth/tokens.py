@@ -100,6 +100,7 @@ class Principal:
         # Like an odd scope or realm_access: roles only ever grant, so an odd claim grants none.
         roles = roles if isinstance(roles, list) else []
         scope = claims.get("scope", "")
+        scopes = scope.split() if isinstance(scope, str) else []
         return cls(
             subject=str(claims["sub"]),
             username=username,
@@ -107,8 +108,8 @@ class Principal:
             name=_display_text(claims.get("name")),
             client_id=str(client_id) if client_id else None,
             is_service_account=service_client is not None,
-            scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
-            realm_roles=frozenset(r for r in roles if isinstance(r, str)),
+            scopes=_grants(scopes),
+            realm_roles=_grants(roles),
             expires_at=expires_at,
         )
 
@@ -127,6 +128,20 @@ def _service_account_client(claims: dict[str, Any], username: str) -> str | None
     if username != SERVICE_ACCOUNT_PREFIX + client_id.lower():
         return None
     return client_id
+
+
+def _grants(values: list[Any]) -> frozenset[str]:
+    """The scope entries or role names that are one-line text; the others are dropped.
+
+    Like a scope or realm_access that is not a string or a list: scopes and roles only ever
+    grant, so an entry holding a control character or a lone surrogate grants nothing, and the
+    rest of the token still counts. Refusing the token is for the claims that say who is
+    calling (``_identifier``); an odd entry here is never echoed back (``/users/me`` could not
+    encode a lone surrogate) nor compared against a real scope.
+    """
+    return frozenset(
+        value for value in values if isinstance(value, str) and not first_unsafe_character(value)
+    )
 
 
 def _display_text(value: Any) -> str | None:
