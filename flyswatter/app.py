@@ -239,6 +239,14 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
         max_bytes=settings.max_body_bytes,
         upload_max_bytes=settings.attachment_max_bytes,
     )
+    # Inside the request context (a 429 carries the request id); outside it, the request
+    # metrics see every final status, the 500 of an unhandled error included.
+    app.add_middleware(RateLimitMiddleware)
+    # Outside the rate limits, so the 429 that replaces a 401 carries the CORS headers (a
+    # browser could not read it, nor its Retry-After, otherwise) and a preflight is answered
+    # before any budget is looked at; inside the request context, so a preflight still carries
+    # the request id and is logged and counted. (The context's own last-resort 500 stays
+    # outside CORS: CORS outermost would take preflights out of the context, logs and metrics.)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -264,9 +272,6 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
             ],
             max_age=600,
         )
-    # Inside the request context (a 429 carries the request id); outside it, the request
-    # metrics see every final status, the 500 of an unhandled error included.
-    app.add_middleware(RateLimitMiddleware)
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(HttpMetricsMiddleware)
     return app

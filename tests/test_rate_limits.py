@@ -170,6 +170,40 @@ async def test_failed_authentication_is_limited_by_client_address(
     assert counter("flyswatter_rate_limited_requests_total", kind="read") == before + 2
 
 
+async def test_the_429_for_a_spent_address_carries_cors_headers_and_preflights_are_free(
+    settings: Settings,
+) -> None:
+    origin = "https://ui.example"
+    limited = settings.model_copy(
+        update={"rate_limit_enabled": True, "rate_limit_reads": "2/hour", "cors_origins": [origin]}
+    )
+    app = create_app(limited)
+    # An address of its own: no earlier run sharing the Redis has spent this budget.
+    address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+    preflight = {"Origin": origin, "Access-Control-Request-Method": "GET"}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(address, 4321))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            early = [await c.options(PROJECTS, headers=preflight) for _ in range(3)]
+            statuses = [
+                (await c.get(PROJECTS, headers={"Origin": origin})).status_code for _ in range(2)
+            ]
+            refused = await c.get(PROJECTS, headers={"Origin": origin})
+            late = await c.options(PROJECTS, headers=preflight)
+
+    # Preflights are answered before the limits and spend nothing, even once it is used up.
+    assert {response.status_code for response in [*early, late]} == {200}
+    assert all(response.headers["access-control-allow-origin"] == origin for response in early)
+    assert all("x-request-id" in response.headers for response in [*early, late])
+    assert statuses == [401, 401]
+    # A browser on an allowed origin can read the 429 and its Retry-After.
+    assert refused.status_code == 429
+    assert refused.headers["access-control-allow-origin"] == origin
+    assert "retry-after" in refused.headers["access-control-expose-headers"].lower()
+    assert "retry-after" in refused.headers
+    assert "x-request-id" in refused.headers
+
+
 async def test_limits_off_leave_requests_and_headers_alone(limited_app: AppFactory) -> None:
     async with limited_app(rate_limit_enabled=False) as api:
         alice = api.as_user(unique("alice"))
