@@ -62,6 +62,29 @@ class TestManage:
         assert response.status_code == 422
         assert (await team["viewer"].get(LABELS)).json()["items"] == []
 
+    @pytest.mark.parametrize("name", [".", "..", "..."])
+    async def test_a_name_of_only_dots_is_a_422_as_its_url_would_lose_it(
+        self, team: Team, name: str
+    ) -> None:
+        # Clients remove "." and ".." segments from a path: /labels/.. is the project's URL.
+        response = await team["maintainer"].post(LABELS, json={"name": name, "color": "#123456"})
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["loc"] == ["body", "name"]
+        assert (await team["viewer"].get(LABELS)).json()["items"] == []
+        await team.label("bug")
+        renamed = await team["maintainer"].patch(f"{LABELS}/bug", json={"name": name})
+        assert renamed.status_code == 422
+        assert renamed.json()["errors"][0]["loc"] == ["body", "name"]
+        assert [label["name"] for label in (await team["viewer"].get(LABELS)).json()["items"]] == [
+            "bug"
+        ]
+
+    @pytest.mark.parametrize("name", [".hidden", "v1.0", "..a", "a..", ". .", "x"])
+    async def test_a_name_with_dots_and_something_else_is_accepted(
+        self, team: Team, name: str
+    ) -> None:
+        assert (await team.label(name))["name"] == name
+
     async def test_labels_are_listed_by_name_page_by_page(self, team: Team) -> None:
         for name in ("urgent", "backend", "ui", "docs", "api"):
             await team.label(name)

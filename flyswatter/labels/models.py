@@ -15,10 +15,17 @@ from flyswatter.patch import unless_sent
 from flyswatter.text import ONE_LINE, MultiLine, SingleLine
 
 COLOR_PATTERN = r"^#[0-9a-fA-F]{6}$"
-# No slash, no outer space, no control character; as a JSON schema pattern too.
+# No slash, no outer space, no control character, not only dots ("." and ".." are dot
+# segments, which clients remove from a URL); as a JSON schema pattern too, so without a
+# look-ahead (Rust's regex has none): after any leading dots, some character is not a dot.
 _END = r"[^\s/\u0000-\u001f\u007f-\u009f]"
 _INNER = r"[^/\u0000-\u001f\u007f-\u009f\u2028\u2029]"
-LABEL_NAME_PATTERN = rf"^{_END}{_INNER}{{0,48}}{_END}$|^{_END}$"
+_END_NOT_DOT = r"[^\s/.\u0000-\u001f\u007f-\u009f]"
+_INNER_NOT_DOT = r"[^/.\u0000-\u001f\u007f-\u009f\u2028\u2029]"
+LABEL_NAME_PATTERN = (
+    rf"^(?:{_END_NOT_DOT}(?:{_INNER}*{_END})?"
+    rf"|\.+(?:{_END_NOT_DOT}|{_INNER_NOT_DOT}{_INNER}*{_END}))$"
+)
 
 LabelName = Annotated[
     str, StringConstraints(min_length=1, max_length=50, pattern=LABEL_NAME_PATTERN), ONE_LINE
