@@ -53,6 +53,12 @@ def single_line(value: str) -> str:
     return value
 
 
+def not_blank(value: str) -> str:
+    if value.isspace():
+        raise ValueError("text may not be only whitespace")
+    return value
+
+
 def multi_line(value: str) -> str:
     bad = first_unsafe_character(value, multiline=True)
     if bad is not None:
@@ -93,6 +99,9 @@ def _single_line_as_sent(value: Any) -> Any:
 # it counts as whitespace (U+001C to U+001F, U+0085, U+2028, U+2029) from the ends unseen.
 ONE_LINE_AS_SENT = BeforeValidator(_single_line_as_sent)
 MANY_LINES = AfterValidator(multi_line)
+# Refuses whitespace-only text but keeps the text as sent (Markdown reads leading spaces);
+# one-line values strip instead (``StringConstraints(strip_whitespace=True, min_length=1)``).
+NOT_BLANK = AfterValidator(not_blank)
 ONE_LINE_DOCUMENTED = _DocumentedAs(ONE_LINE_PATTERN)
 SingleLine = Annotated[str, ONE_LINE, ONE_LINE_DOCUMENTED]
 MultiLine = Annotated[str, MANY_LINES, _DocumentedAs(MANY_LINES_PATTERN)]

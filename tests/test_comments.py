@@ -46,6 +46,20 @@ class TestAdd:
         assert response.headers["content-type"] == "application/problem+json"
         assert (await team["viewer"].get(COMMENTS)).json()["items"] == []
 
+    @pytest.mark.parametrize("body", [" ", "   ", "\n\t\r\n", "\u3000"])
+    async def test_whitespace_only_body_is_a_422_naming_it_and_adds_nothing(
+        self, team: Team, body: str
+    ) -> None:
+        response = await team["reporter"].post(COMMENTS, json={"body": body})
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["loc"] == ["body", "body"]
+        assert (await team["viewer"].get(COMMENTS)).json()["items"] == []
+
+    async def test_body_keeps_its_surrounding_whitespace_as_sent(self, team: Team) -> None:
+        # Markdown reads leading spaces: four of them make a code block.
+        body = "    indented code\n\n- item\n"
+        assert (await comment(team, body=body))["body"] == body
+
     async def test_largest_body_is_accepted(self, team: Team) -> None:
         assert (
             await team["reporter"].post(COMMENTS, json={"body": "x" * 65_536})
@@ -183,6 +197,17 @@ class TestEdit:
         created = await comment(team)
         url = f"/api/v1/comments/{created['id']}"
         assert (await team["reporter"].patch(url, json=body)).status_code == 422
+        assert (await team["viewer"].get(url)).json() == created
+
+    @pytest.mark.parametrize("body", [" ", "\n\n", "\t "])
+    async def test_whitespace_only_edit_is_a_422_naming_it_and_changes_nothing(
+        self, team: Team, body: str
+    ) -> None:
+        created = await comment(team)
+        url = f"/api/v1/comments/{created['id']}"
+        response = await team["reporter"].patch(url, json={"body": body})
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["loc"] == ["body", "body"]
         assert (await team["viewer"].get(url)).json() == created
 
     async def test_stale_if_match_on_edit_is_a_412_and_changes_nothing(self, team: Team) -> None:

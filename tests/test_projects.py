@@ -46,6 +46,20 @@ class TestCreateProject:
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["errors"][0]["loc"] == ["body", "key"]
 
+    @pytest.mark.parametrize("name", ["", " ", "   ", "\u3000", "\u00a0 "])
+    async def test_blank_name_is_a_422_naming_the_field(self, api: Api, name: str) -> None:
+        alice = api.as_user("alice")
+        response = await alice.post(PROJECTS, json={"key": "BLANK", "name": name})
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["loc"] == ["body", "name"]
+        assert (await alice.get(f"{PROJECTS}/BLANK")).status_code == 404
+
+    async def test_name_is_stored_without_surrounding_whitespace_like_a_title(
+        self, api: Api
+    ) -> None:
+        created = await create_project(api.as_user("alice"), "FLY", name="  Flyswatter ")
+        assert created["name"] == "Flyswatter"
+
     async def test_duplicate_key_is_a_409_and_changes_nothing(self, api: Api) -> None:
         alice, bob = api.as_user("alice"), api.as_user("bob")
         await create_project(alice, "FLY")
@@ -171,6 +185,24 @@ class TestManageProject:
         assert body["description"] == "new"
         assert body["name"] == before["name"]
         assert body["updated_at"] >= before["updated_at"]
+
+    @pytest.mark.parametrize("name", ["", " ", "   "])
+    async def test_renaming_to_a_blank_name_is_a_422_and_changes_nothing(
+        self, api: Api, name: str
+    ) -> None:
+        alice = api.as_user("alice")
+        before = await create_project(alice, "FLY")
+        response = await alice.patch(f"{PROJECTS}/FLY", json={"name": name})
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["loc"] == ["body", "name"]
+        assert (await alice.get(f"{PROJECTS}/FLY")).json()["name"] == before["name"]
+
+    async def test_rename_strips_surrounding_whitespace(self, api: Api) -> None:
+        alice = api.as_user("alice")
+        await create_project(alice, "FLY")
+        response = await alice.patch(f"{PROJECTS}/FLY", json={"name": " Renamed  "})
+        assert response.status_code == 200
+        assert response.json()["name"] == "Renamed"
 
     @pytest.mark.parametrize("role", ["viewer", "reporter", "developer"])
     async def test_only_maintainers_manage_the_project(self, api: Api, role: str) -> None:

@@ -10,12 +10,13 @@ from sqlalchemy import Index, Text
 from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
-from flyswatter.text import MultiLine
+from flyswatter.text import NOT_BLANK, MultiLine
 from flyswatter.users.models import UserSummary
 
 MAX_BODY = 65_536
 
-Body = Annotated[MultiLine, StringConstraints(min_length=1, max_length=MAX_BODY)]
+# Not whitespace only, yet stored as sent: Markdown reads leading spaces.
+Body = Annotated[MultiLine, StringConstraints(min_length=1, max_length=MAX_BODY), NOT_BLANK]
 
 
 class CommentBase(SQLModel):

@@ -12,9 +12,16 @@ from sqlmodel import Field, SQLModel
 
 from flyswatter.db import UTCDateTime, utcnow
 from flyswatter.patch import unless_sent
-from flyswatter.text import ONE_LINE, MultiLine, SingleLine
+from flyswatter.text import ONE_LINE, ONE_LINE_AS_SENT, ONE_LINE_DOCUMENTED, MultiLine
 
 PROJECT_KEY_PATTERN = r"^[A-Z][A-Z0-9]{1,9}$"
+# As an issue's title: stored without its surrounding whitespace; blank is a 422.
+ProjectName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    ONE_LINE_AS_SENT,
+    ONE_LINE_DOCUMENTED,
+]
 
 
 class Role(StrEnum):
@@ -37,7 +44,7 @@ _ROLE_ORDER = list(Role)
 
 
 class ProjectBase(SQLModel):
-    name: SingleLine = Field(min_length=1, max_length=200)
+    name: ProjectName = Field(max_length=200)
     description: MultiLine = Field(default="", max_length=10_000)
 
 
@@ -76,7 +83,7 @@ class ProjectUpdate(SQLModel):
         json_schema_extra={"examples": [{"description": "Where the demo users try things."}]},
     )
 
-    name: SingleLine = unless_sent(min_length=1, max_length=200)
+    name: ProjectName = unless_sent()
     description: MultiLine = unless_sent(max_length=10_000)
     # Strict: a JSON 0 or "yes" is a client bug, not a request to unarchive.
     archived: StrictBool = unless_sent()
