@@ -378,13 +378,7 @@ async def test_a_job_stored_before_todays_period_rules_is_failed_with_the_rules_
 ) -> None:
     response = await team["reporter"].post("/api/v1/projects/FLY/reports")
     location, job_id = response.headers["Location"], response.json()["id"]
-    engine = sa.create_engine(settings.sync_database_url)
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text("UPDATE job SET parameters = :parameters WHERE public_id = :id"),
-            {"parameters": json.dumps(stored), "id": job_id},
-        )
-    engine.dispose()
+    store_parameters(settings, job_id, stored)
     # A refusal, not an error: the attempt ends failed instead of raising.
     assert await run_once(settings, job_id, "task-1") == JobState.failed
     job = (await team["reporter"].get(location)).json()
@@ -392,6 +386,17 @@ async def test_a_job_stored_before_todays_period_rules_is_failed_with_the_rules_
     assert job["error"].startswith(error)
     assert job["artifact"] is None
     assert stored_files(settings) == []
+
+
+def store_parameters(settings: Settings, job_id: str, stored: dict[str, Any]) -> None:
+    """The job's parameters as an older release could have stored them."""
+    engine = sa.create_engine(settings.sync_database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE job SET parameters = :parameters WHERE public_id = :id"),
+            {"parameters": json.dumps(stored), "id": job_id},
+        )
+    engine.dispose()
 
 
 @pytest.mark.parametrize(
@@ -405,13 +410,7 @@ async def test_a_job_whose_stored_parameters_no_longer_validate_is_still_shown(
     response = await team["reporter"].post("/api/v1/projects/FLY/reports")
     location, job_id = response.headers["Location"], response.json()["id"]
     stored = {"to": "2026-12-01T00:00:00Z", "status": ["open"], **refused}
-    engine = sa.create_engine(settings.sync_database_url)
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text("UPDATE job SET parameters = :parameters WHERE public_id = :id"),
-            {"parameters": json.dumps(stored), "id": job_id},
-        )
-    engine.dispose()
+    store_parameters(settings, job_id, stored)
 
     async def shown() -> dict[str, Any]:
         one = await team["viewer"].get(location)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 
 import anyio
@@ -18,11 +21,20 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr, ValidationError
 from sqlalchemy import Engine
+from sqlmodel import col
 
 from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
 from flyswatter.webhooks import delivery
-from flyswatter.webhooks.delivery import Claim, backoff_seconds, deliver_due, prune
+from flyswatter.webhooks.delivery import (
+    Claim,
+    attempt_seconds,
+    backoff_seconds,
+    deliver_due,
+    lease_seconds,
+    prune,
+)
+from flyswatter.webhooks.models import WebhookDelivery
 from flyswatter.webhooks.secret_box import SecretBox
 from tests.support.api import Api, AuthedClient, walk_pages
 from tests.webhook_receiver import WebhookReceiver, running_receiver
@@ -521,3 +533,111 @@ def test_backoff_doubles_and_spans_about_a_day(base_settings: Settings) -> None:
     assert 0.8 * 60 <= delays[0] <= 1.2 * 60
     assert all(delay <= 1.2 * base_settings.webhook_retry_max_delay_seconds for delay in delays)
     assert 0.8 * 86_400 <= sum(delays) <= 1.2 * 2 * 86_400
+
+
+# What one delivery attempt costs: attempts are counted only when something is sent, and an
+# attempt ends within its deadline whatever the receiver does.
+
+
+def attempts_made(engine: Engine) -> list[tuple[int, str, float]]:
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT number, outcome, duration_ms FROM webhook_delivery_attempt ORDER BY id"
+        ).all()
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def lease_runs_out(engine: Engine) -> None:
+    """What waiting out the lease does to a delivery, without the wait."""
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(WebhookDelivery)
+            .where(col(WebhookDelivery.state) == "pending")
+            .values(next_attempt_at=utcnow() - timedelta(seconds=1))
+        )
+
+
+async def test_a_secret_that_does_not_decrypt_costs_its_deliveries_no_attempts(
+    api: Api,
+    settings: Settings,
+    engine: Engine,
+    receiver: WebhookReceiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings.model_copy(update={"webhook_max_attempts": 2})
+    owner = await maintainer(api)
+    hook = await subscribe(owner, receiver)
+    await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Waits"})
+    # Keys that did not seal the secret, as after a mistaken FLYSWATTER_WEBHOOK_SECRET_KEYS.
+    wrong_keys = settings.model_copy(
+        update={"webhook_secret_keys": [SecretStr(Fernet.generate_key().decode())]}
+    )
+    with caplog.at_level(logging.ERROR, logger="flyswatter.webhooks"):
+        for _ in range(3):
+            assert deliver_due(engine, wrong_keys) == {}
+            lease_runs_out(engine)
+    assert receiver.received == []
+    assert deliveries(engine) == [("pending", 0)]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"webhook {hook['id']}: its signing secret does not decrypt with the configured "
+        "FLYSWATTER_WEBHOOK_SECRET_KEYS; its deliveries wait"
+    ] * 3
+    assert hook["secret"] not in caplog.text
+    # The keys configured back: the first failure is the first of its two attempts, not final.
+    receiver.statuses = [500]
+    drain(engine, settings)
+    first, second = receiver.wait_for(2)
+    assert first.webhook_id == second.webhook_id
+    assert second.verified_with == [0]
+    assert [(number, outcome) for number, outcome, _ in attempts_made(engine)] == [
+        (1, "http_error"),
+        (2, "succeeded"),
+    ]
+    assert deliveries(engine) == [("succeeded", 2)]
+
+
+@contextmanager
+def trickling_receiver(byte_seconds: float) -> Iterator[str]:
+    """A receiver answering one byte at a time, each inside the read timeout: in breach of
+    none of httpx's timeouts, it holds an attempt open for as long as its answer lasts."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        # Ends as the sender gives up, or as the test closes the listener.
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10:
+                    connection.sendall(bytes([byte]))
+                    time.sleep(byte_seconds)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    finally:
+        listener.close()
+
+
+async def test_a_receiver_trickling_its_answer_times_out_at_the_attempts_deadline(
+    api: Api, settings: Settings, engine: Engine
+) -> None:
+    deadline = attempt_seconds(settings)
+    assert deadline <= 2 * settings.webhook_timeout_seconds
+    # Another worker's claim waits for the lease: an attempt cut at its deadline is over long
+    # before, and is never sent again beside itself.
+    assert lease_seconds(settings) >= 2 * deadline
+    # About 30 s of answer, far past the lease, without a second's silence.
+    with trickling_receiver(byte_seconds=0.8 * settings.webhook_timeout_seconds) as url:
+        owner = await maintainer(api)
+        hook = await owner.post("/api/v1/projects/HOOK/webhooks", json={"url": url})
+        assert hook.status_code == 201, hook.text
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Trickled"})
+        started = time.monotonic()
+        assert deliver_due(engine, settings) == {"timeout": 1}
+        took = time.monotonic() - started
+    ((number, outcome, duration_ms),) = attempts_made(engine)
+    assert (number, outcome) == (1, "timeout")
+    assert deadline * 1000 <= duration_ms < (deadline + 1) * 1000
+    assert took < deadline + 2
+    assert deliveries(engine) == [("pending", 1)]

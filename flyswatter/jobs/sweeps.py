@@ -5,7 +5,9 @@ objects of deleted files that a removal after the commit did not reach are remov
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import TypeVar
 
 from celery import Celery
 from sqlalchemy import and_, delete, or_, select, update
@@ -18,6 +20,8 @@ from flyswatter.jobs.worker import publish_job
 from flyswatter.observability.metrics import JOBS_FINISHED
 from flyswatter.storage.models import Artifact, StorageRemoval
 from flyswatter.storage.service import StorageUnavailable
+
+T = TypeVar("T")
 
 logger = logging.getLogger("flyswatter.jobs")
 
@@ -92,22 +96,7 @@ def expire_artifacts(runtime: JobRuntime) -> int:
                 .limit(EXPIRE_BATCH)
             )
         )
-    removed = []
-    for index, (artifact_id, key) in enumerate(expired):
-        try:
-            runtime.storage.delete(key)
-        except StorageUnavailable as exc:
-            # The rest would fail alike: one line, and the next sweep goes on from here.
-            left = len(expired) - index
-            logger.warning("%d expired artifact(s) left until the next sweep: %s", left, exc)
-            break
-        except Exception as exc:
-            # This file only (its row stays, to be tried again), not the ones after it: the
-            # oldest first, so one that always fails would otherwise hold up every other.
-            # Only the type: the backend's text is its own.
-            logger.warning("expired artifact %s not removed: %s", key, type(exc).__name__)
-            continue
-        removed.append(artifact_id)
+    removed = _remove_objects(runtime, [(id_, key) for id_, key in expired], "expired artifact")
     if removed:
         with runtime.engine.begin() as connection:
             connection.execute(
@@ -132,22 +121,31 @@ def remove_deleted_objects(runtime: JobRuntime, *, grace: timedelta = REMOVAL_GR
                 .limit(REMOVAL_BATCH)
             ).scalars()
         )
-    removed: list[str] = []
-    for index, key in enumerate(keys):
-        try:
-            runtime.storage.delete(key)
-        except StorageUnavailable as exc:
-            # The rest would fail alike: one line, and the next sweep goes on from here.
-            left = len(keys) - index
-            logger.warning("%d deleted object(s) left until the next sweep: %s", left, exc)
-            break
-        except Exception as exc:
-            # This object only (its name stays, to be tried again), not the ones after it.
-            # Only the type: the backend's text is its own.
-            logger.warning("deleted object %s not removed: %s", key, type(exc).__name__)
-            continue
-        removed.append(key)
+    removed = _remove_objects(runtime, [(key, key) for key in keys], "deleted object")
     if removed:
         with runtime.engine.begin() as connection:
             connection.execute(delete(StorageRemoval).where(col(StorageRemoval.key).in_(removed)))
     return len(removed)
+
+
+def _remove_objects(runtime: JobRuntime, objects: Sequence[tuple[T, str]], what: str) -> list[T]:
+    """Remove each ``(id, key)`` object from storage, oldest first; the ids of those removed.
+
+    Storage down stops the sweep (the rest would fail alike; the next sweep goes on from
+    there). Any other fault skips that object only, which stays to be tried again: one that
+    always fails would otherwise hold up every other. Only its type is logged: the backend's
+    text is its own.
+    """
+    removed: list[T] = []
+    for index, (identity, key) in enumerate(objects):
+        try:
+            runtime.storage.delete(key)
+        except StorageUnavailable as exc:
+            left = len(objects) - index
+            logger.warning("%d %s(s) left until the next sweep: %s", left, what, exc)
+            break
+        except Exception as exc:
+            logger.warning("%s %s not removed: %s", what, key, type(exc).__name__)
+            continue
+        removed.append(identity)
+    return removed
