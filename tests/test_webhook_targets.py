@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from ipaddress import ip_address
 
@@ -23,6 +26,8 @@ from flyswatter.webhooks.targets import (
 )
 from tests.support.api import Api, AuthedClient
 from tests.webhook_receiver import WebhookReceiver, running_receiver
+
+LOOPBACK = ip_address("127.0.0.1")
 
 # URL -> the class of refusal, for a service with the production defaults.
 REFUSED = {
@@ -317,3 +322,59 @@ async def test_redirects_are_not_followed(api: Api, settings: Settings, app: Fas
             engine.dispose()
         assert len(receiver.received) == 1
     assert attempts_of(settings) == [("http_error", "HTTP 302")]
+
+
+@contextmanager
+def keep_alive_receiver() -> Iterator[tuple[int, list[tuple[str, int]]]]:
+    """A receiver that keeps connections open (HTTP/1.1), noting each request's Host and the
+    client port it came from: two requests from one port came over one connection."""
+    seen: list[tuple[str, int]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            seen.append((self.headers["host"], self.client_address[1]))
+            self.send_response(204)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_deliveries_to_two_names_at_one_address_share_no_connection(
+    app: FastAPI, api: Api, settings: Settings
+) -> None:
+    """A connection is checked for one name (TLS: its certificate): kept for the next
+    delivery to the same address, it would serve another name unchecked."""
+    settings = settings.model_copy(
+        update={"webhook_allowed_networks": ["127.0.0.1/32"], "webhook_batch_size": 1}
+    )
+    policy = TargetPolicy.from_settings(settings, resolver=lambda host, port: [LOOPBACK])
+    set_targets(app, policy)
+    owner = await owner_of_project(api)
+    with keep_alive_receiver() as (port, seen):
+        for name in ("a.example", "b.example"):
+            url = f"http://{name}:{port}/hook"
+            created = await owner.post("/api/v1/projects/SSRF/webhooks", json={"url": url})
+            assert created.status_code == 201, created.text
+        await owner.post("/api/v1/projects/SSRF/issues", json={"title": "Twice"})
+        engine = create_sync_engine(settings)
+        try:
+            # One client for the whole run, as the worker's sweep uses; one delivery a batch.
+            with delivery_client(settings, policy) as client:
+                assert deliver_due(engine, settings, batches=2, client=client) == {"succeeded": 2}
+        finally:
+            engine.dispose()
+    assert sorted(host for host, _ in seen) == [f"a.example:{port}", f"b.example:{port}"]
+    assert len({client_port for _, client_port in seen}) == 2
