@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -20,7 +21,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 from flyswatter.app import create_app
 from flyswatter.config import Settings
 from flyswatter.dev.server import BackgroundServer
-from flyswatter.events.stream import ProjectStream
+from flyswatter.events.stream import PAGE, ProjectStream
 from flyswatter.services import Flyswatter
 from tests.support.api import Api
 from tests.support.identity import TokenFactory
@@ -360,3 +361,101 @@ async def test_a_stream_cut_off_mid_read_gives_back_its_connection_and_slot(
         redis = services.stream_slots.redis
         assert redis is not None
         assert await redis.zcard(services.stream_slots.prefix + stream.principal.key) == 0
+
+
+async def store_outbox_events(app: Flyswatter, project_id: int, count: int) -> None:
+    """``count`` committed events of the project, written straight to the outbox: a history
+    to catch up on, longer than one page of it."""
+    async with app.services.engine.begin() as connection:
+        actor = (await connection.execute(sa.text('SELECT id FROM "user"'))).scalar_one()
+        await connection.execute(
+            sa.text(
+                "INSERT INTO event (uid, project_id, sequence, type, actor_id, occurred_at,"
+                " payload) VALUES (:uid, :project, :sequence, 'issue.created', :actor,"
+                " CURRENT_TIMESTAMP, '{}')"
+            ),
+            [
+                {"uid": uuid.uuid4().hex, "project": project_id, "sequence": n, "actor": actor}
+                for n in range(1, count + 1)
+            ],
+        )
+        await connection.execute(
+            sa.text("UPDATE event_sequence SET last_sequence = :n WHERE project_id = :project"),
+            {"n": count, "project": project_id},
+        )
+
+
+async def catching_up(app: Flyswatter, api: Api, **principal: Any) -> ProjectStream:
+    """Otto's stream of LIVE resuming from its first event, with PAGE + 50 to catch up on."""
+    stream = await stream_of(app, "otto", api.tokens)
+    await store_outbox_events(app, stream.project_id, PAGE + 50)
+    return replace(
+        stream, last_event_id_header="0", principal=replace(stream.principal, **principal)
+    )
+
+
+async def data_events(events: AsyncIterator[Any], count: int) -> list[Any]:
+    return [event for _ in range(count) if (event := await anext(events)).data is not None]
+
+
+async def test_a_long_catch_up_ends_when_its_token_expires(settings: Settings, api: Api) -> None:
+    async with in_process(settings, api) as (app, _):
+        stream = await catching_up(app, api, expires_at=time.time() + 1)
+        events = stream.events()
+        assert (await anext(events)).comment == "stream open"
+        first_page = await data_events(events, PAGE)
+        await asyncio.sleep(1.1)
+        rest = [event async for event in events]
+    assert [event.id for event in first_page] == [str(n) for n in range(1, PAGE + 1)]
+    assert rest == []
+
+
+async def test_a_long_catch_up_stops_once_access_is_withdrawn(settings: Settings, api: Api) -> None:
+    async with in_process(settings, api) as (app, writer):
+        stream = await catching_up(app, api)
+        events = stream.events()
+        await anext(events)
+        await data_events(events, PAGE)
+        assert (await writer.delete("/api/v1/projects/LIVE")).status_code == 204
+        rest = [event async for event in events]
+    assert [event.event for event in rest] == ["resync"]
+    assert json.loads(str(rest[0].data))["reason"] == "access_withdrawn"
+
+
+async def test_a_long_catch_up_keeps_its_slot_alive(on_redis: Settings, api: Api) -> None:
+    async with in_process(on_redis, api) as (app, _):
+        stream = await catching_up(app, api)
+        slots = app.services.stream_slots
+        assert slots.redis is not None
+        key = slots.prefix + stream.principal.key
+        events = stream.events()
+        await anext(events)
+        await data_events(events, PAGE)
+        expiry_during_first_page = await slots.redis.zscore(key, stream.slot)
+        await asyncio.sleep(0.05)
+        (next_page_event,) = await data_events(events, 1)
+        expiry_after = await slots.redis.zscore(key, stream.slot)
+        await events.aclose()
+    assert next_page_event.id == str(PAGE + 1)
+    assert expiry_during_first_page is not None
+    assert expiry_after is not None
+    assert expiry_after > expiry_during_first_page
+
+
+async def test_a_stream_whose_token_expires_while_events_keep_coming_ends(
+    settings: Settings, api: Api
+) -> None:
+    async with in_process(settings, api) as (app, writer):
+        stream = await stream_of(app, "otto", api.tokens)
+        stream = replace(stream, principal=replace(stream.principal, expires_at=time.time() + 1))
+        events = stream.events()
+        assert (await anext(events)).comment == "stream open"
+        waiting = asyncio.ensure_future(anext(events))
+        for number in range(3):
+            await writer.post("/api/v1/projects/LIVE/issues", json={"title": f"T{number}"})
+        first = await waiting
+        # Two events wait in the stream's queue while the token expires.
+        await asyncio.sleep(1.1)
+        rest = [event async for event in events]
+    assert first.id == "1"
+    assert rest == []

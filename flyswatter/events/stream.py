@@ -163,6 +163,14 @@ class ProjectStream:
                     last = sequence
                 if len(rows) < PAGE:
                     break
+                # A long catch-up to a slow client can take minutes: between pages it is
+                # bound by the token's expiry, access and the slot as the live part is.
+                if time.monotonic() >= deadline:
+                    return
+                if not await self._may_follow():
+                    yield withdrawn(last)
+                    return
+                await self.slots.refresh(self.principal.key, self.slot)
             # Live: events as they commit, until a gap, a heartbeat or the end.
             heartbeat_at = time.monotonic() + self.settings.events_heartbeat_seconds
             # Whether access was checked since the stream last waited: events that arrive
@@ -171,13 +179,16 @@ class ProjectStream:
             while True:
                 if subscription.overflowed:
                     break
+                # Checked before the queue, not only when it runs dry: events that keep
+                # coming must not carry a stream past its token's expiry, or its slot past
+                # the slot's expiry.
+                timeout = min(heartbeat_at, deadline) - time.monotonic()
+                if timeout <= 0:
+                    await self.slots.refresh(self.principal.key, self.slot)
+                    break
                 if subscription.queue.empty():
                     checked = False
                     subscription.wake.clear()
-                    timeout = min(heartbeat_at, deadline) - time.monotonic()
-                    if timeout <= 0:
-                        await self.slots.refresh(self.principal.key, self.slot)
-                        break
                     try:
                         await asyncio.wait_for(subscription.wake.wait(), timeout)
                     except TimeoutError:
