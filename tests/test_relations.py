@@ -4,6 +4,7 @@ transaction, and the list filters they add."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 
@@ -132,6 +133,63 @@ async def test_cycles_of_blockers_and_of_sub_issues_are_refused_naming_the_cycle
     # Nothing relates to itself, duplicates included.
     for kind in ("duplicates", "blocks", "parent"):
         assert await relate(dev, a, kind, a) == 422
+
+
+async def test_a_chain_of_duplicates_that_would_loop_is_refused_naming_the_cycle(
+    team: Team,
+) -> None:
+    dev = team["developer"]
+    a, b, c = await issues(team, 3)
+    assert await relate(dev, a, "duplicates", b) == 201
+    assert await relate(dev, b, "duplicates", c) == 201
+    # C is, through B, the issue A duplicates: C duplicating A would leave no original.
+    refused = await dev.post(
+        f"/api/v1/issues/{c}/relations", json={"kind": "duplicates", "target": a}
+    )
+    assert refused.status_code == 409, refused.text
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    # The blockers' refusal, for the same reason.
+    assert refused.json()["type"] == "urn:flyswatter:problem:conflict"
+    assert refused.json()["cycle"] == [c, a, b, c]
+    # From the other side, and the shortest loop too, which the same check refuses.
+    refused = await dev.post(
+        f"/api/v1/issues/{a}/relations", json={"kind": "duplicated_by", "target": c}
+    )
+    assert refused.json()["cycle"] == [c, a, b, c]
+    refused = await dev.post(
+        f"/api/v1/issues/{b}/relations", json={"kind": "duplicates", "target": a}
+    )
+    assert (refused.status_code, refused.json()["cycle"]) == (409, [b, a, b])
+    # Closing C as a duplicate of A is refused whole: C stays open, unrelated to A.
+    closing = await dev.post(f"/api/v1/issues/{c}/close-as-duplicate", json={"of": a})
+    assert (closing.status_code, closing.json()["cycle"]) == (409, [c, a, b, c])
+    assert (await dev.get(f"/api/v1/issues/{c}")).json()["status"] == "open"
+    assert await relations(dev, c) == [("duplicated_by", b)]
+    assert await relations(dev, a) == [("duplicates", b)]
+    assert await history(dev, c) == [("related", "duplicated_by", None, b)]
+    # Duplicates that do not loop stay allowed: two copies of one original.
+    (d,) = await issues(team, 1)
+    assert await relate(dev, d, "duplicates", b) == 201
+
+
+@pytest.mark.postgres_only
+async def test_duplicates_written_at_once_cannot_close_a_cycle_together(team: Team) -> None:
+    dev = team["developer"]
+    keys = await issues(team, 12)
+    pairs = [keys[n : n + 2] for n in range(0, len(keys), 2)]
+    # Each pair relates both ways at once: each check alone sees no cycle, yet both rows
+    # would make one; the graph's lock makes the second check see the first relation.
+    statuses = await asyncio.gather(
+        *(
+            relate(dev, source, "duplicates", target)
+            for pair in pairs
+            for source, target in (pair, pair[::-1])
+        )
+    )
+    assert sorted(statuses) == [201] * len(pairs) + [409] * len(pairs), statuses
+    for pair in pairs:
+        for key in pair:
+            assert len(await relations(dev, key)) == 1
 
 
 async def test_sub_issues_nest_no_deeper_than_the_setting(team: Team) -> None:

@@ -1,4 +1,5 @@
-"""The graph of relations: ``blocks`` and ``parent`` stay acyclic, sub-issues nest at most so deep.
+"""The graph of relations: ``blocks``, ``parent`` and ``duplicates`` stay acyclic, sub-issues
+nest at most so deep.
 
 What the new target already reaches is found with a recursive CTE (the same SQL on SQLite
 and PostgreSQL), and the new edge closes a cycle exactly when that set holds the new source.

@@ -47,7 +47,8 @@ async def add_relation(
 ) -> RelationPublic:
     """Relate the issue to another one (developers of both issues' projects): `kind` reads
     `<this issue> <kind> <target>`; `child` makes this issue a sub-issue of the target.
-    A relation that would close a cycle of `blocks` or of sub-issues is a 409 naming it."""
+    A relation that would close a cycle of `blocks`, of sub-issues or of `duplicates` is a
+    409 naming it."""
     public = await service.add_relation(write, body.kind, body.target, _max_depth(request))
     response.headers["Location"] = api_path(
         "issues", write.access.key, "relations", public.kind.value, public.issue.key

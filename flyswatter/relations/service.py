@@ -29,8 +29,9 @@ from flyswatter.relations.graph import Edge, refuse_cycle
 from flyswatter.relations.models import IssueRelation, RelatedIssue, RelationKind, RelationPublic
 from flyswatter.users.service import user_summaries
 
-# The kinds whose graph must stay acyclic.
-_ACYCLIC = frozenset({RelationKind.blocks, RelationKind.parent})
+# The kinds whose graph must stay acyclic: a loop of blockers blocks forever, of sub-issues
+# has no top, of duplicates no original (each issue a copy of another, none the one to keep).
+_ACYCLIC = frozenset({RelationKind.blocks, RelationKind.parent, RelationKind.duplicates})
 
 
 async def visible_issue(session: AsyncSession, principal: Principal, key: str) -> IssueAccess:
@@ -141,10 +142,6 @@ async def _stage_relation(
     edge = _edge(access, other, kind)
     if await _stored(session, edge) is not None:
         raise Conflict(f"{access.key} already {kind.value} {other.key}")
-    if edge.kind == RelationKind.duplicates:
-        reverse = Edge(edge.target, edge.source, edge.kind)
-        if await _stored(session, reverse) is not None:
-            raise Conflict(f"{other.key} already duplicates {access.key}")
     if edge.kind in _ACYCLIC:
         await refuse_cycle(session, access.principal, edge, max_depth)
     relation = IssueRelation(
