@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from flyswatter.config import Settings
 from tests.support.api import Api, Team, make_team, walk_pages
@@ -110,6 +111,60 @@ async def test_by_default_nothing_changes_when_one_issue_may_not_take_the_change
     )
     assert forbidden.status_code == 403
     assert forbidden.json()["items"][0]["problem"]["instance"] == "/api/v1/issues/FLY-1"
+
+
+async def test_a_status_an_issue_already_has_leaves_it_unchanged_not_refused(
+    team: Team, settings: Settings
+) -> None:
+    for _ in range(3):
+        await team.issue()
+    developer = team["developer"]
+    await developer.post("/api/v1/issues/FLY-2/transitions", json={"to": "closed"})
+    closed = await team["viewer"].get("/api/v1/issues/FLY-2")
+    history = (await team["viewer"].get("/api/v1/issues/FLY-2/activity")).json()["items"]
+    before = len(stored_events(settings))
+    moves = REGISTRY.get_sample_value("flyswatter_issue_transitions_total", {"to": "closed"}) or 0
+    # Closing a selection some of which is closed already (or sending a bulk close again):
+    # the status is what the change asks for, as a priority already so is.
+    response = await developer.patch(
+        ISSUES, json={"issues": ["FLY-1", "FLY-2"], "change": {"status": "closed"}}
+    )
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert [(item["key"], item["outcome"]) for item in items] == [
+        ("FLY-1", "applied"),
+        ("FLY-2", "unchanged"),
+    ]
+    assert items[1]["issue"]["version"] == closed.json()["version"]
+    assert items[1]["issue"]["closed_at"] == closed.json()["closed_at"]
+    again = await team["viewer"].get("/api/v1/issues/FLY-2")
+    assert again.headers["ETag"] == closed.headers["ETag"]
+    assert (await team["viewer"].get("/api/v1/issues/FLY-2/activity")).json()["items"] == history
+    events = stored_events(settings)[before:]
+    assert [event["doc"]["data"]["issue"]["key"] for event in events] == ["FLY-1"]
+    # One issue moved, one counted.
+    assert (
+        REGISTRY.get_sample_value("flyswatter_issue_transitions_total", {"to": "closed"})
+        == moves + 1
+    )
+    # With another field that does change, the issue changes in that field only.
+    response = await developer.patch(
+        ISSUES, json={"issues": ["FLY-2"], "change": {"status": "closed", "priority": "high"}}
+    )
+    assert response.json()["items"][0]["outcome"] == "applied"
+    (event,) = stored_events(settings)[before + 1 :]
+    assert event["type"] == "issue.updated"
+    assert [change["field"] for change in event["doc"]["data"]["changes"]] == ["priority"]
+    # Moving issues still takes a developer, whatever their status, as a single move does.
+    refused = await team["reporter"].patch(
+        ISSUES, json={"issues": ["FLY-2"], "change": {"status": "closed"}}
+    )
+    assert refused.status_code == 403, refused.text
+    # A status the workflow cannot reach from where the issue is stays a 409.
+    refused = await developer.patch(
+        ISSUES, json={"issues": ["FLY-3"], "change": {"status": "resolved"}}
+    )
+    assert refused.status_code == 409, refused.text
 
 
 async def test_partial_application_answers_207_and_changes_what_may_be_changed(

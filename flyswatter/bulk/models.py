@@ -28,7 +28,10 @@ class BulkChange(SQLModel):
 
     model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
 
-    status: IssueStatus = unless_sent(description="Moved there through the workflow's transitions.")
+    status: IssueStatus = unless_sent(
+        description="Moved there through the workflow's transitions; an issue already there "
+        "is `unchanged`."
+    )
     assignee_id: SingleLine | None = Field(default=None, max_length=255)
     add_labels: list[LabelName] = Field(default_factory=list, max_length=MAX_LABELS)
     remove_labels: list[LabelName] = Field(default_factory=list, max_length=MAX_LABELS)

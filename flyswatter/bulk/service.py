@@ -3,6 +3,7 @@ of them written together, in a fixed number of statements whatever their number.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from sqlmodel import col, select
@@ -13,17 +14,19 @@ from flyswatter.db import for_change
 from flyswatter.errors import PROBLEM_TYPE_PREFIX, NotFound, Problem, ProblemDetails
 from flyswatter.http.headers import api_path
 from flyswatter.issues.changes import (
+    IssueChange,
     check_change,
     delete_issue_labels,
     resolve_change,
     stage_change,
 )
 from flyswatter.issues.dependencies import IssueAccess, parse_issue_key
-from flyswatter.issues.models import Issue
+from flyswatter.issues.models import Issue, IssueStatus
 from flyswatter.issues.read_model import build_public_issues
 from flyswatter.issues.references import issue_labels, milestone_titles
 from flyswatter.observability.logs import request_id_var
 from flyswatter.observability.metrics import ISSUE_TRANSITIONS
+from flyswatter.projects.models import Role
 from flyswatter.projects.service import ProjectAccess
 from flyswatter.watchers.service import auto_follow
 
@@ -53,6 +56,23 @@ def _failure(key: str, problem: Problem) -> BulkItem:
         request_id=request_id_var.get(),
     )
     return BulkItem(key=key, outcome=BulkOutcome.failed, problem=details)
+
+
+def _checked(access: IssueAccess, change: IssueChange) -> IssueChange:
+    """The change as this issue takes it, checked as its single change would be.
+
+    The body sets fields, as a PATCH does: an issue already in the status asked for is
+    already so, like one that already has the priority asked for, so it keeps its status
+    (no move, history, event or version) instead of being refused for a move from a status
+    to itself, which the workflow has none of (``POST .../transitions`` is a 409 there, a
+    move being asked for). Whoever may not move issues is refused all the same."""
+    if change.status is None or IssueStatus(access.issue.status) != change.status:
+        check_change(access, change)
+        return change
+    access.project_access.require(Role.developer, "moving issues through the workflow")
+    unmoved = dataclasses.replace(change, status=None)
+    check_change(access, unmoved)
+    return unmoved
 
 
 async def _locked_issues(
@@ -92,13 +112,15 @@ async def bulk_update(
             failed[key] = _failure(key, NotFound(f"issue {key} is not in project {project_key}"))
     issues = await _locked_issues(session, access.project_id, list(wanted.values()))
     accesses: dict[str, IssueAccess] = {}
+    # The change each issue takes: without the status for those already in it.
+    changes_of: dict[str, IssueChange] = {}
     for key, number in wanted.items():
         if (issue := issues.get(number)) is None:
             failed[key] = _failure(key, NotFound(f"issue {key} not found"))
             continue
         issue_access = IssueAccess(issue=issue, project_access=access)
         try:
-            check_change(issue_access, change)
+            changes_of[key] = _checked(issue_access, change)
         except Problem as refused:
             failed[key] = _failure(key, refused)
             continue
@@ -115,7 +137,7 @@ async def bulk_update(
     outcomes: dict[str, BulkOutcome] = {}
     for key, issue_access in accesses.items():
         changed, links = stage_change(
-            session, issue_access, change, current.get(issue_access.issue_id, {}), titles
+            session, issue_access, changes_of[key], current.get(issue_access.issue_id, {}), titles
         )
         unlinked.extend(links)
         outcomes[key] = BulkOutcome.applied if changed else BulkOutcome.unchanged
@@ -134,6 +156,7 @@ async def bulk_update(
     ]
     await session.commit()
     if change.status is not None:
-        moved = sum(outcome == BulkOutcome.applied for outcome in outcomes.values())
+        # The issues moved, not those changed in other fields only.
+        moved = sum(changes_of[key].status is not None for key in accesses)
         ISSUE_TRANSITIONS.labels(to=change.status.value).inc(moved)
     return BulkResult(items=items)
