@@ -198,3 +198,115 @@ async def test_a_long_list_of_tags_is_compared_and_an_endless_one_refused(team: 
     )
     assert refused.status_code == 422
     assert refused.json()["errors"][0]["loc"] == ["header", "if-match"]
+
+
+# --- repeated header lines ------------------------------------------------------------------
+# RFC 9110 5.3: a field sent on several lines is the comma-joined list of their values, so a
+# client (or a proxy merging nothing) may send each tag it holds on a line of its own.
+
+
+def lines(client: AuthedClient, name: str, *values: str) -> list[tuple[str, str]]:
+    """The caller's credentials and one ``name`` line for each value, in that order."""
+    return [("Authorization", f"Bearer {client.token}"), *((name, value) for value in values)]
+
+
+async def conditional_urls(team: Team) -> dict[str, str]:
+    """Every conditional read, by kind: an issue, a comment, a milestone, an attachment."""
+    comment = await team["reporter"].post(f"{ISSUE}/comments", json={"body": "seen it"})
+    milestone = await team["maintainer"].post(
+        "/api/v1/projects/FLY/milestones", json={"title": "1.0"}
+    )
+    attachment = await team["reporter"].post(
+        f"{ISSUE}/attachments", files={"file": ("notes.txt", b"some notes", "text/plain")}
+    )
+    for created in (comment, milestone, attachment):
+        assert created.status_code == 201, created.text
+    return {
+        "issue": ISSUE,
+        "comment": f"/api/v1/comments/{comment.json()['id']}",
+        "milestone": f"/api/v1/projects/FLY/milestones/{milestone.json()['id']}",
+        "attachment": f"{ISSUE}/attachments/{attachment.json()['id']}",
+    }
+
+
+@pytest.mark.parametrize("kind", ["issue", "comment", "milestone", "attachment"])
+async def test_if_none_match_on_several_lines_is_one_list_on_every_read(
+    team: Team, kind: str
+) -> None:
+    viewer = team["viewer"]
+    url = (await conditional_urls(team))[kind]
+    etag = (await viewer.get(url)).headers["ETag"]
+    http = viewer.client
+
+    current_second = await http.get(url, headers=lines(viewer, "If-None-Match", '"a"', etag))
+    assert current_second.status_code == 304, current_second.text
+    weak_in_a_list = await http.get(
+        url, headers=lines(viewer, "If-None-Match", ' W/"a" , "b" ', f"W/{etag}")
+    )
+    assert weak_in_a_list.status_code == 304, weak_in_a_list.text
+    star = await http.get(url, headers=lines(viewer, "If-None-Match", '"a"', "*"))
+    assert star.status_code == 304, star.text
+    none_current = await http.get(url, headers=lines(viewer, "If-None-Match", '"a"', '"b"'))
+    assert none_current.status_code == 200, none_current.text
+
+
+@pytest.mark.parametrize("kind", ["issue", "comment", "milestone", "attachment"])
+async def test_if_match_on_several_lines_is_one_list_on_every_read(team: Team, kind: str) -> None:
+    viewer = team["viewer"]
+    url = (await conditional_urls(team))[kind]
+    etag = (await viewer.get(url)).headers["ETag"]
+    http = viewer.client
+
+    current_second = await http.get(url, headers=lines(viewer, "If-Match", '"a"', etag))
+    assert current_second.status_code == 200, current_second.text
+    # Strong comparison still: the current tag made weak matches nothing, on any line.
+    weak_only = await http.get(url, headers=lines(viewer, "If-Match", '"a"', f"W/{etag}"))
+    assert weak_only.status_code == 412, weak_only.text
+    star = await http.get(url, headers=lines(viewer, "If-Match", '"a"', "*"))
+    assert star.status_code == 200, star.text
+    none_current = await http.get(url, headers=lines(viewer, "If-Match", '"a"', ' "b", "c" '))
+    assert none_current.status_code == 412, none_current.text
+    assert none_current.headers["ETag"] == etag
+
+
+async def test_if_match_on_several_lines_lets_a_write_through_when_any_names_the_issue(
+    team: Team,
+) -> None:
+    developer = team["developer"]
+    etag = (await team["viewer"].get(ISSUE)).headers["ETag"]
+    stale = await developer.client.patch(
+        ISSUE, json={"title": "Stale"}, headers=lines(developer, "If-Match", '"a"', '"b"')
+    )
+    assert stale.status_code == 412, stale.text
+    current = await developer.client.patch(
+        ISSUE, json={"title": "Edited"}, headers=lines(developer, "If-Match", '"a"', etag)
+    )
+    assert current.status_code == 200, current.text
+    assert current.json()["title"] == "Edited"
+
+
+async def test_if_none_match_on_several_lines_keeps_a_write_off_when_any_names_the_issue(
+    team: Team,
+) -> None:
+    developer = team["developer"]
+    etag = (await team["viewer"].get(ISSUE)).headers["ETag"]
+    for values in (('"a"', etag), ('"a"', "*")):
+        refused = await developer.client.patch(
+            ISSUE, json={"title": "Edited"}, headers=lines(developer, "If-None-Match", *values)
+        )
+        assert refused.status_code == 412, refused.text
+    assert (await team["viewer"].get(ISSUE)).json()["title"] == "Crash on save"
+
+
+@pytest.mark.parametrize("name", ["If-Match", "If-None-Match"])
+async def test_a_list_spread_over_lines_is_capped_as_a_whole(team: Team, name: str) -> None:
+    # Each line under the cap, together over it: the cap bounds what one request makes the
+    # service parse, however the client splits it.
+    developer = team["developer"]
+    line = ", ".join(f'"issue-{n}-v1"' for n in range(1_000, 1_100))
+    assert len(line) < 2048 < 3 * len(line)
+    refused = await developer.client.patch(
+        ISSUE, json={"title": "x"}, headers=lines(developer, name, line, line, line)
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["loc"] == ["header", name.lower()]
