@@ -115,6 +115,33 @@ def _openapi_with_keycloak(app: FastAPI, settings: Settings) -> dict[str, Any]:
     return schema
 
 
+def _cors_options(settings: Settings) -> dict[str, Any]:
+    """The CORS policy: for the CORS middleware, and for the last-resort 500 made outside it."""
+    return {
+        "allow_origins": settings.cors_origins,
+        "allow_methods": ["GET", "POST", "PUT", "PATCH", "DELETE"],
+        "allow_headers": [
+            "Authorization",
+            "Content-Type",
+            "If-Match",
+            "If-None-Match",
+            "Idempotency-Key",
+            "X-Request-ID",
+        ],
+        "expose_headers": [
+            "ETag",
+            "Link",
+            "Location",
+            "Retry-After",
+            "X-Request-ID",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+        ],
+        "max_age": 600,
+    }
+
+
 _frozen = False
 
 
@@ -245,33 +272,12 @@ def create_app(settings: Settings | None = None) -> Flyswatter:
     # Outside the rate limits, so the 429 that replaces a 401 carries the CORS headers (a
     # browser could not read it, nor its Retry-After, otherwise) and a preflight is answered
     # before any budget is looked at; inside the request context, so a preflight still carries
-    # the request id and is logged and counted. (The context's own last-resort 500 stays
-    # outside CORS: CORS outermost would take preflights out of the context, logs and metrics.)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=[
-                "Authorization",
-                "Content-Type",
-                "If-Match",
-                "If-None-Match",
-                "Idempotency-Key",
-                "X-Request-ID",
-            ],
-            expose_headers=[
-                "ETag",
-                "Link",
-                "Location",
-                "Retry-After",
-                "X-Request-ID",
-                "X-RateLimit-Limit",
-                "X-RateLimit-Remaining",
-                "X-RateLimit-Reset",
-            ],
-            max_age=600,
-        )
-    app.add_middleware(RequestContextMiddleware)
+    # the request id and is logged and counted. (The context's own last-resort 500 is made
+    # outside CORS, since CORS outermost would take preflights out of the context, logs and
+    # metrics; the context adds the same CORS headers to that 500 itself.)
+    cors = _cors_options(settings) if settings.cors_origins else None
+    if cors is not None:
+        app.add_middleware(CORSMiddleware, **cors)
+    app.add_middleware(RequestContextMiddleware, cors=cors)
     app.add_middleware(HttpMetricsMiddleware)
     return app

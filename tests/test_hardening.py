@@ -85,6 +85,53 @@ class TestCors:
             )
             assert "access-control-allow-origin" not in refused.headers
 
+    async def test_the_last_resort_500_carries_the_cors_headers_of_any_other_answer(
+        self, settings: Settings
+    ) -> None:
+        """A browser reads a 500 (and the request id to report) only when it carries the CORS
+        headers; without them it sees an opaque network error instead. It gets exactly the
+        headers any other answer gets: an origin CORS refuses is still refused."""
+        allowed = "https://tracker.example"
+        app = create_app(settings.model_copy(update={"cors_origins": [allowed]}))
+
+        async def fail_unexpectedly() -> None:
+            raise RuntimeError("something nobody handled")
+
+        # A route of this test only: the service itself has no input that ends in a 500.
+        app.add_api_route("/api/v1/test-failure", fail_unexpectedly, methods=["GET", "POST"])
+
+        def cors_headers(response: httpx.Response) -> dict[str, str]:
+            vary = {part.strip().lower() for part in response.headers.get("vary", "").split(",")}
+            return {
+                **{k: v for k, v in response.headers.items() if k.startswith("access-control-")},
+                "vary origin": str("origin" in vary),
+            }
+
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
+            for n, origin in enumerate((allowed, "https://evil.example", None)):
+                headers = {"X-Request-ID": f"req-{n}", **({"Origin": origin} if origin else {})}
+                # Answered inside the CORS middleware: a 401 from the error handlers.
+                handled = await client.get("/api/v1/projects", headers=headers)
+                assert handled.status_code == 401
+                for method in ("GET", "POST"):
+                    failed = await client.request(method, "/api/v1/test-failure", headers=headers)
+                    assert failed.status_code == 500
+                    assert failed.headers["content-type"] == "application/problem+json"
+                    assert failed.json()["request_id"] == failed.headers["x-request-id"]
+                    assert failed.headers["x-request-id"] == f"req-{n}"
+                    assert "something nobody handled" not in failed.text
+                    assert cors_headers(failed) == cors_headers(handled), (origin, method)
+                    if origin == allowed:
+                        assert failed.headers["access-control-allow-origin"] == allowed
+                        exposed = failed.headers["access-control-expose-headers"].lower()
+                        assert "x-request-id" in exposed
+                    else:
+                        assert "access-control-allow-origin" not in failed.headers
+
 
 async def test_security_headers_on_every_response(client: httpx.AsyncClient) -> None:
     for path in ("/healthz", "/api/v1/projects", "/nowhere"):

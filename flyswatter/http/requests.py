@@ -10,9 +10,13 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Mapping
+from typing import Any
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flyswatter.errors import InternalError, problem_response_for
 from flyswatter.http.asgi import HttpMiddleware
@@ -32,6 +36,11 @@ _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class RequestContextMiddleware(HttpMiddleware):
+    def __init__(self, app: ASGIApp, *, cors: Mapping[str, Any] | None = None) -> None:
+        """``cors``: the options of the app's ``CORSMiddleware``, if it has one."""
+        super().__init__(app)
+        self._cors = cors
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         context = request_context(scope)
         request_id = context.request_id
@@ -61,7 +70,18 @@ class RequestContextMiddleware(HttpMiddleware):
             if response_started:
                 raise
             response = problem_response_for(Request(scope), InternalError())
-            await response(scope, receive, send_with_headers)
+            if self._cors is None:
+                await response(scope, receive, send_with_headers)
+            else:
+                # This answer is made outside the CORS middleware, so it adds what that one
+                # would: without it a browser on an allowed origin sees an opaque network
+                # error, not the 500 and its request id. The same policy, so an origin it
+                # refuses still gets no Access-Control-Allow-Origin; never a preflight answer
+                # (``simple_response``), whatever the method.
+                cors = CORSMiddleware(response, **self._cors)
+                await cors.simple_response(
+                    scope, receive, send_with_headers, request_headers=Headers(scope=scope)
+                )
         finally:
             path = scope.get("path", "")
             if path not in _QUIET_PATHS:
