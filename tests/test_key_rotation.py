@@ -6,15 +6,20 @@ keys cannot disturb other tests.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from jwcrypto import jwk
 
 from flyswatter.app import create_app
 from flyswatter.config import Settings
-from tests.support.identity import JwksServer, TokenFactory
+from tests.support.identity import JwksServer, TokenFactory, new_signing_key
 
 ME = "/api/v1/users/me"
 
@@ -96,3 +101,112 @@ async def test_during_an_outage_cached_keys_validate_and_unknown_keys_are_401(
         assert 'error="invalid_token"' in refused.headers["www-authenticate"]
     finally:
         provider.start()
+
+
+# --- keys the service cannot use ------------------------------------------------------------
+# Identity providers publish more than RS256 signing keys (Keycloak adds its RSA-OAEP key for
+# encryption, an admin may add an EC or Ed25519 key the service was not built for, a plugin
+# may publish something odd): one such entry must not keep the usable keys from loading.
+
+# What an odd entry holds besides its kid: looks like key material, so must never be logged.
+MATERIAL = "c2VjcmV0LWtleS1tYXRlcmlhbC1zaG91bGQtbm90LWJlLWxvZ2dlZA"
+
+
+def unusable_keys(label: str) -> list[Any]:
+    """Entries no verifier can check an RS256 token with, each named ``{label}-...``."""
+    point = json.loads(jwk.JWK.generate(kty="EC", crv="P-256").export_public())
+    encryption = json.loads(new_signing_key(f"{label}-enc").export_public())
+    return [
+        {"kty": "XYZ", "kid": f"{label}-kty", "use": "sig", "k": MATERIAL},
+        {"kty": "RSA", "kid": f"{label}-rsa", "use": "sig", "n": MATERIAL + "!!", "e": "AQAB"},
+        {"kty": "RSA", "kid": f"{label}-no-e", "use": "sig", "n": MATERIAL},
+        {"kty": "EC", "kid": f"{label}-curve", "crv": "P-192", "x": MATERIAL, "y": MATERIAL},
+        {**point, "kid": f"{label}-off-curve", "y": point["x"]},
+        {**encryption, "use": "enc", "alg": "RSA-OAEP"},
+        {"kty": "RSA", "kid": [f"{label}-kid-not-text"], "n": MATERIAL, "e": "AQAB"},
+        f"{label}-not-an-object",
+    ]
+
+
+class OddProvider(JwksServer):
+    """A provider whose JWKS lists ``odd`` entries before its signing keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.odd: list[Any] = unusable_keys("first")
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [*self.odd, *super().jwks()["keys"]]}
+
+
+@pytest.fixture
+def odd_provider() -> Iterator[OddProvider]:
+    server = OddProvider()
+    server.start()
+    yield server
+    server.stop()
+
+
+@asynccontextmanager
+async def service_of(settings: Settings, provider: JwksServer) -> AsyncIterator[httpx.AsyncClient]:
+    """The service trusting ``provider``, its keys loaded at start-up as in production."""
+    app = create_app(settings.model_copy(update={"keycloak_url": provider.base_url}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+def skip_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "flyswatter.auth"
+        and record.levelno == logging.WARNING
+        and "skipped" in record.getMessage()
+    ]
+
+
+async def test_unusable_keys_are_skipped_and_the_usable_ones_verify(
+    settings: Settings, odd_provider: OddProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flyswatter.auth")
+    tokens = TokenFactory(odd_provider)
+    async with service_of(settings, odd_provider) as http:
+        response = await http.get(ME, headers=bearer(tokens.user_token("alice")))
+        assert response.status_code == 200, response.text
+        first = skip_warnings(caplog)
+        # One warning per unusable signing entry (the encryption key is no signing key).
+        assert len(first) == len(odd_provider.odd) - 1, first
+        for name in ("first-kty", "first-rsa", "first-no-e", "first-curve", "first-off-curve"):
+            assert sum(name in message for message in first) == 1, (name, first)
+
+        # A rotation that also publishes new odd entries: the new key is picked up, and only
+        # the new odd entries are warned about (those without a name of their own read as the
+        # ones already warned about), the known ones once was enough.
+        odd_provider.rotate()
+        odd_provider.odd += unusable_keys("second")
+        rotated = await http.get(ME, headers=bearer(tokens.user_token("alice")))
+        assert rotated.status_code == 200, rotated.text
+        second = skip_warnings(caplog)[len(first) :]
+        named = [message.replace("first-", "second-") for message in first if "first-" in message]
+        assert sorted(second) == sorted(named)
+    for record in caplog.records:
+        assert MATERIAL not in record.getMessage()
+
+
+async def test_a_key_published_for_encryption_never_verifies(
+    settings: Settings, odd_provider: OddProvider
+) -> None:
+    tokens = TokenFactory(odd_provider)
+    signed = tokens.user_token("alice")
+    public = json.loads(odd_provider.signing_key.export_public())
+    del public["use"]
+    # The very key that signed the token, published for encryption only (RFC 7517 4.2, 4.3):
+    # it is the provider's word that it signs nothing.
+    odd_provider.keys = []
+    for published in ({"use": "enc"}, {"key_ops": ["encrypt", "wrapKey"]}):
+        odd_provider.odd = [{**public, **published}]
+        async with service_of(settings, odd_provider) as http:
+            refused = await http.get(ME, headers=bearer(signed))
+        assert refused.status_code == 401, (published, refused.text)
