@@ -1,23 +1,33 @@
 """Artifacts and attachments in storage: the local directory and a real S3-compatible server
 (moto's), streamed writes that break off leaving nothing, the download routes on both
-(streamed or redirected to a presigned URL), and expiry."""
+(streamed or redirected to a presigned URL), a store that refuses the service (a missing
+bucket, credentials it does not accept), expiry, and the sweep of orphaned objects."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import boto3
 import httpx
 import pytest
 import sqlalchemy as sa
 
 from flyswatter.config import Settings
 from flyswatter.db import utcnow
-from flyswatter.jobs.sweeps import expire_artifacts
+from flyswatter.jobs.sweeps import (
+    expire_artifacts,
+    remove_deleted_objects,
+    remove_orphaned_objects,
+)
 from flyswatter.jobs.tasks import JobRuntime
+from flyswatter.services import Flyswatter
 from flyswatter.storage.service import (
     LocalStorage,
     ObjectMissing,
@@ -215,3 +225,245 @@ async def test_expired_artifacts_are_removed_with_their_files(api: Api, settings
     gone = await team["viewer"].get(f"{response.headers['Location']}/artifact")
     assert gone.status_code == 404
     assert "expired" in gone.json()["detail"]
+
+
+def empty_and_remove_bucket(storage: S3Storage) -> None:
+    listed = storage.client.list_objects_v2(Bucket=storage.bucket)
+    for item in listed.get("Contents", []):
+        storage.client.delete_object(Bucket=storage.bucket, Key=item["Key"])
+    storage.client.delete_bucket(Bucket=storage.bucket)
+
+
+# Every call the service makes to a store, as the callers make them.
+OPERATIONS: dict[str, Callable[[Storage], Any]] = {
+    "download": lambda storage: b"".join(storage.open("attachments/1/a")),
+    "write": lambda storage: storage.put("reports/j/a.pdf", b"%PDF", "application/pdf"),
+    "streamed write": lambda storage: storage.put_stream(
+        "attachments/1/b", iter([b"x" * 1000]), "text/plain"
+    ),
+    "delete": lambda storage: storage.delete("attachments/1/a"),
+    "check": lambda storage: storage.check(),
+}
+
+
+def storage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "flyswatter.storage" and record.levelno >= logging.WARNING
+    ]
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_a_missing_bucket_is_storage_unavailable_naming_the_code(
+    base_settings: Settings,
+    moto_server: MotoServer,
+    caplog: pytest.LogCaptureFixture,
+    operation: str,
+) -> None:
+    settings = moto_server.settings(base_settings, f"never-made-{uuid.uuid4().hex[:8]}")
+    with (
+        caplog.at_level(logging.WARNING, logger="flyswatter.storage"),
+        pytest.raises(StorageUnavailable) as raised,
+    ):
+        OPERATIONS[operation](S3Storage(settings))
+    assert "NoSuchBucket" in str(raised.value)
+    # botocore's own words ("An error occurred (...) when calling ...") stay out of it.
+    assert "when calling" not in str(raised.value)
+    (warning,) = storage_warnings(caplog)
+    assert "NoSuchBucket" in warning
+    assert settings.s3_bucket in warning
+    assert "when calling" not in warning
+
+
+@pytest.fixture(scope="module")
+def guarded_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MotoServer, Any]]:
+    """moto checking every request's credentials after its first three, which make a bucket,
+    a user and the user's access key (the user has no permission at all)."""
+    server = MotoServer(
+        tmp_path_factory.mktemp("guarded-moto") / "moto.log",
+        environment={"INITIAL_NO_AUTH_ACTION_COUNT": "3"},
+    )
+    server.start()
+    plain = {
+        "endpoint_url": server.url,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+    }
+    boto3.client("s3", **plain).create_bucket(Bucket="guarded")
+    iam = boto3.client("iam", **plain)
+    iam.create_user(UserName="nobody")
+    key = iam.create_access_key(UserName="nobody")["AccessKey"]
+    yield server, key
+    server.stop()
+
+
+REFUSED = {
+    "unknown access key": ("InvalidAccessKeyId", lambda key: ("AKIAUNKNOWN0000", "s3cr3t-unknown")),
+    "wrong secret": ("SignatureDoesNotMatch", lambda key: (key["AccessKeyId"], "s3cr3t-wrong")),
+    "no permission": ("AccessDenied", lambda key: (key["AccessKeyId"], key["SecretAccessKey"])),
+}
+
+
+@pytest.mark.parametrize("refusal", REFUSED)
+def test_credentials_the_store_refuses_are_storage_unavailable_and_never_logged(
+    base_settings: Settings,
+    guarded_moto: tuple[MotoServer, Any],
+    caplog: pytest.LogCaptureFixture,
+    refusal: str,
+) -> None:
+    server, key = guarded_moto
+    code, credentials = REFUSED[refusal]
+    access_key, secret = credentials(key)
+    settings = server.settings(base_settings, "guarded").model_copy(
+        update={"s3_access_key_id": access_key, "s3_secret_access_key": secret}
+    )
+    storage = S3Storage(settings)
+    with caplog.at_level(logging.WARNING, logger="flyswatter.storage"):
+        for operation, call in OPERATIONS.items():
+            with pytest.raises(StorageUnavailable) as raised:
+                call(storage)
+            # A bucket check is a HEAD: its answer has no body, only the status.
+            assert (code if operation != "check" else "403") in str(raised.value), operation
+            assert secret not in str(raised.value)
+            assert "when calling" not in str(raised.value)
+    warnings = storage_warnings(caplog)
+    assert len(warnings) == len(OPERATIONS)
+    assert all(secret not in warning and "when calling" not in warning for warning in warnings)
+    assert all(access_key not in record.getMessage() for record in caplog.records)
+
+
+@pytest.fixture
+def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """boto3 finds no credentials anywhere: none configured, none in the environment, no
+    files, no instance metadata."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def test_presigning_without_credentials_is_storage_unavailable(
+    s3_settings: Settings, no_ambient_credentials: None
+) -> None:
+    settings = s3_settings.model_copy(
+        update={"s3_access_key_id": None, "s3_secret_access_key": None}
+    )
+    with pytest.raises(StorageUnavailable, match="NoCredentialsError"):
+        S3Storage(settings).presigned_url(
+            "reports/a.pdf", filename="a.pdf", content_type="application/pdf", expires_in=60
+        )
+
+
+def assert_storage_problem(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.headers["Retry-After"].isdigit()
+    assert response.json()["detail"] == "the file storage is unavailable; retry later"
+
+
+async def test_a_bucket_gone_answers_503_to_downloads_and_uploads_and_the_sweep_waits(
+    api: Api, settings: Settings, app: Flyswatter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Streamed downloads: the API reads the object itself.
+    streamed = settings.model_copy(update={"s3_presigned_downloads": False})
+    monkeypatch.setattr(app, "running", replace(app.services, settings=streamed))
+    team = await make_team(api)
+    await team.issue()
+    created = await team["reporter"].post(
+        "/api/v1/issues/FLY-1/attachments", files={"file": ("shot.png", PNG, "image/png")}
+    )
+    assert created.status_code == 201, created.text
+    storage = S3Storage(settings)
+    empty_and_remove_bucket(storage)
+    assert_storage_problem(await team["viewer"].get(created.headers["Location"]))
+    again = await team["reporter"].post(
+        "/api/v1/issues/FLY-1/attachments", files={"file": ("again.png", PNG, "image/png")}
+    )
+    assert_storage_problem(again)
+    listed = await team["viewer"].get("/api/v1/issues/FLY-1/attachments")
+    assert [item["filename"] for item in listed.json()["items"]] == ["shot.png"]
+    # The deletion is committed; its object waits, named, for a sweep the bucket is back for.
+    assert (await team["reporter"].delete(created.headers["Location"])).status_code == 204
+    runtime = JobRuntime(settings)
+    assert remove_deleted_objects(runtime, grace=timedelta(0)) == 0
+    assert remove_orphaned_objects(runtime, grace=timedelta(0)) == 0
+    storage.ensure_bucket()
+    assert remove_deleted_objects(runtime, grace=timedelta(0)) == 1
+    runtime.engine.dispose()
+
+
+async def test_a_report_on_a_missing_bucket_fails_with_the_stores_code(
+    api: Api, settings: Settings
+) -> None:
+    missing = settings.model_copy(
+        update={"s3_bucket": f"never-made-{uuid.uuid4().hex[:8]}", "job_max_retries": 0}
+    )
+    team = await make_team(api)
+    with in_process_worker(missing):
+        response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+        job = await wait_for_job(team["viewer"], response.headers["Location"])
+    assert job["state"] == "failed", job
+    assert "NoSuchBucket" in job["error"]
+    assert "when calling" not in job["error"]
+    assert job["error"].endswith("gave up after 1 attempt(s)")
+
+
+async def test_a_presigned_download_without_credentials_is_a_503(
+    api: Api,
+    settings: Settings,
+    app: Flyswatter,
+    monkeypatch: pytest.MonkeyPatch,
+    no_ambient_credentials: None,
+) -> None:
+    team = await make_team(api)
+    with in_process_worker(settings):
+        response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+        job = await wait_for_job(team["viewer"], response.headers["Location"])
+    assert job["state"] == "succeeded", job
+    keyless = settings.model_copy(update={"s3_access_key_id": None, "s3_secret_access_key": None})
+    monkeypatch.setattr(app, "running", replace(app.services, storage=S3Storage(keyless)))
+    assert_storage_problem(await team["viewer"].get(job["links"]["artifact"]))
+
+
+def s3_keys(storage: S3Storage) -> list[str]:
+    listed = storage.client.list_objects_v2(Bucket=storage.bucket)
+    return sorted(item["Key"] for item in listed.get("Contents", []))
+
+
+async def test_the_orphan_sweep_on_s3_removes_unnamed_objects_and_abandoned_uploads(
+    api: Api, settings: Settings
+) -> None:
+    team = await make_team(api)
+    await team.issue()
+    created = await team["reporter"].post(
+        "/api/v1/issues/FLY-1/attachments", files={"file": ("shot.png", PNG, "image/png")}
+    )
+    assert created.status_code == 201, created.text
+    runtime = JobRuntime(settings)
+    storage = runtime.storage
+    assert isinstance(storage, S3Storage)
+    (named,) = s3_keys(storage)
+    for key in ("attachments/1/orphan", "reports/gone/orphan.pdf", "elsewhere/kept"):
+        storage.put(key, b"bytes", "text/plain")
+    # What a process killed in the middle of a multipart upload leaves: parts, no object.
+    begun = storage.client.create_multipart_upload(Bucket=storage.bucket, Key="attachments/1/cut")
+    storage.client.upload_part(
+        Bucket=storage.bucket,
+        Key="attachments/1/cut",
+        UploadId=begun["UploadId"],
+        PartNumber=1,
+        Body=bytes(1024),
+    )
+    # moto dates every multipart upload 2010-11-10 (moto/s3/responses.py): under the real
+    # grace the upload is old, and the objects, which cannot be aged, are young.
+    assert remove_orphaned_objects(runtime) == 1
+    assert storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", []) == []
+    assert len(s3_keys(storage)) == 4
+    assert remove_orphaned_objects(runtime, grace=timedelta(0)) == 2
+    assert s3_keys(storage) == sorted([named, "elsewhere/kept"])
+    download = await team["viewer"].get(created.headers["Location"])
+    assert download.status_code == 307
+    runtime.engine.dispose()

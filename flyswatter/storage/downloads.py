@@ -49,19 +49,19 @@ async def stored_file_response(
     (a few of them would leave every other request waiting for one)."""
     await session.close()
     storage, settings = services.storage, services.settings
-    if settings.storage_backend == "s3" and settings.s3_presigned_downloads:
-        url = await anyio.to_thread.run_sync(
-            lambda: storage.presigned_url(
-                key,
-                filename=file.filename,
-                content_type=file.content_type,
-                expires_in=settings.s3_presign_seconds,
-                inline=inline,
-            )
-        )
-        if url is not None:
-            return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
     try:
+        if settings.storage_backend == "s3" and settings.s3_presigned_downloads:
+            url = await anyio.to_thread.run_sync(
+                lambda: storage.presigned_url(
+                    key,
+                    filename=file.filename,
+                    content_type=file.content_type,
+                    expires_in=settings.s3_presign_seconds,
+                    inline=inline,
+                )
+            )
+            if url is not None:
+                return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
         chunks = await anyio.to_thread.run_sync(storage.open, key)
     except ObjectMissing:
         raise NotFound(gone) from None

@@ -3,30 +3,78 @@
 Both are synchronous (the worker's tasks are; the API calls them through a thread), write
 objects under a key (whole, or streamed from chunks that are counted and hashed on the way,
 never held in memory at once), read them back in chunks, and raise ``StorageUnavailable`` for a
-fault worth retrying, so that callers never see a backend's own exception types.
+fault worth retrying, so that callers never see a backend's own exception types: a store down,
+and a store that refuses the service (a missing bucket, credentials it does not accept), which
+only its operator can mend. Every key and argument is the service's own, never a client's: no
+answer of the store but a missing object is the fault of the request that led to the call.
+
+For the sweep of orphaned objects, both also list the objects under a prefix written before a
+time, and remove the writes that never finished (temporary files, multipart uploads).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from flyswatter.config import Settings
 from flyswatter.http.headers import content_disposition
 
+logger = logging.getLogger("flyswatter.storage")
+
 CHUNK_SIZE = 64 * 1024
 # Parts of a streamed S3 upload: S3's smallest part size, so at most this much is buffered.
 S3_PART_SIZE = 8 * 1024 * 1024
+# The local backend's files being written, renamed into place once whole.
+TEMPORARY_PREFIX = ".incoming-"
+
+# S3 answers (error codes, or the bare status of a HEAD) that say no object is there.
+_MISSING = frozenset({"NoSuchKey", "NoSuchUpload", "404", "NotFound"})
+# The calls whose "missing" is about their key (or upload); a write's is a fault of the store.
+_KEYED = frozenset({"get_object", "delete_object", "abort_multipart_upload"})
+# Answers of a store that is up but busy or failing: they pass by themselves.
+_TRANSIENT = frozenset({"SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError"})
+# Answers that say the store is set up wrong for the service: the bucket, the credentials,
+# the region or the clock. Only the operator mends them.
+_MISCONFIGURED = frozenset(
+    {
+        "NoSuchBucket",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "RequestTimeTooSkewed",
+        "AuthorizationHeaderMalformed",
+        "PermanentRedirect",
+        "InvalidBucketName",
+        "301",
+        "400",
+        "403",
+    }
+)
 
 
 class StorageUnavailable(Exception):
-    """The backend could not be reached or answered with a server error; retry later."""
+    """The backend could not be reached, answered with a server error, or refused the
+    service (a missing bucket, credentials it does not accept); retry later. The message is
+    ours, with the store's error code at most: never its own text."""
+
+
+class BucketMissing(StorageUnavailable):
+    """The bucket itself does not exist (``ensure_bucket`` makes it)."""
 
 
 class ObjectMissing(Exception):
@@ -111,6 +159,25 @@ class Storage(Protocol):
         """Raise ``StorageUnavailable`` when the backend cannot be used now."""
         ...
 
+    def stale_objects(self, prefix: str, before: datetime) -> Iterator[str]:
+        """The keys of the whole objects under ``prefix`` last written before ``before``."""
+        ...
+
+    def remove_unfinished_writes(self, prefix: str, before: datetime) -> int:
+        """Remove the writes under ``prefix`` begun before ``before`` and never finished (a
+        process killed mid-write leaves them); how many. No key names them."""
+        ...
+
+
+def _local_time(path: Path) -> datetime | None:
+    """When the file was last written; None when it is gone meanwhile."""
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageUnavailable(f"local storage: cannot list ({exc.strerror})") from exc
+
 
 class LocalStorage:
     """Files under one directory; writes go to a temporary file renamed into place."""
@@ -132,7 +199,7 @@ class LocalStorage:
         temporary = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX)
             with os.fdopen(handle, "wb") as file:
                 for chunk in measured:
                     file.write(chunk)
@@ -177,6 +244,37 @@ class LocalStorage:
         except OSError as exc:
             raise StorageUnavailable(f"local storage: {exc.strerror}") from exc
 
+    def _files(self, prefix: str) -> Iterator[Path]:
+        """The files under ``prefix``; none when it was never written to."""
+
+        def failed(exc: OSError) -> None:
+            if not isinstance(exc, FileNotFoundError):
+                raise StorageUnavailable(f"local storage: cannot list ({exc.strerror})") from exc
+
+        for folder, _, names in os.walk(self._path(prefix), onerror=failed):
+            for name in names:
+                yield Path(folder, name)
+
+    def stale_objects(self, prefix: str, before: datetime) -> Iterator[str]:
+        for path in self._files(prefix):
+            written = _local_time(path)
+            if not path.name.startswith(TEMPORARY_PREFIX) and written and written < before:
+                yield path.relative_to(self.root).as_posix()
+
+    def remove_unfinished_writes(self, prefix: str, before: datetime) -> int:
+        removed = 0
+        for path in self._files(prefix):
+            written = _local_time(path)
+            if path.name.startswith(TEMPORARY_PREFIX) and written and written < before:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise StorageUnavailable(
+                        f"local storage: cannot delete ({exc.strerror})"
+                    ) from exc
+                removed += 1
+        return removed
+
 
 class S3Storage:
     """An S3 bucket (AWS, MinIO, any S3-compatible server) through boto3."""
@@ -205,21 +303,53 @@ class S3Storage:
             ),
         )
 
-    def _call(self, operation: str, **kwargs: Any) -> Any:
+    def _call(self, operation: str, *, creating: bool = False, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise ObjectMissing(kwargs.get("Key", "")) from None
-            if status >= 500 or code in ("SlowDown", "RequestTimeout"):
-                raise StorageUnavailable(f"object storage answered {code or status}") from exc
-            raise
+            refusal = self._refusal(operation, exc, key=kwargs.get("Key", ""), creating=creating)
+            raise refusal from None
         except BotoCoreError as exc:
             raise StorageUnavailable(f"object storage unreachable ({type(exc).__name__})") from exc
+
+    def _refusal(
+        self, operation: str, exc: Any, *, key: str = "", creating: bool = False
+    ) -> Exception:
+        """What the store's error answer to ``operation`` is to callers. Only its code goes
+        on, never its message (which may quote the request: a key id, what was signed).
+        ``creating``: a missing bucket is expected (it is made next), nothing to warn of."""
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        code = str(error.get("Code") or status)
+        if code in _MISSING and operation in _KEYED:
+            return ObjectMissing(key)
+        if code in _MISSING and operation == "head_bucket":
+            code = "NoSuchBucket"  # What a HEAD, which has no body, cannot say.
+        if status >= 500 or code in _TRANSIENT:
+            return StorageUnavailable(f"object storage answered {code}")
+        if creating and code == "NoSuchBucket":
+            return BucketMissing(f"object storage answered {code}")
+        if code in _MISCONFIGURED:
+            logger.warning(
+                "object storage refused %s on bucket %s: %s; check the bucket, the credentials"
+                " and the region",
+                operation,
+                self.bucket,
+                code,
+            )
+        else:
+            # Neither the client's fault (keys and arguments are ours) nor one that passes.
+            logger.error(
+                "object storage refused %s on bucket %s: %s (HTTP %d)",
+                operation,
+                self.bucket,
+                code,
+                status,
+            )
+        unavailable = BucketMissing if code == "NoSuchBucket" else StorageUnavailable
+        return unavailable(f"object storage refused the service ({code})")
 
     def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
         _checked_key(key)
@@ -246,7 +376,14 @@ class S3Storage:
                 ExtraArgs={"ContentType": content_type},
                 Config=config,
             )
-        except (S3UploadFailedError, ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            raise self._refusal("upload", exc) from None
+        except S3UploadFailedError as exc:
+            # boto3's wrapper of the store's answer, which it raised while handling that.
+            if isinstance(answer := exc.__context__, ClientError):
+                raise self._refusal("upload", answer) from None
+            raise StorageUnavailable("object storage: upload failed") from None
+        except BotoCoreError as exc:
             raise StorageUnavailable(
                 f"object storage: upload failed ({type(exc).__name__})"
             ) from exc
@@ -262,33 +399,74 @@ class S3Storage:
         return chunks()
 
     def delete(self, key: str) -> None:
-        self._call("delete_object", Key=key)
+        # S3 answers 204 for a missing key; some compatible stores a 404.
+        with contextlib.suppress(ObjectMissing):
+            self._call("delete_object", Key=key)
 
     def presigned_url(
         self, key: str, *, filename: str, content_type: str, expires_in: int, inline: bool = False
     ) -> str | None:
-        url: str = self.client.generate_presigned_url(
-            "get_object",
-            Params={
-                "Bucket": self.bucket,
-                "Key": key,
-                "ResponseContentType": content_type,
-                "ResponseContentDisposition": content_disposition(filename, inline=inline),
-            },
-            ExpiresIn=expires_in,
-        )
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            url: str = self.client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "ResponseContentType": content_type,
+                    "ResponseContentDisposition": content_disposition(filename, inline=inline),
+                },
+                ExpiresIn=expires_in,
+            )
+        except BotoCoreError as exc:
+            # Signing is local: only the credentials (none found) can fail it.
+            logger.warning("object storage: cannot sign a download URL (%s)", type(exc).__name__)
+            raise StorageUnavailable(
+                f"object storage: cannot sign ({type(exc).__name__})"
+            ) from None
         return url
 
     def check(self) -> None:
         self._call("head_bucket")
 
-    def ensure_bucket(self) -> None:
-        """Create the bucket when it is missing (development stacks, tests)."""
-        from botocore.exceptions import ClientError
+    def _pages(self, operation: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """The pages of a listing, its faults as ``_call``'s."""
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._call("head_bucket")
-        except (ObjectMissing, ClientError):
+            yield from self.client.get_paginator(operation).paginate(Bucket=self.bucket, **kwargs)
+        except ClientError as exc:
+            raise self._refusal(operation, exc) from None
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"object storage unreachable ({type(exc).__name__})") from exc
+
+    def stale_objects(self, prefix: str, before: datetime) -> Iterator[str]:
+        for page in self._pages("list_objects_v2", Prefix=prefix):
+            for item in page.get("Contents", []):
+                if item["LastModified"] < before:
+                    yield str(item["Key"])
+
+    def remove_unfinished_writes(self, prefix: str, before: datetime) -> int:
+        # A failed managed upload aborts its parts itself; a process killed mid-upload (or
+        # a store down when the abort was sent) leaves them, invisible and billed.
+        stale = [
+            (str(upload["Key"]), str(upload["UploadId"]))
+            for page in self._pages("list_multipart_uploads", Prefix=prefix)
+            for upload in page.get("Uploads", [])
+            if upload["Initiated"] < before
+        ]
+        for key, upload_id in stale:
+            # NoSuchUpload: completed or aborted meanwhile.
+            with contextlib.suppress(ObjectMissing):
+                self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+        return len(stale)
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket when it is missing (development stacks, tests)."""
+        try:
+            self._call("head_bucket", creating=True)
+        except BucketMissing:
             self._call("create_bucket")
 
 

@@ -50,8 +50,9 @@ async def wait_for_job(
 class MotoServer:
     """moto's standalone S3-compatible server (a PyPI package), in a process on loopback."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, *, environment: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        self.environment = environment or {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -63,7 +64,7 @@ class MotoServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+                env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true", **self.environment},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
