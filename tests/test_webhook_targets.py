@@ -66,6 +66,23 @@ REFUSED = {
     "https://[2002:a00:1::]/hook": "private",
     # Fullwidth digits: the system resolver reads 93.184.215.14; httpx, which sends, refuses.
     "https://\uff19\uff13.184.215.14/hook": "invalid-url",
+    # Ports past 65535, which the system resolver wraps around (65616 reaches port 80), or
+    # too large to connect to at all; port 0; and ports that httpx reads with int() but that
+    # are not written in ASCII digits, so that another reader of the URL sees another port.
+    "https://93.184.215.14:99999/hook": "port",
+    "https://93.184.215.14:65536/hook": "port",
+    "https://[2606:4700::1]:70000/hook": "port",
+    "https://example.com:99999/hook": "port",
+    "https://93.184.215.14:99999999999999999999/hook": "port",
+    "https://example.com:99999999999999999999/hook": "port",
+    "https://93.184.215.14:0/hook": "port",
+    "https://example.com:0/hook": "port",
+    "https://93.184.215.14:-1/hook": "port",
+    "https://93.184.215.14:+80/hook": "port",
+    "https://example.com:+80/hook": "port",
+    "https://93.184.215.14:1_0/hook": "port",
+    "https://93.184.215.14:\u0661\u0662/hook": "port",
+    "https://93.184.215.14:08o/hook": "invalid-url",
 }
 
 
@@ -89,6 +106,22 @@ def test_a_public_https_url_passes() -> None:
     target = check_target("https://93.184.215.14:8443/hook", production_policy())
     assert target.addresses == (ip_address("93.184.215.14"),)
     assert target.port == 8443
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("https://93.184.215.14:1/hook", 1),
+        ("https://93.184.215.14:65535/hook", 65535),
+        ("https://[2606:4700::1]:8443/hook", 8443),
+        # Leading zeros are digits still (RFC 3986), read alike by every parser.
+        ("https://93.184.215.14:0443/hook", 443),
+        # An empty port is the scheme's.
+        ("https://93.184.215.14:/hook", 443),
+    ],
+)
+def test_a_port_from_1_to_65535_passes(url: str, port: int) -> None:
+    assert check_target(url, production_policy()).port == port
 
 
 def test_a_name_that_also_resolves_to_an_internal_address_is_refused() -> None:
@@ -201,6 +234,48 @@ async def test_changing_the_url_to_a_refused_target_is_422(app: FastAPI, api: Ap
     assert response.status_code == 422
 
 
+# Ports the target check must refuse before anything is stored or resolved; the last one
+# made the system resolver raise an OverflowError, which answered a 500.
+BAD_PORTS = [
+    "https://93.184.215.14:99999/hook",
+    "https://[2606:4700::1]:70000/hook",
+    "https://93.184.215.14:0/hook",
+    "https://93.184.215.14:+80/hook",
+    "https://93.184.215.14:08o/hook",
+    "https://hooks.example.org:99999999999999999999/hook",
+]
+
+
+@pytest.mark.parametrize("url", BAD_PORTS)
+async def test_creating_a_webhook_with_a_bad_port_is_a_422_that_stores_nothing(
+    app: FastAPI, api: Api, url: str
+) -> None:
+    set_targets(app, production_policy())
+    owner = await owner_of_project(api)
+    response = await owner.post("/api/v1/projects/SSRF/webhooks", json={"url": url})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["loc"] == ["body", "url"]
+    assert (await owner.get("/api/v1/projects/SSRF/webhooks")).json()["items"] == []
+
+
+@pytest.mark.parametrize("url", BAD_PORTS)
+async def test_changing_the_url_to_a_bad_port_is_a_422_that_keeps_the_old_url(
+    app: FastAPI, api: Api, url: str
+) -> None:
+    set_targets(app, production_policy())
+    owner = await owner_of_project(api)
+    hook = await owner.post(
+        "/api/v1/projects/SSRF/webhooks", json={"url": "https://93.184.215.14/hook"}
+    )
+    path = f"/api/v1/projects/SSRF/webhooks/{hook.json()['id']}"
+    response = await owner.patch(path, json={"url": url})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["loc"] == ["body", "url"]
+    assert (await owner.get(path)).json()["url"] == "https://93.184.215.14/hook"
+
+
 class FlippingResolver:
     """DNS that answers a public address first and a loopback one afterwards (rebinding)."""
 
@@ -305,6 +380,42 @@ async def test_target_is_checked_again_at_delivery(
     finally:
         engine.dispose()
     assert receiver.received == []
+
+
+@pytest.mark.parametrize(
+    "port",
+    # 65536 past the receiver's: the system resolver wrapped it around to the receiver's
+    # port, so a URL naming one port reached another. Too large for a C long: the
+    # connection raised an OverflowError, which no handler expected, and the sweep failed.
+    [65536, 10**20],
+    ids=["wrapping around", "past a C long"],
+)
+async def test_a_stored_url_with_a_port_past_65535_is_refused_at_delivery(
+    api: Api, settings: Settings, receiver: WebhookReceiver, app: FastAPI, port: int
+) -> None:
+    """A URL stored before its port was checked (or by another path than the API) is
+    refused by the deliverer's own check, recorded as an attempt like any refusal."""
+    settings = settings.model_copy(update={"webhook_allowed_networks": ["127.0.0.1/32"]})
+    set_targets(app, TargetPolicy.from_settings(settings))
+    owner = await owner_of_project(api)
+    hook = await owner.post("/api/v1/projects/SSRF/webhooks", json={"url": receiver.url})
+    assert hook.status_code == 201, hook.text
+    receiver.secrets.append(hook.json()["secret"])
+    await owner.post("/api/v1/projects/SSRF/issues", json={"title": "Wrapped"})
+    engine = create_sync_engine(settings)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("UPDATE webhook SET url = :url"),
+                {"url": f"http://127.0.0.1:{port + receiver.port}/hook"},
+            )
+        assert deliver_due(engine, settings) == {"refused_target": 1}
+    finally:
+        engine.dispose()
+    assert receiver.received == []
+    assert attempts_of(settings) == [
+        ("refused_target", "the URL's port must be a number from 1 to 65535")
+    ]
 
 
 async def test_redirects_are_not_followed(api: Api, settings: Settings, app: FastAPI) -> None:

@@ -2,10 +2,10 @@
 
 A webhook URL is the one place where a caller makes the service open a connection of their
 choosing. The rules: https (plain http only where a setting allows it), no credentials in
-the URL, and every address the host resolves to must be a public one; loopback, private,
-link-local, multicast, unspecified, reserved and cloud-metadata addresses are refused unless
-the address is in the allow list. Addresses that embed an IPv4 one (IPv4-mapped, 6to4,
-NAT64) are judged by the address they embed.
+the URL, a port from 1 to 65535 written in digits, and every address the host resolves to
+must be a public one; loopback, private, link-local, multicast, unspecified, reserved and
+cloud-metadata addresses are refused unless the address is in the allow list. Addresses
+that embed an IPv4 one (IPv4-mapped, 6to4, NAT64) are judged by the address they embed.
 
 The check runs when a webhook is created or changed (a 422) and again on every delivery,
 where ``PinnedTransport`` connects to the very address it checked: a DNS answer that changes
@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -163,7 +164,31 @@ def check_url(url: str, policy: TargetPolicy) -> tuple[str, str, int]:
         raise RefusedTarget("invalid-url", "the URL has no host")
     if host.lower() in CLOUD_METADATA_NAMES:
         raise RefusedTarget("cloud-metadata", f"{host} is a cloud metadata service")
-    return scheme, host, parts.port or (443 if scheme == "https" else 80)
+    return scheme, host, _port(url, parts)
+
+
+def _port(url: str, parts: httpx.URL) -> int:
+    """The port the URL names, or its scheme's; from 1 to 65535, and written in digits.
+
+    httpx reads a port with ``int()``, which takes ``+80``, `` 80``, ``1_0`` and non-ASCII
+    digits, and numbers past 65535: the system resolver wraps those around (65616 reaches
+    port 80), and one too large for a C long raises an ``OverflowError`` deep inside the
+    connection. The port is read again as RFC 3986 writes it (``urllib.parse``: ASCII
+    digits only); the two readings must agree.
+    """
+    default = 443 if parts.scheme == "https" else 80
+    port = default if parts.port is None else parts.port
+    try:
+        split = urlsplit(url)
+    except ValueError:
+        raise RefusedTarget("invalid-url", "the URL cannot be parsed") from None
+    try:
+        written = split.port
+    except ValueError:  # not ASCII digits, or past 65535
+        written = -1
+    if not 1 <= port <= 65535 or port != (default if written is None else written):
+        raise RefusedTarget("port", "the URL's port must be a number from 1 to 65535")
+    return port
 
 
 def check_target(url: str, policy: TargetPolicy) -> Target:
