@@ -13,18 +13,23 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
+from ipaddress import ip_address
 
 import anyio
+import httpx
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
+from fastapi import FastAPI
 from pydantic import SecretStr, ValidationError
 from sqlalchemy import Engine
 from sqlmodel import col
 
 from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
+from flyswatter.services import services_of
 from flyswatter.webhooks import delivery
 from flyswatter.webhooks.delivery import (
     Claim,
@@ -36,6 +41,7 @@ from flyswatter.webhooks.delivery import (
 )
 from flyswatter.webhooks.models import WebhookDelivery
 from flyswatter.webhooks.secret_box import SecretBox
+from flyswatter.webhooks.targets import IPAddress, TargetPolicy
 from tests.support.api import Api, AuthedClient, walk_pages
 from tests.webhook_receiver import WebhookReceiver, running_receiver
 
@@ -380,6 +386,26 @@ class TestDelivery:
         drain(engine, settings)
         assert receiver.wait_for(2)[1].verified_with == [2]
 
+    async def test_a_rotation_during_the_overlap_ends_the_oldest_secret_at_once(
+        self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
+    ) -> None:
+        """The webhook keeps one previous secret: rotating again while the first overlap
+        runs keeps the secret it replaces signing (for a new overlap) and drops the one
+        before it, whose receivers fail from then on (as the rotation's docs say). Keeping
+        both needs a third secret column."""
+        owner = await maintainer(api)
+        hook = await subscribe(owner, receiver)
+        rotate = f"/api/v1/projects/HOOK/webhooks/{hook['id']}/rotate-secret"
+        for _ in range(2):
+            rotated = await owner.post(rotate, json={"overlap_seconds": 3600})
+            assert rotated.status_code == 200
+            receiver.secrets.append(rotated.json()["secret"])
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Twice"})
+        drain(engine, settings)
+        (delivery,) = receiver.wait_for(1)
+        assert delivery.verified_with == [1, 2]
+        assert len(delivery.signature.split(" ")) == 2
+
     async def test_old_events_and_their_delivery_logs_are_pruned(
         self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
     ) -> None:
@@ -641,3 +667,131 @@ async def test_a_receiver_trickling_its_answer_times_out_at_the_attempts_deadlin
     assert deadline * 1000 <= duration_ms < (deadline + 1) * 1000
     assert took < deadline + 2
     assert deliveries(engine) == [("pending", 1)]
+
+
+# Webhook management racing a change of the project's that locks its row (as DELETE
+# /projects/{key} and DELETE .../members/{id} do, uncommitted): the write must wait for it,
+# then see it. The maintainer is "mona" (``maintainer``).
+RACING = {
+    "the project's deletion": [
+        "SELECT id FROM project WHERE key = 'HOOK' FOR UPDATE",
+        "UPDATE project SET deleted_at = CURRENT_TIMESTAMP WHERE key = 'HOOK'",
+    ],
+    "the maintainer's removal": [
+        "SELECT id FROM project WHERE key = 'HOOK' FOR UPDATE",
+        "DELETE FROM project_member WHERE user_id = :user",
+    ],
+}
+HOOKS = "/api/v1/projects/HOOK/webhooks"
+WEBHOOK_WRITES = {
+    "a creation": ("POST", HOOKS, {"url": f"{PUBLIC_URL}/late"}),
+    "a change": ("PATCH", HOOKS + "/{hook}", {"url": f"{PUBLIC_URL}/late"}),
+    "a deletion": ("DELETE", HOOKS + "/{hook}", None),
+    "a rotation": ("POST", HOOKS + "/{hook}/rotate-secret", None),
+    "a redelivery": ("POST", HOOKS + "/{hook}/deliveries/{delivery}/redeliver", None),
+}
+
+
+def webhook_state(engine: Engine) -> list[tuple[object, ...]]:
+    """Every webhook and delivery column a management write could change."""
+    with engine.connect() as connection:
+        hooks = connection.exec_driver_sql(
+            "SELECT id, url, secret_sealed, previous_secret_sealed, updated_at FROM webhook"
+            " ORDER BY id"
+        ).all()
+        sent = connection.exec_driver_sql(
+            "SELECT id, state, next_attempt_at, updated_at FROM webhook_delivery ORDER BY id"
+        ).all()
+    return [tuple(row) for row in [*hooks, *sent]]
+
+
+async def answered_after(
+    engine: Engine, held: list[str], parameters: dict[str, str], send: Awaitable[httpx.Response]
+) -> httpx.Response:
+    """The answer to ``send``, sent while another transaction has run ``held`` uncommitted:
+    the request must wait on that transaction's locks until it commits."""
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    with engine.connect() as other:
+        for statement in held:
+            other.execute(sa.text(statement), parameters)
+        request = asyncio.ensure_future(send)
+        for _ in range(200):
+            with engine.connect() as connection:
+                if request.done() or connection.execute(waiting).scalar_one():
+                    break
+            await asyncio.sleep(0.05)
+        assert not request.done(), "the request did not wait for the other transaction"
+        other.commit()
+    return await request
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("racing", RACING.values(), ids=RACING)
+@pytest.mark.parametrize("write", WEBHOOK_WRITES.values(), ids=WEBHOOK_WRITES)
+async def test_a_webhook_write_racing_the_projects_deletion_or_its_maintainers_removal_is_refused(
+    api: Api, engine: Engine, racing: list[str], write: tuple[str, str, dict | None]
+) -> None:
+    """Without the project lock these writes did not wait for the change in flight, and a
+    creation (held up only by its foreign key) committed after it: a webhook made by a
+    maintainer already removed, or in a deleted project (which a restore brings back)."""
+    owner = await maintainer(api)
+    user = await owner.sign_in()
+    hook = (await owner.post(HOOKS, json={"url": PUBLIC_URL})).json()
+    await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Sent"})
+    log = (await owner.get(f"{HOOKS}/{hook['id']}/deliveries")).json()["items"]
+    method, path, body = write
+    path = path.format(hook=hook["id"], delivery=log[0]["id"])
+    before = webhook_state(engine)
+    response = await answered_after(
+        engine, racing, {"user": user}, owner.request(method, path, json=body)
+    )
+    assert response.status_code == 404, response.text
+    assert webhook_state(engine) == before
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("racing", ["deletion", "removal"])
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_a_project_change_committed_while_the_url_is_checked_refuses_the_write(
+    app: FastAPI, api: Api, engine: Engine, racing: str, method: str
+) -> None:
+    """The URL check resolves the host before any lock is taken (a slow DNS answer must not
+    hold the project row); the write then locks the project and reads the caller's standing
+    again, so what committed meanwhile refuses it."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(host: str, port: int) -> list[IPAddress]:
+        entered.set()
+        release.wait(30)
+        return [ip_address("93.184.215.14")]
+
+    owner = await maintainer(api)
+    user = await owner.sign_in()
+    other = api.as_user("max")
+    await owner.put(
+        f"/api/v1/projects/HOOK/members/{await other.sign_in()}", json={"role": "maintainer"}
+    )
+    hook = (await owner.post(HOOKS, json={"url": PUBLIC_URL})).json()
+    app.running = replace(  # type: ignore[attr-defined]
+        services_of(app), webhook_targets=TargetPolicy(resolver=slow)
+    )
+    path = HOOKS if method == "POST" else f"{HOOKS}/{hook['id']}"
+    before = webhook_state(engine)
+    request = asyncio.ensure_future(
+        owner.request(method, path, json={"url": "https://slow.example/hook"})
+    )
+    try:
+        assert await anyio.to_thread.run_sync(entered.wait, 30)
+        if racing == "deletion":
+            changed = await other.delete("/api/v1/projects/HOOK")
+        else:
+            changed = await other.delete(f"/api/v1/projects/HOOK/members/{user}")
+        assert changed.status_code == 204, changed.text
+    finally:
+        release.set()
+    response = await request
+    assert response.status_code == 404, response.text
+    assert webhook_state(engine) == before

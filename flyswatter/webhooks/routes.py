@@ -29,6 +29,7 @@ from flyswatter.webhooks.service import (
     DELIVERY,
     WEBHOOK,
     check_webhook_url,
+    hold_project,
     load_webhook,
     public_deliveries,
     webhook_public,
@@ -39,6 +40,11 @@ from flyswatter.webhooks.signing import new_secret
 router = APIRouter(prefix="/projects/{key}/webhooks", tags=["webhooks"])
 
 ProjectForWebhooks = Annotated[ProjectAccess, Depends(managing("webhooks"))]
+# Held shared until the commit, as by the writers of labels and milestones: the project's
+# deletion or a maintainer's removal waits for the webhook writes in flight, and the writes
+# after it see it. Creating and changing a webhook check its URL first, which resolves the
+# host, and take the lock after (``hold_project``): no lock is held over a DNS lookup.
+ProjectForWebhookWrites = Annotated[ProjectAccess, Depends(managing("webhooks", lock="share"))]
 WebhookIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Webhook id.", examples=[1])]
 DeliveryIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Delivery id.", examples=[1])]
 AUTH_ERRORS = problem_responses(401, 403, 404, 422, 429)
@@ -60,6 +66,7 @@ async def create_webhook(
     """Subscribe a URL to the project's events (maintainers). The answer shows the signing
     secret; it is never shown again (rotate it to get a new one)."""
     await check_webhook_url(services.webhook_targets, body.url)
+    access = await hold_project(session, access)
     secret = new_secret()
     webhook = Webhook.model_validate(
         body,
@@ -122,6 +129,7 @@ async def update_webhook(
     changes = body.model_dump(exclude_unset=True)
     if "url" in changes:
         await check_webhook_url(services.webhook_targets, changes["url"])
+    access = await hold_project(session, access)
     webhook = await load_webhook(session, access, webhook_id, for_update=True)
     if "event_types" in changes:
         changes["event_types"] = list(dict.fromkeys(changes["event_types"]))
@@ -137,7 +145,7 @@ async def update_webhook(
 
 @router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT, responses=AUTH_ERRORS)
 async def delete_webhook(
-    webhook_id: WebhookIdPath, session: SessionDep, access: ProjectForWebhooks
+    webhook_id: WebhookIdPath, session: SessionDep, access: ProjectForWebhookWrites
 ) -> None:
     """Delete the webhook with its delivery log; nothing more is sent to it."""
     webhook = await load_webhook(session, access, webhook_id, for_update=True)
@@ -150,11 +158,16 @@ async def rotate_secret(
     webhook_id: WebhookIdPath,
     services: ServicesDep,
     session: SessionDep,
-    access: ProjectForWebhooks,
+    access: ProjectForWebhookWrites,
     body: SecretRotation | None = None,
 ) -> WebhookWithSecret:
     """A new signing secret, shown once. During the overlap (a day unless asked otherwise)
-    deliveries carry a signature with each secret, so receivers can switch at their pace."""
+    deliveries carry a signature with each secret, so receivers can switch at their pace.
+
+    One previous secret is kept: rotating again before ``previous_secret_expires_at`` ends
+    the oldest secret at once, and only the secret this rotation replaces keeps signing
+    beside the new one (for an overlap of its own). Wait for the overlap to end before
+    rotating again, unless the oldest secret should stop now."""
     webhook = await load_webhook(session, access, webhook_id, for_update=True)
     overlap = (
         body.overlap_seconds
@@ -206,7 +219,7 @@ async def redeliver(
     webhook_id: WebhookIdPath,
     delivery_id: DeliveryIdPath,
     session: SessionDep,
-    access: ProjectForWebhooks,
+    access: ProjectForWebhookWrites,
 ) -> DeliveryPublic:
     """Send the event again, now, under the same ``webhook-id`` (one more attempt)."""
     webhook = await load_webhook(session, access, webhook_id)

@@ -12,7 +12,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from flyswatter.db import tables
 from flyswatter.errors import UnprocessableEntity
 from flyswatter.events.models import Event
-from flyswatter.projects.service import ProjectAccess, load_project_row
+from flyswatter.projects.models import Role
+from flyswatter.projects.service import ProjectAccess, load_project_access, load_project_row
 from flyswatter.webhooks.models import (
     AttemptPublic,
     DeliveryPublic,
@@ -55,6 +56,15 @@ async def check_webhook_url(policy: TargetPolicy, url: str) -> None:
         raise UnprocessableEntity(
             f"this webhook URL is refused: {refused.message}", loc=("body", "url")
         ) from None
+
+
+async def hold_project(session: AsyncSession, access: ProjectAccess) -> ProjectAccess:
+    """The project again, its row held shared until the commit (``managing(lock="share")``),
+    with the caller's standing read anew: a deletion or a removal that committed while the
+    URL was checked shows now (404 or 403), and one that comes after waits for this write."""
+    held = await load_project_access(session, access.principal, access.project.key, lock="share")
+    held.require(Role.maintainer, "managing webhooks")
+    return held
 
 
 async def load_webhook(
