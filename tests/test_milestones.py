@@ -3,10 +3,15 @@ milestone filter and sort."""
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
+import sqlalchemy as sa
 
 from flyswatter.config import Settings
+from flyswatter.milestones.models import UNDATED_RANK
 from tests.support.api import Api, Team, make_team, walk_pages
+from tests.test_concurrency import sent_while_held
 from tests.test_events_outbox import stored_events
 
 MILESTONES = "/api/v1/projects/FLY/milestones"
@@ -100,6 +105,23 @@ async def test_an_issue_takes_its_milestone_by_title_and_its_history_records_it(
     ]
     assert events[1]["doc"]["data"]["changes"][0]["field"] == "milestone"
     assert events[1]["doc"]["data"]["issue"]["milestone_id"] == second["id"]
+
+
+@pytest.mark.parametrize(
+    "due_on",
+    [0, 1798761600, 1798761600000, "1798761600", "2027-01-01T00:00:00", "2027-1-1"],
+    ids=["zero", "seconds", "milliseconds", "seconds as text", "midnight", "unpadded"],
+)
+async def test_a_due_date_is_a_calendar_date_and_nothing_else(team: Team, due_on: object) -> None:
+    """Only `YYYY-MM-DD`: a number (or a number as text, or a midnight) was read as a
+    timestamp, so a client sending 0 for "no date" got a milestone due on 1970-01-01."""
+    created = await team["maintainer"].post(MILESTONES, json={"title": "1.0", "due_on": due_on})
+    assert created.status_code == 422, created.text
+    assert created.json()["errors"][0]["loc"] == ["body", "due_on"]
+    url = f"{MILESTONES}/{(await milestone(team, '1.0', '2027-01-01'))['id']}"
+    patched = await team["maintainer"].patch(url, json={"due_on": due_on})
+    assert patched.status_code == 422, patched.text
+    assert (await team["viewer"].get(url)).json()["due_on"] == "2027-01-01"
 
 
 async def test_a_milestone_of_another_project_or_none_at_all_is_refused_with_422(
@@ -248,3 +270,98 @@ async def test_the_issue_list_sorts_by_due_date_across_pages_and_follows_a_new_d
         "FLY-3",
         "FLY-4",
     ]
+
+
+# The rank of 2027-01-01, the due date the tests' issue writes read.
+EARLY = date(2027, 1, 1).toordinal()
+
+
+def issue_write(milestone_id: int, rank: int = EARLY) -> list[str]:
+    """An issue write in flight that puts FLY-1 in milestone ``milestone_id`` (the rank of the
+    due date it read): the project row shared, the issue locked, its row changed (whose
+    foreign-key check holds the milestone's row KEY SHARE)."""
+    return [
+        "SELECT id FROM project WHERE key = 'FLY' FOR KEY SHARE",
+        "SELECT id FROM issue WHERE number = 1 FOR NO KEY UPDATE",
+        f"UPDATE issue SET milestone_id = {milestone_id}, milestone_due_rank = {rank},"
+        " version = version + 1 WHERE number = 1",
+    ]
+
+
+def issue_row(settings: Settings) -> tuple[int | None, int, int]:
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                sa.text("SELECT milestone_id, milestone_due_rank, version FROM issue")
+            ).one()
+    finally:
+        engine.dispose()
+    return row.milestone_id, row.milestone_due_rank, row.version
+
+
+async def milestone_history(team: Team) -> list[tuple[str | None, str | None]]:
+    entries = (await team["viewer"].get("/api/v1/issues/FLY-1/activity")).json()["items"]
+    return [(e["old_value"], e["new_value"]) for e in entries if e["field"] == "milestone"]
+
+
+@pytest.mark.postgres_only
+async def test_deleting_a_milestone_keeps_an_issue_moved_to_another_one_meanwhile(
+    team: Team, settings: Settings
+) -> None:
+    """The deletion waits for the issue write in flight and detaches the issue only if it is
+    still in the milestone then: it used to detach it from the milestone it had just joined,
+    recording "1.0 -> none"."""
+    leaving = await milestone(team, "1.0")
+    other = await milestone(team, "2.0", "2027-01-01")
+    await team.issue(milestone="1.0")
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        write = issue_write(other["id"])
+        deletion = team["maintainer"].delete(f"{MILESTONES}/{leaving['id']}")
+        assert (await sent_while_held(engine, write, deletion)).status_code == 204
+    finally:
+        engine.dispose()
+    assert issue_row(settings) == (other["id"], EARLY, 2)
+    assert await milestone_history(team) == []
+
+
+@pytest.mark.postgres_only
+async def test_an_issue_joining_a_milestone_being_deleted_is_detached_with_its_history(
+    team: Team, settings: Settings
+) -> None:
+    """The deletion waits for the write that puts an issue in the milestone, and detaches it
+    as it does the others (a new version, the history, no rank of the gone due date); it used
+    to leave that to the foreign key's ON DELETE SET NULL, which does none of that."""
+    doomed = await milestone(team, "1.0", "2027-01-01")
+    await team.issue()
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        write = issue_write(doomed["id"])
+        deletion = team["maintainer"].delete(f"{MILESTONES}/{doomed['id']}")
+        assert (await sent_while_held(engine, write, deletion)).status_code == 204
+    finally:
+        engine.dispose()
+    assert issue_row(settings) == (None, UNDATED_RANK, 3)
+    assert await milestone_history(team) == [("1.0", None)]
+
+
+@pytest.mark.postgres_only
+async def test_a_new_due_date_reaches_an_issue_joining_the_milestone_meanwhile(
+    team: Team, settings: Settings
+) -> None:
+    """The change waits for the write putting an issue in the milestone with the old date's
+    rank, then gives it the new one; it used to answer at once and leave the old rank, so
+    that `sort=milestone_due` placed the issue by a date the milestone no longer has."""
+    release = await milestone(team, "1.0", "2027-01-01")
+    await team.issue()
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        write = issue_write(release["id"])
+        change = team["maintainer"].patch(
+            f"{MILESTONES}/{release['id']}", json={"due_on": "2030-01-01"}
+        )
+        assert (await sent_while_held(engine, write, change)).status_code == 200
+    finally:
+        engine.dispose()
+    assert issue_row(settings) == (release["id"], date(2030, 1, 1).toordinal(), 2)

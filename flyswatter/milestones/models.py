@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, StringConstraints
 from sqlalchemy import CheckConstraint, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -32,6 +33,20 @@ def _not_reserved(title: str) -> str:
     return title
 
 
+_CALENDAR_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _calendar_date(value: object) -> object:
+    # Pydantic reads a number, a number in a string and a midnight datetime as a date too:
+    # a client sending 0 for "no due date" would get 1970-01-01. A due date is written
+    # YYYY-MM-DD (null removes it); a date object is the model's own (``model_validate``).
+    if isinstance(value, date) or (isinstance(value, str) and _CALENDAR_DATE.fullmatch(value)):
+        return value
+    raise ValueError("a due date is written YYYY-MM-DD")
+
+
+DueDate = Annotated[date, BeforeValidator(_calendar_date)]
+
 MilestoneTitle = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
@@ -50,7 +65,7 @@ class MilestoneBase(SQLModel):
     # Unique in its project: issues name their milestone by title, as they name labels.
     title: MilestoneTitle = Field(max_length=200)
     description: MultiLine = Field(default="", max_length=MAX_DESCRIPTION, sa_type=Text)
-    due_on: date | None = Field(default=None, description="The due date, if any.")
+    due_on: DueDate | None = Field(default=None, description="The due date, if any.")
     state: MilestoneState = Field(default=MilestoneState.open, sa_type=String(10))
 
 
@@ -90,7 +105,7 @@ class MilestoneUpdate(SQLModel):
 
     title: MilestoneTitle = unless_sent()
     description: MultiLine = unless_sent(max_length=MAX_DESCRIPTION)
-    due_on: date | None = None
+    due_on: DueDate | None = None
     state: MilestoneState = unless_sent()
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from flyswatter.db import utcnow
+from flyswatter.db import first_or_not_found, for_change, utcnow
 from flyswatter.errors import BadRequest, Conflict
 from flyswatter.http.headers import entity_tag
 from flyswatter.http.pagination import Keyset, Page
@@ -108,9 +108,25 @@ def _after(due_value: str, title: str) -> Any:
 async def load_milestone(
     session: AsyncSession, access: ProjectAccess, milestone_id: int, *, for_update: bool = False
 ) -> Milestone:
-    return await load_project_row(
-        session, access, Milestone, milestone_id, noun="milestone", for_update=for_update
+    """The project's milestone; ``for_update`` (a change or a deletion) locks it FOR UPDATE.
+
+    Not the FOR NO KEY UPDATE of other rows' changes (``db.for_change``): an issue write
+    that puts an issue in the milestone holds KEY SHARE on its row (the foreign key's check)
+    until it commits, which FOR NO KEY UPDATE lets through. The deletion would then miss the
+    issue joining (the foreign key's ON DELETE SET NULL would detach it unseen: no version,
+    no history, a stale due-date rank) and a new due date would not reach it. FOR UPDATE
+    waits for such a write, whose issue the next statement sees; and one that comes after
+    waits for this one.
+    """
+    if not for_update:
+        return await load_project_row(session, access, Milestone, milestone_id, noun="milestone")
+    statement = (
+        select(Milestone)
+        .where(Milestone.project_id == access.project_id, Milestone.id == milestone_id)
+        .with_for_update()
     )
+    missing = f"milestone {milestone_id} not found in {access.project.key}"
+    return await first_or_not_found(session, statement, missing, for_update=False)
 
 
 async def read_milestone(session: AsyncSession, milestone: Milestone) -> MilestonePublic:
@@ -162,10 +178,16 @@ async def delete_milestone(
 ) -> None:
     """Stage the deletion: its issues stay, detached, each with a new version and an entry
     in its history."""
+    # Locked, in id order as bulk changes lock theirs: an issue write in flight (which holds
+    # its issue) is waited for, and its issue is detached only if it is still in the
+    # milestone once it commits (PostgreSQL checks the condition again on the row it waited
+    # for). Otherwise an issue moved to another milestone meanwhile would lose that one.
     detached = (
         await session.exec(
-            select(Issue.id).where(
-                Issue.project_id == access.project_id, Issue.milestone_id == milestone.id
+            for_change(
+                select(Issue.id)
+                .where(Issue.project_id == access.project_id, Issue.milestone_id == milestone.id)
+                .order_by(col(Issue.id))
             )
         )
     ).all()
