@@ -5,15 +5,20 @@ and relations kept, a chain of moves resolved in one lookup, both projects' role
 from __future__ import annotations
 
 import json
+from datetime import date
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy import select
 
 from flyswatter.comments import service as comments_service
+from flyswatter.config import Settings
 from flyswatter.events.models import Event
+from flyswatter.milestones.models import UNDATED_RANK
 from tests.support.api import Api, AuthedClient, Team, make_team
+from tests.test_concurrency import sent_while_held
 from tests.test_no_n_plus_one import counted_statements
 
 
@@ -225,3 +230,60 @@ async def test_an_old_key_answers_404_once_its_project_is_deleted(team: Team) ->
         patched = await client.patch(f"/api/v1/issues/{issue['key']}", json={"priority": "low"})
         assert patched.status_code == 404
         assert (await client.get("/api/v1/issues/OPS-1")).status_code == 200
+
+
+# What the destination's milestone goes through while an issue moves into it, as the
+# milestone routes run it (the milestone locked FOR UPDATE first), and what the issue's
+# milestone, due-date rank and milestone history are then.
+MILESTONE_CHANGES = {
+    "deleted": (
+        ["DELETE FROM milestone WHERE id = :milestone"],
+        (None, UNDATED_RANK, [("2.0", None)]),
+    ),
+    "given a new due date": (
+        ["UPDATE milestone SET due_on = '2032-01-01', version = version + 1 WHERE id = :milestone"],
+        ("kept", date(2032, 1, 1).toordinal(), []),
+    ),
+}
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("change", MILESTONE_CHANGES.values(), ids=MILESTONE_CHANGES)
+async def test_a_move_waits_for_a_change_of_the_milestone_it_keeps_by_title(
+    team: Team, settings: Settings, change: tuple[list[str], tuple[Any, int, list[Any]]]
+) -> None:
+    """The move reads the new project's milestone of the same title once a change of it in
+    flight is done: it used to read it before, and then either put the issue in a milestone
+    that was gone (a foreign-key violation: a 409 for a move that could be made) or keep
+    the old due date's rank."""
+    statements, (milestone_id, rank, history) = change
+    owner = team["maintainer"]
+    await project(team, "OPS")
+    for key in ("FLY", "OPS"):
+        body = {"title": "2.0", "due_on": "2030-01-01"}
+        created = await owner.post(f"/api/v1/projects/{key}/milestones", json=body)
+        assert created.status_code == 201, created.text
+    theirs = created.json()["id"]
+    await team.issue(milestone="2.0")
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        held = [
+            "SELECT id FROM project WHERE key = 'OPS' FOR KEY SHARE",
+            "SELECT id FROM milestone WHERE id = :milestone FOR UPDATE",
+            *statements,
+        ]
+        moving = owner.post("/api/v1/issues/FLY-1/move", json={"project": "OPS"})
+        moved = await sent_while_held(engine, held, moving, {"milestone": theirs})
+        with engine.connect() as connection:
+            stored = connection.execute(
+                sa.text("SELECT milestone_id, milestone_due_rank FROM issue")
+            ).one()
+    finally:
+        engine.dispose()
+    assert moved.status_code == 200, moved.text
+    expected = theirs if milestone_id == "kept" else milestone_id
+    assert (moved.json()["milestone_id"], *stored) == (expected, expected, rank)
+    entries = (await owner.get("/api/v1/issues/OPS-1/activity")).json()["items"]
+    assert [(e["old_value"], e["new_value"]) for e in entries if e["field"] == "milestone"] == (
+        history
+    )

@@ -31,8 +31,15 @@ async def _carry_milestone(write: IssueWrite, current: int, project_id: int) -> 
     issue = write.access.issue
     old = await write.session.get(Milestone, current)
     assert old is not None, "an issue's milestone is its project's, and goes with the project"
-    statement = select(Milestone).where(
-        Milestone.project_id == project_id, Milestone.title == old.title
+    # Held (KEY SHARE) until the move commits: a deletion or a change of due date of that
+    # milestone in flight (FOR UPDATE, milestones.service.load_milestone) is waited for, and
+    # the row read after it, so that the issue neither joins a milestone that is gone (a
+    # foreign-key violation at commit) nor keeps the rank of a due date that changed.
+    statement = (
+        select(Milestone)
+        .where(Milestone.project_id == project_id, Milestone.title == old.title)
+        .with_for_update(read=True, key_share=True)
+        .execution_options(populate_existing=True)
     )
     same = (await write.session.exec(statement)).first()
     if same is None:
