@@ -177,3 +177,26 @@ async def test_a_moved_issue_keeps_only_the_watchers_who_may_see_it_there(
     assert await watcher_names(owner, new_key) == ["developer", "root"]
     # The move's own event, in OPS, names only who may see the issue there.
     assert event_watchers(settings)[-1] == ("issue.updated", ["developer", "root"])
+
+
+async def test_the_issues_of_an_archived_project_can_still_be_unfollowed_and_followed(
+    team: Team,
+) -> None:
+    """Following is the caller's own standing, not a write of the issue: an archived project
+    (read-only until a maintainer unarchives it) used to answer 409 to it, so that its
+    issues stayed in the caller's watched list, and its events' watchers, for good."""
+    key = (await team.issue())["key"]  # the reporter follows it
+    mine = f"/api/v1/issues/{key}/watchers/me"
+    archived = await team["maintainer"].patch("/api/v1/projects/FLY", json={"archived": True})
+    assert archived.status_code == 200, archived.text
+    reporter = team["reporter"]
+    unfollowed = await reporter.delete(mine)
+    assert unfollowed.status_code == 200, unfollowed.text
+    assert unfollowed.json() == {"issue_key": key, "following": False}
+    assert (await reporter.get(WATCHING)).json()["items"] == []
+    followed = await team["viewer"].put(mine)
+    assert followed.status_code == 200, followed.text
+    assert await watcher_names(team["viewer"], key) == ["viewer"]
+    # The issue itself still takes no write.
+    edited = await team["developer"].patch(f"/api/v1/issues/{key}", json={"title": "late"})
+    assert edited.status_code == 409

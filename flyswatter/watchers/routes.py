@@ -3,14 +3,22 @@ the caller's auto-follow preference."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
 
 from flyswatter.auth.dependencies import IssuesRead, IssuesWrite
 from flyswatter.db import SessionDep
 from flyswatter.errors import problem_responses
 from flyswatter.http.pagination import KeysetDep, Page, lists
-from flyswatter.issues.dependencies import IssueForReading, IssueForWriting
+from flyswatter.issues.dependencies import (
+    IssueAccess,
+    IssueForReading,
+    IssueKeyPath,
+    load_issue_access,
+)
 from flyswatter.issues.models import IssuePublic
+from flyswatter.moves.redirects import successor_headers
 from flyswatter.projects.service import PROJECT_ERRORS
 from flyswatter.watchers import service
 from flyswatter.watchers.models import (
@@ -24,6 +32,23 @@ router = APIRouter(tags=["watchers"])
 
 MY_WATCH = "/issues/{issue_key}/watchers/me"
 AUTH_ERRORS = problem_responses(401, 403, 422, 429)
+
+
+async def issue_to_follow(
+    issue_key: IssueKeyPath, session: SessionDep, response: Response, principal: IssuesWrite
+) -> IssueAccess:
+    """The issue, as an issue writer holds it (the project row shared, the issue's row
+    locked: a member's removal in flight is waited for and seen, and one after it removes
+    the follow), in a project that may be archived: following is the caller's own standing,
+    not a change of the issue, and one must be able to stop following a read-only project's
+    issues. An old key of a moved issue names it, as for writes."""
+    access = await load_issue_access(session, principal, issue_key, for_update=True)
+    if access.moved is not None:
+        response.headers.update(successor_headers(access.moved))
+    return access
+
+
+IssueToFollow = Annotated[IssueAccess, Depends(issue_to_follow)]
 
 
 @router.get("/issues/{issue_key}/watchers", **lists(WatcherPublic, PROJECT_ERRORS))
@@ -41,7 +66,7 @@ async def read_my_watch(session: SessionDep, access: IssueForReading) -> WatchSt
 
 
 @router.put(MY_WATCH, response_model=WatchStatus, responses=problem_responses(409) | PROJECT_ERRORS)
-async def follow_issue(session: SessionDep, access: IssueForWriting) -> WatchStatus:
+async def follow_issue(session: SessionDep, access: IssueToFollow) -> WatchStatus:
     """Follow the issue (anyone who can see it); following twice changes nothing."""
     return await service.set_following(session, access, following=True)
 
@@ -49,7 +74,7 @@ async def follow_issue(session: SessionDep, access: IssueForWriting) -> WatchSta
 @router.delete(
     MY_WATCH, response_model=WatchStatus, responses=problem_responses(409) | PROJECT_ERRORS
 )
-async def unfollow_issue(session: SessionDep, access: IssueForWriting) -> WatchStatus:
+async def unfollow_issue(session: SessionDep, access: IssueToFollow) -> WatchStatus:
     """Stop following the issue. Remembered: reporting, being assigned or commenting later
     does not make the caller follow it again (following it explicitly does)."""
     return await service.set_following(session, access, following=False)
