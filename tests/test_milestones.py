@@ -365,3 +365,47 @@ async def test_a_new_due_date_reaches_an_issue_joining_the_milestone_meanwhile(
     finally:
         engine.dispose()
     assert issue_row(settings) == (release["id"], date(2030, 1, 1).toordinal(), 2)
+
+
+@pytest.mark.postgres_only
+async def test_an_issue_put_in_a_milestone_being_deleted_is_told_it_is_unknown(
+    team: Team, settings: Settings
+) -> None:
+    """The issue write waits for the deletion in flight and then finds no such milestone:
+    a 422 naming the field, where it used to fail at its foreign key with a bare 409."""
+    release = await milestone(team, "1.0")
+    await team.issue()
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        deletion = [
+            f"SELECT id FROM milestone WHERE id = {release['id']} FOR UPDATE",
+            f"DELETE FROM milestone WHERE id = {release['id']}",
+        ]
+        joining = team["developer"].patch("/api/v1/issues/FLY-1", json={"milestone": "1.0"})
+        answer = await sent_while_held(engine, deletion, joining)
+    finally:
+        engine.dispose()
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["loc"] == ["body", "milestone"]
+    assert issue_row(settings)[0] is None
+
+
+@pytest.mark.postgres_only
+async def test_an_issue_put_in_a_milestone_being_redated_takes_the_new_dates_rank(
+    team: Team, settings: Settings
+) -> None:
+    """The issue write waits for the change of due date in flight and ranks the issue by the
+    date the milestone has once it commits, not by the one it had."""
+    release = await milestone(team, "1.0", "2027-01-01")
+    await team.issue()
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        redating = [
+            f"SELECT id FROM milestone WHERE id = {release['id']} FOR UPDATE",
+            f"UPDATE milestone SET due_on = '2030-01-01' WHERE id = {release['id']}",
+        ]
+        joining = team["developer"].patch("/api/v1/issues/FLY-1", json={"milestone": "1.0"})
+        assert (await sent_while_held(engine, redating, joining)).status_code == 200
+    finally:
+        engine.dispose()
+    assert issue_row(settings)[:2] == (release["id"], date(2030, 1, 1).toordinal())

@@ -91,10 +91,18 @@ async def issue_labels(
 async def milestone_by_title(
     session: AsyncSession, project_id: int, title: str, *, loc: tuple[str, ...] = ("body",)
 ) -> Milestone:
-    """The project's milestone of that title; a 422 for any other (another project's too)."""
+    """The project's milestone of that title; a 422 for any other (another project's too).
+
+    Held KEY SHARE until the write commits, as its foreign key's check would hold it, but
+    from this read on: a deletion or a new due date in flight (which lock the milestone FOR
+    UPDATE) is waited for here, so the write sees the milestone gone (this 422, not a bare
+    409 at the foreign key) or ranks the issue by the date it has now."""
     milestone = (
         await session.exec(
-            select(Milestone).where(Milestone.project_id == project_id, Milestone.title == title)
+            select(Milestone)
+            .where(Milestone.project_id == project_id, Milestone.title == title)
+            .with_for_update(read=True, key_share=True)
+            .execution_options(populate_existing=True)
         )
     ).first()
     if milestone is None:
