@@ -96,8 +96,13 @@ class Settings(BaseSettings):
 
     # Jobs (Celery). The broker is FLYSWATTER_REDIS_URL; job state lives in the database.
     # A message not acknowledged this long after delivery (a worker killed mid-task) goes
-    # back to the queue; keep it above the longest report build.
+    # back to the queue. One redelivered while its job still runs finds the job's lease live
+    # and is dropped.
     job_visibility_timeout_seconds: int = Field(default=900, ge=5, le=86_400)
+    # A running job's lease: its run renews it every third of this while it works, and no
+    # other run may take the job before it lapses (its worker stopped). Keep it well below the
+    # visibility timeout, so that a message redelivered after its worker died finds it lapsed.
+    job_lease_seconds: int = Field(default=60, ge=2, le=3600)
     job_max_retries: int = Field(default=5, ge=0, le=50)
     # Exponential backoff between retries, from this base, capped, with full jitter.
     job_retry_backoff_seconds: float = Field(default=2.0, gt=0, le=600)

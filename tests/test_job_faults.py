@@ -169,6 +169,9 @@ def test_worker_killed_during_a_report_is_retried_and_succeeds_once(
             storage_dir=str(tmp_path / "artifacts"),
             report_table_limit="6000",
             job_visibility_timeout_seconds="5",
+            # Lapsed by the time the message comes back (5 s after its delivery), the kill
+            # having come right after the claim.
+            job_lease_seconds="2",
         )
         first = WorkerProcess(environment, tmp_path / "worker-1.log", "--concurrency=1")
         first.start()
@@ -195,6 +198,62 @@ def test_worker_killed_during_a_report_is_retried_and_succeeds_once(
         assert download.status_code == 200
         assert download.content.startswith(b"%PDF")
     finally:
+        served.stop()
+
+
+def test_a_report_outlasting_the_visibility_timeout_and_its_lease_runs_once(
+    served_url: str,
+    jwks_server: JwksServer,
+    tokens: TokenFactory,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    served = serve(served_url, jwks_server, tmp_path, redis_server)
+    engine = sa.create_engine(Settings(database_url=served_url).sync_database_url)
+    try:
+        owner = project(served, tokens)
+        environment = serve_environment(
+            database_url=served_url,
+            redis_url=redis_server.url,
+            storage_dir=str(tmp_path / "artifacts"),
+            job_visibility_timeout_seconds="5",
+            job_lease_seconds="2",
+            job_requeue_after_seconds="5",
+        )
+        first = WorkerProcess(environment, tmp_path / "worker-1.log", "--concurrency=1")
+        second = WorkerProcess(environment, tmp_path / "worker-2.log", "--concurrency=1", "--beat")
+        first.start()
+        try:
+            with engine.connect() as blocker:
+                # The report reads issues under this lock: it runs as long as the test holds it.
+                blocker.execute(sa.text("LOCK TABLE issue IN ACCESS EXCLUSIVE MODE"))
+                location = owner.report()
+                owner.wait(location, {"running"})
+                delivered = time.monotonic()
+                # A worker starting after the visibility timeout restores the unacknowledged
+                # message and takes it; its beat runs the requeue sweep at once, then every 5 s.
+                time.sleep(6)
+                second.start()
+                deadline = time.monotonic() + 60
+                while "nothing to do" not in second.log_path.read_text():
+                    assert owner.job(location)["attempts"] == 1, second.log()
+                    assert time.monotonic() < deadline, second.log()
+                    time.sleep(0.2)
+                # Past the lease and a requeue period twice over: what the sweep would take up.
+                time.sleep(max(0.0, delivered + 20 - time.monotonic()))
+                assert owner.job(location)["state"] == "running"
+                blocker.rollback()
+            job = owner.wait(location, {"succeeded", "failed"})
+        finally:
+            second.stop()
+            first.stop()
+        assert job["state"] == "succeeded", job
+        assert job["attempts"] == 1
+        assert "republished" not in second.log_path.read_text()
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM artifact")).scalar() == 1
+    finally:
+        engine.dispose()
         served.stop()
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,7 +23,7 @@ from pypdf import PdfReader
 from flyswatter.config import Settings
 from flyswatter.db import utcnow
 from flyswatter.jobs import report_files, tasks
-from flyswatter.jobs.models import JobState, ReportParameters
+from flyswatter.jobs.models import Job, JobState, ReportParameters
 from flyswatter.jobs.report_files import PROJECT_DELETED
 from flyswatter.jobs.sweeps import expire_artifacts
 from flyswatter.jobs.tasks import JobRuntime, claim_job, run_report_job
@@ -497,6 +498,85 @@ async def test_a_run_that_lost_its_claim_leaves_the_winners_file_and_removes_its
     # A's own object went with its rolled-back transaction: only the winner's is stored.
     root = Path(settings.storage_dir)
     assert [path.relative_to(root).as_posix() for path in stored_files(settings)] == [winner]
+
+
+async def test_a_report_running_past_its_lease_keeps_it_from_a_redelivery_and_a_twin(
+    team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wait below outlasts both: the lease, and the visibility timeout, so that no lease
+    # taken from that timeout could still be live after it.
+    settings = settings.model_copy(
+        update={"job_lease_seconds": 2, "job_visibility_timeout_seconds": 5}
+    )
+    real_build = tasks.build_report_file
+    building, go_on = threading.Event(), threading.Event()
+
+    def slow_first_build(runtime: JobRuntime, claim: tasks.Claim, now: Any) -> tuple[bytes, str]:
+        if not building.is_set():
+            building.set()
+            assert go_on.wait(60)
+        return real_build(runtime, claim, now)
+
+    monkeypatch.setattr(tasks, "build_report_file", slow_first_build)
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with in_process_worker(settings):
+            response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+            location, job_id = response.headers["Location"], response.json()["id"]
+            assert await anyio.to_thread.run_sync(building.wait, 30)
+            await anyio.sleep(6)
+            with engine.connect() as connection:
+                task_id, lease_end = connection.execute(
+                    sa.select(Job.task_id, Job.lease_expires_at).where(
+                        sa.column("public_id") == job_id
+                    )
+                ).one()
+            # Redis hands the unacknowledged message, task id and all, to another worker;
+            # the requeue sweep publishes a twin under a new task id.
+            assert await run_once(settings, job_id, task_id) is None
+            assert await run_once(settings, job_id, "a-twin-from-the-sweep") is None
+            assert lease_end > utcnow()
+            go_on.set()
+            job = await wait_for_job(team["viewer"], location)
+    finally:
+        go_on.set()
+        engine.dispose()
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] == 1
+    assert len(stored_files(settings)) == 1
+
+
+async def test_a_stale_run_of_the_same_task_cannot_finish_a_job_a_newer_attempt_holds(
+    team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+    location, job_id = response.headers["Location"], response.json()["id"]
+    engine = sa.create_engine(settings.sync_database_url)
+    max_attempts = settings.job_max_retries + 1
+    claim_a = claim_job(engine, job_id, "task-1", 900, max_attempts=max_attempts)
+    assert claim_a is not None
+    # A's lease lapsed (its renewals could not reach the database), and the broker's
+    # redelivery of the same message, B, took the job: one task id, two attempts.
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE job SET lease_expires_at = :t WHERE public_id = :id"),
+            {"t": "2000-01-01 00:00:00", "id": job_id},
+        )
+    claim_b = claim_job(engine, job_id, "task-1", 900, max_attempts=max_attempts)
+    engine.dispose()
+    assert claim_b is not None
+    assert claim_b.attempts == claim_a.attempts + 1
+    claims = iter([claim_a, claim_b])
+    monkeypatch.setattr(tasks, "claim_job", lambda *args, **kwargs: next(claims))
+    # A gets to its end first: fenced out by the newer attempt, it records nothing.
+    assert await run_once(settings, job_id, "task-1") is None
+    assert (await team["viewer"].get(location)).json()["state"] == "running"
+    assert stored_files(settings) == []
+    assert await run_once(settings, job_id, "task-1") == JobState.succeeded
+    job = (await team["viewer"].get(location)).json()
+    assert job["state"] == "succeeded"
+    assert job["attempts"] == 2
+    assert len(stored_files(settings)) == 1
 
 
 class WorkerKilled(Exception):

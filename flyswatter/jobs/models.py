@@ -68,8 +68,9 @@ class Job(JobBase, table=True):
     parameters: str = Field(sa_type=Text)
     artifact_id: int | None = Field(default=None, foreign_key="artifact.id", ondelete="SET NULL")
     request_id: str | None = Field(default=None, max_length=128)
-    # The worker's hold on a running job: the Celery task id that claimed it and until when
-    # (a retry or a redelivery of the same task may take it back; others wait for expiry).
+    # The worker's hold on a running job: the Celery task id that claimed it and until when.
+    # Its run renews the lease while it works; every other run (a redelivery of the same
+    # task included) waits for it to lapse. ``attempts`` tells the claims apart (fencing).
     task_id: str | None = Field(default=None, max_length=64)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # When its message was last handed to the broker; None when that never worked.

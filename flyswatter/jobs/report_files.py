@@ -101,11 +101,11 @@ def _finish(
     connection: Connection,
     runtime: JobRuntime,
     claim: Claim,
-    task_id: str,
     stored: StoredObject,
     filename: str,
 ) -> bool:
-    """Insert the artifact and mark the job succeeded if this task still holds it."""
+    """Insert the artifact and mark the job succeeded if this run's attempt still holds it.
+    The attempt, not the task id, tells the runs apart: a redelivered message keeps its id."""
     ttl = timedelta(seconds=runtime.settings.artifact_ttl_seconds)
     artifact_id = connection.execute(
         insert(Artifact)
@@ -126,7 +126,7 @@ def _finish(
         .where(
             col(Job.id) == claim.job_id,
             col(Job.state) == JobState.running,
-            col(Job.task_id) == task_id,
+            col(Job.attempts) == claim.attempts,
         )
         .values(
             state=JobState.succeeded,
@@ -139,9 +139,7 @@ def _finish(
     return finished.rowcount == 1
 
 
-def record_report(
-    runtime: JobRuntime, claim: Claim, task_id: str, stored: StoredObject, filename: str
-) -> bool:
+def record_report(runtime: JobRuntime, claim: Claim, stored: StoredObject, filename: str) -> bool:
     """Record the stored file and finish the job, in one transaction, if this run still
     holds the claim: True when it did. Otherwise (another run finished the job), or when a
     statement fails before the commit, the transaction is rolled back and the attempt's
@@ -150,7 +148,7 @@ def record_report(
     committing = won = False
     try:
         with runtime.engine.connect() as connection:
-            won = _finish(connection, runtime, claim, task_id, stored, filename)
+            won = _finish(connection, runtime, claim, stored, filename)
             if won:
                 committing = True
                 connection.commit()

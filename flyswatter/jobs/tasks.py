@@ -1,14 +1,18 @@
 """The tasks workers run, and the idempotent job steps they are made of.
 
 A task may run more than once for one job: a retry after a transient fault, a message
-redelivered after its worker was killed, a twin published by the sweep. Each run first
-*claims* the job with one conditional UPDATE; a finished job, or one another task holds
-under a live lease, is left alone, so exactly one run finishes it.
+redelivered after its worker was killed (or after the visibility timeout, its first run still
+working), a twin published by the sweep. Each run first *claims* the job with one conditional
+UPDATE, which counts an attempt; a finished job, or one held under a live lease by any run
+(the same message's included), is left alone. The run renews its lease while it works, and
+records its outcome only while its attempt is still the job's latest: the attempt count is
+the fencing token, so exactly one run finishes the job.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -107,15 +111,18 @@ class OutOfAttempts(Exception):
 def claim_job(
     engine: Engine, public_id: str, task_id: str, lease_seconds: int, max_attempts: int
 ) -> Claim | None:
-    """Mark the job running for this task; None when it is finished or held by another.
-    Raises ``OutOfAttempts``, once the job is failed, when this would start more than
+    """Mark the job running for this task; None when it is finished or held under a live
+    lease. A live lease refuses its own task id too: Redis redelivers a message, id and all,
+    whose first run is still working past the visibility timeout. A run that ended releases
+    its lease (``LeaseKeeper``), so the task's own retry takes the job at once. Raises
+    ``OutOfAttempts``, once the job is failed, when this would start more than
     ``max_attempts``."""
     now = utcnow()
     claimable = or_(
         col(Job.state) == JobState.queued,
         and_(
             col(Job.state) == JobState.running,
-            or_(col(Job.task_id) == task_id, col(Job.lease_expires_at) < now),
+            or_(col(Job.lease_expires_at).is_(None), col(Job.lease_expires_at) <= now),
         ),
     )
     with engine.begin() as connection:
@@ -181,6 +188,74 @@ def _fail_exhausted(
     return reason if failed.rowcount == 1 else None
 
 
+class LeaseKeeper:
+    """A claim's lease, renewed while its run works: every third of the lease, each time in a
+    short transaction of its own, on a thread (the run is busy in long calls meanwhile).
+
+    Renewal is fenced by the claim's attempt, not by the clock: one that comes late (the
+    database was slow) still holds the job if no other run took it meanwhile; one that finds
+    a newer attempt, or the job finished, stops and marks the claim ``lost``. On leaving with
+    an exception the lease is released, so that the task's retry may claim the job at once.
+    """
+
+    def __init__(self, engine: Engine, public_id: str, claim: Claim, lease_seconds: int) -> None:
+        self.engine = engine
+        self.public_id = public_id
+        self.claim = claim
+        self.lease = timedelta(seconds=lease_seconds)
+        self.lost = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._renew_until_stopped, name=f"job-lease-{public_id}", daemon=True
+        )
+
+    def _held(self) -> ColumnElement[bool]:
+        return and_(
+            col(Job.id) == self.claim.job_id,
+            col(Job.state) == JobState.running,
+            col(Job.attempts) == self.claim.attempts,
+        )
+
+    def _renew_until_stopped(self) -> None:
+        while not self._stopped.wait(self.lease.total_seconds() / 3):
+            try:
+                with self.engine.begin() as connection:
+                    renewed = connection.execute(
+                        update(Job)
+                        .where(self._held())
+                        .values(lease_expires_at=utcnow() + self.lease)
+                    )
+            except Exception as exc:
+                # The next renewal may get through before the lease lapses; if it does not,
+                # the fencing keeps a newer run's outcome safe from this one.
+                why = transient_reason(exc) or type(exc).__name__
+                logger.warning("job %s: lease not renewed (%s)", self.public_id, why)
+                continue
+            if renewed.rowcount != 1:
+                self.lost.set()
+                return
+
+    def _release(self) -> None:
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(Job).where(self._held()).values(lease_expires_at=utcnow())
+                )
+        except Exception as exc:
+            why = transient_reason(exc) or type(exc).__name__
+            logger.warning("job %s: lease not released, it lapses (%s)", self.public_id, why)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopped.set()
+        self._thread.join()
+        if exc_info[1] is not None:
+            self._release()
+
+
 def job_request_id(engine: Engine, public_id: str) -> str | None:
     """The id of the request that asked for the job, for error reports (None if unknown)."""
     try:
@@ -192,14 +267,17 @@ def job_request_id(engine: Engine, public_id: str) -> str | None:
         return None
 
 
-def fail_job(engine: Engine, public_id: str, reason: str) -> bool:
+def fail_job(engine: Engine, public_id: str, reason: str, *, attempt: int | None = None) -> bool:
+    """Fail the unfinished job; with ``attempt``, only while that attempt still holds it."""
+    held = (
+        col(Job.state).in_([JobState.queued, JobState.running])
+        if attempt is None
+        else and_(col(Job.state) == JobState.running, col(Job.attempts) == attempt)
+    )
     with engine.begin() as connection:
         result = connection.execute(
             update(Job)
-            .where(
-                col(Job.public_id) == public_id,
-                col(Job.state).in_([JobState.queued, JobState.running]),
-            )
+            .where(col(Job.public_id) == public_id, held)
             .values(
                 state=JobState.failed,
                 error=reason[:1000],
@@ -219,7 +297,7 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
             engine,
             public_id,
             task_id,
-            settings.job_visibility_timeout_seconds,
+            settings.job_lease_seconds,
             # The first attempt and its retries, as the task's own retries count them.
             max_attempts=settings.job_max_retries + 1,
         )
@@ -235,22 +313,26 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
     if claim.attempts == 1:
         JOB_QUEUE_WAIT.labels(claim.kind).observe((started - claim.created_at).total_seconds())
     clock = time.perf_counter()
-    try:
-        pdf, filename = build_report_file(runtime, claim, started)
-    except NotBuildable as refusal:
-        # Failed, not cancelled: this run has claimed it (it is running, an attempt counted),
-        # and only a queued job is cancelled, by a person. The error says why (for a deleted
-        # project, for when it is restored: the API hides its jobs meanwhile). Nothing to
-        # retry and nothing went wrong inside: no error report.
-        reason = str(refusal)
-        if fail_job(engine, public_id, reason):
-            JOBS_FINISHED.labels(claim.kind, JobState.failed.value).inc()
-        logger.info("job %s: %s; not built", public_id, reason)
-        return JobState.failed
-    stored = runtime.storage.put(report_key(public_id), pdf, PDF)
-    if not record_report(runtime, claim, task_id, stored, filename):
-        logger.info("job %s: another run finished it first", public_id)
-        return None
+    with LeaseKeeper(engine, public_id, claim, settings.job_lease_seconds) as lease:
+        try:
+            pdf, filename = build_report_file(runtime, claim, started)
+        except NotBuildable as refusal:
+            # Failed, not cancelled: this run has claimed it (it is running, an attempt
+            # counted), and only a queued job is cancelled, by a person. The error says why
+            # (for a deleted project, for when it is restored: the API hides its jobs
+            # meanwhile). Nothing to retry and nothing went wrong inside: no error report.
+            reason = str(refusal)
+            if fail_job(engine, public_id, reason, attempt=claim.attempts):
+                JOBS_FINISHED.labels(claim.kind, JobState.failed.value).inc()
+            logger.info("job %s: %s; not built", public_id, reason)
+            return JobState.failed
+        if lease.lost.is_set():
+            logger.info("job %s: another run took it over; this one stops", public_id)
+            return None
+        stored = runtime.storage.put(report_key(public_id), pdf, PDF)
+        if not record_report(runtime, claim, stored, filename):
+            logger.info("job %s: another run took it over or finished it", public_id)
+            return None
     JOB_RUN_TIME.labels(claim.kind).observe(time.perf_counter() - clock)
     JOBS_FINISHED.labels(claim.kind, JobState.succeeded.value).inc()
     logger.info("job %s: report built (%d bytes)", public_id, stored.size)
