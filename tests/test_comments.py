@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.support.api import Api, Team, make_team, walk_pages
@@ -276,3 +278,31 @@ class TestDelete:
         assert (await team["maintainer"].delete("/api/v1/issues/FLY-1")).status_code == 204
         response = await team["maintainer"].get(f"/api/v1/comments/{created['id']}")
         assert response.status_code == 404
+
+
+class TestRaces:
+    """Writers of one comment wait for each other (the issue's lock, then the comment's);
+    the one that waited must find the comment gone, not fail on it."""
+
+    async def test_concurrent_deletes_of_one_comment_delete_it_once_and_the_rest_are_404s(
+        self, team: Team
+    ) -> None:
+        created = await comment(team)
+        url = f"/api/v1/comments/{created['id']}"
+        responses = await asyncio.gather(*(team["reporter"].delete(url) for _ in range(4)))
+        assert sorted(response.status_code for response in responses) == [204, 404, 404, 404]
+        history = (await team["viewer"].get("/api/v1/issues/FLY-1/activity")).json()["items"]
+        assert [entry["action"] for entry in history].count("comment_deleted") == 1
+
+    async def test_edits_racing_the_deletion_either_land_first_or_find_it_gone(
+        self, team: Team
+    ) -> None:
+        created = await comment(team)
+        url = f"/api/v1/comments/{created['id']}"
+        responses = await asyncio.gather(
+            team["reporter"].delete(url),
+            *(team[who].patch(url, json={"body": who}) for who in ("reporter", "maintainer")),
+        )
+        assert responses[0].status_code == 204
+        assert {response.status_code for response in responses[1:]} <= {200, 404}
+        assert (await team["viewer"].get(url)).status_code == 404

@@ -10,7 +10,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
 from flyswatter.comments.models import Comment, CommentCreate, CommentPublic, CommentUpdate
-from flyswatter.db import for_change, utcnow
+from flyswatter.db import first_or_not_found, utcnow
 from flyswatter.errors import Forbidden, NotFound
 from flyswatter.http.conditional import ConditionalWrite, etag_of
 from flyswatter.http.created import Created
@@ -88,10 +88,12 @@ async def load_comment_access(
         )
     except NotFound:
         raise NotFound(f"comment {comment_id} not found") from None
+    # Read again, and only now locked: a writer of the same comment that came first (a
+    # deletion) held the issue until it committed, and a reader's statements each see what
+    # was committed before them. The comment may have gone since the first read: not found.
     statement = select(Comment).where(Comment.id == comment_id)
-    if for_update:
-        statement = for_change(statement)
-    comment = (await session.exec(statement)).one()
+    missing = f"comment {comment_id} not found"
+    comment = await first_or_not_found(session, statement, missing, for_update=for_update)
     return CommentAccess(comment=comment, issue_access=issue_access)
 
 
