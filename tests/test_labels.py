@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from flyswatter.config import Settings
@@ -112,6 +114,59 @@ class TestManage:
         listed = (await team["viewer"].get(LABELS)).json()["items"]
         assert [label["name"] for label in listed] == ["bug", "defect"]
 
+    async def test_a_created_or_renamed_labels_location_reads_it(self, team: Team) -> None:
+        created = await team["maintainer"].post(LABELS, json={"name": "bug", "color": "#d73a4a"})
+        read = await team["viewer"].get(created.headers["Location"])
+        assert (read.status_code, read.json()) == (200, created.json())
+        renamed = await team["maintainer"].patch(f"{LABELS}/bug", json={"name": "defect"})
+        assert (await team["viewer"].get(f"{LABELS}/defect")).json() == renamed.json()
+        missing = await team["viewer"].get(f"{LABELS}/bug")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+        assert (await team.outsider.get(f"{LABELS}/defect")).status_code == 404
+
+    async def test_names_are_unique_whatever_their_case(self, team: Team) -> None:
+        # "Bug" beside "bug" would be two labels no one can tell apart in a list or a filter.
+        await team.label("bug")
+        await team.label("ui")
+        again = await team["maintainer"].post(LABELS, json={"name": "BUG", "color": "#000000"})
+        assert again.status_code == 409
+        assert again.json()["detail"] == "a label named bug already exists in this project"
+        renamed = await team["maintainer"].patch(f"{LABELS}/ui", json={"name": "Bug"})
+        assert renamed.status_code == 409
+        # A label may change the case of its own name.
+        recased = await team["maintainer"].patch(f"{LABELS}/bug", json={"name": "Bug"})
+        assert (recased.status_code, recased.json()["name"]) == (200, "Bug")
+        listed = (await team["viewer"].get(LABELS)).json()["items"]
+        assert [label["name"] for label in listed] == ["Bug", "ui"]
+
+    async def test_concurrent_creations_of_one_name_in_other_cases_make_one_label(
+        self, team: Team
+    ) -> None:
+        responses = await asyncio.gather(
+            *(
+                team["maintainer"].post(LABELS, json={"name": name, "color": "#000000"})
+                for name in ("bug", "Bug", "BUG", "bUg")
+            )
+        )
+        assert sorted(response.status_code for response in responses) == [201, 409, 409, 409]
+        assert len((await team["viewer"].get(LABELS)).json()["items"]) == 1
+
+    async def test_concurrent_renames_onto_one_name_in_other_cases_rename_one(
+        self, team: Team
+    ) -> None:
+        for name in ("a", "b", "c"):
+            await team.label(name)
+        responses = await asyncio.gather(
+            *(
+                team["maintainer"].patch(f"{LABELS}/{old}", json={"name": new})
+                for old, new in (("a", "same"), ("b", "Same"), ("c", "SAME"))
+            )
+        )
+        assert sorted(response.status_code for response in responses) == [200, 409, 409]
+        listed = (await team["viewer"].get(LABELS)).json()["items"]
+        assert len([label for label in listed if label["name"].lower() == "same"]) == 1
+
     async def test_bad_colour_on_update_is_a_422(self, team: Team) -> None:
         await team.label("bug")
         response = await team["maintainer"].patch(f"{LABELS}/bug", json={"color": "blue"})
@@ -161,6 +216,67 @@ class TestManage:
         ]
         # An issue without the label is untouched.
         assert (await team["viewer"].get("/api/v1/issues/FLY-2")).json()["version"] == 1
+
+    async def test_concurrent_deletes_of_one_label_remove_it_once_from_each_issue(
+        self, team: Team
+    ) -> None:
+        await team.label("bug")
+        await team.issue(labels=["bug"])
+        responses = await asyncio.gather(
+            *(team["maintainer"].delete(f"{LABELS}/bug") for _ in range(3))
+        )
+        # The deletions wait for each other; those that waited find the label gone.
+        assert sorted(response.status_code for response in responses) == [204, 404, 404]
+        history = (await team["viewer"].get("/api/v1/issues/FLY-1/activity")).json()["items"]
+        assert [entry["action"] for entry in history].count("unlabeled") == 1
+        assert (await team["viewer"].get("/api/v1/issues/FLY-1")).json()["version"] == 2
+
+    async def test_an_attachment_racing_the_deletion_is_refused_or_undone_in_the_history(
+        self, team: Team
+    ) -> None:
+        # The deletion removes the label from each issue with an entry in its history and a
+        # new version; an issue labelled while it ran must not lose the label silently.
+        await team.issue()
+        for attempt in range(8):
+            name = f"bug{attempt}"
+            await team.label(name)
+            # An issue that has it already gives the deletion something to do meanwhile.
+            await team["developer"].post(f"/api/v1/issues/FLY-1/labels/{name}")
+            key = (await team.issue())["key"]
+            deleted, attached = await asyncio.gather(
+                team["maintainer"].delete(f"{LABELS}/{name}"),
+                team["developer"].post(f"/api/v1/issues/{key}/labels/{name}"),
+            )
+            assert deleted.status_code == 204
+            issue = (await team["viewer"].get(f"/api/v1/issues/{key}")).json()
+            history = (await team["viewer"].get(f"/api/v1/issues/{key}/activity")).json()["items"]
+            actions = [entry["action"] for entry in history]
+            assert issue["labels"] == []
+            if attached.status_code == 200:
+                assert actions == ["created", "labeled", "unlabeled"]
+                assert issue["version"] == 3
+            else:
+                # Too late: the label is gone (not found, or gone under the attachment).
+                assert attached.status_code in (409, 422), attached.text
+                assert (actions, issue["version"]) == (["created"], 1)
+
+    async def test_changes_racing_the_deletion_land_first_or_find_it_gone(self, team: Team) -> None:
+        # Each round is a race, not sure to go wrong: enough of them that one does.
+        for attempt in range(8):
+            await team.label(f"bug{attempt}")
+            url = f"{LABELS}/bug{attempt}"
+            responses = await asyncio.gather(
+                team["maintainer"].delete(url),
+                team["maintainer"].patch(url, json={"name": f"renamed{attempt}"}),
+                team["maintainer"].patch(url, json={"color": "#123456"}),
+            )
+            statuses = [response.status_code for response in responses]
+            assert statuses[0] in (204, 404), statuses
+            assert set(statuses[1:]) <= {200, 404}, statuses
+        # Each label was deleted, or renamed before the deletion came to it (which then
+        # found no label of its name).
+        left = [label["name"] for label in (await team["viewer"].get(LABELS)).json()["items"]]
+        assert all(name.startswith("renamed") for name in left), left
 
     @pytest.mark.parametrize("role", ["viewer", "reporter", "developer"])
     async def test_only_maintainers_manage_labels(self, team: Team, role: str) -> None:

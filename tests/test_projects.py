@@ -238,6 +238,20 @@ class TestMembers:
         assert changed.status_code == 200
         assert changed.json()["role"] == "developer"
 
+    async def test_an_added_members_location_reads_the_membership(self, api: Api) -> None:
+        # A 201's Location names what was made: following it must find it, not a 405.
+        alice, bob, carol = api.as_user("alice"), api.as_user("bob"), api.as_user("carol")
+        await create_project(alice, "FLY")
+        bob_id = await bob.sign_in()
+        await carol.sign_in()
+        added = await alice.put(f"{PROJECTS}/FLY/members/{bob_id}", json={"role": "reporter"})
+        read = await bob.get(added.headers["Location"])
+        assert (read.status_code, read.json()) == (200, added.json())
+        assert (await bob.get(f"{PROJECTS}/FLY/members/bob")).json() == added.json()
+        # Someone known but no member, and a stranger to the project, are both not found.
+        assert (await bob.get(f"{PROJECTS}/FLY/members/carol")).status_code == 404
+        assert (await carol.get(added.headers["Location"])).status_code == 404
+
     async def test_unknown_role_is_a_422(self, api: Api) -> None:
         alice, bob = api.as_user("alice"), api.as_user("bob")
         await create_project(alice, "FLY")

@@ -228,6 +228,20 @@ async def list_members(
     )
 
 
+@router.get("/{key}/members/{user_id}", response_model=MemberPublic, responses=PROJECT_ERRORS)
+async def get_member(
+    user_id: UserIdPath, session: SessionDep, access: ProjectForReading
+) -> MemberPublic:
+    """One member of the project, by id or username: where an added member's ``Location``
+    points."""
+    user = await _find_user(session, user_id)
+    if user is not None:
+        member = await session.get(ProjectMember, (access.project_id, user.id))
+        if member is not None:
+            return member_public(member, user)
+    raise NotFound(f"user {user_id} is not a member of {access.project.key}")
+
+
 @router.put(
     "/{key}/members/{user_id}",
     response_model=MemberPublic,
