@@ -47,30 +47,22 @@ _TAG_LIST_SCHEMA = WithJsonSchema(
         ]
     }
 )
+_TagList = Annotated[list[SingleLine] | None, AfterValidator(_within_cap), _TAG_LIST_SCHEMA]
 IfMatch = Annotated[
-    list[SingleLine] | None,
+    _TagList,
     Header(
-        description="Only if the resource still has one of these ETags, or any for `*` (else 412).",
+        description="Only if the resource still has one of these ETags, or any for `*` (else 412)."
     ),
-    AfterValidator(_within_cap),
-    _TAG_LIST_SCHEMA,
 ]
 IfNoneMatch = Annotated[
-    list[SingleLine] | None,
-    Header(
-        description="Answer 304 if the resource still has one of these ETags.",
-    ),
-    AfterValidator(_within_cap),
-    _TAG_LIST_SCHEMA,
+    _TagList, Header(description="Answer 304 if the resource still has one of these ETags.")
 ]
 IfNoneMatchForWrites = Annotated[
-    list[SingleLine] | None,
+    _TagList,
     Header(
         description="Apply only if the resource has none of these ETags; `*`: never, as it "
         "exists (else 412).",
     ),
-    AfterValidator(_within_cap),
-    _TAG_LIST_SCHEMA,
 ]
 
 
