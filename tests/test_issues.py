@@ -162,6 +162,52 @@ class TestEdit:
         priority = await team["reporter"].patch("/api/v1/issues/FLY-1", json={"priority": "high"})
         assert priority.status_code == 403
 
+    async def test_reporter_may_send_back_unchanged_fields_it_may_not_change(
+        self, team: Team
+    ) -> None:
+        # An edit form sends the whole issue: the fields sent as they are change nothing, so
+        # they need no role; changing one of them still needs a developer.
+        await team.label("bug")
+        issue = await team.issue(author="reporter", labels=["bug"])
+        await team.issue(author="developer")
+        unchanged = {
+            "type": issue["type"],
+            "priority": issue["priority"],
+            "assignee_id": None,
+            "labels": ["bug"],
+        }
+        own = await team["reporter"].patch(
+            "/api/v1/issues/FLY-1", json={"title": "Edited", **unchanged}
+        )
+        assert own.status_code == 200, own.text
+        assert (own.json()["title"], own.json()["version"]) == ("Edited", 2)
+        changed = await team["reporter"].patch(
+            "/api/v1/issues/FLY-1", json={**unchanged, "priority": "high"}
+        )
+        assert changed.status_code == 403, changed.text
+        others = await team["reporter"].patch(
+            "/api/v1/issues/FLY-2", json={"title": "Edited", "priority": "medium"}
+        )
+        assert others.status_code == 403, others.text
+
+    async def test_a_bulk_change_weighs_unchanged_fields_as_a_patch_does(self, team: Team) -> None:
+        # A bulk change is checked as each issue's single change would be: the priority the
+        # reporter's issue already has needs no developer there either.
+        await team["maintainer"].post("/api/v1/projects/FLY/milestones", json={"title": "1.0"})
+        await team.issue(author="reporter")
+        change = {"priority": "medium", "assignee_id": None, "milestone": "1.0"}
+        response = await team["reporter"].patch(
+            "/api/v1/projects/FLY/issues", json={"issues": ["FLY-1"], "change": change}
+        )
+        assert response.status_code == 200, response.text
+        (item,) = response.json()["items"]
+        assert (item["outcome"], item["issue"]["milestone_id"]) == ("applied", 1)
+        change["priority"] = "high"
+        refused = await team["reporter"].patch(
+            "/api/v1/projects/FLY/issues", json={"issues": ["FLY-1"], "change": change}
+        )
+        assert refused.status_code == 403, refused.text
+
     async def test_an_empty_description_and_no_labels_clear_them(self, team: Team) -> None:
         await team.label("ui")
         await team.issue(description="steps", labels=["ui"])

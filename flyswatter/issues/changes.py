@@ -42,6 +42,24 @@ def require_edit(access: IssueAccess, fields: Iterable[str]) -> None:
         access.project_access.require(Role.developer, "editing this issue")
 
 
+def changed_fields(
+    issue: Issue, changes: Mapping[str, Any], labels: Iterable[str] = ()
+) -> set[str]:
+    """The fields of a PATCH body that differ from the issue (``labels``: its label names).
+
+    What ``require_edit`` weighs: an edit form sends the whole issue back, and a field sent
+    as it is changes nothing, so it needs no role (nor would it be recorded or bump the
+    version)."""
+    names: set[str] = set()
+    for name, value in changes.items():
+        if name in (*_PLAIN_FIELDS, "assignee_id") and value == getattr(issue, name):
+            continue
+        if name == "labels" and value is not None and set(value) == set(labels):
+            continue
+        names.add(name)
+    return names
+
+
 @dataclass(slots=True)
 class IssueChange:
     """One change to make to one issue or many, its references (people, labels, milestone)
@@ -122,7 +140,12 @@ def check_change(access: IssueAccess, change: IssueChange) -> None:
     if change.status is not None:
         access.project_access.require(Role.developer, "moving issues through the workflow")
         check_transition(access.issue, change.status)
-    require_edit(access, change.names - {"status"})
+    # Weighed, as a PATCH is (``changed_fields``), by the fields this issue would change.
+    issue = access.issue
+    unchanged = {name for name, value in change.fields.items() if value == getattr(issue, name)}
+    if change.set_assignee and change.assignee_id == issue.assignee_id:
+        unchanged.add("assignee_id")
+    require_edit(access, change.names - unchanged - {"status"})
 
 
 def stage_change(

@@ -13,6 +13,7 @@ from flyswatter.http.headers import api_path
 from flyswatter.issues.activity import record_activity, record_deletion
 from flyswatter.issues.changes import (
     bump_version,
+    changed_fields,
     check_transition,
     delete_issue_labels,
     record_transition,
@@ -94,14 +95,15 @@ async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:
     session, access = write.session, write.access
     write.conditional.check(access.etag)
     changes = body.model_dump(exclude_unset=True)
-    require_edit(access, changes)
+    labels: dict[str, int] = {}
+    if changes.get("labels") is not None:
+        labels = (await issue_labels(session, [access.issue_id]))[access.issue_id]
+    # Weighed by what it changes: fields sent back as they are need no role.
+    require_edit(access, changed_fields(access.issue, changes, labels))
     change = await resolve_change(session, access.project_access.project_id, changes)
-    current = (await issue_labels(session, [access.issue_id])) if change.touches_labels else {}
     milestone = [access.issue.milestone_id] if change.set_milestone else []
     titles = await milestone_titles(session, milestone)
-    changed, unlinked = stage_change(
-        session, access, change, current.get(access.issue_id, {}), titles
-    )
+    changed, unlinked = stage_change(session, access, change, labels, titles)
     await delete_issue_labels(session, unlinked)
     if change.set_assignee:
         await auto_follow(session, [access.issue_id], [change.assignee_id])
