@@ -126,6 +126,17 @@ class TestFilters:
         assert response.status_code == 422
         assert response.headers["content-type"] == "application/problem+json"
 
+    @pytest.mark.parametrize("query", ["assignee=", "reporter="])
+    async def test_an_empty_person_filter_is_a_422_not_an_empty_list(
+        self, team: Team, query: str
+    ) -> None:
+        # As an empty q or milestone is: an empty id names nobody, and answering an empty
+        # list would read as "no issues" to a client that meant no filter.
+        await team.issue()
+        response = await team["viewer"].get(f"{LIST}?{query}")
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+
     async def test_count_is_the_number_of_matches_not_of_the_page(self, issues: Team) -> None:
         counted = await issues["viewer"].get(f"{LIST}?count=true&limit=1&label=ui")
         assert counted.json()["total"] == 3
@@ -199,6 +210,13 @@ class TestSearch:
     async def test_empty_or_overlong_query_is_a_422(self, corpus: Team) -> None:
         assert (await corpus["viewer"].get(LIST, params={"q": ""})).status_code == 422
         assert (await corpus["viewer"].get(LIST, params={"q": "x" * 201})).status_code == 422
+
+    async def test_every_word_must_match_however_many_words_there_are(self, corpus: Team) -> None:
+        # The words of the title and description of FLY-2, then one that is in no issue: it
+        # must still count, the eleventh word as much as the first.
+        words = "slow startup takes ten seconds on android devices startup takes"
+        assert await self.search(corpus, words) == [2]
+        assert await self.search(corpus, f"{words} kubernetes") == []
 
     async def test_blank_query_lists_everything(self, corpus: Team) -> None:
         assert await self.search(corpus, "   ") == [1, 2, 3, 4, 5, 6]

@@ -128,8 +128,10 @@ def search_condition(query: str, dialect: str) -> ColumnElement[bool]:
     if dialect == "postgresql":
         return _matches(query)
     # SQLite: every word must appear in the title or the description (case-insensitive).
+    # All of them: MAX_QUERY_LENGTH already bounds their number, and a word left out would
+    # let through issues that lack it.
     conditions = []
-    for word in query.split()[:10]:
+    for word in dict.fromkeys(query.split()):
         pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         conditions.append(
             or_(

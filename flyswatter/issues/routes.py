@@ -83,12 +83,19 @@ async def list_issues(
     status_: Annotated[
         list[IssueStatus] | None, Query(alias="status", description="Any of these statuses.")
     ] = None,
+    # People are never empty: an empty id names nobody, and the empty list it would answer
+    # reads as "no issues" to a client that meant no filter (a 422, as an empty q is).
     assignee: Annotated[
         SingleLine | None,
-        Query(max_length=255, description="A user id, `me`, or `none` for unassigned issues."),
+        Query(
+            min_length=1,
+            max_length=255,
+            description="A user id, `me`, or `none` for unassigned issues.",
+        ),
     ] = None,
     reporter: Annotated[
-        SingleLine | None, Query(max_length=255, description="A user id, or `me`.")
+        SingleLine | None,
+        Query(min_length=1, max_length=255, description="A user id, or `me`."),
     ] = None,
     label: Annotated[
         list[LabelName] | None,
