@@ -11,7 +11,7 @@ from flyswatter.milestones.models import Milestone
 from flyswatter.moves.models import IssueKeyRedirect
 from flyswatter.projects.models import Project, ProjectMember
 from flyswatter.relations.models import IssueRelation
-from flyswatter.storage.models import Artifact, StorageRemoval
+from flyswatter.storage.models import Artifact, StorageRemoval, StorageWrite
 from flyswatter.users.models import User
 from flyswatter.watchers.models import UserPreferences, Watcher
 from flyswatter.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt
@@ -34,6 +34,7 @@ __all__ = [
     "Project",
     "ProjectMember",
     "StorageRemoval",
+    "StorageWrite",
     "User",
     "UserPreferences",
     "Watcher",

@@ -1,6 +1,8 @@
 """Files on issues: streamed to storage with a checksum and a sniffed type, listed, served
 inline or as downloads, deleted by their uploader or a maintainer; a failed upload leaves
-neither a row nor a stored object."""
+neither a row nor a stored object (nor its intent, unless the object could not be removed),
+an upload whose object the orphan sweep claimed meanwhile is refused, and a commit that fails
+leaves the object to the database to decide."""
 
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.app import create_app
+from flyswatter.attachments.models import Attachment
 from flyswatter.config import Settings
 from flyswatter.events.models import Event
-from flyswatter.jobs.sweeps import remove_deleted_objects
+from flyswatter.jobs.sweeps import remove_deleted_objects, remove_orphaned_objects
 from flyswatter.jobs.tasks import JobRuntime
 from flyswatter.services import Flyswatter
 from flyswatter.storage.service import LocalStorage, StorageUnavailable, StoredObject
@@ -77,6 +81,17 @@ def attachment_rows(settings: Settings) -> int:
     try:
         with engine.connect() as connection:
             return int(connection.exec_driver_sql("SELECT count(*) FROM attachment").scalar_one())
+    finally:
+        engine.dispose()
+
+
+def intent_keys(settings: Settings) -> list[str]:
+    """The keys of the writes recorded and not settled (``storage_write``)."""
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.exec_driver_sql("SELECT key FROM storage_write ORDER BY key")
+            return [str(key) for key in rows.scalars()]
     finally:
         engine.dispose()
 
@@ -267,8 +282,10 @@ async def test_an_upload_over_the_cap_is_413_and_leaves_no_row_or_object(
     assert response.json()["type"].endswith("payload-too-large")
     assert stored_files(settings) == []
     assert attachment_rows(settings) == 0
+    assert intent_keys(settings) == []
     exactly = await upload(team["reporter"], "fits.bin", bytes(MAX_BYTES))
     assert exactly.status_code == 201
+    assert intent_keys(settings) == []
 
 
 @pytest.mark.parametrize(
@@ -364,6 +381,10 @@ async def test_storage_that_fails_is_503_and_leaves_no_row(
     assert response.status_code == 503
     assert response.headers["Retry-After"]
     assert attachment_rows(settings) == 0
+    # Nor could the object be removed: its intent stays, for the sweep to remove it once
+    # the storage is back.
+    (key,) = intent_keys(settings)
+    assert key.startswith("attachments/")
 
 
 class ChangedMidUpload(LocalStorage):
@@ -404,6 +425,7 @@ async def test_a_database_failure_after_storing_takes_the_object_back(
     assert response.status_code == 409, response.text
     assert stored_files(settings) == kept
     assert attachment_rows(settings) == 1
+    assert intent_keys(settings) == []
 
 
 @pytest.mark.parametrize(
@@ -437,6 +459,94 @@ async def test_an_upload_lands_only_if_still_allowed_once_stored(
     assert response.headers["content-type"] == "application/problem+json"
     assert stored_files(settings) == []
     assert attachment_rows(settings) == 0
+    assert intent_keys(settings) == []
+
+
+class SweptMidUpload(LocalStorage):
+    """Storage after whose write the orphan sweep runs with no grace, on its own engine: the
+    upload outlasted the grace, and the sweep claims its intent and removes its object
+    before the row's transaction begins (a real race, as it would interleave)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(Path(settings.storage_dir))
+        self.sweeper = JobRuntime(settings)
+        self.swept = 0
+
+    def put_stream(self, key: str, chunks: Any, content_type: str) -> StoredObject:
+        stored = super().put_stream(key, chunks, content_type)
+        self.swept += remove_orphaned_objects(self.sweeper, grace=timedelta(0))
+        return stored
+
+
+async def test_an_upload_whose_object_the_sweep_claimed_meanwhile_is_a_503_and_leaves_nothing(
+    team: Team, settings: Settings, app: Flyswatter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = SweptMidUpload(settings)
+    monkeypatch.setattr(app, "running", replace(app.services, storage=storage))
+    response = await upload(team["reporter"], "slow.png", PNG)
+    assert storage.swept == 1
+    # The row would name an object that is gone: refused, and worth retrying.
+    assert response.status_code == 503, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.headers["Retry-After"].isdigit()
+    assert "retry" in response.json()["detail"]
+    assert attachment_rows(settings) == 0
+    assert stored_files(settings) == []
+    assert intent_keys(settings) == []
+    assert (await team["viewer"].get(ATTACHMENTS)).json()["items"] == []
+    history = (await team["viewer"].get("/api/v1/issues/FLY-1/activity")).json()["items"]
+    assert "attached" not in [entry["action"] for entry in history]
+    storage.sweeper.engine.dispose()
+    monkeypatch.undo()
+    retried = await upload(team["reporter"], "slow.png", PNG)
+    assert retried.status_code == 201, retried.text
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["not-landed", "landed"])
+async def test_a_commit_that_fails_leaves_the_object_for_the_database_to_decide(
+    team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    real_commit = AsyncSession.commit
+
+    async def commit(self: AsyncSession) -> None:
+        # The upload's row transaction (it holds the row): its COMMIT is sent, and the
+        # connection is lost before the answer, the row committed or not.
+        if not any(isinstance(row, Attachment) for row in self.identity_map.values()):
+            return await real_commit(self)
+        if landed:
+            await real_commit(self)
+        else:
+            await self.rollback()
+        raise sa.exc.OperationalError("COMMIT", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(AsyncSession, "commit", commit)
+    response = await upload(team["reporter"], "shot.png", PNG)
+    monkeypatch.undo()
+    assert response.status_code == 503, response.text
+    (stored,) = stored_files(settings)
+    runtime = JobRuntime(settings)
+    if landed:
+        # The row names the object; its intent went with the commit.
+        assert attachment_rows(settings) == 1
+        assert intent_keys(settings) == []
+    else:
+        assert attachment_rows(settings) == 0
+        assert intent_keys(settings) == [stored.relative_to(settings.storage_dir).as_posix()]
+        # Young: it might be a write still on its way.
+        assert remove_orphaned_objects(runtime) == 0
+        assert stored_files(settings) == [stored]
+    assert remove_orphaned_objects(runtime, grace=timedelta(0)) == (0 if landed else 1)
+    assert intent_keys(settings) == []
+    runtime.engine.dispose()
+    listed = (await team["viewer"].get(ATTACHMENTS)).json()["items"]
+    if landed:
+        assert stored_files(settings) == [stored]
+        download = await team["viewer"].get(listed[0]["download_url"])
+        assert download.status_code == 200
+        assert download.content == PNG
+    else:
+        assert stored_files(settings) == []
+        assert listed == []
 
 
 async def test_an_upload_to_an_issue_moved_meanwhile_lands_on_it_under_its_new_key(

@@ -1,7 +1,8 @@
 """Artifacts and attachments in storage: the local directory and a real S3-compatible server
 (moto's), streamed writes that break off leaving nothing, the download routes on both
 (streamed or redirected to a presigned URL), a store that refuses the service (a missing
-bucket, credentials it does not accept), expiry, and the sweep of orphaned objects."""
+bucket, credentials it does not accept), expiry, and the sweep of orphaned objects, which
+removes only what the intent log recorded and no row came for."""
 
 from __future__ import annotations
 
@@ -14,20 +15,25 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import boto3
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlmodel import col
 
 from flyswatter.config import Settings
 from flyswatter.db import utcnow
+from flyswatter.jobs.models import JobState
 from flyswatter.jobs.sweeps import (
     expire_artifacts,
     remove_deleted_objects,
     remove_orphaned_objects,
 )
-from flyswatter.jobs.tasks import JobRuntime
+from flyswatter.jobs.tasks import JobRuntime, run_report_job
 from flyswatter.services import Flyswatter
+from flyswatter.storage.intents import intend_write
+from flyswatter.storage.models import StorageWrite
 from flyswatter.storage.service import (
     LocalStorage,
     ObjectMissing,
@@ -389,9 +395,14 @@ async def test_a_bucket_gone_answers_503_to_downloads_and_uploads_and_the_sweep_
     assert (await team["reporter"].delete(created.headers["Location"])).status_code == 204
     runtime = JobRuntime(settings)
     assert remove_deleted_objects(runtime, grace=timedelta(0)) == 0
+    # The failed upload's intent (its object could not be removed either) waits too.
+    assert len(intent_keys(runtime)) == 1
     assert remove_orphaned_objects(runtime, grace=timedelta(0)) == 0
+    assert len(intent_keys(runtime)) == 1
     storage.ensure_bucket()
     assert remove_deleted_objects(runtime, grace=timedelta(0)) == 1
+    assert remove_orphaned_objects(runtime, grace=timedelta(0)) == 1
+    assert intent_keys(runtime) == []
     runtime.engine.dispose()
 
 
@@ -433,7 +444,12 @@ def s3_keys(storage: S3Storage) -> list[str]:
     return sorted(item["Key"] for item in listed.get("Contents", []))
 
 
-async def test_the_orphan_sweep_on_s3_removes_unnamed_objects_and_abandoned_uploads(
+def intent_keys(runtime: JobRuntime) -> list[str]:
+    with runtime.engine.connect() as connection:
+        return sorted(connection.execute(sa.select(col(StorageWrite.key))).scalars())
+
+
+async def test_the_orphan_sweep_on_s3_removes_recorded_dead_writes_and_abandoned_uploads_only(
     api: Api, settings: Settings
 ) -> None:
     team = await make_team(api)
@@ -443,10 +459,23 @@ async def test_the_orphan_sweep_on_s3_removes_unnamed_objects_and_abandoned_uplo
     )
     assert created.status_code == 201, created.text
     runtime = JobRuntime(settings)
+    job_id = (await team["reporter"].post("/api/v1/projects/FLY/reports")).json()["id"]
+    state = await anyio.to_thread.run_sync(run_report_job, runtime, job_id, "task-1")
+    assert state == JobState.succeeded
     storage = runtime.storage
     assert isinstance(storage, S3Storage)
-    (named,) = s3_keys(storage)
-    for key in ("attachments/1/orphan", "reports/gone/orphan.pdf", "elsewhere/kept"):
+    committed = s3_keys(storage)
+    assert len(committed) == 2
+    assert intent_keys(runtime) == []
+    # Writes whose row never came: recorded, stored, and then nothing.
+    dead = ["attachments/1/dead", "reports/gone/dead.pdf"]
+    for key in dead:
+        intend_write(runtime.engine, key)
+        storage.put(key, b"bytes", "text/plain")
+    # Objects this database never recorded (another database's, or written after the
+    # backup it was restored from), and one outside the service's prefixes.
+    unrecorded = ["attachments/1/unrecorded", "reports/other/unrecorded.pdf", "elsewhere/kept"]
+    for key in unrecorded:
         storage.put(key, b"bytes", "text/plain")
     # What a process killed in the middle of a multipart upload leaves: parts, no object.
     begun = storage.client.create_multipart_upload(Bucket=storage.bucket, Key="attachments/1/cut")
@@ -458,12 +487,15 @@ async def test_the_orphan_sweep_on_s3_removes_unnamed_objects_and_abandoned_uplo
         Body=bytes(1024),
     )
     # moto dates every multipart upload 2010-11-10 (moto/s3/responses.py): under the real
-    # grace the upload is old, and the objects, which cannot be aged, are young.
+    # grace the upload is old, and the intents, just written, are young.
     assert remove_orphaned_objects(runtime) == 1
     assert storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", []) == []
-    assert len(s3_keys(storage)) == 4
+    assert s3_keys(storage) == sorted([*committed, *dead, *unrecorded])
+    # With no grace, the recorded dead writes go; neither what rows name nor what this
+    # database never recorded does, however old.
     assert remove_orphaned_objects(runtime, grace=timedelta(0)) == 2
-    assert s3_keys(storage) == sorted([named, "elsewhere/kept"])
+    assert s3_keys(storage) == sorted([*committed, *unrecorded])
+    assert intent_keys(runtime) == []
     download = await team["viewer"].get(created.headers["Location"])
     assert download.status_code == 307
     runtime.engine.dispose()

@@ -1,10 +1,13 @@
 """Attachment logic: streaming an upload into storage, listing, finding and deleting files.
 
 An upload is copied from the request's spooled file to storage in chunks, counted against
-the cap and hashed on the way, its type sniffed from its first bytes. The row and its history
-are written only once the object is stored, and a failure at any step after that (the
-database, the commit) deletes the object again: no row without an object, no object without
-a row. Deleting goes the other way: the rows first, the objects once that is committed.
+the cap and hashed on the way, its type sniffed from its first bytes. Its intent to write is
+committed first (``flyswatter.storage.intents``); the row and its history are written only
+once the object is stored, in the transaction that settles the intent. A failure before the
+commit deletes the object again, then the intent; a commit that fails leaves both, as it may
+have landed: the intent, there or not, tells the orphan sweep. No row without an object, and
+no object without a row or an intent. Deleting goes the other way: the rows first, the
+objects once that is committed.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueAccess, load_issue_access
 from flyswatter.issues.models import ActivityAction
 from flyswatter.projects.models import Role
+from flyswatter.storage.intents import (
+    WriteClaimed,
+    drop_intent_async,
+    intend_write_async,
+    settle_write_async,
+)
 from flyswatter.storage.models import StorageRemoval
 from flyswatter.storage.service import CHUNK_SIZE, Storage, StorageUnavailable, StoredObject
 from flyswatter.text import first_unsafe_character
@@ -141,12 +150,38 @@ def _unavailable() -> ServiceUnavailable:
     )
 
 
-def _forget_object(storage: Storage, key: str) -> None:
+def _claimed() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the upload took too long to be recorded and was discarded; retry it",
+        headers={"Retry-After": retry_after(5)},
+    )
+
+
+def _forget_object(storage: Storage, key: str) -> bool:
+    """Whether the object of a failed upload is removed."""
     try:
         storage.delete(key)
-    except StorageUnavailable:
-        # Not fatal to the answer (the upload failed anyway); the object has no row.
-        logger.warning("attachment object %s could not be removed after a failed upload", key)
+    except Exception as exc:
+        # Not fatal to the answer (the upload failed anyway); the object has no row, and its
+        # intent stays for the orphan sweep. Only the type of a fault that is not ours.
+        why = str(exc) if isinstance(exc, StorageUnavailable) else type(exc).__name__
+        logger.warning(
+            "attachment object %s left for the sweep after a failed upload: %s", key, why
+        )
+        return False
+    return True
+
+
+async def _abandon_upload(session: AsyncSession, storage: Storage, key: str) -> None:
+    """Roll back, remove a failed upload's object, then (only then) its intent."""
+    try:
+        # Its locks (on SQLite, the write lock) are not held while storage is called.
+        await session.rollback()
+    except Exception as exc:
+        # The connection is lost, say: the object goes all the same (nothing committed).
+        logger.warning("failed upload not rolled back before its removal: %s", type(exc).__name__)
+    if await anyio.to_thread.run_sync(_forget_object, storage, key):
+        await drop_intent_async(session, key)
 
 
 async def build_public_attachments(
@@ -187,8 +222,8 @@ async def create_attachment(
     storage: Storage,
     max_bytes: int,
 ) -> Created[AttachmentPublic]:
-    """Store the file and its row, history and event; committed here, so that a failed
-    commit can still take the stored object back."""
+    """Store the file and its row, history and event; committed here, so that a failure
+    before the commit can still take the stored object back."""
     access.project_access.require(Role.reporter, "attaching files")
     filename = clean_filename(upload.filename)
     issue_id, issue_key, principal = access.issue_id, access.key, access.principal
@@ -197,13 +232,17 @@ async def create_attachment(
     session.expunge_all()
     await session.rollback()
     key = f"attachments/{issue_id}/{uuid.uuid4().hex}"
+    # Committed before the first byte is stored: an object is only ever left behind with
+    # its intent, which is what lets the orphan sweep remove it.
+    await intend_write_async(session, key)
+    committing = False
     try:
-        stored, content_type = await anyio.to_thread.run_sync(
-            store_upload, storage, key, upload.file, max_bytes
-        )
-    except StorageUnavailable:
-        raise _unavailable() from None
-    try:
+        try:
+            stored, content_type = await anyio.to_thread.run_sync(
+                store_upload, storage, key, upload.file, max_bytes
+            )
+        except StorageUnavailable:
+            raise _unavailable() from None
         # The copy took a while, outside any transaction: the caller may have lost the
         # project, or the issue been archived, moved or deleted meanwhile. Asked again with
         # the writers' locks, the row lands only if the upload would still be allowed now.
@@ -232,11 +271,26 @@ async def create_attachment(
         created = Created(
             public, attachment_path(issue_key, attachment.id), attachment_etag(attachment)
         )
+        # Last, so that the intent's row is locked for as short a time as can be (the sweep
+        # skips it meanwhile).
+        try:
+            await settle_write_async(session, key)
+        except WriteClaimed:
+            # The sweep took the object (the upload outlasted its grace): no row may name it.
+            raise _claimed() from None
+        committing = True
         await session.commit()
     except BaseException:
-        # The session is rolled back when the request ends; the object goes now.
+        # Shielded: a client that hangs up now must not leave the object without an intent.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_forget_object, storage, key)
+            if not committing:
+                # Never committed: the object goes now, then its intent.
+                await _abandon_upload(session, storage, key)
+            else:
+                # The commit's outcome is unknown: it may have landed, with the row naming
+                # the object. The database decides: the intent, unless the commit took it
+                # away, leads the orphan sweep to the object once its grace is over.
+                logger.warning("attachment object %s left to the sweep: its commit failed", key)
         raise
     return created
 

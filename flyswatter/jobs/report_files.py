@@ -4,7 +4,10 @@ recorded on the job only while the attempt's run still holds the job's claim.
 Every attempt stores its own object (``reports/{job}/{random}.pdf``): a run that lost its
 claim while rendering (its lease ran out, another run took the job over and finished it)
 must not replace the winner's file, which the winner's row describes (size, checksum). Its
-own object is deleted once its transaction is rolled back. Everything that reads or removes
+intent to write is committed before the object is stored (``flyswatter.storage.intents``)
+and settled in the transaction that records the artifact; an attempt that does not commit
+deletes its object, then its intent, and one whose commit fails leaves both for the orphan
+sweep, which the intent, if still there, leads to the object. Everything that reads or removes
 a report's bytes later (downloads, the expiry sweep, deleting a job) goes by the key stored
 on the artifact's row.
 """
@@ -23,8 +26,9 @@ from sqlmodel import col
 from flyswatter.db import utcnow
 from flyswatter.jobs.models import Job, JobState, ReportParameters, ReportRequest
 from flyswatter.projects.models import Project
+from flyswatter.storage.intents import drop_intent, intend_write, settle_write
 from flyswatter.storage.models import Artifact
-from flyswatter.storage.service import Storage, StorageUnavailable, StoredObject
+from flyswatter.storage.service import StorageUnavailable, StoredObject
 
 if TYPE_CHECKING:
     from flyswatter.jobs.tasks import Claim, JobRuntime
@@ -61,6 +65,20 @@ def buildable_parameters(stored: str, now: datetime, default_days: int) -> Repor
 def report_key(public_id: str) -> str:
     """Where one attempt at the job stores its file: a key no other attempt uses."""
     return f"reports/{public_id}/{secrets.token_hex(16)}.pdf"
+
+
+def store_report(runtime: JobRuntime, public_id: str, pdf: bytes) -> StoredObject:
+    """Store one attempt's file, its intent committed first: an object is only ever left
+    behind with its intent, which is what lets the orphan sweep remove it. A write that
+    fails takes its object back (a store that failed mid-write may have kept it) and then
+    its intent."""
+    key = report_key(public_id)
+    intend_write(runtime.engine, key)
+    try:
+        return runtime.storage.put(key, pdf, PDF)
+    except BaseException:
+        _discard(runtime, key)
+        raise
 
 
 def build_report_file(runtime: JobRuntime, claim: Claim, now: datetime) -> tuple[bytes, str]:
@@ -140,31 +158,37 @@ def _finish(
 
 
 def record_report(runtime: JobRuntime, claim: Claim, stored: StoredObject, filename: str) -> bool:
-    """Record the stored file and finish the job, in one transaction, if this run still
-    holds the claim: True when it did. Otherwise (another run finished the job), or when a
-    statement fails before the commit, the transaction is rolled back and the attempt's
-    object deleted: no row names it. A commit that fails leaves the object, since it may
-    have committed after all (an object without a row is harmless, the reverse is not)."""
+    """Record the stored file, settle its intent and finish the job, in one transaction, if
+    this run still holds the claim: True when it did. Otherwise (another run finished the
+    job), or when a statement fails before the commit, the transaction is rolled back and
+    the attempt's object deleted, then its intent: no row names it. ``WriteClaimed`` (a
+    ``StorageUnavailable``, retried) when the orphan sweep claimed the object first. A
+    commit that fails leaves the object and its intent, since it may have committed after
+    all: the intent, if it is still there, leads the sweep to the object."""
     committing = won = False
     try:
         with runtime.engine.connect() as connection:
             won = _finish(connection, runtime, claim, stored, filename)
             if won:
+                settle_write(connection, stored.key)
                 committing = True
                 connection.commit()
             # Otherwise closing the connection rolls the insert back.
     finally:
         if not committing:
-            _discard(runtime.storage, stored.key)
+            _discard(runtime, stored.key)
     return won
 
 
-def _discard(storage: Storage, key: str) -> None:
-    """Delete an attempt's object that no row names; a failure is logged, never raised (the
-    job's outcome, or the exception on its way, matters more)."""
+def _discard(runtime: JobRuntime, key: str) -> None:
+    """Delete an attempt's object that no row names, then (only then) its intent; a failure
+    is logged, never raised (the job's outcome, or the exception on its way, matters more),
+    and leaves the intent for the orphan sweep."""
     try:
-        storage.delete(key)
+        runtime.storage.delete(key)
     except Exception as exc:
         # Our own message for a transient fault; only the type for anything else.
         why = str(exc) if isinstance(exc, StorageUnavailable) else type(exc).__name__
-        logger.warning("report object %s left in storage, no row names it: %s", key, why)
+        logger.warning("report object %s left for the sweep, no row names it: %s", key, why)
+        return
+    drop_intent(runtime.engine, key)

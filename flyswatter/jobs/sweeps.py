@@ -1,27 +1,28 @@
 """The periodic sweeps beat runs: jobs whose message was lost are published again (or failed,
 with no attempt left), artifacts past their expiry are removed with their files, the
 objects of deleted files that a removal after the commit did not reach are removed, and so
-are orphans: objects no row names (stored, then the row's commit failed or its process died)
-and writes that never finished (temporary files, multipart uploads), once old enough."""
+are orphans once old enough: objects whose write the database recorded (``storage_write``)
+and whose row never came (the write failed, its process died, its commit failed), and writes
+that never finished (temporary files, multipart uploads). Nothing is ever removed because no
+row names it: a database that is not the storage's own would name nothing."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
-from itertools import islice
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import TypeVar
 
 from celery import Celery
 from sqlalchemy import and_, delete, or_, select, update
 from sqlmodel import col
 
-from flyswatter.attachments.models import Attachment
 from flyswatter.db import utcnow
 from flyswatter.jobs.models import Job, JobKind, JobState
 from flyswatter.jobs.tasks import JobRuntime, fail_job
 from flyswatter.jobs.worker import publish_job
 from flyswatter.observability.metrics import JOBS_FINISHED
+from flyswatter.storage.intents import claim_abandoned_writes, forget_claims
 from flyswatter.storage.models import Artifact, StorageRemoval
 from flyswatter.storage.service import StorageUnavailable
 
@@ -35,17 +36,17 @@ REMOVAL_BATCH = 500
 # The request removes the object right after its commit: a name younger than this is most
 # likely one it is removing now (removing twice is harmless, only wasted).
 REMOVAL_GRACE = timedelta(minutes=1)
-# Where the service writes objects (attachments/{issue}/..., reports/{job}/...): nothing
-# outside them is touched, whatever else shares the bucket or the folder.
+# Where the service writes objects (attachments/{issue}/..., reports/{job}/...): no unfinished
+# write outside them is touched, whatever else shares the bucket or the folder.
 ORPHAN_PREFIXES = ("attachments/", "reports/")
-# An object is written before its row is committed (and a temporary file or multipart upload
-# before the object is whole): one younger than this may be a write still on its way. Far
-# longer than any upload or report takes to commit. A module constant, not a setting: no
-# operator has a reason to tune it.
+# A write's intent is committed before its object is written, and its row after (a temporary
+# file or multipart upload comes before the object is whole): one younger than this may be a
+# write still on its way, a slow upload over a slow link. Far longer than any upload or
+# report takes; a write that takes longer still fails cleanly (its row is refused) and is
+# retried. A module constant, not a setting: no operator has a reason to tune it.
 ORPHAN_GRACE = timedelta(hours=6)
-# Objects removed in one sweep at most (the next goes on), and keys looked up per query.
+# Intents claimed, and their objects removed, in one sweep at most (the next goes on).
 ORPHAN_BATCH = 500
-ORPHAN_LOOKUP = 200
 
 
 def requeue_stale_jobs(app: Celery, runtime: JobRuntime) -> int:
@@ -140,69 +141,32 @@ def remove_deleted_objects(runtime: JobRuntime, *, grace: timedelta = REMOVAL_GR
     if removed:
         with runtime.engine.begin() as connection:
             connection.execute(delete(StorageRemoval).where(col(StorageRemoval.key).in_(removed)))
-    # The orphans, which no name stages, on the same schedule.
-    remove_orphaned_objects(runtime)
     return len(removed)
 
 
 def remove_orphaned_objects(runtime: JobRuntime, *, grace: timedelta = ORPHAN_GRACE) -> int:
-    """Remove what the service wrote more than ``grace`` ago under its prefixes and no row
-    names: unfinished writes, and whole objects whose row never came (a failed commit whose
-    own removal failed too, or a process killed between the two); how many.
+    """Remove the writes begun more than ``grace`` ago whose row never came: unfinished
+    writes under the service's prefixes, and the objects of intents left in
+    ``storage_write``; how many.
 
-    The grace is what keeps an object whose row is being committed right now: it was written
-    moments ago. Storage down stops the sweep, for the next one to go on."""
+    The intents are claimed first, in a transaction of their own: once that commits, no row
+    can be committed for their objects, which are then removed, then the intents. A claim
+    the sweep cannot finish (storage down, an object refused) stays, for the next sweep."""
     cutoff = utcnow() - grace
     removed = 0
     try:
         for prefix in ORPHAN_PREFIXES:
             removed += runtime.storage.remove_unfinished_writes(prefix, cutoff)
-        for keys in _batches(_stale_keys(runtime, cutoff), ORPHAN_LOOKUP):
-            named = _named_keys(runtime, keys)
-            removed += sum(_remove_orphan(runtime, key) for key in keys if key not in named)
-            if removed >= ORPHAN_BATCH:
-                break
     except StorageUnavailable as exc:
-        logger.warning("orphaned objects left until the next sweep: %s", exc)
+        logger.warning("unfinished writes left until the next sweep: %s", exc)
+        return removed
+    claimed = claim_abandoned_writes(runtime.engine, cutoff, ORPHAN_BATCH)
+    objects = _remove_objects(runtime, [(key, key) for key in claimed], "orphaned object")
+    forget_claims(runtime.engine, objects)
+    removed += len(objects)
     if removed:
         logger.info("removed %d orphaned object(s) or unfinished write(s)", removed)
     return removed
-
-
-def _stale_keys(runtime: JobRuntime, cutoff: datetime) -> Iterator[str]:
-    for prefix in ORPHAN_PREFIXES:
-        yield from runtime.storage.stale_objects(prefix, cutoff)
-
-
-def _batches(keys: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(keys)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
-def _remove_orphan(runtime: JobRuntime, key: str) -> bool:
-    """Whether the orphan is removed. Storage down propagates (the sweep stops); another
-    fault skips this one only, as in ``_remove_objects``."""
-    try:
-        runtime.storage.delete(key)
-    except StorageUnavailable:
-        raise
-    except Exception as exc:
-        logger.warning("orphaned object %s not removed: %s", key, type(exc).__name__)
-        return False
-    return True
-
-
-def _named_keys(runtime: JobRuntime, keys: Sequence[str]) -> set[str]:
-    """Those of ``keys`` a file row names, as committed now."""
-    with runtime.engine.connect() as connection:
-        return {
-            str(key)
-            for table in (Attachment, Artifact)
-            for key in connection.execute(
-                select(col(table.key)).where(col(table.key).in_(keys))
-            ).scalars()
-        }
 
 
 def _remove_objects(runtime: JobRuntime, objects: Sequence[tuple[T, str]], what: str) -> list[T]:

@@ -32,16 +32,16 @@ from flyswatter.db import create_sync_engine, utcnow
 from flyswatter.errors import database_error_summary
 from flyswatter.jobs.models import Job, JobKind, JobState
 from flyswatter.jobs.report_files import (
-    PDF,
     NotBuildable,
     build_report_file,
     record_report,
-    report_key,
+    store_report,
 )
 from flyswatter.jobs.worker import (
     BUILD_REPORT,
     EXPIRE_ARTIFACTS,
     REMOVE_DELETED_OBJECTS,
+    REMOVE_ORPHANED_OBJECTS,
     REQUEUE_STALE_JOBS,
     JobsCelery,
 )
@@ -329,7 +329,7 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
         if lease.lost.is_set():
             logger.info("job %s: another run took it over; this one stops", public_id)
             return None
-        stored = runtime.storage.put(report_key(public_id), pdf, PDF)
+        stored = store_report(runtime, public_id, pdf)
         if not record_report(runtime, claim, stored, filename):
             logger.info("job %s: another run took it over or finished it", public_id)
             return None
@@ -345,6 +345,7 @@ def register_tasks(app: JobsCelery, runtime: JobRuntime) -> None:
     from flyswatter.jobs.sweeps import (
         expire_artifacts,
         remove_deleted_objects,
+        remove_orphaned_objects,
         requeue_stale_jobs,
     )
 
@@ -421,3 +422,7 @@ def register_tasks(app: JobsCelery, runtime: JobRuntime) -> None:
     @app.task(name=REMOVE_DELETED_OBJECTS, shared=False, lazy=False, acks_late=True)
     def remove_objects() -> int:
         return remove_deleted_objects(runtime)
+
+    @app.task(name=REMOVE_ORPHANED_OBJECTS, shared=False, lazy=False, acks_late=True)
+    def remove_orphans() -> int:
+        return remove_orphaned_objects(runtime)

@@ -27,6 +27,7 @@ BUILD_REPORT = "flyswatter.jobs.build_report"
 REQUEUE_STALE_JOBS = "flyswatter.jobs.requeue_stale_jobs"
 EXPIRE_ARTIFACTS = "flyswatter.jobs.expire_artifacts"
 REMOVE_DELETED_OBJECTS = "flyswatter.jobs.remove_deleted_objects"
+REMOVE_ORPHANED_OBJECTS = "flyswatter.jobs.remove_orphaned_objects"
 IN_MEMORY_BROKER = "memory://localhost/"
 
 
@@ -102,6 +103,12 @@ def make_celery(settings: Settings, *, broker: str | None = None) -> JobsCelery:
             },
             "remove-deleted-objects": {
                 "task": REMOVE_DELETED_OBJECTS,
+                "schedule": float(settings.artifact_sweep_interval_seconds),
+            },
+            # The objects whose write was recorded and whose row never came, once past their
+            # grace (hours): nothing is gained by looking more often than for the others.
+            "remove-orphaned-objects": {
+                "task": REMOVE_ORPHANED_OBJECTS,
                 "schedule": float(settings.artifact_sweep_interval_seconds),
             },
         },

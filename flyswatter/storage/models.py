@@ -49,3 +49,24 @@ class StorageRemoval(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True
     )
+
+
+class StorageWrite(SQLModel, table=True):
+    """An object the service is about to write, committed in a short transaction of its own
+    before the first byte goes out; the transaction that inserts the file's row deletes it
+    (see ``flyswatter.storage.intents``). One left past its grace names an object whose row
+    never came (the write failed, its process died, its commit failed): the orphan sweep
+    claims it, removes the object, then the intent. Nothing else is ever removed for want
+    of a row: a database that is not the bucket's (another one, or one restored from before
+    the objects were written) names nothing, so nothing is removed."""
+
+    __tablename__ = "storage_write"
+
+    key: str = Field(primary_key=True, max_length=500)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True
+    )
+    # Set, committed, by the sweep before it removes the object: from then on the writer may
+    # not settle the intent (its row would name an object being removed). Until the removal
+    # is done and the intent deleted, the next sweep takes it up again.
+    claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

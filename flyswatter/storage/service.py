@@ -8,8 +8,10 @@ and a store that refuses the service (a missing bucket, credentials it does not 
 only its operator can mend. Every key and argument is the service's own, never a client's: no
 answer of the store but a missing object is the fault of the request that led to the call.
 
-For the sweep of orphaned objects, both also list the objects under a prefix written before a
-time, and remove the writes that never finished (temporary files, multipart uploads).
+For the sweep of orphaned objects, both also remove the writes under a prefix begun before a
+time that never finished (temporary files, multipart uploads): no key names those. Whole
+objects are never listed to find what to remove: the sweep goes by the writes the database
+recorded (``flyswatter.storage.intents``).
 """
 
 from __future__ import annotations
@@ -159,10 +161,6 @@ class Storage(Protocol):
         """Raise ``StorageUnavailable`` when the backend cannot be used now."""
         ...
 
-    def stale_objects(self, prefix: str, before: datetime) -> Iterator[str]:
-        """The keys of the whole objects under ``prefix`` last written before ``before``."""
-        ...
-
     def remove_unfinished_writes(self, prefix: str, before: datetime) -> int:
         """Remove the writes under ``prefix`` begun before ``before`` and never finished (a
         process killed mid-write leaves them); how many. No key names them."""
@@ -254,12 +252,6 @@ class LocalStorage:
         for folder, _, names in os.walk(self._path(prefix), onerror=failed):
             for name in names:
                 yield Path(folder, name)
-
-    def stale_objects(self, prefix: str, before: datetime) -> Iterator[str]:
-        for path in self._files(prefix):
-            written = _local_time(path)
-            if not path.name.startswith(TEMPORARY_PREFIX) and written and written < before:
-                yield path.relative_to(self.root).as_posix()
 
     def remove_unfinished_writes(self, prefix: str, before: datetime) -> int:
         removed = 0
@@ -440,12 +432,6 @@ class S3Storage:
             raise self._refusal(operation, exc) from None
         except BotoCoreError as exc:
             raise StorageUnavailable(f"object storage unreachable ({type(exc).__name__})") from exc
-
-    def stale_objects(self, prefix: str, before: datetime) -> Iterator[str]:
-        for page in self._pages("list_objects_v2", Prefix=prefix):
-            for item in page.get("Contents", []):
-                if item["LastModified"] < before:
-                    yield str(item["Key"])
 
     def remove_unfinished_writes(self, prefix: str, before: datetime) -> int:
         # A failed managed upload aborts its parts itself; a process killed mid-upload (or
