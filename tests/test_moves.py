@@ -287,3 +287,28 @@ async def test_a_move_waits_for_a_change_of_the_milestone_it_keeps_by_title(
     assert [(e["old_value"], e["new_value"]) for e in entries if e["field"] == "milestone"] == (
         history
     )
+
+
+@pytest.mark.parametrize("listing", ["activity", "comments"])
+async def test_a_next_page_of_an_issues_list_still_reads_after_the_issue_moved(
+    team: Team, listing: str
+) -> None:
+    """Its cursor is made for the issue, not its key: the next link of a page read before the
+    move redirects to the new key and goes on from where the page ended."""
+    dev = team["developer"]
+    await project(team, "OPS", developer="developer")
+    issue = await team.issue()
+    for number in range(3):
+        await dev.post(f"/api/v1/issues/{issue['key']}/comments", json={"body": f"c{number}"})
+    first = await dev.get(f"/api/v1/issues/{issue['key']}/{listing}", params={"limit": 2})
+    link = first.headers["Link"]
+    assert (await move(dev, issue["key"], "OPS"))[0] == 200
+
+    redirected = await dev.get(link[link.index("<") + 1 : link.index(">")])
+    assert redirected.status_code == 301
+    assert redirected.headers["Location"].startswith("/api/v1/issues/OPS-1/")
+    rest = await dev.get(redirected.headers["Location"])
+    assert rest.status_code == 200, rest.text
+    everything = await dev.get(f"/api/v1/issues/OPS-1/{listing}", params={"limit": 100})
+    items = everything.json()["items"]
+    assert rest.json()["items"][0] == items[2]

@@ -13,12 +13,13 @@ from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import problem_responses
 from flyswatter.http.conditional import IfMatch, IfNoneMatch, check_if_match, not_modified
 from flyswatter.http.created import creates
-from flyswatter.http.pagination import KeysetDep, Page, lists
+from flyswatter.http.pagination import Page, lists
 from flyswatter.issues.dependencies import (
     IssueAccess,
     IssueForReading,
     IssueForWriting,
     IssueKeyPath,
+    IssueKeysetDep,
     load_issue_access,
 )
 from flyswatter.moves.redirects import successor_headers
@@ -74,7 +75,7 @@ async def upload_attachment(
 
 @router.get("/issues/{issue_key}/attachments", **lists(AttachmentPublic, PROJECT_ERRORS))
 async def list_attachments(
-    session: SessionDep, access: IssueForReading, keyset: KeysetDep
+    session: SessionDep, access: IssueForReading, keyset: IssueKeysetDep
 ) -> Page[AttachmentPublic]:
     """The issue's files, oldest first."""
     return await service.attachment_page(session, access, keyset)

@@ -19,8 +19,8 @@ from flyswatter.http.conditional import (
 )
 from flyswatter.http.created import creates
 from flyswatter.http.idempotency import IdempotencyDep
-from flyswatter.http.pagination import KeysetDep, Page, lists
-from flyswatter.issues.dependencies import IssueForReading, IssueForWriting
+from flyswatter.http.pagination import Page, lists
+from flyswatter.issues.dependencies import IssueForReading, IssueForWriting, IssueKeysetDep
 from flyswatter.moves.redirects import MOVED
 from flyswatter.observability.metrics import COMMENTS_CREATED
 from flyswatter.projects.service import PROJECT_ERRORS
@@ -34,7 +34,7 @@ WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 
 @router.get("/issues/{issue_key}/comments", **lists(CommentPublic, PROJECT_ERRORS | MOVED))
 async def list_comments(
-    session: SessionDep, access: IssueForReading, keyset: KeysetDep
+    session: SessionDep, access: IssueForReading, keyset: IssueKeysetDep
 ) -> Page[CommentPublic]:
     """The issue's comments, oldest first."""
     return await service.comment_page(session, access, keyset)

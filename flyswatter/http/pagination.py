@@ -5,7 +5,9 @@ scan starting after it: cost does not grow with depth. Cursors are opaque and UR
 ``base64url(JSON [sort, *values]) "." base64url(HMAC)``. The HMAC (SHA-256, keyed from the
 settings) covers the list's path as well, so a cursor the service did not issue, or issued
 for another list, project or sort order, is refused with a 400 before any of its values is
-read; the values of a genuine one are still checked against the types the query expects.
+read; the values of a genuine one are still checked against the types the query expects. An
+issue's lists sign the issue's id in place of the path (``Keyset.within``): a move changes its
+key, and the old key's next link redirects to the new one with its cursor.
 """
 
 from __future__ import annotations
@@ -173,6 +175,22 @@ class Keyset:
     response: Response
     cursor: str | None
     limit: int
+    # What the cursors are signed over besides the route, in place of the path (``within``).
+    owner: str | None = None
+
+    def within(self, owner: str) -> Keyset:
+        """The same page, its cursors signed over the route and ``owner`` (a stable id of
+        what the list belongs to) instead of the path: for lists under a name that can
+        change, such as an issue's key, whose old name redirects to the new one, cursor
+        included."""
+        return Keyset(self.request, self.response, self.cursor, self.limit, owner)
+
+    @property
+    def _list(self) -> str:
+        if self.owner is None:
+            return self.request.url.path
+        route = getattr(self.request.scope.get("route"), "path", self.request.url.path)
+        return f"{route}#{self.owner}"
 
     @property
     def fetch(self) -> int:
@@ -191,7 +209,7 @@ class Keyset:
         """
         if self.cursor is None:
             return None
-        return decode_cursor(self._key, self.request.url.path, self.cursor, sort, types)
+        return decode_cursor(self._key, self._list, self.cursor, sort, types)
 
     async def page(
         self,
@@ -204,7 +222,7 @@ class Keyset:
     ) -> Page[T]:
         shown = list(rows[: self.limit])
         next_cursor = (
-            encode_cursor(self._key, self.request.url.path, sort, key(shown[-1]))
+            encode_cursor(self._key, self._list, sort, key(shown[-1]))
             if len(rows) > self.limit
             else None
         )

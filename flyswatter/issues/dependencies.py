@@ -16,6 +16,7 @@ from flyswatter.auth.tokens import Principal
 from flyswatter.db import MAX_ROW_ID, SessionDep, first_or_not_found
 from flyswatter.errors import NotFound
 from flyswatter.http.conditional import ConditionalWrite, ConditionalWriteDep, etag_of
+from flyswatter.http.pagination import Keyset, KeysetDep
 from flyswatter.issues.models import Issue, IssuePublic
 from flyswatter.moves.redirects import IssueMoved, Successor, successor_headers, successor_of
 from flyswatter.projects.models import Project
@@ -144,6 +145,16 @@ def _issue_access(scope: Scope, *, writing: bool) -> Any:
 
 # Readers see the issue; writers also hold its row lock, in a project that is not archived.
 IssueForReading = Annotated[IssueAccess, _issue_access(Scope.issues_read, writing=False)]
+
+
+async def _issue_keyset(access: IssueForReading, keyset: KeysetDep) -> Keyset:
+    # Signed over the issue's id, not its key: a move changes the key (the next link then
+    # redirects, cursor and all) but not which list the cursor was made for.
+    return keyset.within(f"issue:{access.issue_id}")
+
+
+# The page of one of an issue's lists (history, comments, attachments, relations, watchers).
+IssueKeysetDep = Annotated[Keyset, Depends(_issue_keyset)]
 IssueForWriting = Annotated[IssueAccess, _issue_access(Scope.issues_write, writing=True)]
 
 

@@ -21,6 +21,7 @@ from flyswatter.issues.dependencies import (
     ISSUE_KEY_PATTERN,
     IssueForReading,
     IssueKeyPath,
+    IssueKeysetDep,
     IssueWriteDep,
 )
 from flyswatter.issues.listing import (
@@ -212,7 +213,7 @@ async def detach_label(name: LabelNamePath, write: IssueWriteDep) -> IssuePublic
 
 @router.get("/issues/{issue_key}/activity", **lists(ActivityPublic, PROJECT_ERRORS | MOVED))
 async def list_activity(
-    session: SessionDep, access: IssueForReading, keyset: KeysetDep
+    session: SessionDep, access: IssueForReading, keyset: IssueKeysetDep
 ) -> Page[ActivityPublic]:
     """The issue's history, oldest first; a related issue in a project the caller may not
     see is named `(hidden)`."""

@@ -11,8 +11,13 @@ from flyswatter.db import SessionDep
 from flyswatter.errors import problem_responses
 from flyswatter.http.created import creates
 from flyswatter.http.headers import api_path
-from flyswatter.http.pagination import KeysetDep, Page, lists
-from flyswatter.issues.dependencies import IssueForReading, IssueKeyPath, IssueWriteDep
+from flyswatter.http.pagination import Page, lists
+from flyswatter.issues.dependencies import (
+    IssueForReading,
+    IssueKeyPath,
+    IssueKeysetDep,
+    IssueWriteDep,
+)
 from flyswatter.issues.models import IssuePublic
 from flyswatter.moves.redirects import MOVED
 from flyswatter.projects.service import PROJECT_ERRORS
@@ -34,7 +39,7 @@ def _max_depth(request: Request) -> int:
 
 @router.get("/issues/{issue_key}/relations", **lists(RelationPublic, PROJECT_ERRORS | MOVED))
 async def list_relations(
-    session: SessionDep, access: IssueForReading, keyset: KeysetDep
+    session: SessionDep, access: IssueForReading, keyset: IssueKeysetDep
 ) -> Page[RelationPublic]:
     """The issue's relations, oldest first, each as this issue sees it (`FLY-1 blocks
     FLY-2`); relations to issues of projects the caller may not see are left out."""

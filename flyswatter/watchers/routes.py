@@ -15,6 +15,7 @@ from flyswatter.issues.dependencies import (
     IssueAccess,
     IssueForReading,
     IssueKeyPath,
+    IssueKeysetDep,
     load_issue_access,
 )
 from flyswatter.issues.models import IssuePublic
@@ -53,7 +54,7 @@ IssueToFollow = Annotated[IssueAccess, Depends(issue_to_follow)]
 
 @router.get("/issues/{issue_key}/watchers", **lists(WatcherPublic, PROJECT_ERRORS))
 async def list_watchers(
-    session: SessionDep, access: IssueForReading, keyset: KeysetDep
+    session: SessionDep, access: IssueForReading, keyset: IssueKeysetDep
 ) -> Page[WatcherPublic]:
     """The people following the issue."""
     return await service.watchers_page(session, access, keyset)
