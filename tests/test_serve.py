@@ -126,6 +126,90 @@ def test_forwarded_headers_are_trusted_only_when_proxies_are_configured() -> Non
     assert behind_proxy["forwarded_allow_ips"] == "10.0.0.5"
 
 
+# --- the other commands: bad arguments and failures are one line, never a traceback --------
+
+
+def run_command(args: list[str], tmp_path: Path, **settings: object) -> tuple[int, str]:
+    result = subprocess.run(
+        [FLYSWATTER, *args],
+        env=serve_environment(**settings),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return result.returncode, result.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        pytest.param(["upgrade", "nosuchrev"], "Can't locate revision", id="upgrade-unknown"),
+        pytest.param(["downgrade", "nosuchrev"], "Can't locate revision", id="downgrade-unknown"),
+        pytest.param(["upgrade", "+500"], "didn't produce 500", id="upgrade-too-far"),
+    ],
+)
+def test_migrate_to_a_revision_that_is_not_there_says_so_in_one_line(
+    args: list[str], said: str, tmp_path: Path
+) -> None:
+    # Alembic's CommandError used to end the command in a traceback.
+    code, message = run_command(
+        ["migrate", *args], tmp_path, database_url=f"sqlite:///{tmp_path / 'm.db'}"
+    )
+    assert code == 1
+    assert "\n" not in message, message
+    assert message.startswith("flyswatter: migrate ")
+    assert said in message
+
+
+def test_migrate_on_a_database_it_cannot_reach_names_its_address_not_the_driver_error(
+    tmp_path: Path,
+) -> None:
+    # The traceback ended in psycopg's own text; a driver's message may quote the URL or SQL.
+    port = free_port()
+    code, message = run_command(
+        ["migrate", "upgrade"],
+        tmp_path,
+        database_url=f"postgresql://flyswatter:pw-not-to-print@127.0.0.1:{port}/flyswatter",
+    )
+    assert code == 1
+    assert "\n" not in message, message
+    assert f"the database at 127.0.0.1:{port} failed" in message
+    assert "pw-not-to-print" not in message
+    assert "Connection refused" not in message
+    assert "Traceback" not in message
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["dev", "--port", "70000"], id="dev-port-past-65535"),
+        pytest.param(["dev", "--idp-port", "0"], id="dev-idp-port-zero"),
+        pytest.param(["dev", "--port", "-1"], id="dev-port-negative"),
+        pytest.param(["worker", "--concurrency", "0"], id="worker-no-processes"),
+        pytest.param(["worker", "--concurrency", "-1"], id="worker-negative-processes"),
+    ],
+)
+def test_out_of_range_ports_and_process_counts_are_usage_errors(
+    args: list[str], tmp_path: Path
+) -> None:
+    # A port past 65535 ended in socket.bind's OverflowError, a negative concurrency in
+    # Celery's click traceback, once the command had started things.
+    code, message = run_command(
+        args,
+        tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'm.db'}",
+        redis_url="redis://127.0.0.1:1/0",
+        worker_metrics_port=0,
+    )
+    assert code == 2
+    assert "Traceback" not in message, message
+    assert message.splitlines()[-1].startswith(f"flyswatter {args[0]}: error: argument {args[1]}")
+    # Refused before anything was created.
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- a real server with two workers -------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ variable that is wrong, bind a port or say which one is taken and how to choose 
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
 from typing import NoReturn
@@ -19,6 +20,36 @@ EXIT_BAD_SETTING = 2
 def refuse(message: str, code: int = 1) -> NoReturn:
     print(f"flyswatter: refusing to start: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line saying why a command that did start could not finish (exit 1)."""
+    print(f"flyswatter: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def port_number(text: str) -> int:
+    """argparse type of a TCP port argument: 1 to 65535, else argparse's one-line usage error
+    (an out-of-range port would otherwise end in ``socket.bind``'s OverflowError traceback)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 1 and 65535, not {port}")
+    return port
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count (worker processes): at least 1, else a one-line usage error
+    rather than the traceback of whatever receives it (Celery's click)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def settings_or_exit(**overrides: object) -> Settings:

@@ -11,7 +11,7 @@ import socket
 import sys
 from typing import Any
 
-from flyswatter.cli.common import listen_or_exit, refuse, settings_or_exit
+from flyswatter.cli.common import listen_or_exit, port_number, refuse, settings_or_exit
 from flyswatter.config import is_loopback_host
 
 
@@ -131,11 +131,11 @@ def add_dev_command(commands: Any) -> None:
         "--host", default="127.0.0.1", help="loopback address to listen on (default: 127.0.0.1)"
     )
     dev.add_argument(
-        "--port", type=int, help="port of the API (default: FLYSWATTER_PORT, else 8000)"
+        "--port", type=port_number, help="port of the API (default: FLYSWATTER_PORT, else 8000)"
     )
     dev.add_argument(
         "--idp-port",
-        type=int,
+        type=port_number,
         default=8081,
         help="port of the development identity provider (default: 8081)",
     )

@@ -5,25 +5,40 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flyswatter.cli.common import settings_or_exit
+from flyswatter.cli.common import fail, settings_or_exit
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
     from alembic import command
+    from alembic.util import CommandError
+    from sqlalchemy.exc import DBAPIError
 
+    from flyswatter.errors import database_error_summary
     from flyswatter.migrations import alembic_config
 
-    config = alembic_config(settings_or_exit())
-    if args.action == "upgrade":
-        command.upgrade(config, args.revision)
-    elif args.action == "downgrade":
-        command.downgrade(config, args.revision)
-    elif args.action == "check":
-        command.check(config)
-    elif args.action == "current":
-        command.current(config, verbose=True)
-    else:
-        command.history(config)
+    settings = settings_or_exit()
+    config = alembic_config(settings)
+    try:
+        if args.action == "upgrade":
+            command.upgrade(config, args.revision)
+        elif args.action == "downgrade":
+            command.downgrade(config, args.revision)
+        elif args.action == "check":
+            command.check(config)
+        elif args.action == "current":
+            command.current(config, verbose=True)
+        else:
+            command.history(config)
+    except CommandError as exc:
+        # Alembic's own words (an unknown revision, models that differ from the migrations):
+        # one line for the operator, as the plain ``alembic`` command prints them.
+        fail(f"migrate {args.action}: {' '.join(str(exc).split())}")
+    except DBAPIError as exc:
+        # Never the driver's message: it may quote the SQL, its values or the URL.
+        fail(
+            f"migrate {args.action}: the database at {settings.database_address} failed "
+            f"({database_error_summary(exc)}): unreachable, no access, or a statement refused"
+        )
 
 
 def add_migrate_command(commands: Any) -> None:

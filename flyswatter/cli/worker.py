@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from flyswatter.cli.common import settings_or_exit
+from flyswatter.cli.common import positive_int, settings_or_exit
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -63,7 +63,9 @@ def add_worker_command(commands: Any) -> None:
         help="Celery worker for jobs (reports) and webhook deliveries; broker: "
         "FLYSWATTER_REDIS_URL",
     )
-    worker.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    worker.add_argument(
+        "--concurrency", type=positive_int, default=2, help="worker processes (default: 2)"
+    )
     worker.add_argument(
         "--beat", action="store_true", help="also run the periodic tasks (one worker only)"
     )
