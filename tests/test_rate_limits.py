@@ -11,11 +11,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+import flyswatter.ratelimit.limiter as limiter_module
 from flyswatter.app import create_app
 from flyswatter.config import Settings
 from flyswatter.ratelimit.limiter import SweptMemoryStorage, build_limiter
@@ -331,6 +333,47 @@ async def test_limits_are_shared_again_once_redis_is_back(
     assert responses[0].headers["x-ratelimit-remaining"] == "2"
 
 
+async def test_redis_lost_between_the_check_and_the_headers_falls_back_with_one_warning(
+    limited_app: AppFactory,
+    private_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis that dies (or times out) after a request's check but before its headers are read:
+    slowapi's header code logged an ERROR with a traceback for every such response, left the
+    headers out, and never fell back, so the outage went uncounted and unannounced."""
+    private_redis.start()
+    real_check = limiter_module.check
+
+    def check_then_lose_redis(limiter: Any, request: Any) -> None:
+        real_check(limiter, request)
+        monkeypatch.setattr(limiter_module, "check", real_check)
+        private_redis.stop()
+
+    errors_before = counter("flyswatter_rate_limit_storage_errors_total")
+    with caplog.at_level(logging.INFO):
+        async with limited_app(redis_url=private_redis.url) as api:
+            alice = api.as_user(unique("alice"))
+            monkeypatch.setattr(limiter_module, "check", check_then_lose_redis)
+            first = await alice.get(PROJECTS)
+            later = [await alice.get(PROJECTS) for _ in range(6)]
+
+    assert first.status_code == 200
+    # Headers from the in-memory fallback, which counts every request from here on (the
+    # first was spent in Redis): the budget that will be enforced next.
+    assert first.headers["x-ratelimit-limit"] == "5"
+    assert first.headers["x-ratelimit-remaining"] == "5"
+    assert "x-ratelimit-reset" in first.headers
+    assert [r.status_code for r in later] == [200] * 5 + [429]
+    assert later[-1].headers["retry-after"].isdigit()
+    assert counter("flyswatter_rate_limit_storage_errors_total") == errors_before + 1
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        f"rate limits: Redis unreachable at 127.0.0.1:{private_redis.port}; workers limit on "
+        "their own until it is back"
+    ]
+
+
 async def test_memory_and_redis_storage_decide_and_count_down_alike(
     limited_app: AppFactory, redis_url: str
 ) -> None:
@@ -380,9 +423,11 @@ def test_the_slowapi_internals_the_limiter_builds_on_are_still_there() -> None:
         "endpoint_func",
         "in_middleware",
     ]
-    assert list(inspect.signature(limiter._inject_asgi_headers).parameters) == [
-        "headers",
-        "current_limit",
+    # The headers are read as slowapi's ``_inject_asgi_headers`` reads them.
+    assert limiter._headers_enabled is True
+    assert list(inspect.signature(limiter.limiter.get_window_stats).parameters) == [
+        "item",
+        "identifiers",
     ]
     assert limiter._storage_dead is False
     assert limiter._storage is not None

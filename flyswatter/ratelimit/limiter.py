@@ -35,7 +35,6 @@ from slowapi import Limiter
 from slowapi.errors import RateLimitExceeded
 from slowapi.util import get_remote_address
 from slowapi.wrappers import Limit, LimitGroup
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 
 from flyswatter.config import Settings
@@ -178,18 +177,48 @@ def close_limiter(limiter: Limiter) -> None:
         storage.storage.connection_pool.disconnect()
 
 
+def _window_stats(limiter: Limiter, request: Request, spent: Any) -> tuple[float, int] | None:
+    """(reset time, remaining) of the limit this request spent, from the storage in use.
+
+    Redis can fail after the request's check spent from it (it died, or a read timed out):
+    slowapi's own header code then logs an ERROR with a traceback for every such response,
+    leaves the headers out and never falls back (it tests its list of fallback *limits*,
+    empty here, instead of whether the fallback is on), so the outage is neither counted nor
+    announced until a later check meets it. Here it falls back as the check does, once.
+    """
+    item, arguments = spent
+    try:
+        stats: tuple[float, int] = limiter.limiter.get_window_stats(item, *arguments)
+        return stats
+    except Exception:
+        if limiter._storage_dead:
+            return None  # the fallback failing too: no headers rather than a failed answer
+    limiter._storage_dead = True
+    _report_storage(limiter, False, request)
+    try:
+        stats = limiter.limiter.get_window_stats(item, *arguments)
+    except Exception:
+        return None
+    return stats
+
+
 def limit_headers(limiter: Limiter, request: Request) -> dict[str, str]:
-    """slowapi's headers for the limit this request spent (``Retry-After`` included)."""
+    """slowapi's headers for the limit this request spent (``Retry-After`` included), as
+    slowapi's ``_inject_asgi_headers`` writes them, in whole seconds."""
     spent = request.scope.get("state", {}).get(SPENT)
-    if spent is None:
+    if spent is None or not limiter._headers_enabled:
         return {}
-    headers = dict(limiter._inject_asgi_headers(MutableHeaders(), spent))
-    # limits' window statistics are floats; the contract is whole epoch seconds.
-    if "x-ratelimit-reset" in headers:
-        headers["x-ratelimit-reset"] = str(math.ceil(float(headers["x-ratelimit-reset"])))
-    if "retry-after" in headers:
-        headers["retry-after"] = str(max(1, int(headers["retry-after"])))
-    return headers
+    stats = _window_stats(limiter, request, spent)
+    if stats is None:
+        return {}
+    reset_at = 1 + stats[0]
+    return {
+        "x-ratelimit-limit": str(spent[0].amount),
+        "x-ratelimit-remaining": str(stats[1]),
+        # limits' window statistics are floats; the contract is whole epoch seconds.
+        "x-ratelimit-reset": str(math.ceil(reset_at)),
+        "retry-after": str(max(1, int(reset_at - time.time()))),
+    }
 
 
 def response_limit_headers(limiter: Limiter, request: Request) -> list[tuple[bytes, bytes]]:
