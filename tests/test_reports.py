@@ -175,6 +175,49 @@ async def test_report_figures_match_the_database(
     assert len(re.findall(r"^FLY-\d+ ", text, flags=re.MULTILINE)) >= 25
 
 
+def seed_issue_at(settings: Settings, team: Team, number: int, created: datetime) -> None:
+    """One open issue of FLY reported at exactly ``created``, stored as the service stores it
+    (on SQLite, SQLAlchemy's text with all six digits of microseconds)."""
+    engine = sa.create_engine(settings.sync_database_url)
+    sqlite = engine.dialect.name == "sqlite"
+    stamp = created.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else created
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO issue (project_id, number, title, description, type, priority, "
+                "priority_rank, status, reporter_id, created_at, updated_at, version) "
+                "SELECT id, :number, 'Edge', '', 'bug', 'low', :rank, 'open', :reporter, "
+                ":created, :created, 1 FROM project WHERE key = 'FLY'"
+            ),
+            {
+                "number": number,
+                "rank": Priority.low.rank,
+                "reporter": team.ids["reporter"],
+                "created": stamp,
+            },
+        )
+        connection.execute(
+            sa.text("UPDATE project SET last_issue_number = :n WHERE key = 'FLY'"), {"n": number}
+        )
+    engine.dispose()
+
+
+async def test_an_issue_reported_just_before_the_end_of_a_whole_week_period_is_in_the_chart(
+    team: Team, settings: Settings, worker: None
+) -> None:
+    # SQLite's julianday() keeps milliseconds: 300 us before the end of an eight-week period
+    # rounded to the end itself, week 9 of 8, and the issue was counted in the total but
+    # dropped from the weekly chart.
+    seed_issue_at(settings, team, 1, PERIOD_END - timedelta(microseconds=300))
+    seed_issue_at(settings, team, 2, PERIOD_START)
+    text = text_of(await report_pdf(team, PERIOD))
+    assert "Total issues: 2" in text
+    weekly = re.search(r"Week by week \(opened/closed\): (.*)", text)
+    assert weekly is not None
+    opened = [int(o) for o in re.findall(r"W\d+ (\d+)/\d+", weekly.group(1))]
+    assert opened == [1, 0, 0, 0, 0, 0, 0, 1]
+
+
 async def test_report_applies_the_issue_list_filters(
     team: Team, settings: Settings, worker: None
 ) -> None:

@@ -102,10 +102,15 @@ def _week_index(column: Any, start: datetime, dialect: str) -> Any:
 
 
 def _per_week(connection: Connection, statement: Select[Any, Any], weeks: int) -> list[int]:
+    """Counts per week of a statement whose rows all lie in the period. An index past the
+    last week is the SQL arithmetic's rounding, not a row outside: SQLite's julianday() keeps
+    milliseconds, so a row in the last half millisecond of a whole-week period comes out as
+    week ``weeks``; it belongs to the last one (dropping it left the chart short of the
+    total)."""
     counts = [0] * weeks
     for week, count in connection.execute(statement):
-        if week is not None and 0 <= int(week) < weeks:
-            counts[int(week)] += int(count)
+        if week is not None:
+            counts[min(max(int(week), 0), weeks - 1)] += int(count)
     return counts
 
 
