@@ -297,3 +297,23 @@ def render_first_page(pdftoppm: str, tmp_path: Path) -> None:
         check=True,
         timeout=60,
     )
+
+
+async def test_the_longest_period_accepted_is_built_however_late_a_worker_gets_to_it(
+    team: Team, settings: Settings
+) -> None:
+    """The period's defaults end when the report was asked for: a request at the longest
+    period that was accepted is built as accepted, not refused by a worker that comes later,
+    when "until now" would have grown past the rule."""
+    asked = datetime.now(UTC)
+    start = asked - timedelta(days=3660) + timedelta(seconds=2)
+    response = await team["reporter"].post(
+        "/api/v1/projects/FLY/reports", json={"from": start.isoformat()}
+    )
+    assert response.status_code == 202, response.text
+    created = datetime.fromisoformat(response.json()["created_at"])
+    await anyio.sleep(2.5)
+    with in_process_worker(settings):
+        job = await wait_for_job(team["reporter"], response.headers["Location"])
+    assert job["state"] == "succeeded", job
+    assert job["artifact"]["filename"].endswith(f"-{created:%Y%m%d}.pdf")

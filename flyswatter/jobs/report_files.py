@@ -89,7 +89,11 @@ def build_report_file(runtime: JobRuntime, claim: Claim, now: datetime) -> tuple
     from flyswatter.reports.pdf import render_report
 
     settings = runtime.settings
-    parameters = buildable_parameters(claim.parameters, now, settings.report_default_days)
+    # Held to the period the request was accepted with: its defaults end when it was made,
+    # not when a worker gets to it (a period at the longest would have grown past the rule).
+    parameters = buildable_parameters(
+        claim.parameters, claim.created_at, settings.report_default_days
+    )
     engine = runtime.engine
     # One snapshot for every section on PostgreSQL. SQLite reads in autocommit: a transaction
     # there takes the write lock (see db.py), which a report must not hold for seconds.
@@ -106,6 +110,7 @@ def build_report_file(runtime: JobRuntime, claim: Claim, now: datetime) -> tuple
             project_row,
             parameters,
             claim.requested_by,
+            asked_at=claim.created_at,
             now=now,
             default_days=settings.report_default_days,
             table_limit=settings.report_table_limit,

@@ -13,7 +13,7 @@ from sqlmodel import col
 from flyswatter.auth.dependencies import IssuesRead
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
-from flyswatter.db import SessionDep, utcnow
+from flyswatter.db import SessionDep
 from flyswatter.errors import (
     BadRequest,
     Conflict,
@@ -81,8 +81,9 @@ async def request_report(
     # A report reads the project (a read-only token may ask for one): an archived project,
     # which stays readable, is reported on too.
     parameters = body or ReportRequest()
-    check_period(parameters, utcnow(), services.settings.report_default_days)
     job = new_report_job(access, parameters, request_context(request.scope).request_id)
+    # Checked at the job's own time, which its build resolves the period's defaults with.
+    check_period(parameters, job.created_at, services.settings.report_default_days)
     session.add(job)
     await session.flush()
     public = public_job(job, access.project.key, None)

@@ -124,14 +124,17 @@ def collect_report(
     parameters: ReportParameters,
     requested_by: str,
     *,
+    asked_at: datetime,
     now: datetime,
     default_days: int,
     table_limit: int,
 ) -> tuple[ReportData, Iterator[IssueLine]]:
-    """The report's figures, and its issue table as a stream of at most ``table_limit`` rows."""
+    """The report's figures, and its issue table as a stream of at most ``table_limit`` rows.
+    The period's defaults end when the report was asked for (``asked_at``): the request was
+    checked against that time, and every attempt builds the same period."""
     assert project.id is not None
     dialect = connection.dialect.name
-    period = resolve_period(parameters, now, default_days)
+    period = resolve_period(parameters, asked_at, default_days)
     filters = issue_filters(parameters, requested_by)
     matching = list_statement(project.id, filters, dialect)
     created = col(Issue.created_at)
