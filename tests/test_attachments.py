@@ -32,6 +32,7 @@ from flyswatter.jobs.tasks import JobRuntime
 from flyswatter.services import Flyswatter
 from flyswatter.storage.service import LocalStorage, StorageUnavailable, StoredObject
 from tests.support.api import Api, AuthedClient, Team, make_team, walk_pages
+from tests.support.jobs import SweptAfterEachWrite
 
 MAX_BYTES = 100_000
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
@@ -462,26 +463,10 @@ async def test_an_upload_lands_only_if_still_allowed_once_stored(
     assert intent_keys(settings) == []
 
 
-class SweptMidUpload(LocalStorage):
-    """Storage after whose write the orphan sweep runs with no grace, on its own engine: the
-    upload outlasted the grace, and the sweep claims its intent and removes its object
-    before the row's transaction begins (a real race, as it would interleave)."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(Path(settings.storage_dir))
-        self.sweeper = JobRuntime(settings)
-        self.swept = 0
-
-    def put_stream(self, key: str, chunks: Any, content_type: str) -> StoredObject:
-        stored = super().put_stream(key, chunks, content_type)
-        self.swept += remove_orphaned_objects(self.sweeper, grace=timedelta(0))
-        return stored
-
-
 async def test_an_upload_whose_object_the_sweep_claimed_meanwhile_is_a_503_and_leaves_nothing(
     team: Team, settings: Settings, app: Flyswatter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage = SweptMidUpload(settings)
+    storage = SweptAfterEachWrite(Path(settings.storage_dir), JobRuntime(settings))
     monkeypatch.setattr(app, "running", replace(app.services, storage=storage))
     response = await upload(team["reporter"], "slow.png", PNG)
     assert storage.swept == 1

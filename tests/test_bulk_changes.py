@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 from flyswatter.config import Settings
-from tests.support.api import Api, Team, make_team, walk_pages
+from tests.support.api import Api, AuthedClient, Team, make_team, walk_pages
 from tests.test_events_outbox import stored_events
 from tests.test_no_n_plus_one import counted_statements
 
@@ -83,13 +83,19 @@ async def test_one_change_reaches_every_issue_with_its_history_and_event(
     assert again.json()["items"][0]["issue"]["version"] == 2
 
 
-async def test_by_default_nothing_changes_when_one_issue_may_not_take_the_change(
-    team: Team, settings: Settings
-) -> None:
+async def three_issues_the_second_closed(team: Team) -> AuthedClient:
+    """FLY-1 to FLY-3, FLY-2 closed; the developer who closed it."""
     for _ in range(3):
         await team.issue()
     developer = team["developer"]
     await developer.post("/api/v1/issues/FLY-2/transitions", json={"to": "closed"})
+    return developer
+
+
+async def test_by_default_nothing_changes_when_one_issue_may_not_take_the_change(
+    team: Team, settings: Settings
+) -> None:
+    developer = await three_issues_the_second_closed(team)
     before = len(stored_events(settings))
     body = {
         "issues": ["FLY-1", "FLY-2", "FLY-3", "FLY-9", "OTH-1"],
@@ -116,10 +122,7 @@ async def test_by_default_nothing_changes_when_one_issue_may_not_take_the_change
 async def test_a_status_an_issue_already_has_leaves_it_unchanged_not_refused(
     team: Team, settings: Settings
 ) -> None:
-    for _ in range(3):
-        await team.issue()
-    developer = team["developer"]
-    await developer.post("/api/v1/issues/FLY-2/transitions", json={"to": "closed"})
+    developer = await three_issues_the_second_closed(team)
     closed = await team["viewer"].get("/api/v1/issues/FLY-2")
     history = (await team["viewer"].get("/api/v1/issues/FLY-2/activity")).json()["items"]
     before = len(stored_events(settings))

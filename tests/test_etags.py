@@ -229,15 +229,19 @@ async def conditional_urls(team: Team) -> dict[str, str]:
     }
 
 
+async def read_with_its_etag(team: Team, kind: str) -> tuple[AuthedClient, str, str]:
+    """The viewer, the URL of one resource of this kind, and its current ETag."""
+    viewer = team["viewer"]
+    url = (await conditional_urls(team))[kind]
+    return viewer, url, (await viewer.get(url)).headers["ETag"]
+
+
 @pytest.mark.parametrize("kind", ["issue", "comment", "milestone", "attachment"])
 async def test_if_none_match_on_several_lines_is_one_list_on_every_read(
     team: Team, kind: str
 ) -> None:
-    viewer = team["viewer"]
-    url = (await conditional_urls(team))[kind]
-    etag = (await viewer.get(url)).headers["ETag"]
+    viewer, url, etag = await read_with_its_etag(team, kind)
     http = viewer.client
-
     current_second = await http.get(url, headers=lines(viewer, "If-None-Match", '"a"', etag))
     assert current_second.status_code == 304, current_second.text
     weak_in_a_list = await http.get(
@@ -252,11 +256,8 @@ async def test_if_none_match_on_several_lines_is_one_list_on_every_read(
 
 @pytest.mark.parametrize("kind", ["issue", "comment", "milestone", "attachment"])
 async def test_if_match_on_several_lines_is_one_list_on_every_read(team: Team, kind: str) -> None:
-    viewer = team["viewer"]
-    url = (await conditional_urls(team))[kind]
-    etag = (await viewer.get(url)).headers["ETag"]
+    viewer, url, etag = await read_with_its_etag(team, kind)
     http = viewer.client
-
     current_second = await http.get(url, headers=lines(viewer, "If-Match", '"a"', etag))
     assert current_second.status_code == 200, current_second.text
     # Strong comparison still: the current tag made weak matches nothing, on any line.

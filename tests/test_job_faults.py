@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from flyswatter.config import Settings
-from tests.support.database import seed_issues
+from tests.support.database import seed_issues, stored_row
 from tests.support.identity import JwksServer, TokenFactory
 from tests.support.jobs import WorkerProcess
 from tests.support.servers import (
@@ -26,6 +26,13 @@ from tests.support.servers import (
 )
 
 pytestmark = pytest.mark.slow
+
+# Builds a worker process' environment from settings (the fixture below).
+WorkerEnvironment = Callable[..., dict[str, str]]
+
+# An unacknowledged message comes back 5 s after its delivery; a running job's lease, unless
+# renewed, lapses 2 s after its claim.
+QUICK_REDELIVERY = {"job_visibility_timeout_seconds": "5", "job_lease_seconds": "2"}
 
 
 @pytest.fixture
@@ -96,6 +103,40 @@ def serve(
     return served
 
 
+@pytest.fixture
+def worker_environment(
+    served_url: str, redis_server: RedisServer, tmp_path: Path
+) -> WorkerEnvironment:
+    """A worker's environment with these settings: the served database, the test's Redis,
+    artifacts on disk unless the settings say otherwise."""
+
+    def environment(**settings: object) -> dict[str, str]:
+        settings.setdefault("storage_dir", str(tmp_path / "artifacts"))
+        return serve_environment(database_url=served_url, redis_url=redis_server.url, **settings)
+
+    return environment
+
+
+def artifact_count(served_url: str) -> int:
+    return int(stored_row(served_url, "SELECT count(*) FROM artifact")[0])
+
+
+@pytest.fixture
+def owner(
+    served_url: str,
+    jwks_server: JwksServer,
+    tokens: TokenFactory,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> Iterator[Client]:
+    """The owner of project FLY (one issue) on ``flyswatter serve``, stopped after the test."""
+    served = serve(served_url, jwks_server, tmp_path, redis_server)
+    try:
+        yield project(served, tokens)
+    finally:
+        served.stop()
+
+
 def project(served: ServedFlyswatter, tokens: TokenFactory) -> Client:
     owner = Client(served.base_url, tokens, "owner")
     created = owner.request("POST", "/api/v1/projects", json={"key": "FLY", "name": "Fly"})
@@ -105,120 +146,89 @@ def project(served: ServedFlyswatter, tokens: TokenFactory) -> Client:
 
 
 def test_broker_stopped_and_restarted_while_jobs_are_queued_loses_nothing(
-    served_url: str,
-    jwks_server: JwksServer,
-    tokens: TokenFactory,
+    owner: Client,
     tmp_path: Path,
     redis_server: RedisServer,
+    worker_environment: WorkerEnvironment,
 ) -> None:
-    served = serve(served_url, jwks_server, tmp_path, redis_server)
+    # Published to Redis, then lost with it: it keeps nothing across a restart.
+    before = [owner.report(), owner.report()]
+    redis_server.stop()
+    during = owner.report()
+    assert (owner.request("GET", "/readyz")).status_code == 200
+    for location in [*before, during]:
+        assert owner.job(location)["state"] == "queued"
+    redis_server.start()
+    worker = WorkerProcess(
+        worker_environment(job_requeue_after_seconds="5"),
+        tmp_path / "worker.log",
+        "--concurrency=1",
+        "--beat",
+    )
+    worker.start()
     try:
-        owner = project(served, tokens)
-        # Published to Redis, then lost with it: it keeps nothing across a restart.
-        before = [owner.report(), owner.report()]
-        redis_server.stop()
-        during = owner.report()
-        assert (owner.request("GET", "/readyz")).status_code == 200
         for location in [*before, during]:
-            assert owner.job(location)["state"] == "queued"
-        redis_server.start()
-        worker = WorkerProcess(
-            serve_environment(
-                database_url=served_url,
-                redis_url=redis_server.url,
-                storage_dir=str(tmp_path / "artifacts"),
-                job_requeue_after_seconds="5",
-            ),
-            tmp_path / "worker.log",
-            "--concurrency=1",
-            "--beat",
+            job = owner.wait(location, {"succeeded", "failed"})
+            assert job["state"] == "succeeded", job
+            assert job["attempts"] == 1
+        # One sweep or several: each takes the jobs not published within its period, so
+        # on a slow machine the one made while the broker was down may come a sweep later.
+        republished = re.findall(
+            r"republished (\d+) job\(s\) whose message was lost", worker.log_path.read_text()
         )
-        worker.start()
-        try:
-            for location in [*before, during]:
-                job = owner.wait(location, {"succeeded", "failed"})
-                assert job["state"] == "succeeded", job
-                assert job["attempts"] == 1
-            # One sweep or several: each takes the jobs not published within its period, so
-            # on a slow machine the one made while the broker was down may come a sweep later.
-            republished = re.findall(
-                r"republished (\d+) job\(s\) whose message was lost", worker.log_path.read_text()
-            )
-            assert sum(int(count) for count in republished) == 3, republished
-        finally:
-            worker.stop()
+        assert sum(int(count) for count in republished) == 3, republished
     finally:
-        served.stop()
+        worker.stop()
 
 
 def test_worker_killed_during_a_report_is_retried_and_succeeds_once(
     served_url: str,
-    jwks_server: JwksServer,
-    tokens: TokenFactory,
+    owner: Client,
     tmp_path: Path,
-    redis_server: RedisServer,
+    worker_environment: WorkerEnvironment,
 ) -> None:
-    served = serve(served_url, jwks_server, tmp_path, redis_server)
+    # A report long enough to be caught running: a few thousand rows in its table.
+    seed_issues(served_url, 6000)
+    environment = worker_environment(
+        report_table_limit="6000",
+        # The lease lapsed by the time the message comes back, the kill having come right
+        # after the claim.
+        **QUICK_REDELIVERY,
+    )
+    first = WorkerProcess(environment, tmp_path / "worker-1.log", "--concurrency=1")
+    first.start()
+    location = owner.report()
     try:
-        owner = project(served, tokens)
-        # A report long enough to be caught running: a few thousand rows in its table.
-        seed_issues(served_url, 6000)
-        environment = serve_environment(
-            database_url=served_url,
-            redis_url=redis_server.url,
-            storage_dir=str(tmp_path / "artifacts"),
-            report_table_limit="6000",
-            job_visibility_timeout_seconds="5",
-            # Lapsed by the time the message comes back (5 s after its delivery), the kill
-            # having come right after the claim.
-            job_lease_seconds="2",
-        )
-        first = WorkerProcess(environment, tmp_path / "worker-1.log", "--concurrency=1")
-        first.start()
-        location = owner.report()
-        try:
-            owner.wait(location, {"running", "succeeded", "failed"})
-            assert owner.job(location)["state"] == "running", "the report finished too soon"
-        finally:
-            first.kill()
-        assert owner.job(location)["state"] == "running"
-        second = WorkerProcess(environment, tmp_path / "worker-2.log", "--concurrency=1")
-        second.start()
-        try:
-            job = owner.wait(location, {"succeeded", "failed"})
-        finally:
-            second.stop()
-        assert job["state"] == "succeeded", job
-        assert job["attempts"] == 2
-        engine = sa.create_engine(Settings(database_url=served_url).sync_database_url)
-        with engine.connect() as connection:
-            assert connection.execute(sa.text("SELECT count(*) FROM artifact")).scalar() == 1
-        engine.dispose()
-        download = owner.request("GET", job["links"]["artifact"])
-        assert download.status_code == 200
-        assert download.content.startswith(b"%PDF")
+        owner.wait(location, {"running", "succeeded", "failed"})
+        assert owner.job(location)["state"] == "running", "the report finished too soon"
     finally:
-        served.stop()
+        first.kill()
+    assert owner.job(location)["state"] == "running"
+    second = WorkerProcess(environment, tmp_path / "worker-2.log", "--concurrency=1")
+    second.start()
+    try:
+        job = owner.wait(location, {"succeeded", "failed"})
+    finally:
+        second.stop()
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] == 2
+    assert artifact_count(served_url) == 1
+    download = owner.request("GET", job["links"]["artifact"])
+    assert download.status_code == 200
+    assert download.content.startswith(b"%PDF")
 
 
 def test_a_report_outlasting_the_visibility_timeout_and_its_lease_runs_once(
     served_url: str,
-    jwks_server: JwksServer,
-    tokens: TokenFactory,
+    owner: Client,
     tmp_path: Path,
-    redis_server: RedisServer,
+    worker_environment: WorkerEnvironment,
 ) -> None:
-    served = serve(served_url, jwks_server, tmp_path, redis_server)
     engine = sa.create_engine(Settings(database_url=served_url).sync_database_url)
     try:
-        owner = project(served, tokens)
-        environment = serve_environment(
-            database_url=served_url,
-            redis_url=redis_server.url,
-            storage_dir=str(tmp_path / "artifacts"),
-            job_visibility_timeout_seconds="5",
-            job_lease_seconds="2",
+        environment = worker_environment(
             job_requeue_after_seconds="5",
+            **QUICK_REDELIVERY,
         )
         first = WorkerProcess(environment, tmp_path / "worker-1.log", "--concurrency=1")
         second = WorkerProcess(environment, tmp_path / "worker-2.log", "--concurrency=1", "--beat")
@@ -250,19 +260,15 @@ def test_a_report_outlasting_the_visibility_timeout_and_its_lease_runs_once(
         assert job["state"] == "succeeded", job
         assert job["attempts"] == 1
         assert "republished" not in second.log_path.read_text()
-        with engine.connect() as connection:
-            assert connection.execute(sa.text("SELECT count(*) FROM artifact")).scalar() == 1
+        assert artifact_count(served_url) == 1
     finally:
         engine.dispose()
-        served.stop()
 
 
 def test_storage_down_is_retried_then_fails_with_a_clear_reason(
-    served_url: str,
-    jwks_server: JwksServer,
-    tokens: TokenFactory,
+    owner: Client,
     tmp_path: Path,
-    redis_server: RedisServer,
+    worker_environment: WorkerEnvironment,
 ) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
     storage = {
@@ -271,33 +277,26 @@ def test_storage_down_is_retried_then_fails_with_a_clear_reason(
         "s3_access_key_id": "testing",
         "s3_secret_access_key": "testing",
     }
-    served = serve(served_url, jwks_server, tmp_path, redis_server)
+    worker = WorkerProcess(
+        worker_environment(
+            job_max_retries="2",
+            job_retry_backoff_seconds="1",
+            job_retry_backoff_max_seconds="2",
+            **storage,
+        ),
+        tmp_path / "worker.log",
+        "--concurrency=1",
+    )
+    worker.start()
     try:
-        owner = project(served, tokens)
-        worker = WorkerProcess(
-            serve_environment(
-                database_url=served_url,
-                redis_url=redis_server.url,
-                job_max_retries="2",
-                job_retry_backoff_seconds="1",
-                job_retry_backoff_max_seconds="2",
-                **storage,
-            ),
-            tmp_path / "worker.log",
-            "--concurrency=1",
-        )
-        worker.start()
-        try:
-            job = owner.wait(owner.report(), {"succeeded", "failed"})
-            metrics = worker.metrics()
-        finally:
-            worker.stop()
-        assert job["state"] == "failed", job
-        assert job["attempts"] == 3
-        assert job["error"].startswith("object storage unavailable: object storage unreachable")
-        assert job["error"].endswith("gave up after 3 attempt(s)")
-        assert job["artifact"] is None
-        assert 'flyswatter_job_retries_total{kind="report"} 2.0' in metrics
-        assert 'flyswatter_jobs_finished_total{kind="report",state="failed"} 1.0' in metrics
+        job = owner.wait(owner.report(), {"succeeded", "failed"})
+        metrics = worker.metrics()
     finally:
-        served.stop()
+        worker.stop()
+    assert job["state"] == "failed", job
+    assert job["attempts"] == 3
+    assert job["error"].startswith("object storage unavailable: object storage unreachable")
+    assert job["error"].endswith("gave up after 3 attempt(s)")
+    assert job["artifact"] is None
+    assert 'flyswatter_job_retries_total{kind="report"} 2.0' in metrics
+    assert 'flyswatter_jobs_finished_total{kind="report",state="failed"} 1.0' in metrics

@@ -42,10 +42,9 @@ from flyswatter.storage.service import (
     TEMPORARY_PREFIX,
     LocalStorage,
     StorageUnavailable,
-    StoredObject,
 )
 from tests.support.api import Api, Team, make_team
-from tests.support.jobs import in_process_worker, wait_for_job
+from tests.support.jobs import SweptAfterEachWrite, in_process_worker, wait_for_job
 
 
 @pytest.fixture
@@ -332,21 +331,6 @@ def test_the_sweep_skips_an_intent_its_writer_is_settling_without_waiting(
         settle_write(writer, "attachments/1/settling")
 
 
-class SweptAfterPut(LocalStorage):
-    """Storage after whose write the orphan sweep runs with no grace: the write outlasted
-    it, and its intent is claimed (a real race: the sweep on its own engine, in between)."""
-
-    def __init__(self, root: Path, sweeper: JobRuntime) -> None:
-        super().__init__(root)
-        self.sweeper = sweeper
-        self.swept = 0
-
-    def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
-        stored = super().put(key, data, content_type)
-        self.swept += remove_orphaned_objects(self.sweeper, grace=timedelta(0))
-        return stored
-
-
 async def test_a_report_whose_write_the_sweep_claimed_is_not_recorded_and_its_retry_is(
     api: Api, settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
@@ -356,7 +340,7 @@ async def test_a_report_whose_write_the_sweep_claimed_is_not_recorded_and_its_re
     location = (await team["reporter"].post("/api/v1/projects/FLY/reports")).headers["Location"]
     job_id = location.rsplit("/", 1)[-1]
     runtime, sweeper = JobRuntime(local), JobRuntime(local)
-    runtime.storage = swept = SweptAfterPut(root, sweeper)
+    runtime.storage = swept = SweptAfterEachWrite(root, sweeper)
     # A storage fault as far as the task is concerned: it retries.
     with pytest.raises(WriteClaimed):
         await anyio.to_thread.run_sync(run_report_job, runtime, job_id, "task-1")

@@ -49,6 +49,13 @@ async def team(api: Api) -> Team:
     return await make_team(api)
 
 
+async def requested_report(team: Team) -> tuple[str, str]:
+    """A report the reporter asked for: its job's location and id."""
+    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
+    assert response.status_code == 202, response.text
+    return response.headers["Location"], response.json()["id"]
+
+
 async def test_report_request_is_accepted_and_the_worker_builds_the_pdf(
     team: Team, worker: None
 ) -> None:
@@ -342,8 +349,7 @@ async def test_forged_job_cursors_are_400(team: Team) -> None:
 async def test_a_deleted_projects_jobs_and_files_answer_404_until_it_is_restored(
     team: Team, settings: Settings
 ) -> None:
-    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
-    location, job_id = response.headers["Location"], response.json()["id"]
+    location, job_id = await requested_report(team)
     assert await run_once(settings, job_id, "task-1") == JobState.succeeded
     assert (await team["maintainer"].delete("/api/v1/projects/FLY")).status_code == 204
     admin = team.api.as_user("root", roles=["flyswatter-admin"])
@@ -377,8 +383,7 @@ async def test_a_deleted_projects_jobs_and_files_answer_404_until_it_is_restored
 async def test_a_job_stored_before_todays_period_rules_is_failed_with_the_rules_words(
     team: Team, settings: Settings, stored: dict[str, str], error: str
 ) -> None:
-    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
-    location, job_id = response.headers["Location"], response.json()["id"]
+    location, job_id = await requested_report(team)
     store_parameters(settings, job_id, stored)
     # A refusal, not an error: the attempt ends failed instead of raising.
     assert await run_once(settings, job_id, "task-1") == JobState.failed
@@ -408,8 +413,7 @@ def store_parameters(settings: Settings, job_id: str, stored: dict[str, Any]) ->
 async def test_a_job_whose_stored_parameters_no_longer_validate_is_still_shown(
     team: Team, settings: Settings, refused: dict[str, object]
 ) -> None:
-    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
-    location, job_id = response.headers["Location"], response.json()["id"]
+    location, job_id = await requested_report(team)
     stored = {"to": "2026-12-01T00:00:00Z", "status": ["open"], **refused}
     store_parameters(settings, job_id, stored)
 
@@ -441,8 +445,7 @@ async def test_a_queued_report_of_a_deleted_project_is_failed_not_built(
     team: Team, settings: Settings
 ) -> None:
     await team.issue(title="Secret roadmap item")
-    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
-    location, job_id = response.headers["Location"], response.json()["id"]
+    location, job_id = await requested_report(team)
     assert (await team["maintainer"].delete("/api/v1/projects/FLY")).status_code == 204
     assert await run_once(settings, job_id, "task-1") == JobState.failed
     # A redelivery finds it finished.
@@ -463,8 +466,7 @@ async def test_a_queued_report_of_a_deleted_project_is_failed_not_built(
 async def test_a_run_that_lost_its_claim_leaves_the_winners_file_and_removes_its_own(
     team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
-    location, job_id = response.headers["Location"], response.json()["id"]
+    location, job_id = await requested_report(team)
     engine = sa.create_engine(settings.sync_database_url)
     # Run A claims the job, then outlives its lease (nothing renews it) ...
     claim_a = claim_job(engine, job_id, "task-a", 900, settings.job_max_retries + 1)
@@ -521,8 +523,7 @@ async def test_a_report_running_past_its_lease_keeps_it_from_a_redelivery_and_a_
     engine = sa.create_engine(settings.sync_database_url)
     try:
         with in_process_worker(settings):
-            response = await team["reporter"].post("/api/v1/projects/FLY/reports")
-            location, job_id = response.headers["Location"], response.json()["id"]
+            location, job_id = await requested_report(team)
             assert await anyio.to_thread.run_sync(building.wait, 30)
             await anyio.sleep(6)
             with engine.connect() as connection:
@@ -549,8 +550,7 @@ async def test_a_report_running_past_its_lease_keeps_it_from_a_redelivery_and_a_
 async def test_a_stale_run_of_the_same_task_cannot_finish_a_job_a_newer_attempt_holds(
     team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
-    location, job_id = response.headers["Location"], response.json()["id"]
+    location, job_id = await requested_report(team)
     engine = sa.create_engine(settings.sync_database_url)
     max_attempts = settings.job_max_retries + 1
     claim_a = claim_job(engine, job_id, "task-1", 900, max_attempts=max_attempts)
@@ -588,8 +588,7 @@ async def test_a_job_that_keeps_killing_its_worker_is_failed_once_out_of_attempt
     team: Team, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = settings.model_copy(update={"job_max_retries": 2})
-    response = await team["reporter"].post("/api/v1/projects/FLY/reports")
-    location, job_id = response.headers["Location"], response.json()["id"]
+    location, job_id = await requested_report(team)
 
     def killed(*args: object) -> tuple[bytes, str]:
         raise WorkerKilled

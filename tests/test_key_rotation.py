@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -24,12 +24,19 @@ from tests.support.identity import JwksServer, TokenFactory, new_signing_key
 ME = "/api/v1/users/me"
 
 
-@pytest.fixture
-def provider() -> Iterator[JwksServer]:
-    server = JwksServer()
+S = TypeVar("S", bound=JwksServer)
+
+
+def serving(server: S) -> Iterator[S]:
+    """The identity provider's JWKS served over HTTP for the test, then stopped."""
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def provider() -> Iterator[JwksServer]:
+    yield from serving(JwksServer())
 
 
 @pytest.fixture
@@ -141,10 +148,7 @@ class OddProvider(JwksServer):
 
 @pytest.fixture
 def odd_provider() -> Iterator[OddProvider]:
-    server = OddProvider()
-    server.start()
-    yield server
-    server.stop()
+    yield from serving(OddProvider())
 
 
 @asynccontextmanager

@@ -3,14 +3,18 @@ milestone filter and sort."""
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from datetime import date
+from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from flyswatter.config import Settings
 from flyswatter.milestones.models import UNDATED_RANK
 from tests.support.api import Api, Team, make_team, walk_pages
+from tests.support.database import stored_row
 from tests.test_concurrency import sent_while_held
 from tests.test_events_outbox import stored_events
 
@@ -274,6 +278,7 @@ async def test_the_issue_list_sorts_by_due_date_across_pages_and_follows_a_new_d
 
 # The rank of 2027-01-01, the due date the tests' issue writes read.
 EARLY = date(2027, 1, 1).toordinal()
+LATE = date(2030, 1, 1).toordinal()
 
 
 def issue_write(milestone_id: int, rank: int = EARLY) -> list[str]:
@@ -288,15 +293,21 @@ def issue_write(milestone_id: int, rank: int = EARLY) -> list[str]:
     ]
 
 
-def issue_row(settings: Settings) -> tuple[int | None, int, int]:
+async def sent_while_writing(
+    settings: Settings, milestone_id: int, send: Coroutine[Any, Any, httpx.Response]
+) -> httpx.Response:
+    """The answer to ``send``, sent while an issue write puts FLY-1 in the milestone
+    (``issue_write``) and has not yet committed."""
     engine = sa.create_engine(settings.sync_database_url)
     try:
-        with engine.connect() as connection:
-            row = connection.execute(
-                sa.text("SELECT milestone_id, milestone_due_rank, version FROM issue")
-            ).one()
+        return await sent_while_held(engine, issue_write(milestone_id), send)
     finally:
         engine.dispose()
+
+
+def issue_row(settings: Settings) -> tuple[int | None, int, int]:
+    query = "SELECT milestone_id, milestone_due_rank, version FROM issue"
+    row = stored_row(settings.database_url, query)
     return row.milestone_id, row.milestone_due_rank, row.version
 
 
@@ -315,13 +326,8 @@ async def test_deleting_a_milestone_keeps_an_issue_moved_to_another_one_meanwhil
     leaving = await milestone(team, "1.0")
     other = await milestone(team, "2.0", "2027-01-01")
     await team.issue(milestone="1.0")
-    engine = sa.create_engine(settings.sync_database_url)
-    try:
-        write = issue_write(other["id"])
-        deletion = team["maintainer"].delete(f"{MILESTONES}/{leaving['id']}")
-        assert (await sent_while_held(engine, write, deletion)).status_code == 204
-    finally:
-        engine.dispose()
+    deletion = team["maintainer"].delete(f"{MILESTONES}/{leaving['id']}")
+    assert (await sent_while_writing(settings, other["id"], deletion)).status_code == 204
     assert issue_row(settings) == (other["id"], EARLY, 2)
     assert await milestone_history(team) == []
 
@@ -335,13 +341,8 @@ async def test_an_issue_joining_a_milestone_being_deleted_is_detached_with_its_h
     to leave that to the foreign key's ON DELETE SET NULL, which does none of that."""
     doomed = await milestone(team, "1.0", "2027-01-01")
     await team.issue()
-    engine = sa.create_engine(settings.sync_database_url)
-    try:
-        write = issue_write(doomed["id"])
-        deletion = team["maintainer"].delete(f"{MILESTONES}/{doomed['id']}")
-        assert (await sent_while_held(engine, write, deletion)).status_code == 204
-    finally:
-        engine.dispose()
+    deletion = team["maintainer"].delete(f"{MILESTONES}/{doomed['id']}")
+    assert (await sent_while_writing(settings, doomed["id"], deletion)).status_code == 204
     assert issue_row(settings) == (None, UNDATED_RANK, 3)
     assert await milestone_history(team) == [("1.0", None)]
 
@@ -355,57 +356,39 @@ async def test_a_new_due_date_reaches_an_issue_joining_the_milestone_meanwhile(
     that `sort=milestone_due` placed the issue by a date the milestone no longer has."""
     release = await milestone(team, "1.0", "2027-01-01")
     await team.issue()
-    engine = sa.create_engine(settings.sync_database_url)
-    try:
-        write = issue_write(release["id"])
-        change = team["maintainer"].patch(
-            f"{MILESTONES}/{release['id']}", json={"due_on": "2030-01-01"}
-        )
-        assert (await sent_while_held(engine, write, change)).status_code == 200
-    finally:
-        engine.dispose()
+    change = team["maintainer"].patch(
+        f"{MILESTONES}/{release['id']}", json={"due_on": "2030-01-01"}
+    )
+    assert (await sent_while_writing(settings, release["id"], change)).status_code == 200
     assert issue_row(settings) == (release["id"], date(2030, 1, 1).toordinal(), 2)
 
 
 @pytest.mark.postgres_only
-async def test_an_issue_put_in_a_milestone_being_deleted_is_told_it_is_unknown(
-    team: Team, settings: Settings
+@pytest.mark.parametrize(
+    ("change", "answered", "stored"),
+    [
+        ("DELETE FROM milestone WHERE id = :id", 422, (None, UNDATED_RANK)),
+        ("UPDATE milestone SET due_on = '2030-01-01' WHERE id = :id", 200, ("id", LATE)),
+    ],
+    ids=["deleted", "given a new due date"],
+)
+async def test_an_issue_put_in_a_milestone_waits_for_its_change_in_flight(
+    team: Team, settings: Settings, change: str, answered: int, stored: tuple[object, int]
 ) -> None:
-    """The issue write waits for the deletion in flight and then finds no such milestone:
-    a 422 naming the field, where it used to fail at its foreign key with a bare 409."""
-    release = await milestone(team, "1.0")
-    await team.issue()
-    engine = sa.create_engine(settings.sync_database_url)
-    try:
-        deletion = [
-            f"SELECT id FROM milestone WHERE id = {release['id']} FOR UPDATE",
-            f"DELETE FROM milestone WHERE id = {release['id']}",
-        ]
-        joining = team["developer"].patch("/api/v1/issues/FLY-1", json={"milestone": "1.0"})
-        answer = await sent_while_held(engine, deletion, joining)
-    finally:
-        engine.dispose()
-    assert answer.status_code == 422, answer.text
-    assert answer.json()["errors"][0]["loc"] == ["body", "milestone"]
-    assert issue_row(settings)[0] is None
-
-
-@pytest.mark.postgres_only
-async def test_an_issue_put_in_a_milestone_being_redated_takes_the_new_dates_rank(
-    team: Team, settings: Settings
-) -> None:
-    """The issue write waits for the change of due date in flight and ranks the issue by the
-    date the milestone has once it commits, not by the one it had."""
+    """The issue write reads the milestone once its deletion or new due date commits: a 422
+    naming the field for one gone (it used to fail at its foreign key with a bare 409), the
+    new date's rank for one redated (it used to keep the old one's)."""
     release = await milestone(team, "1.0", "2027-01-01")
     await team.issue()
     engine = sa.create_engine(settings.sync_database_url)
     try:
-        redating = [
-            f"SELECT id FROM milestone WHERE id = {release['id']} FOR UPDATE",
-            f"UPDATE milestone SET due_on = '2030-01-01' WHERE id = {release['id']}",
-        ]
+        held = ["SELECT id FROM milestone WHERE id = :id FOR UPDATE", change]
         joining = team["developer"].patch("/api/v1/issues/FLY-1", json={"milestone": "1.0"})
-        assert (await sent_while_held(engine, redating, joining)).status_code == 200
+        answer = await sent_while_held(engine, held, joining, {"id": str(release["id"])})
     finally:
         engine.dispose()
-    assert issue_row(settings)[:2] == (release["id"], date(2030, 1, 1).toordinal())
+    assert answer.status_code == answered, answer.text
+    if answered == 422:
+        assert answer.json()["errors"][0]["loc"] == ["body", "milestone"]
+    milestone_id, rank = stored
+    assert issue_row(settings)[:2] == (release["id"] if milestone_id else None, rank)

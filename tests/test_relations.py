@@ -106,22 +106,31 @@ async def test_relates_to_reads_the_same_from_both_sides(team: Team) -> None:
     assert (await dev.delete(f"/api/v1/issues/{a}/relations/relates_to/{b}")).status_code == 204
 
 
+async def loop_of_three_refused(
+    dev: AuthedClient, kind: str, inverse: str, keys: tuple[str, str, str]
+) -> dict:
+    """A ``kind`` B ``kind`` C stored; C ``kind`` A refused naming the cycle, and so is the
+    same edge written from A's side (``inverse``). The refusal's problem."""
+    a, b, c = keys
+    assert await relate(dev, a, kind, b) == 201
+    assert await relate(dev, b, kind, c) == 201
+    refused = await dev.post(f"/api/v1/issues/{c}/relations", json={"kind": kind, "target": a})
+    assert refused.status_code == 409, refused.text
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert refused.json()["cycle"] == [c, a, b, c]
+    other_side = await dev.post(
+        f"/api/v1/issues/{a}/relations", json={"kind": inverse, "target": c}
+    )
+    assert other_side.json()["cycle"] == [c, a, b, c]
+    return dict(refused.json())
+
+
 async def test_cycles_of_blockers_and_of_sub_issues_are_refused_naming_the_cycle(
     team: Team,
 ) -> None:
     dev = team["developer"]
     a, b, c = await issues(team, 3)
-    assert await relate(dev, a, "blocks", b) == 201
-    assert await relate(dev, b, "blocks", c) == 201
-    refused = await dev.post(f"/api/v1/issues/{c}/relations", json={"kind": "blocks", "target": a})
-    assert refused.status_code == 409
-    assert refused.headers["Content-Type"] == "application/problem+json"
-    assert refused.json()["cycle"] == [c, a, b, c]
-    # The same cycle seen from the other side.
-    refused = await dev.post(
-        f"/api/v1/issues/{a}/relations", json={"kind": "blocked_by", "target": c}
-    )
-    assert refused.json()["cycle"] == [c, a, b, c]
+    await loop_of_three_refused(dev, "blocks", "blocked_by", (a, b, c))
 
     assert await relate(dev, a, "parent", b) == 201
     refused = await dev.post(f"/api/v1/issues/{a}/relations", json={"kind": "child", "target": b})
@@ -140,22 +149,11 @@ async def test_a_chain_of_duplicates_that_would_loop_is_refused_naming_the_cycle
 ) -> None:
     dev = team["developer"]
     a, b, c = await issues(team, 3)
-    assert await relate(dev, a, "duplicates", b) == 201
-    assert await relate(dev, b, "duplicates", c) == 201
     # C is, through B, the issue A duplicates: C duplicating A would leave no original.
-    refused = await dev.post(
-        f"/api/v1/issues/{c}/relations", json={"kind": "duplicates", "target": a}
-    )
-    assert refused.status_code == 409, refused.text
-    assert refused.headers["Content-Type"] == "application/problem+json"
     # The blockers' refusal, for the same reason.
-    assert refused.json()["type"] == "urn:flyswatter:problem:conflict"
-    assert refused.json()["cycle"] == [c, a, b, c]
-    # From the other side, and the shortest loop too, which the same check refuses.
-    refused = await dev.post(
-        f"/api/v1/issues/{a}/relations", json={"kind": "duplicated_by", "target": c}
-    )
-    assert refused.json()["cycle"] == [c, a, b, c]
+    problem = await loop_of_three_refused(dev, "duplicates", "duplicated_by", (a, b, c))
+    assert problem["type"] == "urn:flyswatter:problem:conflict"
+    # The shortest loop too, which the same check refuses.
     refused = await dev.post(
         f"/api/v1/issues/{b}/relations", json={"kind": "duplicates", "target": a}
     )

@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from flyswatter.cli.serve import serve_options
 from flyswatter.config import Settings, UnsafeSettings
+from tests.support.database import stored_row
 from tests.support.identity import JwksServer, TokenFactory
 from tests.support.servers import (
     FLYSWATTER,
@@ -339,12 +339,5 @@ async def test_sigterm_lets_every_in_flight_request_finish_then_exits_0(
     shutdowns = [r for r in records if r["message"] == "Application shutdown complete."]
     assert len(shutdowns) == 2
 
-    engine = sa.create_engine(Settings(database_url=serve_database_url).sync_database_url)
-    try:
-        with engine.connect() as connection:
-            stored = connection.execute(
-                sa.text("SELECT count(*) FROM project WHERE key LIKE 'INF%'")
-            ).scalar_one()
-    finally:
-        engine.dispose()
-    assert stored == IN_FLIGHT
+    stored = stored_row(serve_database_url, "SELECT count(*) FROM project WHERE key LIKE 'INF%'")
+    assert stored[0] == IN_FLIGHT

@@ -41,7 +41,7 @@ from flyswatter.storage.service import (
     Storage,
     StorageUnavailable,
 )
-from tests.support.api import Api, make_team
+from tests.support.api import Api, Team, make_team
 from tests.support.jobs import MotoServer, in_process_worker, wait_for_job
 from tests.support.servers import free_port
 
@@ -180,15 +180,22 @@ async def test_report_on_s3_downloads_through_a_presigned_redirect(
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
 
 
-async def test_attachment_on_s3_is_shown_inline_through_a_presigned_redirect(
-    api: Api, settings: Settings
-) -> None:
+async def attached_png(api: Api, declared: str = "image/png") -> tuple[Team, httpx.Response]:
+    """The team, and the answer to its reporter attaching a PNG (sent as ``declared``) to
+    FLY-1."""
     team = await make_team(api)
     await team.issue()
     created = await team["reporter"].post(
-        "/api/v1/issues/FLY-1/attachments", files={"file": ("shot.png", PNG, "text/plain")}
+        "/api/v1/issues/FLY-1/attachments", files={"file": ("shot.png", PNG, declared)}
     )
     assert created.status_code == 201, created.text
+    return team, created
+
+
+async def test_attachment_on_s3_is_shown_inline_through_a_presigned_redirect(
+    api: Api, settings: Settings
+) -> None:
+    team, created = await attached_png(api, declared="text/plain")
     redirect = await team["viewer"].get(created.headers["Location"])
     assert redirect.status_code == 307
     async with httpx.AsyncClient() as s3_client:
@@ -376,12 +383,7 @@ async def test_a_bucket_gone_answers_503_to_downloads_and_uploads_and_the_sweep_
     # Streamed downloads: the API reads the object itself.
     streamed = settings.model_copy(update={"s3_presigned_downloads": False})
     monkeypatch.setattr(app, "running", replace(app.services, settings=streamed))
-    team = await make_team(api)
-    await team.issue()
-    created = await team["reporter"].post(
-        "/api/v1/issues/FLY-1/attachments", files={"file": ("shot.png", PNG, "image/png")}
-    )
-    assert created.status_code == 201, created.text
+    team, created = await attached_png(api)
     storage = S3Storage(settings)
     empty_and_remove_bucket(storage)
     assert_storage_problem(await team["viewer"].get(created.headers["Location"]))
@@ -452,12 +454,7 @@ def intent_keys(runtime: JobRuntime) -> list[str]:
 async def test_the_orphan_sweep_on_s3_removes_recorded_dead_writes_and_abandoned_uploads_only(
     api: Api, settings: Settings
 ) -> None:
-    team = await make_team(api)
-    await team.issue()
-    created = await team["reporter"].post(
-        "/api/v1/issues/FLY-1/attachments", files={"file": ("shot.png", PNG, "image/png")}
-    )
-    assert created.status_code == 201, created.text
+    team, created = await attached_png(api)
     runtime = JobRuntime(settings)
     job_id = (await team["reporter"].post("/api/v1/projects/FLY/reports")).json()["id"]
     state = await anyio.to_thread.run_sync(run_report_job, runtime, job_id, "task-1")

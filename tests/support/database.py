@@ -1,6 +1,9 @@
-"""The test database: every table emptied between tests; many issues written at once."""
+"""The test database: every table emptied between tests; many issues written at once; one row
+read as the database holds it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import SQLModel
@@ -13,6 +16,17 @@ _RESTART_SEQUENCES = (
     "SELECT setval((quote_ident(schemaname) || '.' || quote_ident(sequencename))::regclass, "
     "start_value, false) FROM pg_sequences WHERE schemaname = current_schema()"
 )
+
+
+def stored_row(url: str, query: str, **parameters: Any) -> sa.Row[Any]:
+    """The one row ``query`` reads, on a connection of its own to the database at ``url``
+    (in any form the service takes): what is committed, not what an API answer says."""
+    engine = sa.create_engine(Settings(database_url=url).sync_database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text(query), parameters).one()
+    finally:
+        engine.dispose()
 
 
 def empty_all_tables(url: str) -> None:

@@ -11,13 +11,17 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from flyswatter.config import Settings
+from flyswatter.jobs.sweeps import remove_orphaned_objects
+from flyswatter.jobs.tasks import JobRuntime
 from flyswatter.jobs.worker import InProcessWorker, make_celery
+from flyswatter.storage.service import LocalStorage, StoredObject
 from tests.support.api import AuthedClient
 from tests.support.servers import FLYSWATTER, free_port
 
@@ -152,3 +156,25 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
         self.process = None
+
+
+class SweptAfterEachWrite(LocalStorage):
+    """Local storage after each of whose writes the orphan sweep runs with no grace, on an
+    engine of its own: the write outlasted the grace, and the sweep claims its intent and
+    removes its object before the row's transaction begins (a real race, as it would
+    interleave). ``swept`` counts what it removed."""
+
+    def __init__(self, root: Path, sweeper: JobRuntime) -> None:
+        super().__init__(root)
+        self.sweeper = sweeper
+        self.swept = 0
+
+    def _sweep(self, stored: StoredObject) -> StoredObject:
+        self.swept += remove_orphaned_objects(self.sweeper, grace=timedelta(0))
+        return stored
+
+    def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        return self._sweep(super().put(key, data, content_type))
+
+    def put_stream(self, key: str, chunks: Any, content_type: str) -> StoredObject:
+        return self._sweep(super().put_stream(key, chunks, content_type))
