@@ -34,10 +34,10 @@ from flyswatter.jobs.tasks import JobRuntime, run_report_job
 from flyswatter.services import Flyswatter
 from flyswatter.storage.intents import intend_write
 from flyswatter.storage.models import StorageWrite
+from flyswatter.storage.s3 import S3Storage
 from flyswatter.storage.service import (
     LocalStorage,
     ObjectMissing,
-    S3Storage,
     Storage,
     StorageUnavailable,
 )

@@ -31,8 +31,8 @@ from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
 from flyswatter.services import services_of
 from flyswatter.webhooks import delivery
+from flyswatter.webhooks.attempts import Claim
 from flyswatter.webhooks.delivery import (
-    Claim,
     attempt_seconds,
     backoff_seconds,
     deliver_due,

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Path, Response, UploadFile, status
 
 from flyswatter.attachments import service
+from flyswatter.attachments.files import shown_inline
 from flyswatter.attachments.models import AttachmentPublic
 from flyswatter.auth.dependencies import IssuesWrite
 from flyswatter.db import MAX_ROW_ID, SessionDep
@@ -115,7 +116,7 @@ async def download_attachment(
         attachment,
         attachment.key,
         gone=f"the file of attachment {attachment_id} is gone",
-        inline=service.shown_inline(attachment.content_type),
+        inline=shown_inline(attachment.content_type),
     )
 
 

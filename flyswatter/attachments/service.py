@@ -12,31 +12,33 @@ objects once that is committed.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any, BinaryIO
+from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import anyio.to_thread
-import puremagic
 from fastapi import UploadFile
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
+from flyswatter.attachments.files import (
+    abandon_upload,
+    claimed,
+    clean_filename,
+    shown_inline,
+    store_upload,
+    unavailable,
+)
 from flyswatter.attachments.models import Attachment, AttachmentPublic
 from flyswatter.errors import (
     Forbidden,
     NotFound,
-    PayloadTooLarge,
-    ServiceUnavailable,
-    UnprocessableEntity,
 )
 from flyswatter.http.created import Created
-from flyswatter.http.headers import api_path, entity_tag, retry_after
+from flyswatter.http.headers import api_path, entity_tag
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueAccess, load_issue_access
@@ -44,144 +46,14 @@ from flyswatter.issues.models import ActivityAction
 from flyswatter.projects.models import Role
 from flyswatter.storage.intents import (
     WriteClaimed,
-    drop_intent_async,
     intend_write_async,
     settle_write_async,
 )
 from flyswatter.storage.models import StorageRemoval
-from flyswatter.storage.service import CHUNK_SIZE, Storage, StorageUnavailable, StoredObject
-from flyswatter.text import first_unsafe_character
+from flyswatter.storage.service import Storage, StorageUnavailable
 from flyswatter.users.service import user_summaries
 
 logger = logging.getLogger("flyswatter.attachments")
-
-MAX_FILENAME = 255
-FALLBACK_FILENAME = "attachment"
-OCTET_STREAM = "application/octet-stream"
-PLAIN_TEXT = "text/plain; charset=utf-8"
-# Active content: an SVG image runs scripts when opened on its own.
-_NEVER_INLINE = frozenset({"image/svg+xml"})
-_FILE_LOC = ("body", "file")
-# The bidirectional embeddings, overrides and isolates: in a file name they reorder what is
-# shown, so that ``invoice\u202egnp.exe`` reads as ``invoiceexe.png``. Right-to-left letters
-# need none of them to show right.
-_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
-
-
-def clean_filename(raw: str | None) -> str:
-    """The name a file is kept under: its last path segment (browsers and tools may send a
-    whole path), trimmed; a name with a control character, or a bidirectional control that
-    could disguise its extension, is refused (422)."""
-    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
-    if (bidi := _BIDI_CONTROLS.search(name)) is not None:
-        raise UnprocessableEntity(
-            f"a file name may not contain U+{ord(bidi.group()):04X}, a bidirectional control"
-            " that changes the order its characters are shown in",
-            loc=(*_FILE_LOC, "filename"),
-        )
-    if (bad := first_unsafe_character(name)) is not None:
-        raise UnprocessableEntity(
-            f"a file name may not contain U+{ord(bad):04X}", loc=(*_FILE_LOC, "filename")
-        )
-    if name in ("", ".", ".."):
-        return FALLBACK_FILENAME
-    if len(name) > MAX_FILENAME:
-        stem, dot, extension = name.rpartition(".")
-        if dot and 0 < len(extension) <= 16:
-            return stem[: MAX_FILENAME - len(extension) - 1] + "." + extension
-        return name[:MAX_FILENAME]
-    return name
-
-
-def sniff_content_type(head: bytes) -> str:
-    """The type the first bytes show (magic numbers); UTF-8 text without control characters
-    other than tab and newlines is plain text; anything else is opaque bytes."""
-    if not head:
-        return OCTET_STREAM
-    try:
-        found = puremagic.from_string(head, mime=True)
-    except puremagic.PureError:
-        found = ""
-    if found and len(found) <= 100:
-        return str(found)
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # A multi-byte character cut at the end of the sniffed chunk is still text.
-        if exc.start < len(head) - 3:
-            return OCTET_STREAM
-        text = head[: exc.start].decode("utf-8")
-    return PLAIN_TEXT if first_unsafe_character(text, multiline=True) is None else OCTET_STREAM
-
-
-def shown_inline(content_type: str) -> bool:
-    """Images (but SVG) and plain text are shown; everything else is a download."""
-    kind = content_type.split(";", 1)[0].strip().lower()
-    if kind in _NEVER_INLINE:
-        return False
-    return kind.startswith("image/") or kind == "text/plain"
-
-
-def _capped_chunks(file: BinaryIO, first: bytes, max_bytes: int) -> Iterator[bytes]:
-    """The file's chunks, ``first`` already read; 413 as soon as they pass ``max_bytes``."""
-    size = 0
-    for chunk in itertools.chain((first,), iter(lambda: file.read(CHUNK_SIZE), b"")):
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"attachments are limited to {max_bytes} bytes")
-        yield chunk
-
-
-def store_upload(
-    storage: Storage, key: str, file: BinaryIO, max_bytes: int
-) -> tuple[StoredObject, str]:
-    """Stream the file into storage under ``key`` (blocking: run it in a thread); the
-    stored object and the content type its first bytes show."""
-    file.seek(0)
-    first = file.read(CHUNK_SIZE)
-    content_type = sniff_content_type(first)
-    stored = storage.put_stream(key, _capped_chunks(file, first, max_bytes), content_type)
-    return stored, content_type
-
-
-def _unavailable() -> ServiceUnavailable:
-    return ServiceUnavailable(
-        "the file storage is unavailable; retry later", headers={"Retry-After": retry_after(5)}
-    )
-
-
-def _claimed() -> ServiceUnavailable:
-    return ServiceUnavailable(
-        "the upload took too long to be recorded and was discarded; retry it",
-        headers={"Retry-After": retry_after(5)},
-    )
-
-
-def _forget_object(storage: Storage, key: str) -> bool:
-    """Whether the object of a failed upload is removed."""
-    try:
-        storage.delete(key)
-    except Exception as exc:
-        # Not fatal to the answer (the upload failed anyway); the object has no row, and its
-        # intent stays for the orphan sweep. Only the type of a fault that is not ours.
-        why = str(exc) if isinstance(exc, StorageUnavailable) else type(exc).__name__
-        logger.warning(
-            "attachment object %s left for the sweep after a failed upload: %s", key, why
-        )
-        return False
-    return True
-
-
-async def _abandon_upload(session: AsyncSession, storage: Storage, key: str) -> None:
-    """Roll back, remove a failed upload's object, then (only then) its intent."""
-    try:
-        # Its locks (on SQLite, the write lock) are not held while storage is called.
-        await session.rollback()
-    except Exception as exc:
-        # The connection is lost, say: the object goes all the same (nothing committed).
-        logger.warning("failed upload not rolled back before its removal: %s", type(exc).__name__)
-    if await anyio.to_thread.run_sync(_forget_object, storage, key):
-        await drop_intent_async(session, key)
 
 
 async def build_public_attachments(
@@ -242,7 +114,7 @@ async def create_attachment(
                 store_upload, storage, key, upload.file, max_bytes
             )
         except StorageUnavailable:
-            raise _unavailable() from None
+            raise unavailable() from None
         # The copy took a while, outside any transaction: the caller may have lost the
         # project, or the issue been archived, moved or deleted meanwhile. Asked again with
         # the writers' locks, the row lands only if the upload would still be allowed now.
@@ -277,7 +149,7 @@ async def create_attachment(
             await settle_write_async(session, key)
         except WriteClaimed:
             # The sweep took the object (the upload outlasted its grace): no row may name it.
-            raise _claimed() from None
+            raise claimed() from None
         committing = True
         await session.commit()
     except BaseException:
@@ -285,7 +157,7 @@ async def create_attachment(
         with anyio.CancelScope(shield=True):
             if not committing:
                 # Never committed: the object goes now, then its intent.
-                await _abandon_upload(session, storage, key)
+                await abandon_upload(session, storage, key)
             else:
                 # The commit's outcome is unknown: it may have landed, with the row naming
                 # the object. The database decides: the intent, unless the commit took it

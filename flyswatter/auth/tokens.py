@@ -27,6 +27,7 @@ from jwcrypto.common import JWException
 from jwcrypto.jwt import JWTExpired
 from keycloak import KeycloakOpenID
 
+from flyswatter.auth.jwks import signing_keys
 from flyswatter.auth.scopes import ADMIN_ROLE
 from flyswatter.config import Settings
 from flyswatter.text import first_unsafe_character, replace_unsafe_characters
@@ -192,48 +193,6 @@ def _identifier(claims: dict[str, Any], name: str) -> None:
         raise TokenRejected("malformed", f"the token's {name} is not a usable identifier")
 
 
-class _UnusableKey(Exception):
-    """A JWKS entry no token can be verified with; the message names it, never its material."""
-
-
-def _entry_name(entry: dict[str, Any]) -> str:
-    """``kid`` and ``kty`` of a JWKS entry, as a log line may show them (public identifiers,
-    but the provider's text: kept to one short line)."""
-    kid, kty = entry.get("kid"), entry.get("kty")
-    shown = repr(replace_unsafe_characters(kid)[:64]) if isinstance(kid, str) else "without a kid"
-    kind = replace_unsafe_characters(kty)[:16] if isinstance(kty, str) else "no kty"
-    return f"{shown} ({kind})"
-
-
-def _is_for_signing(entry: dict[str, Any]) -> bool:
-    """Whether the provider publishes the key for signatures (RFC 7517 4.2 ``use``, 4.3
-    ``key_ops``); a key that says neither may be used for them."""
-    key_ops = entry.get("key_ops")
-    return entry.get("use", "sig") == "sig" and (
-        not isinstance(key_ops, list) or "verify" in key_ops
-    )
-
-
-def _verifying_key(entry: Any) -> tuple[str, jwk.JWK]:
-    """The kid and key a signing entry of the JWKS holds; raises _UnusableKey."""
-    if not isinstance(entry, dict):
-        raise _UnusableKey("an entry that is not a JSON object")
-    kid = entry.get("kid")
-    if not isinstance(kid, str) or not kid:
-        # Tokens are matched to keys by kid: a key without one verifies nothing.
-        raise _UnusableKey(f"key {_entry_name(entry)}: no usable key id")
-    try:
-        key = jwk.JWK(**entry)
-        # Builds the public key itself: an unknown kty fails above, a curve this build has no
-        # support for, a point off its curve or an RSA modulus that is no number fail here,
-        # once, rather than each time a token names the key.
-        key.get_op_key("verify")
-    except Exception as exc:
-        # The exception's kind only: messages of key parsers may quote the values.
-        raise _UnusableKey(f"key {_entry_name(entry)}: {type(exc).__name__}") from None
-    return kid, key
-
-
 class TokenVerifier:
     def __init__(
         self,
@@ -289,7 +248,8 @@ class TokenVerifier:
                 )
                 self._on_refresh("error")
                 return False
-            keys, kids, skipped = self._signing_keys(entries)
+            keys, kids, skipped = signing_keys(entries, warned=self._skipped)
+            self._skipped = skipped
             changed = kids != self._kids
             if changed:
                 # A key may have been withdrawn: tokens it signed must be checked again.
@@ -300,34 +260,6 @@ class TokenVerifier:
                 "JWKS loaded with %d signing key(s), %d unusable skipped", len(kids), len(skipped)
             )
             return changed
-
-    def _signing_keys(self, entries: list[Any]) -> tuple[jwk.JWKSet, frozenset[str], set[str]]:
-        """The keys of the JWKS that can verify a token, their kids, and the entries skipped.
-
-        One entry the service cannot use (a key type or curve it has no support for, a
-        malformed key) is skipped, not the whole set: failing the refresh over it would refuse
-        every token, those signed by the good keys too. Each skipped entry is warned about at
-        the first refresh that meets it, not at every one after.
-        """
-        keys = jwk.JWKSet()
-        kids: set[str] = set()
-        skipped: set[str] = set()
-        for entry in entries:
-            # Keycloak publishes its encryption key in the same set: expected, and it never
-            # verifies a token, so it is left out without a warning.
-            if isinstance(entry, dict) and not _is_for_signing(entry):
-                continue
-            try:
-                kid, key = _verifying_key(entry)
-            except _UnusableKey as unusable:
-                skipped.add(str(unusable))
-                continue
-            keys.add(key)
-            kids.add(kid)
-        for name in sorted(skipped - self._skipped):
-            logger.warning("JWKS entry skipped, it cannot verify tokens: %s", name)
-        self._skipped = frozenset(skipped)
-        return keys, frozenset(kids), skipped
 
     async def verify(self, token: str) -> Principal:
         """The caller a token authenticates; raises TokenRejected.

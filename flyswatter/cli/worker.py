@@ -25,7 +25,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from flyswatter.jobs.worker import QUEUE, make_celery
     from flyswatter.observability.errors import init_error_reporting
     from flyswatter.observability.logs import configure_logging
-    from flyswatter.storage.service import S3Storage, StorageUnavailable
+    from flyswatter.storage.s3 import S3Storage
+    from flyswatter.storage.service import StorageUnavailable
 
     configure_logging(settings.log_format, settings.log_level)
     init_error_reporting(settings, "worker")

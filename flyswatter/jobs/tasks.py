@@ -12,7 +12,6 @@ the fencing token, so exactly one run finishes the job.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,15 +20,14 @@ from typing import Any
 
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
-from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import col
 
 from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
-from flyswatter.errors import database_error_summary
+from flyswatter.jobs.faults import TransientFault, transient_reason
+from flyswatter.jobs.leases import LeaseKeeper
 from flyswatter.jobs.models import Job, JobKind, JobState
 from flyswatter.jobs.report_files import (
     NotBuildable,
@@ -53,28 +51,9 @@ from flyswatter.observability.metrics import (
     JOBS_FINISHED,
     create_job_series,
 )
-from flyswatter.storage.service import Storage, StorageUnavailable, storage_from_settings
+from flyswatter.storage.service import Storage, storage_from_settings
 
 logger = logging.getLogger("flyswatter.jobs")
-
-
-def transient_reason(exc: BaseException) -> str | None:
-    """A reason a person can read when ``exc`` is a transient fault; None otherwise."""
-    if isinstance(exc, StorageUnavailable):
-        return f"object storage unavailable: {exc}"
-    if isinstance(exc, OperationalError | PoolTimeoutError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
-        return f"database unavailable ({database_error_summary(exc)})"
-    if isinstance(exc, BrokerError):
-        return f"message broker unavailable ({type(exc).__name__})"
-    return None
-
-
-class TransientFault(Exception):
-    """What a retry is handed instead of the fault itself: Celery logs the exception it retries
-    with (its repr, at INFO), and a driver error's repr carries the driver's own text, which
-    may quote values. This one carries ``transient_reason``'s words only."""
 
 
 class JobRuntime:
@@ -186,74 +165,6 @@ def _fail_exhausted(
         .values(state=JobState.failed, error=reason, finished_at=utcnow(), lease_expires_at=None)
     )
     return reason if failed.rowcount == 1 else None
-
-
-class LeaseKeeper:
-    """A claim's lease, renewed while its run works: every third of the lease, each time in a
-    short transaction of its own, on a thread (the run is busy in long calls meanwhile).
-
-    Renewal is fenced by the claim's attempt, not by the clock: one that comes late (the
-    database was slow) still holds the job if no other run took it meanwhile; one that finds
-    a newer attempt, or the job finished, stops and marks the claim ``lost``. On leaving with
-    an exception the lease is released, so that the task's retry may claim the job at once.
-    """
-
-    def __init__(self, engine: Engine, public_id: str, claim: Claim, lease_seconds: int) -> None:
-        self.engine = engine
-        self.public_id = public_id
-        self.claim = claim
-        self.lease = timedelta(seconds=lease_seconds)
-        self.lost = threading.Event()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._renew_until_stopped, name=f"job-lease-{public_id}", daemon=True
-        )
-
-    def _held(self) -> ColumnElement[bool]:
-        return and_(
-            col(Job.id) == self.claim.job_id,
-            col(Job.state) == JobState.running,
-            col(Job.attempts) == self.claim.attempts,
-        )
-
-    def _renew_until_stopped(self) -> None:
-        while not self._stopped.wait(self.lease.total_seconds() / 3):
-            try:
-                with self.engine.begin() as connection:
-                    renewed = connection.execute(
-                        update(Job)
-                        .where(self._held())
-                        .values(lease_expires_at=utcnow() + self.lease)
-                    )
-            except Exception as exc:
-                # The next renewal may get through before the lease lapses; if it does not,
-                # the fencing keeps a newer run's outcome safe from this one.
-                why = transient_reason(exc) or type(exc).__name__
-                logger.warning("job %s: lease not renewed (%s)", self.public_id, why)
-                continue
-            if renewed.rowcount != 1:
-                self.lost.set()
-                return
-
-    def _release(self) -> None:
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(
-                    update(Job).where(self._held()).values(lease_expires_at=utcnow())
-                )
-        except Exception as exc:
-            why = transient_reason(exc) or type(exc).__name__
-            logger.warning("job %s: lease not released, it lapses (%s)", self.public_id, why)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stopped.set()
-        self._thread.join()
-        if exc_info[1] is not None:
-            self._release()
 
 
 def job_request_id(engine: Engine, public_id: str) -> str | None:
