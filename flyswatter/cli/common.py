@@ -28,6 +28,17 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def database_failed(doing: str, settings: Settings, exc: Exception) -> str:
+    """One line on a database that failed a command: its address and the error's classes,
+    never the driver's message, which may quote the URL, the SQL or its values."""
+    from flyswatter.errors import database_error_summary
+
+    return (
+        f"{doing}: the database at {settings.database_address} failed "
+        f"({database_error_summary(exc)}): unreachable, no access, or a statement refused"
+    )
+
+
 def port_number(text: str) -> int:
     """argparse type of a TCP port argument: 1 to 65535, else argparse's one-line usage error
     (an out-of-range port would otherwise end in ``socket.bind``'s OverflowError traceback)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flyswatter.cli.common import fail, settings_or_exit
+from flyswatter.cli.common import database_failed, fail, settings_or_exit
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -13,7 +13,6 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     from alembic.util import CommandError
     from sqlalchemy.exc import DBAPIError
 
-    from flyswatter.errors import database_error_summary
     from flyswatter.migrations import alembic_config
 
     settings = settings_or_exit()
@@ -34,11 +33,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
         # one line for the operator, as the plain ``alembic`` command prints them.
         fail(f"migrate {args.action}: {' '.join(str(exc).split())}")
     except DBAPIError as exc:
-        # Never the driver's message: it may quote the SQL, its values or the URL.
-        fail(
-            f"migrate {args.action}: the database at {settings.database_address} failed "
-            f"({database_error_summary(exc)}): unreachable, no access, or a statement refused"
-        )
+        fail(database_failed(f"migrate {args.action}", settings, exc))
 
 
 def add_migrate_command(commands: Any) -> None:

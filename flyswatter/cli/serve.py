@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import Any
 
-from flyswatter.cli.common import listen_or_exit, refuse, settings_or_exit
+from flyswatter.cli.common import database_failed, listen_or_exit, refuse, settings_or_exit
 from flyswatter.config import Settings, UnsafeSettings
 
 
@@ -69,12 +69,8 @@ def _require_migrated(settings: Settings) -> None:
         require_head(settings)
     except SchemaBehind as behind:
         refuse(f"{behind}: run 'flyswatter migrate upgrade' first")
-    except DBAPIError:
-        # Never the driver's message: it may quote the URL or the SQL.
-        refuse(
-            f"cannot read which migrations the database at {settings.database_address} "
-            f"has applied (unreachable, or no access)"
-        )
+    except DBAPIError as exc:
+        refuse(database_failed("cannot read which migrations it has applied", settings, exc))
 
 
 def add_serve_command(commands: Any) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import StringConstraints
 
 from flyswatter.auth.dependencies import IssuesRead
 from flyswatter.auth.scopes import Scope
@@ -66,6 +67,11 @@ WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 ISSUE_LABEL = "/issues/{issue_key}/labels/{name}"
 
 
+# People are never empty: an empty id names nobody, and the empty list it would answer reads
+# as "no issues" to a client that meant no filter (a 422, as an empty q is).
+PersonFilter = Annotated[SingleLine, StringConstraints(min_length=1, max_length=255)] | None
+
+
 @router.post("/projects/{key}/issues", **creates(IssuePublic, PROJECT_ERRORS))
 async def create_issue(
     body: IssueCreate, session: SessionDep, access: ProjectForReporting, idempotency: IdempotencyDep
@@ -84,20 +90,10 @@ async def list_issues(
     status_: Annotated[
         list[IssueStatus] | None, Query(alias="status", description="Any of these statuses.")
     ] = None,
-    # People are never empty: an empty id names nobody, and the empty list it would answer
-    # reads as "no issues" to a client that meant no filter (a 422, as an empty q is).
     assignee: Annotated[
-        SingleLine | None,
-        Query(
-            min_length=1,
-            max_length=255,
-            description="A user id, `me`, or `none` for unassigned issues.",
-        ),
+        PersonFilter, Query(description="A user id, `me`, or `none` for unassigned issues.")
     ] = None,
-    reporter: Annotated[
-        SingleLine | None,
-        Query(min_length=1, max_length=255, description="A user id, or `me`."),
-    ] = None,
+    reporter: Annotated[PersonFilter, Query(description="A user id, or `me`.")] = None,
     label: Annotated[
         list[LabelName] | None,
         Query(max_length=10, description="Label name; repeat for issues with all of them."),

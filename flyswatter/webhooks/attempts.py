@@ -23,6 +23,8 @@ USER_AGENT = "Flyswatter-Webhooks/1"
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    """A due delivery a worker claimed, with what its attempt sends and whom it signs for."""
+
     delivery_id: int
     attempt: int
     webhook_id: int
@@ -36,6 +38,8 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
+    """What one attempt came to, as its row in the delivery log records it."""
+
     outcome: AttemptOutcome
     status_code: int | None
     duration_ms: float
