@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -26,9 +27,10 @@ from sqlmodel import Session, col, select
 from flyswatter.config import Settings
 from flyswatter.db import create_sync_engine, utcnow
 from flyswatter.issues.models import Issue
+from flyswatter.jobs import sweeps
 from flyswatter.jobs.models import Job, JobState
 from flyswatter.jobs.sweeps import ORPHAN_GRACE, remove_orphaned_objects, requeue_stale_jobs
-from flyswatter.jobs.tasks import JobRuntime, run_report_job
+from flyswatter.jobs.tasks import ClaimedRunFault, JobRuntime, fail_job, run_report_job
 from flyswatter.jobs.worker import make_celery
 from flyswatter.services import Flyswatter
 from flyswatter.storage.intents import (
@@ -88,6 +90,30 @@ async def test_an_abandoned_job_with_no_attempt_left_is_failed_with_a_reason(
     assert job["state"] == "failed"
     assert job["error"] == (f"its worker stopped answering; gave up after {exhausted} attempt(s)")
     assert job["finished_at"] is not None
+
+
+async def test_a_run_that_renews_its_lease_as_the_sweep_gives_up_on_it_is_not_failed(
+    api: Api, settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    team = await make_team(api)
+    exhausted = settings.job_max_retries + 1
+    location = await abandoned_job(team, settings, engine, attempts=exhausted)
+
+    def renewed_first(*args: Any, **kwargs: Any) -> bool:
+        # The sweep read the job as abandoned; its run was only slow, and renews the lease
+        # just before the sweep's failure reaches the database.
+        with engine.begin() as connection:
+            connection.execute(update(Job).values(lease_expires_at=utcnow() + timedelta(minutes=5)))
+        return fail_job(*args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "fail_job", renewed_first)
+    runtime = JobRuntime(settings)
+    try:
+        assert requeue_stale_jobs(make_celery(settings), runtime) == 0
+    finally:
+        runtime.engine.dispose()
+    job = (await team["viewer"].get(location)).json()
+    assert (job["state"], job["attempts"], job["error"]) == ("running", exhausted, None)
 
 
 async def test_beat_takes_up_an_abandoned_job_then_expires_its_artifact(
@@ -342,8 +368,9 @@ async def test_a_report_whose_write_the_sweep_claimed_is_not_recorded_and_its_re
     runtime, sweeper = JobRuntime(local), JobRuntime(local)
     runtime.storage = swept = SweptAfterEachWrite(root, sweeper)
     # A storage fault as far as the task is concerned: it retries.
-    with pytest.raises(WriteClaimed):
+    with pytest.raises(ClaimedRunFault) as raised:
         await anyio.to_thread.run_sync(run_report_job, runtime, job_id, "task-1")
+    assert isinstance(raised.value.fault, WriteClaimed)
     assert swept.swept == 1
     job = (await team["viewer"].get(location)).json()
     assert job["state"] == "running"

@@ -26,7 +26,7 @@ from flyswatter.jobs import report_files, tasks
 from flyswatter.jobs.models import Job, JobState, ReportParameters
 from flyswatter.jobs.report_files import PROJECT_DELETED
 from flyswatter.jobs.sweeps import expire_artifacts
-from flyswatter.jobs.tasks import JobRuntime, claim_job, run_report_job
+from flyswatter.jobs.tasks import ClaimedRunFault, JobRuntime, claim_job, run_report_job
 from flyswatter.storage.models import Artifact
 from flyswatter.storage.service import LocalStorage, StorageUnavailable
 from tests.support.api import Api, Team, make_team, walk_pages
@@ -579,6 +579,87 @@ async def test_a_stale_run_of_the_same_task_cannot_finish_a_job_a_newer_attempt_
     assert len(stored_files(settings)) == 1
 
 
+async def test_a_stale_run_that_meets_a_fault_leaves_the_job_to_the_attempt_holding_it(
+    team: Team,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = sa.create_engine(settings.sync_database_url)
+    max_attempts = settings.job_max_retries + 1
+    claims: list[tasks.Claim] = []
+
+    def overtaken_then_broken(
+        runtime: JobRuntime, claim: tasks.Claim, now: Any
+    ) -> tuple[bytes, str]:
+        # Run A's lease lapsed mid-build, and a redelivery, B, took the job; then A meets
+        # an internal error, which its task gives up on at once.
+        with engine.begin() as connection:
+            public_id = connection.execute(
+                sa.text("UPDATE job SET lease_expires_at = :t WHERE id = :id RETURNING public_id"),
+                {"t": "2000-01-01 00:00:00", "id": claim.job_id},
+            ).scalar_one()
+        claim_b = claim_job(engine, public_id, "a-redelivery", 900, max_attempts=max_attempts)
+        assert claim_b is not None
+        claims.append(claim_b)
+        raise RuntimeError("a bug in the report")
+
+    monkeypatch.setattr(tasks, "build_report_file", overtaken_then_broken)
+    try:
+        with caplog.at_level(logging.INFO, logger="flyswatter.jobs"), in_process_worker(settings):
+            location, job_id = await requested_report(team)
+            deadline = time.monotonic() + 30
+            while not any(
+                f"job {job_id} not marked failed" in line for line in log_lines(caplog.records)
+            ):
+                assert time.monotonic() < deadline, log_lines(caplog.records)
+                await anyio.sleep(0.05)
+    finally:
+        engine.dispose()
+    # A recorded nothing: B still holds the job, which no failure of A's has touched.
+    job = (await team["viewer"].get(location)).json()
+    assert (job["state"], job["attempts"], job["error"]) == ("running", 2, None)
+    monkeypatch.undo()
+    (claim_b,) = claims
+    monkeypatch.setattr(tasks, "claim_job", lambda *args, **kwargs: claim_b)
+    assert await run_once(settings, job_id, "a-redelivery") == JobState.succeeded
+    job = (await team["viewer"].get(location)).json()
+    assert (job["state"], job["attempts"], job["error"]) == ("succeeded", 2, None)
+
+
+async def test_a_run_that_gives_up_before_its_claim_leaves_a_claimed_job_alone(
+    team: Team,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings.model_copy(update={"job_max_retries": 0})
+    engine = sa.create_engine(settings.sync_database_url)
+    location, job_id = await requested_report(team)
+    # Another run holds the job; this delivery's claim meets a database fault, with no
+    # retry left: having claimed nothing, it has nothing to fail.
+    held = claim_job(engine, job_id, "the-holder", 900, max_attempts=1)
+    engine.dispose()
+    assert held is not None
+
+    def database_down(*args: object, **kwargs: object) -> tasks.Claim | None:
+        raise database_fault()
+
+    monkeypatch.setattr(tasks, "claim_job", database_down)
+    try:
+        with caplog.at_level(logging.INFO, logger="flyswatter.jobs"), in_process_worker(settings):
+            deadline = time.monotonic() + 30
+            while not any(
+                f"job {job_id} not marked failed" in line for line in log_lines(caplog.records)
+            ):
+                assert time.monotonic() < deadline, log_lines(caplog.records)
+                await anyio.sleep(0.05)
+    finally:
+        monkeypatch.undo()
+    job = (await team["viewer"].get(location)).json()
+    assert (job["state"], job["attempts"], job["error"]) == ("running", 1, None)
+
+
 class WorkerKilled(Exception):
     """The run's process dying mid-report (out of memory, a segfault): the run ends there,
     with no retry and no failure recorded (run_report_job leaves those to its task)."""
@@ -596,9 +677,13 @@ async def test_a_job_that_keeps_killing_its_worker_is_failed_once_out_of_attempt
     monkeypatch.setattr(tasks, "build_report_file", killed)
     # With acks_late and reject_on_worker_lost the broker redelivers the same message, task id
     # and all, after each kill: the first attempt and its two retries.
-    for _ in range(3):
-        with pytest.raises(WorkerKilled):
+    for attempt in (1, 2, 3):
+        with pytest.raises(ClaimedRunFault) as raised:
             await run_once(settings, job_id, "task-1")
+        # The fault comes with the attempt that met it, which fences what its task records.
+        assert raised.value.attempt == attempt
+        assert isinstance(raised.value.fault, WorkerKilled)
+        assert raised.value.__cause__ is raised.value.fault
     # The next delivery is not built (nor kills another worker): the job fails, and the
     # message is acknowledged.
     assert await run_once(settings, job_id, "task-1") == JobState.failed
@@ -623,8 +708,9 @@ async def test_an_attempt_whose_recording_fails_before_the_commit_removes_its_fi
         raise sa.exc.OperationalError("UPDATE job", {}, Exception("connection lost"))
 
     monkeypatch.setattr(report_files, "_finish", database_fails)
-    with pytest.raises(sa.exc.OperationalError):
+    with pytest.raises(ClaimedRunFault) as raised:
         await run_once(settings, job_id, "task-1")
+    assert isinstance(raised.value.fault, sa.exc.OperationalError)
     assert stored_files(settings) == []
     monkeypatch.undo()
     # The retry stores a file of its own and records it.

@@ -77,7 +77,11 @@ def requeue_stale_jobs(app: Celery, runtime: JobRuntime) -> int:
     ]
     for public_id, attempts in exhausted:
         reason = f"its worker stopped answering; gave up after {attempts} attempt(s)"
-        if fail_job(runtime.engine, public_id, reason):
+        # Only while the attempt read here still holds it, lease lapsed: a run that renewed
+        # it meanwhile is alive, and finishes the job itself.
+        if fail_job(
+            runtime.engine, public_id, reason, attempt=attempts, lease_lapsed_before=cutoff
+        ):
             JOBS_FINISHED.labels(JobKind.report.value, JobState.failed.value).inc()
             logger.error("job %s failed: %s", public_id, reason)
     given_up = {public_id for public_id, _ in exhausted}

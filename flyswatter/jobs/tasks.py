@@ -178,13 +178,26 @@ def job_request_id(engine: Engine, public_id: str) -> str | None:
         return None
 
 
-def fail_job(engine: Engine, public_id: str, reason: str, *, attempt: int | None = None) -> bool:
-    """Fail the unfinished job; with ``attempt``, only while that attempt still holds it."""
-    held = (
-        col(Job.state).in_([JobState.queued, JobState.running])
-        if attempt is None
-        else and_(col(Job.state) == JobState.running, col(Job.attempts) == attempt)
-    )
+def fail_job(
+    engine: Engine,
+    public_id: str,
+    reason: str,
+    *,
+    attempt: int | None = None,
+    lease_lapsed_before: datetime | None = None,
+) -> bool:
+    """Fail the unfinished job, and say whether it was.
+
+    With ``attempt``, only while that attempt still holds it: a newer attempt, or the job's
+    end, fences it out; with ``lease_lapsed_before`` too, only while its lease has lapsed
+    since then (a run that renewed it is alive). Without ``attempt``, only while no run has
+    claimed it: a claimed job is failed by the run holding it, or once that run is gone."""
+    if attempt is None:
+        held = col(Job.state) == JobState.queued
+    else:
+        held = and_(col(Job.state) == JobState.running, col(Job.attempts) == attempt)
+        if lease_lapsed_before is not None:
+            held = and_(held, col(Job.lease_expires_at) < lease_lapsed_before)
     with engine.begin() as connection:
         result = connection.execute(
             update(Job)
@@ -199,8 +212,21 @@ def fail_job(engine: Engine, public_id: str, reason: str, *, attempt: int | None
     return result.rowcount == 1
 
 
+class ClaimedRunFault(Exception):
+    """A fault of a run after its claim, carrying the claim's attempt: what fences the
+    failure its task records on giving up, so that a stale run (its lease lapsed, a
+    redelivery took the job) cannot fail the job a newer attempt holds. The fault itself is
+    ``fault``, and the ``__cause__``."""
+
+    def __init__(self, attempt: int, fault: Exception) -> None:
+        super().__init__(attempt)
+        self.attempt = attempt
+        self.fault = fault
+
+
 def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobState | None:
-    """One attempt at a report job; None when there was nothing to do."""
+    """One attempt at a report job; None when there was nothing to do. A fault once the job
+    is claimed is raised as ``ClaimedRunFault``; one before, as it is."""
     settings = runtime.settings
     engine = runtime.engine
     try:
@@ -220,11 +246,19 @@ def run_report_job(runtime: JobRuntime, public_id: str, task_id: str) -> JobStat
     if claim is None:
         logger.info("job %s: finished or taken by another worker; nothing to do", public_id)
         return None
+    try:
+        return _run_claimed(runtime, public_id, claim)
+    except Exception as fault:
+        raise ClaimedRunFault(claim.attempts, fault) from fault
+
+
+def _run_claimed(runtime: JobRuntime, public_id: str, claim: Claim) -> JobState | None:
+    engine = runtime.engine
     started = utcnow()
     if claim.attempts == 1:
         JOB_QUEUE_WAIT.labels(claim.kind).observe((started - claim.created_at).total_seconds())
     clock = time.perf_counter()
-    with LeaseKeeper(engine, public_id, claim, settings.job_lease_seconds) as lease:
+    with LeaseKeeper(engine, public_id, claim, runtime.settings.job_lease_seconds) as lease:
         try:
             pdf, filename = build_report_file(runtime, claim, started)
         except NotBuildable as refusal:
@@ -275,9 +309,15 @@ def register_tasks(app: JobsCelery, runtime: JobRuntime) -> None:
         task_id = str(self.request.id)
         try:
             state = run_report_job(runtime, public_id, task_id)
-        except Exception as exc:
+        except Exception as raised:
+            # The claim's attempt, when there was one, fences the failure below.
+            attempt, exc = (
+                (raised.attempt, raised.fault)
+                if isinstance(raised, ClaimedRunFault)
+                else (None, raised)
+            )
             reason = transient_reason(exc)
-            attempt = self.request.retries + 1
+            tries = self.request.retries + 1
             if reason is not None and self.request.retries < (self.max_retries or 0):
                 countdown = get_exponential_backoff_interval(
                     factor=int(settings.job_retry_backoff_seconds),
@@ -288,38 +328,42 @@ def register_tasks(app: JobsCelery, runtime: JobRuntime) -> None:
                 logger.warning(
                     "job %s: attempt %d failed (%s); retrying in %d s",
                     public_id,
-                    attempt,
+                    tries,
                     reason,
                     countdown,
                 )
                 JOB_RETRIES.labels(JobKind.report.value).inc()
                 raise self.retry(exc=TransientFault(reason), countdown=countdown) from None
             message = (
-                f"{reason}; gave up after {attempt} attempt(s)"
+                f"{reason}; gave up after {tries} attempt(s)"
                 if reason is not None
                 else "the report could not be built because of an internal error"
             )
             try:
-                failed = fail_job(runtime.engine, public_id, message)
+                failed = fail_job(runtime.engine, public_id, message, attempt=attempt)
+                outcome = (
+                    "failed"
+                    if failed
+                    else "not marked failed (another run holds it, or it is finished)"
+                )
             except Exception as failure:
                 # Most likely the database that failed the attempt: the job stays as it is,
                 # for the sweep to take up. Not the driver's error, which would reach
                 # Celery's log with its SQL and values.
                 why = transient_reason(failure) or type(failure).__name__
-                logger.error("job %s not marked failed (%s); the sweep takes it up", public_id, why)
-                failed = False
+                failed, outcome = False, f"not marked failed ({why}); the sweep takes it up"
             if failed:
                 JOBS_FINISHED.labels(JobKind.report.value, JobState.failed.value).inc()
             if reason is None:
                 # The traceback for the logs and one error report, and the task ends here:
                 # the job's outcome is in the database, nothing is left for Celery to retry.
-                logger.exception("job %s failed: %s", public_id, message)
+                logger.exception("job %s %s: %s", public_id, outcome, message, exc_info=exc)
                 report_unhandled(
                     exc, request_id=job_request_id(runtime.engine, public_id), job_id=public_id
                 )
             else:
-                logger.error("job %s failed: %s", public_id, message)
-            return JobState.failed.value
+                logger.error("job %s %s: %s", public_id, outcome, message)
+            return JobState.failed.value if failed else "skipped"
         return state.value if state is not None else "skipped"
 
     @app.task(name=REQUEUE_STALE_JOBS, shared=False, lazy=False, acks_late=True)
