@@ -150,6 +150,26 @@ async def test_last_event_id_resumes_from_the_outbox(
     assert json.loads(live_event.data)["data"]["issue"]["title"] == "Live"
 
 
+async def test_a_stream_resuming_after_a_comment_was_deleted_is_not_sent_its_text(
+    live: BackgroundServer, tokens: TokenFactory
+) -> None:
+    owner = bearer(tokens, "otto")
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=20, headers=owner) as http:
+        await setup_project(http, tokens)
+        await file_issue(http, tokens, "Leak")
+        comment = await http.post(
+            "/api/v1/issues/LIVE-1/comments", json={"body": "the token is s3cr3t"}
+        )
+        assert comment.status_code == 201, comment.text
+        deleted = await http.delete(f"/api/v1/comments/{comment.json()['id']}")
+        assert deleted.status_code == 204
+        async with follow(http, {**owner, "Last-Event-ID": "1"}) as events:
+            replayed = await next_events(events, 2)
+    assert [event.event for event in replayed] == ["comment.created", "comment.deleted"]
+    assert "s3cr3t" not in "".join(event.data for event in replayed)
+    assert json.loads(replayed[0].data)["data"]["comment"] is None
+
+
 async def test_unknown_last_event_id_is_told_to_resync(
     live: BackgroundServer, tokens: TokenFactory
 ) -> None:

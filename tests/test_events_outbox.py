@@ -85,10 +85,74 @@ async def test_each_kind_of_change_writes_one_event_of_its_type(
     assert updated["actor"]["username"] == "olivia"
     assert updated["id"] == events[1]["uid"]
     assert updated["project_key"] == "EVT"
-    assert events[5]["doc"]["data"]["comment"]["body"] == "looking"
-    assert events[6]["doc"]["data"]["comment"]["body"] == "fixed"
-    assert events[7]["doc"]["data"]["comment"] is None
-    assert events[7]["doc"]["data"]["comment_id"] == comment_id
+    # The comment is deleted: its text left its events, which still name it.
+    for event in events[5:]:
+        assert event["doc"]["data"]["comment"] is None
+        assert event["doc"]["data"]["comment_id"] == comment_id
+
+
+async def test_a_deleted_comments_text_leaves_the_stored_events_and_no_other_text_does(
+    api: Api, settings: Settings
+) -> None:
+    owner, developer = await project_with_issue(api)
+    leaked = await developer.post(
+        "/api/v1/issues/EVT-1/comments", json={"body": "the password is hunter2"}
+    )
+    kept = await owner.post("/api/v1/issues/EVT-1/comments", json={"body": "rotate it"})
+    leaked_id, kept_id = leaked.json()["id"], kept.json()["id"]
+    edited = await developer.patch(
+        f"/api/v1/comments/{leaked_id}", json={"body": "the password is hunter2, oops"}
+    )
+    assert edited.status_code == 200
+    before = stored_events(settings)
+    assert [event["doc"]["data"]["comment"]["body"] for event in before[1:]] == [
+        "the password is hunter2",
+        "rotate it",
+        "the password is hunter2, oops",
+    ]
+    # Refused deletions change nothing: not another's comment for a developer, not a stale
+    # If-Match.
+    assert (await developer.delete(f"/api/v1/comments/{kept_id}")).status_code == 403
+    stale = await developer.delete(f"/api/v1/comments/{leaked_id}", headers={"If-Match": '"0"'})
+    assert stale.status_code == 412
+    assert stored_events(settings) == before
+
+    assert (await developer.delete(f"/api/v1/comments/{leaked_id}")).status_code == 204
+    after = stored_events(settings)
+    assert "hunter2" not in json.dumps(after)
+    assert [event["type"] for event in after] == [
+        "issue.created",
+        "comment.created",
+        "comment.created",
+        "comment.updated",
+        "comment.deleted",
+    ]
+    # The deleted comment's events keep their id, number and everything but the comment.
+    for old, new in zip(before, after, strict=False):
+        if old["doc"]["data"].get("comment_id") == leaked_id:
+            old["doc"]["data"]["comment"] = None
+        assert new == old
+    assert after[2]["doc"]["data"]["comment"]["body"] == "rotate it"
+    assert after[-1]["doc"]["data"]["comment_id"] == leaked_id
+
+
+async def test_deleting_an_issue_takes_its_comments_text_out_of_its_events(
+    api: Api, settings: Settings
+) -> None:
+    owner, _ = await project_with_issue(api)
+    created = await owner.post("/api/v1/projects/EVT/issues", json={"title": "Other"})
+    assert created.status_code == 201
+    for key, body in (("EVT-1", "customer data"), ("EVT-2", "stays with its issue")):
+        response = await owner.post(f"/api/v1/issues/{key}/comments", json={"body": body})
+        assert response.status_code == 201
+    assert (await owner.delete("/api/v1/issues/EVT-1")).status_code == 204
+    events = stored_events(settings)
+    assert "customer data" not in json.dumps(events)
+    comments = [
+        event["doc"]["data"]["comment"] for event in events if event["type"] == "comment.created"
+    ]
+    assert comments[0] is None
+    assert comments[1]["body"] == "stays with its issue"
 
 
 async def test_event_carries_the_issue_as_the_api_shows_it(api: Api, settings: Settings) -> None:

@@ -360,6 +360,33 @@ class TestDelivery:
         )
         assert missing.status_code == 404
 
+    async def test_a_deleted_comment_is_not_sent_again_by_a_pending_delivery_or_a_redelivery(
+        self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
+    ) -> None:
+        owner = await maintainer(api)
+        hook = await subscribe(owner, receiver, event_types=["comment.created"])
+        await owner.post("/api/v1/projects/HOOK/issues", json={"title": "Leak"})
+        sent = await owner.post("/api/v1/issues/HOOK-1/comments", json={"body": "key=AKIA123"})
+        drain(engine, settings)
+        # Pending when the comment goes (the receiver was down, say): sent without its text.
+        pending = await owner.post("/api/v1/issues/HOOK-1/comments", json={"body": "key=AKIA456"})
+        for comment in (sent, pending):
+            deleted = await owner.delete(f"/api/v1/comments/{comment.json()['id']}")
+            assert deleted.status_code == 204
+        deliveries = f"/api/v1/projects/HOOK/webhooks/{hook['id']}/deliveries"
+        first = (await owner.get(deliveries)).json()["items"][-1]
+        again = await owner.post(f"{deliveries}/{first['id']}/redeliver")
+        assert again.status_code == 202
+        drain(engine, settings)
+        received = receiver.wait_for(3)
+        assert received[0].event["data"]["comment"]["body"] == "key=AKIA123"
+        for later in received[1:]:
+            assert later.verified_with == [0], receiver.rejected
+            assert later.event["type"] == "comment.created"
+            assert later.event["data"]["comment"] is None
+            assert "AKIA" not in json.dumps(later.event)
+        assert received[1].webhook_id != received[2].webhook_id
+
     async def test_rotated_secret_signs_beside_the_old_one_during_the_overlap(
         self, api: Api, settings: Settings, engine: Engine, receiver: WebhookReceiver
     ) -> None:

@@ -12,6 +12,7 @@ from flyswatter.auth.tokens import Principal
 from flyswatter.comments.models import Comment, CommentCreate, CommentPublic, CommentUpdate
 from flyswatter.db import first_or_not_found, utcnow
 from flyswatter.errors import Forbidden, NotFound
+from flyswatter.events.redaction import forget_comment_text
 from flyswatter.http.conditional import ConditionalWrite, etag_of
 from flyswatter.http.created import Created
 from flyswatter.http.headers import api_path
@@ -170,11 +171,12 @@ async def edit_comment(
 async def delete_comment(
     session: AsyncSession, principal: Principal, comment_id: int, conditional: ConditionalWrite
 ) -> None:
-    """Delete a comment (its author, or a maintainer)."""
+    """Delete a comment (its author, or a maintainer), and its text from the stored events."""
     access = await load_comment_access(session, principal, comment_id, for_update=True)
     _may_moderate(access, principal, "deleting")
     conditional.check(comment_etag(access.comment))
     issue_id, deleted = access.comment.issue_id, access.comment.id
     _record(session, principal, issue_id, ActivityAction.comment_deleted, old=deleted)
+    await forget_comment_text(session, issue_id, comment_id)
     await session.delete(access.comment)
     await session.commit()

@@ -83,7 +83,11 @@ class EventData(SQLModel):
     )
     changes: list[EventChange]
     comment: CommentPublic | None = Field(
-        default=None, description="The comment, for comment.created and comment.updated."
+        default=None,
+        description=(
+            "The comment, for comment.created and comment.updated; null once the comment"
+            " is deleted (its text is not kept, nor sent again)."
+        ),
     )
     comment_id: int | None = Field(default=None, description="For every comment event.")
     watchers: list[UserSummary] = Field(

@@ -7,6 +7,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.attachments.service import remove_objects, stage_issue_file_removals
 from flyswatter.errors import NotFound, UnprocessableEntity
+from flyswatter.events.redaction import forget_comment_text
 from flyswatter.http.conditional import etag_of
 from flyswatter.http.created import Created
 from flyswatter.http.headers import api_path
@@ -171,6 +172,8 @@ async def delete_issue(write: IssueWrite, storage: Storage) -> None:
     write.conditional.check(write.access.etag)
     keys = await stage_issue_file_removals(write.session, write.access.issue_id)
     await record_deletion(write.session, write.access.principal, write.access.issue_id)
+    # Its comments go with it, and so does their text from its events.
+    await forget_comment_text(write.session, write.access.issue_id)
     await write.session.delete(write.access.issue)
     await write.session.commit()
     await remove_objects(storage, keys)
