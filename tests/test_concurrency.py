@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -492,3 +492,108 @@ async def test_a_deadlocks_victim_is_a_409_to_retry_and_changes_nothing(
     assert (issue["title"], issue["version"]) == ("Crash on save", 1)
     retried = await team["developer"].patch(ISSUE, json={"title": "mine"})
     assert retried.status_code == 200
+
+
+class Referring(NamedTuple):
+    """A write naming a label or milestone while its deletion is in flight, the answer it
+    gets, and FLY-1's labels and title once the deletion committed after it."""
+
+    deleted: str  # "label" or "milestone"
+    request: str
+    body: dict[str, Any] | None
+    status: int
+    labels: list[str]
+    title: str = "Crash on save"
+
+
+# FLY-1 has the label "doomed" and is in the milestone "Doomed"; FLY-2 has neither.
+REFERRING_WRITES = {
+    # Naming what the issue has already, beside something new: it is not locked again.
+    "patch-keeping-the-label": Referring(
+        "label", f"PATCH {ISSUE}", {"labels": ["doomed", "kept"]}, 200, ["kept"]
+    ),
+    "attach-another-label": Referring("label", f"POST {ISSUE}/labels/kept", None, 200, ["kept"]),
+    "patch-sending-the-milestone-back": Referring(
+        "milestone",
+        f"PATCH {ISSUE}",
+        {"milestone": "Doomed", "title": "edited"},
+        200,
+        ["doomed"],
+        "edited",
+    ),
+    # Many issues: the label or milestone is locked before any of them, so the bulk change
+    # waits for the deletion and finds it gone, changing nothing.
+    "bulk-adding-the-label": Referring(
+        "label",
+        "PATCH /api/v1/projects/FLY/issues",
+        {"issues": ["FLY-1", "FLY-2"], "change": {"add_labels": ["doomed"]}},
+        422,
+        [],
+    ),
+    "bulk-setting-the-milestone": Referring(
+        "milestone",
+        "PATCH /api/v1/projects/FLY/issues",
+        {"issues": ["FLY-1", "FLY-2"], "change": {"milestone": "Doomed"}},
+        422,
+        ["doomed"],
+    ),
+}
+
+
+def deleting(kind: str) -> tuple[str, list[str]]:
+    """The deletion of the label "doomed" or the milestone "Doomed", as it runs: its row
+    locked first, then the issues that have it, in id order; then they lose it."""
+    if kind == "label":
+        row = "SELECT id FROM label WHERE name = 'doomed'"
+        issues = "SELECT issue_id FROM issue_label WHERE label_id = ({})"
+        rest = [
+            "DELETE FROM issue_label WHERE label_id = ({})",
+            "DELETE FROM label WHERE name = 'doomed'",
+        ]
+    else:
+        row = "SELECT id FROM milestone WHERE title = 'Doomed'"
+        issues = "SELECT id FROM issue WHERE milestone_id = ({})"
+        rest = [
+            "UPDATE issue SET milestone_id = NULL, version = version + 1 WHERE milestone_id = ({})",
+            "DELETE FROM milestone WHERE title = 'Doomed'",
+        ]
+    lock_issues = f"SELECT id FROM issue WHERE id IN ({issues}) ORDER BY id FOR NO KEY UPDATE"
+    return f"{row} FOR UPDATE", [lock_issues.format(row), *(s.format(row) for s in rest)]
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("write", REFERRING_WRITES.values(), ids=REFERRING_WRITES)
+async def test_a_write_naming_a_label_or_milestone_being_deleted_does_not_deadlock_with_it(
+    team: Team, settings: Settings, write: Referring
+) -> None:
+    maintainer = team["maintainer"]
+    for name in ("doomed", "kept"):
+        await team.label(name)
+    milestone = await maintainer.post("/api/v1/projects/FLY/milestones", json={"title": "Doomed"})
+    assert milestone.status_code == 201, milestone.text
+    prepared = await maintainer.patch(ISSUE, json={"labels": ["doomed"], "milestone": "Doomed"})
+    assert prepared.status_code == 200, prepared.text
+    await team.issue()
+    lock_row, rest = deleting(write.deleted)
+    method, url = write.request.split(" ")
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as deletion:
+            # Slow to look for a deadlock: were there one, the request would be its victim.
+            deletion.execute(sa.text("SET LOCAL deadlock_timeout = '30s'"))
+            deletion.execute(sa.text(lock_row))
+            sent = asyncio.create_task(maintainer.request(method, url, json=write.body))
+            await waiting_on_a_lock(engine, sent)
+            for statement in rest:
+                await asyncio.to_thread(deletion.execute, sa.text(statement))
+            deletion.commit()
+        response = await sent
+    finally:
+        engine.dispose()
+    assert response.status_code == write.status, response.text
+    shown = (await maintainer.get(ISSUE)).json()
+    assert [label["name"] for label in shown["labels"]] == write.labels
+    assert shown["title"] == write.title
+    assert (shown["milestone_id"] is None) == (write.deleted == "milestone")
+    other = (await maintainer.get("/api/v1/issues/FLY-2")).json()
+    assert (other["labels"], other["milestone_id"]) == ([], None)

@@ -101,14 +101,49 @@ class IssueChange:
         return kept | {name: id_ for name, id_ in self.add_labels.items() if name not in kept}
 
 
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """What the one issue a change goes to has already, its row locked by the caller: its
+    labels (name to id) and its milestone's title. A change naming them again is not made
+    to look them up, nor to lock them: their deletion in flight, which locks them and then
+    the issues that have them, would come to wait for this issue while this write waited
+    for it (a deadlock). The issue keeps them until it commits, and the deletion, after it,
+    takes them off."""
+
+    labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    milestone: str | None = None
+
+
+async def _label_ids(
+    session: AsyncSession,
+    project_id: int,
+    names: Sequence[str],
+    held: Mapping[str, int],
+    *,
+    loc: Sequence[str] = (),
+) -> dict[str, int]:
+    """Names to ids: those the issue has already from ``held``, the others looked up, each
+    locked until the write commits (``labels_by_name(lock=True)``)."""
+    new = [name for name in names if name not in held]
+    found = await labels_by_name(session, project_id, new, loc=loc, lock=True)
+    ids = {**held, **{label.name: label_id(label) for label in found}}
+    return {name: ids[name] for name in dict.fromkeys(names)}
+
+
 async def resolve_change(
     session: AsyncSession,
     project_id: int,
     changes: Mapping[str, Any],
     *,
     loc: tuple[str, ...] = ("body",),
+    holding: Holding = Holding(),
 ) -> IssueChange:
-    """The change a body asks for, its references checked against the project (422s)."""
+    """The change a body asks for, its references checked against the project (422s).
+
+    The labels and the milestone it links are locked KEY SHARE until the write commits,
+    before (for a change to many issues) any issue is: every writer takes a reference, then
+    issues, as their deletion takes the reference, then issues. For a change to one issue,
+    already locked, ``holding`` is what it has, which is not taken again."""
     change = IssueChange(
         fields={name: changes[name] for name in _PLAIN_FIELDS if changes.get(name) is not None},
         status=changes.get("status"),
@@ -118,19 +153,21 @@ async def resolve_change(
         if change.assignee_id is not None:
             await require_member(session, project_id, change.assignee_id, loc=loc)
     if changes.get("labels") is not None:
-        found = await labels_by_name(session, project_id, changes["labels"])
-        change.labels = {label.name: label_id(label) for label in found}
+        change.labels = await _label_ids(session, project_id, changes["labels"], holding.labels)
     adding, removing = changes.get("add_labels") or [], changes.get("remove_labels") or []
     if adding or removing:
-        found = await labels_by_name(
-            session, project_id, [*adding, *removing], loc=(*loc, "labels")
+        # Those removed are checked (and locked) too: no issue is held yet, and an unknown
+        # name is a 422 whichever list it is in.
+        ids = await _label_ids(
+            session, project_id, [*adding, *removing], holding.labels, loc=(*loc, "labels")
         )
-        ids = {label.name: label_id(label) for label in found}
         change.add_labels = {name: ids[name] for name in adding}
         change.remove_labels = frozenset(removing)
-    if "milestone" in changes:
+    title = changes.get("milestone")
+    # The issue's own milestone sent back (an edit form sends the whole issue) is no change.
+    if "milestone" in changes and (title is None or title != holding.milestone):
         change.set_milestone = True
-        if (title := changes["milestone"]) is not None:
+        if title is not None:
             change.milestone = await milestone_by_title(session, project_id, title, loc=loc)
     return change
 

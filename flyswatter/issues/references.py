@@ -42,16 +42,31 @@ async def require_member(
 
 
 async def labels_by_name(
-    session: AsyncSession, project_id: int, names: Sequence[str], *, loc: Sequence[str] = ()
+    session: AsyncSession,
+    project_id: int,
+    names: Sequence[str],
+    *,
+    loc: Sequence[str] = (),
+    lock: bool = False,
 ) -> list[Label]:
+    """The project's labels of these names, in that order; a 422 naming any unknown.
+
+    With ``lock``, for labels about to be linked: each is held KEY SHARE until the write
+    commits, as the foreign key's check of the new link would hold it, but from this read
+    on, so that a deletion in flight (which locks the label FOR UPDATE, then the issues that
+    have it) is waited for here and seen as the label gone (the 422), before the write locks
+    any issue: waiting for it at the link, an issue of the write held, would be a deadlock
+    when the deletion comes to that issue. Never lock a label an issue the write holds has
+    already, for the same reason."""
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return []
-    found = (
-        await session.exec(
-            select(Label).where(Label.project_id == project_id, col(Label.name).in_(wanted))
+    statement = select(Label).where(Label.project_id == project_id, col(Label.name).in_(wanted))
+    if lock:
+        statement = statement.with_for_update(read=True, key_share=True).execution_options(
+            populate_existing=True
         )
-    ).all()
+    found = (await session.exec(statement)).all()
     missing = sorted(set(wanted) - {label.name for label in found})
     if missing:
         raise UnprocessableEntity(

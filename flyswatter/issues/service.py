@@ -13,6 +13,7 @@ from flyswatter.http.created import Created
 from flyswatter.http.headers import api_path
 from flyswatter.issues.activity import record_activity, record_deletion
 from flyswatter.issues.changes import (
+    Holding,
     bump_version,
     changed_fields,
     check_transition,
@@ -35,7 +36,6 @@ from flyswatter.issues.models import (
 from flyswatter.issues.read_model import build_public_issue, build_public_issues
 from flyswatter.issues.references import (
     allocate_issue_number,
-    issue_label_names,
     issue_labels,
     labels_by_name,
     milestone_by_title,
@@ -101,9 +101,13 @@ async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:
         labels = (await issue_labels(session, [access.issue_id]))[access.issue_id]
     # Weighed by what it changes: fields sent back as they are need no role.
     require_edit(access, changed_fields(access.issue, changes, labels))
-    change = await resolve_change(session, access.project_access.project_id, changes)
-    milestone = [access.issue.milestone_id] if change.set_milestone else []
-    titles = await milestone_titles(session, milestone)
+    # The issue's milestone: what the history records it left, and what it has already.
+    held = access.issue.milestone_id if "milestone" in changes else None
+    titles = await milestone_titles(session, [held])
+    holding = Holding(labels, titles.get(held) if held is not None else None)
+    change = await resolve_change(
+        session, access.project_access.project_id, changes, holding=holding
+    )
     changed, unlinked = stage_change(session, access, change, labels, titles)
     await delete_issue_labels(session, unlinked)
     if change.set_assignee:
@@ -111,17 +115,6 @@ async def apply_update(write: IssueWrite, body: IssueUpdate) -> IssuePublic:
     if changed:
         await session.commit()
     return await build_public_issue(session, access)
-
-
-async def _replace_labels(session: AsyncSession, access: IssueAccess, names: list[str]) -> bool:
-    issue_id, project_id = access.issue_id, access.project_access.project_id
-    wanted = {
-        label.name: label_id(label) for label in await labels_by_name(session, project_id, names)
-    }
-    current = (await issue_labels(session, [issue_id]))[issue_id]
-    removed = stage_labels(session, access, current, wanted)
-    await delete_issue_labels(session, removed)
-    return bool(removed) or wanted.keys() != current.keys()
 
 
 async def _commit_change(session: AsyncSession, access: IssueAccess) -> None:
@@ -148,19 +141,24 @@ async def change_labels(
     session, access = write.session, write.access
     access.project_access.require(Role.developer, "labelling issues")
     write.conditional.check(access.etag)
-    current = await issue_label_names(session, access.issue_id)
+    current = (await issue_labels(session, [access.issue_id]))[access.issue_id]
     if remove is not None and remove not in current:
         raise NotFound(f"issue {access.key} has no label {remove}")
-    if add is not None:
+    wanted = {name: id_ for name, id_ in current.items() if name != remove}
+    if add is not None and add not in current:
+        # Locked, as a PATCH's new labels are; never one the issue has (see ``Holding``).
         try:
-            await labels_by_name(session, access.project_access.project_id, [add])
+            (label,) = await labels_by_name(
+                session, access.project_access.project_id, [add], lock=True
+            )
         except UnprocessableEntity:
             # The same refusal as for a body's unknown label, pointing at where the name was.
             raise UnprocessableEntity(
                 f"unknown label in this project: {add}", loc=("path", "name")
             ) from None
-    wanted = [*current, add] if add is not None else [n for n in current if n != remove]
-    if await _replace_labels(session, access, wanted):
+        wanted[label.name] = label_id(label)
+    if wanted.keys() != current.keys():
+        await delete_issue_labels(session, stage_labels(session, access, current, wanted))
         await _commit_change(session, access)
     return await build_public_issue(session, access)
 
