@@ -579,6 +579,14 @@ async def test_a_stale_run_of_the_same_task_cannot_finish_a_job_a_newer_attempt_
     assert len(stored_files(settings)) == 1
 
 
+async def logged(caplog: pytest.LogCaptureFixture, text: str, seconds: float = 30) -> None:
+    """Until a captured log line says ``text`` (the worker runs on a thread of its own)."""
+    deadline = time.monotonic() + seconds
+    while not any(text in line for line in log_lines(caplog.records)):
+        assert time.monotonic() < deadline, log_lines(caplog.records)
+        await anyio.sleep(0.05)
+
+
 async def test_a_stale_run_that_meets_a_fault_leaves_the_job_to_the_attempt_holding_it(
     team: Team,
     settings: Settings,
@@ -608,12 +616,7 @@ async def test_a_stale_run_that_meets_a_fault_leaves_the_job_to_the_attempt_hold
     try:
         with caplog.at_level(logging.INFO, logger="flyswatter.jobs"), in_process_worker(settings):
             location, job_id = await requested_report(team)
-            deadline = time.monotonic() + 30
-            while not any(
-                f"job {job_id} not marked failed" in line for line in log_lines(caplog.records)
-            ):
-                assert time.monotonic() < deadline, log_lines(caplog.records)
-                await anyio.sleep(0.05)
+            await logged(caplog, f"job {job_id} not marked failed")
     finally:
         engine.dispose()
     # A recorded nothing: B still holds the job, which no failure of A's has touched.
@@ -648,12 +651,7 @@ async def test_a_run_that_gives_up_before_its_claim_leaves_a_claimed_job_alone(
     monkeypatch.setattr(tasks, "claim_job", database_down)
     try:
         with caplog.at_level(logging.INFO, logger="flyswatter.jobs"), in_process_worker(settings):
-            deadline = time.monotonic() + 30
-            while not any(
-                f"job {job_id} not marked failed" in line for line in log_lines(caplog.records)
-            ):
-                assert time.monotonic() < deadline, log_lines(caplog.records)
-                await anyio.sleep(0.05)
+            await logged(caplog, f"job {job_id} not marked failed")
     finally:
         monkeypatch.undo()
     job = (await team["viewer"].get(location)).json()
