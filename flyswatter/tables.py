@@ -1,7 +1,7 @@
 """Every table model, imported so that ``SQLModel.metadata`` is complete (Alembic, tests)."""
 
 from flyswatter.attachments.models import Attachment
-from flyswatter.comments.models import Comment
+from flyswatter.comments.models import Comment, CommentRevision
 from flyswatter.events.models import Event, EventSequence
 from flyswatter.http.idempotency import IdempotencyRecord
 from flyswatter.issues.models import Activity, Issue
@@ -21,6 +21,7 @@ __all__ = [
     "Artifact",
     "Attachment",
     "Comment",
+    "CommentRevision",
     "Event",
     "EventSequence",
     "IdempotencyRecord",

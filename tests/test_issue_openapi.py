@@ -52,6 +52,7 @@ LISTS = {
     ("GET", "/api/v1/issues/{issue_key}/relations"),
     ("GET", "/api/v1/issues/{issue_key}/attachments"),
     ("GET", "/api/v1/issues/{issue_key}/watchers"),
+    ("GET", "/api/v1/comments/{id}/revisions"),
 }
 BULK_CHANGE = ("PATCH", "/api/v1/projects/{key}/issues")
 LIST_FILTERS = {"status", "assignee", "reporter", "label", "priority", "type", "q", "sort"}
@@ -81,7 +82,7 @@ def parameter_names(operation: dict[str, Any], where: str) -> set[str]:
 def test_every_issue_comment_and_label_route_is_documented() -> None:
     routes = {(method, path) for method, path, _ in OPERATIONS}
     assert routes >= CONDITIONAL_WRITES | CONDITIONAL_READS | IDEMPOTENT_CREATES | LISTS
-    assert len(routes) == 33
+    assert len(routes) == 35
 
 
 @pytest.mark.parametrize(("method", "path", "operation"), OPERATIONS, ids=IDS)

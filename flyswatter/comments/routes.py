@@ -8,8 +8,13 @@ from fastapi import APIRouter, Path, Response, status
 from fastapi.responses import JSONResponse
 
 from flyswatter.auth.dependencies import IssuesRead, IssuesWrite
-from flyswatter.comments import service
-from flyswatter.comments.models import CommentCreate, CommentPublic, CommentUpdate
+from flyswatter.comments import revisions, service
+from flyswatter.comments.models import (
+    CommentCreate,
+    CommentPublic,
+    CommentRevisionPublic,
+    CommentUpdate,
+)
 from flyswatter.db import MAX_ROW_ID, SessionDep
 from flyswatter.errors import problem_responses
 from flyswatter.http.conditional import (
@@ -19,7 +24,7 @@ from flyswatter.http.conditional import (
 )
 from flyswatter.http.created import creates
 from flyswatter.http.idempotency import IdempotencyDep
-from flyswatter.http.pagination import Page, lists
+from flyswatter.http.pagination import KeysetDep, Page, lists
 from flyswatter.issues.dependencies import IssueForReading, IssueForWriting, IssueKeysetDep
 from flyswatter.moves.redirects import MOVED
 from flyswatter.observability.metrics import COMMENTS_CREATED
@@ -29,6 +34,9 @@ router = APIRouter(tags=["comments"])
 
 # Ids are 32-bit columns; a larger one would fail in the driver instead of missing.
 CommentIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Comment id.", examples=[1])]
+VersionPath = Annotated[
+    int, Path(ge=1, le=MAX_ROW_ID, description="The comment's version.", examples=[1])
+]
 WRITE_ERRORS = problem_responses(409, 412) | PROJECT_ERRORS
 
 
@@ -86,3 +94,28 @@ async def delete_comment(
 ) -> None:
     """Delete a comment (its author, or a maintainer)."""
     await service.delete_comment(session, principal, id, conditional)
+
+
+@router.get("/comments/{id}/revisions", **lists(CommentRevisionPublic, PROJECT_ERRORS))
+async def list_comment_revisions(
+    id: CommentIdPath, session: SessionDep, principal: IssuesRead, keyset: KeysetDep
+) -> Page[CommentRevisionPublic]:
+    """The comment's history: each text an edit replaced, oldest first, with who wrote it
+    and when (the text it has now is the comment's own)."""
+    access = await service.load_comment_access(session, principal, id)
+    return await revisions.revision_page(session, access, keyset.within(f"comment:{id}"))
+
+
+@router.delete(
+    "/comments/{id}/revisions/{version}",
+    response_model=CommentRevisionPublic,
+    responses=problem_responses(409) | PROJECT_ERRORS,
+)
+async def remove_comment_revision(
+    id: CommentIdPath, version: VersionPath, session: SessionDep, principal: IssuesWrite
+) -> CommentRevisionPublic:
+    """Remove a replaced text from the comment's history (who may edit the comment may):
+    for a secret or personal data edited out, which the history would keep showing. The
+    revision stays, its text `null`, saying who removed it and when; the stored events
+    that carried the text lose it too."""
+    return await revisions.remove_revision_text(session, principal, id, version)

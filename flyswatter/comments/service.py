@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
-from flyswatter.comments.models import Comment, CommentCreate, CommentPublic, CommentUpdate
+from flyswatter.comments.models import (
+    Comment,
+    CommentCreate,
+    CommentPublic,
+    CommentRevision,
+    CommentUpdate,
+)
 from flyswatter.db import first_or_not_found, utcnow
 from flyswatter.errors import Forbidden, NotFound
 from flyswatter.events.redaction import forget_comment_text
@@ -132,7 +139,7 @@ async def create_comment(
     return Created(public, api_path("comments", comment.id), comment_etag(comment))
 
 
-def _may_moderate(access: CommentAccess, principal: Principal, action: str) -> None:
+def may_moderate(access: CommentAccess, principal: Principal, action: str) -> None:
     project = access.issue_access.project_access
     project.require_active()
     if access.comment.author_id != principal.subject:
@@ -144,6 +151,33 @@ def _may_moderate(access: CommentAccess, principal: Principal, action: str) -> N
         project.require(Role.reporter, f"{action} comments")
 
 
+async def _keep_revision(
+    session: AsyncSession, comment: Comment, editor: str, replaced_at: datetime
+) -> None:
+    """Stage the comment's text as a revision, before ``editor``'s edit replaces it. Who
+    wrote it: who made the edit that replaced the one before, or its author."""
+    assert comment.id is not None
+    last = (
+        await session.exec(
+            select(CommentRevision.replaced_by_id)
+            .where(CommentRevision.comment_id == comment.id)
+            .order_by(col(CommentRevision.version).desc())
+            .limit(1)
+        )
+    ).first()
+    session.add(
+        CommentRevision(
+            comment_id=comment.id,
+            version=comment.version,
+            body=comment.body,
+            written_by_id=last or comment.author_id,
+            written_at=comment.edited_at or comment.created_at,
+            replaced_by_id=editor,
+            replaced_at=replaced_at,
+        )
+    )
+
+
 async def edit_comment(
     session: AsyncSession,
     principal: Principal,
@@ -153,15 +187,17 @@ async def edit_comment(
 ) -> CommentAccess:
     """Edit a comment (its author, or a maintainer); the comment then shows as edited."""
     access = await load_comment_access(session, principal, comment_id, for_update=True)
-    _may_moderate(access, principal, "editing")
+    may_moderate(access, principal, "editing")
     conditional.check(comment_etag(access.comment))
     comment = access.comment
     if body.body != comment.body:
         assert comment.id is not None
         # The history names the comment; its text is the comment's own.
         _record(session, principal, comment.issue_id, ActivityAction.comment_edited, new=comment.id)
+        now = utcnow()
+        await _keep_revision(session, comment, principal.subject, now)
         comment.body = body.body
-        comment.edited_at = comment.updated_at = utcnow()
+        comment.edited_at = comment.updated_at = now
         comment.version += 1
         session.add(comment)
         await session.commit()
@@ -173,7 +209,7 @@ async def delete_comment(
 ) -> None:
     """Delete a comment (its author, or a maintainer), and its text from the stored events."""
     access = await load_comment_access(session, principal, comment_id, for_update=True)
-    _may_moderate(access, principal, "deleting")
+    may_moderate(access, principal, "deleting")
     conditional.check(comment_etag(access.comment))
     issue_id, deleted = access.comment.issue_id, access.comment.id
     _record(session, principal, issue_id, ActivityAction.comment_deleted, old=deleted)

@@ -29,10 +29,15 @@ _REWRITE = (
 
 
 async def forget_comment_text(
-    session: AsyncSession, issue_id: int, comment_id: int | None = None
+    session: AsyncSession,
+    issue_id: int,
+    comment_id: int | None = None,
+    *,
+    text: str | None = None,
 ) -> int:
     """Stage the removal of the comment's text from the issue's stored events (of every
-    comment of the issue, without ``comment_id``); how many events lost it.
+    comment of the issue, without ``comment_id``; only where it was ``text``, for a text
+    removed from its history); how many events lost it.
 
     The events are found by issue and type, and the comment by the id in their document:
     an issue's comment events within the retention are few, and the document is text, which
@@ -50,6 +55,8 @@ async def forget_comment_text(
         if data.get("comment") is None:
             continue
         if comment_id is not None and data.get("comment_id") != comment_id:
+            continue
+        if text is not None and data["comment"].get("body") != text:
             continue
         data["comment"] = None
         # Compact, as the document was written (pydantic's JSON).
