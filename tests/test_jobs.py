@@ -630,20 +630,36 @@ async def test_a_stale_run_that_meets_a_fault_leaves_the_job_to_the_attempt_hold
     assert (job["state"], job["attempts"], job["error"]) == ("succeeded", 2, None)
 
 
-async def test_a_run_that_gives_up_before_its_claim_leaves_a_claimed_job_alone(
+@pytest.mark.parametrize(
+    ("lease", "outcome", "state"),
+    [("live", "not marked failed", "running"), ("released", "failed:", "failed")],
+)
+async def test_a_run_that_gives_up_before_its_claim_fails_the_job_only_if_no_run_holds_it(
     team: Team,
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    lease: str,
+    outcome: str,
+    state: str,
 ) -> None:
     settings = settings.model_copy(update={"job_max_retries": 0})
     engine = sa.create_engine(settings.sync_database_url)
     location, job_id = await requested_report(team)
-    # Another run holds the job; this delivery's claim meets a database fault, with no
-    # retry left: having claimed nothing, it has nothing to fail.
-    held = claim_job(engine, job_id, "the-holder", 900, max_attempts=1)
-    engine.dispose()
+    # A run claimed the job: it still holds it (a live lease), or it ended and released it
+    # (an earlier attempt of this task, which met a fault). This delivery's claim meets a
+    # database fault, with no retry left: having claimed nothing, it fails the job only
+    # where no run will.
+    held = claim_job(engine, job_id, "an-earlier-run", 900, max_attempts=1)
     assert held is not None
+    if lease == "released":
+        with engine.begin() as connection:
+            connection.execute(
+                sa.update(Job)
+                .where(sa.column("public_id") == job_id)
+                .values(lease_expires_at=utcnow())
+            )
+    engine.dispose()
 
     def database_down(*args: object, **kwargs: object) -> tasks.Claim | None:
         raise database_fault()
@@ -651,11 +667,16 @@ async def test_a_run_that_gives_up_before_its_claim_leaves_a_claimed_job_alone(
     monkeypatch.setattr(tasks, "claim_job", database_down)
     try:
         with caplog.at_level(logging.INFO, logger="flyswatter.jobs"), in_process_worker(settings):
-            await logged(caplog, f"job {job_id} not marked failed")
+            await logged(caplog, f"job {job_id} {outcome}")
     finally:
         monkeypatch.undo()
     job = (await team["viewer"].get(location)).json()
-    assert (job["state"], job["attempts"], job["error"]) == ("running", 1, None)
+    assert (job["state"], job["attempts"]) == (state, 1)
+    if state == "failed":
+        assert job["error"].startswith("database unavailable")
+        assert job["error"].endswith("gave up after 1 attempt(s)")
+    else:
+        assert job["error"] is None
 
 
 class WorkerKilled(Exception):

@@ -190,10 +190,18 @@ def fail_job(
 
     With ``attempt``, only while that attempt still holds it: a newer attempt, or the job's
     end, fences it out; with ``lease_lapsed_before`` too, only while its lease has lapsed
-    since then (a run that renewed it is alive). Without ``attempt``, only while no run has
-    claimed it: a claimed job is failed by the run holding it, or once that run is gone."""
+    since then (a run that renewed it is alive). Without ``attempt`` (a task that gave up
+    before it could claim the job), only while no run holds it under a live lease: queued,
+    or running with its lease released (an earlier attempt of the task that ended) or
+    lapsed. A job a live run holds is that run's to fail."""
     if attempt is None:
-        held = col(Job.state) == JobState.queued
+        held = or_(
+            col(Job.state) == JobState.queued,
+            and_(
+                col(Job.state) == JobState.running,
+                or_(col(Job.lease_expires_at).is_(None), col(Job.lease_expires_at) <= utcnow()),
+            ),
+        )
     else:
         held = and_(col(Job.state) == JobState.running, col(Job.attempts) == attempt)
         if lease_lapsed_before is not None:
