@@ -521,6 +521,10 @@ REFERRING_WRITES = {
         ["doomed"],
         "edited",
     ),
+    # A new issue: the label is locked before it is linked, and seen gone.
+    "create-with-the-label": Referring(
+        "label", "POST /api/v1/projects/FLY/issues", {"title": "New", "labels": ["doomed"]}, 422, []
+    ),
     # Many issues: the label or milestone is locked before any of them, so the bulk change
     # waits for the deletion and finds it gone, changing nothing.
     "bulk-adding-the-label": Referring(
@@ -597,3 +601,55 @@ async def test_a_write_naming_a_label_or_milestone_being_deleted_does_not_deadlo
     assert (shown["milestone_id"] is None) == (write.deleted == "milestone")
     other = (await maintainer.get("/api/v1/issues/FLY-2")).json()
     assert (other["labels"], other["milestone_id"]) == ([], None)
+
+
+# Writers of every issue that has a label or milestone, with the answer each gets.
+MANY_ISSUE_WRITES = {
+    "label-deletion": ("DELETE", "/api/v1/projects/FLY/labels/shared", None, 204),
+    "label-recolouring": ("PATCH", "/api/v1/projects/FLY/labels/shared", {"color": "#123456"}, 200),
+    "milestone-due-date": ("PATCH", "milestone", {"due_on": "2030-01-01"}, 200),
+    # The reporter signing in under a new name: the issues they reported show it.
+    "reporter-renamed": ("GET", "/api/v1/users/me", None, 200),
+}
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("write", MANY_ISSUE_WRITES.values(), ids=MANY_ISSUE_WRITES)
+async def test_a_write_to_the_issues_of_a_label_or_milestone_locks_them_in_id_order(
+    team: Team, settings: Settings, write: tuple[str, str, dict[str, Any] | None, int]
+) -> None:
+    """As a bulk change does: the two queue, whatever order the rows lie in on disk."""
+    method, url, body, expected = write
+    maintainer = team["maintainer"]
+    await team.label("shared")
+    milestone = await maintainer.post("/api/v1/projects/FLY/milestones", json={"title": "1.0"})
+    if url == "milestone":
+        url = f"/api/v1/projects/FLY/milestones/{milestone.json()['id']}"
+    await team.issue()
+    # FLY-1 written last: its row now lies after FLY-2's.
+    for key in ("FLY-2", "FLY-1"):
+        shared = await maintainer.patch(
+            f"/api/v1/issues/{key}", json={"labels": ["shared"], "milestone": "1.0"}
+        )
+        assert shared.status_code == 200, shared.text
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as bulk:
+            # A bulk change over both holds FLY-1 so far, and takes FLY-2 next; slow to look
+            # for a deadlock, so that were there one, the request would be its victim.
+            bulk.execute(sa.text("SET LOCAL deadlock_timeout = '30s'"))
+            lock = "SELECT id FROM issue WHERE number = :number FOR NO KEY UPDATE"
+            bulk.execute(sa.text(lock), {"number": 1})
+            caller = (
+                team.api.as_user("reporter", name="Renamed Reporter")
+                if url == "/api/v1/users/me"
+                else maintainer
+            )
+            sent = asyncio.create_task(caller.request(method, url, json=body))
+            await waiting_on_a_lock(engine, sent)
+            await asyncio.to_thread(bulk.execute, sa.text(lock), {"number": 2})
+            bulk.commit()
+        response = await sent
+    finally:
+        engine.dispose()
+    assert response.status_code == expected, response.text

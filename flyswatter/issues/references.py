@@ -41,6 +41,21 @@ async def require_member(
         )
 
 
+async def labels_in(
+    session: AsyncSession, project_id: int, names: Sequence[str], *, lock: bool = False
+) -> Sequence[Label]:
+    """Those of the project's labels that have these names (see ``labels_by_name`` for
+    ``lock``)."""
+    if not names:
+        return []
+    statement = select(Label).where(Label.project_id == project_id, col(Label.name).in_(names))
+    if lock:
+        statement = statement.with_for_update(read=True, key_share=True).execution_options(
+            populate_existing=True
+        )
+    return (await session.exec(statement)).all()
+
+
 async def labels_by_name(
     session: AsyncSession,
     project_id: int,
@@ -61,12 +76,7 @@ async def labels_by_name(
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return []
-    statement = select(Label).where(Label.project_id == project_id, col(Label.name).in_(wanted))
-    if lock:
-        statement = statement.with_for_update(read=True, key_share=True).execution_options(
-            populate_existing=True
-        )
-    found = (await session.exec(statement)).all()
+    found = await labels_in(session, project_id, wanted, lock=lock)
     missing = sorted(set(wanted) - {label.name for label in found})
     if missing:
         raise UnprocessableEntity(

@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
-from flyswatter.db import utcnow
+from flyswatter.db import for_change, utcnow
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.models import ActivityAction, Issue
 from flyswatter.labels.models import IssueLabel, Label
@@ -28,9 +28,18 @@ async def label_changed(session: AsyncSession, label_id: int) -> None:
     """A label was renamed, recoloured or redescribed: every issue that shows it gets a new
     version."""
     labelled = select(IssueLabel.issue_id).where(IssueLabel.label_id == label_id)
+    await lock_issues(session, col(Issue.id).in_(labelled))
     await session.exec(
         update(Issue).where(col(Issue.id).in_(labelled)).values(version=Issue.version + 1)
     )
+
+
+async def lock_issues(session: AsyncSession, which: ColumnElement[bool]) -> None:
+    """Lock the issues, in id order, until the transaction ends: the order every writer of
+    many issues takes them in (a bulk change, a label's or milestone's change), so that two
+    of them queue instead of deadlocking. An UPDATE alone takes them in the order it finds
+    the rows, which is where they lie on disk."""
+    await session.exec(for_change(select(Issue.id).where(which).order_by(col(Issue.id))))
 
 
 async def revise(
@@ -48,6 +57,7 @@ async def revise(
     one entry in its history (so an event too), as if it had been changed on its own."""
     if not issue_ids:
         return
+    await lock_issues(session, col(Issue.id).in_(issue_ids))
     await session.exec(
         update(Issue)
         .where(col(Issue.id).in_(issue_ids))

@@ -61,7 +61,8 @@ async def create_issue(
         if body.assignee_id != principal.subject:
             access.require(Role.developer, "assigning issues to others")
         await require_member(session, access.project_id, body.assignee_id)
-    labels = await labels_by_name(session, access.project_id, body.labels)
+    # Locked, as every writer's new labels are: no issue is held yet.
+    labels = await labels_by_name(session, access.project_id, body.labels, lock=True)
     milestone = None
     if body.milestone is not None:
         milestone = await milestone_by_title(session, access.project_id, body.milestone)

@@ -17,7 +17,7 @@ from flyswatter.errors import BadRequest, Conflict
 from flyswatter.http.headers import entity_tag
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.models import CLOSED_STATUSES, ActivityAction, Issue
-from flyswatter.issues.revisions import revise
+from flyswatter.issues.revisions import lock_issues, revise
 from flyswatter.milestones.models import (
     UNDATED_RANK,
     Milestone,
@@ -165,6 +165,7 @@ async def update_milestone(
     session.add(milestone)
     await _flush_or_conflict(session, milestone.title)
     if "due_on" in changes:
+        await lock_issues(session, col(Issue.milestone_id) == milestone.id)
         await session.exec(
             update(Issue)
             .where(col(Issue.milestone_id) == milestone.id)

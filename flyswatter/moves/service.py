@@ -15,8 +15,8 @@ from flyswatter.issues.changes import set_milestone
 from flyswatter.issues.dependencies import IssueWrite
 from flyswatter.issues.models import ActivityAction, IssuePublic
 from flyswatter.issues.read_model import build_public_issue
-from flyswatter.issues.references import allocate_issue_number, issue_label_names
-from flyswatter.labels.models import IssueLabel, Label, label_id
+from flyswatter.issues.references import allocate_issue_number, issue_label_names, labels_in
+from flyswatter.labels.models import IssueLabel, label_id
 from flyswatter.milestones.models import Milestone, due_rank
 from flyswatter.moves.models import IssueKeyRedirect, MoveRequest
 from flyswatter.projects.models import ProjectMember, Role
@@ -73,17 +73,9 @@ async def move_issue(write: IssueWrite, body: MoveRequest) -> IssuePublic:
     number = await allocate_issue_number(session, destination.project_id)
 
     names = await issue_label_names(session, access.issue_id)
-    kept = (
-        (
-            await session.exec(
-                select(Label).where(
-                    Label.project_id == destination.project_id, col(Label.name).in_(names)
-                )
-            )
-        ).all()
-        if names
-        else []
-    )
+    # Held as a PATCH's new labels are (``labels_by_name(lock=True)``): a deletion of one in
+    # flight is waited for, and the label seen gone, not met at the link's foreign key.
+    kept = await labels_in(session, destination.project_id, names, lock=True)
     await session.exec(delete(IssueLabel).where(col(IssueLabel.issue_id) == access.issue_id))
     for label in kept:
         session.add(IssueLabel(issue_id=access.issue_id, label_id=label_id(label)))

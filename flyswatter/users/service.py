@@ -107,11 +107,11 @@ class UserMirror:
 async def person_changed(connection: AsyncConnection, user_id: str) -> None:
     """A user's summary (username, display name) changed: the issues they reported or are
     assigned and the comments they wrote show it, so they get new versions (and ETags)."""
-    await connection.execute(
-        update(Issue)
-        .where(or_(col(Issue.reporter_id) == user_id, col(Issue.assignee_id) == user_id))
-        .values(version=col(Issue.version) + 1)
-    )
+    shows = or_(col(Issue.reporter_id) == user_id, col(Issue.assignee_id) == user_id)
+    # In id order first, as every writer of many issues locks them (``lock_issues``).
+    locked = select(col(Issue.id)).where(shows).order_by(col(Issue.id))
+    await connection.execute(locked.with_for_update(key_share=True))
+    await connection.execute(update(Issue).where(shows).values(version=col(Issue.version) + 1))
     await connection.execute(
         update(Comment)
         .where(col(Comment.author_id) == user_id)
