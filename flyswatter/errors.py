@@ -124,6 +124,13 @@ class NotFound(Problem):
     status, slug, title = 404, "not-found", "Not found"
 
 
+class Gone(Problem):
+    """What the request would name was there, and was deleted (the creation a retried
+    request replays)."""
+
+    status, slug, title = 410, "gone", "Gone"
+
+
 class Conflict(Problem):
     """The change contradicts the resource's state (a taken key, a move the workflow forbids)."""
 

@@ -190,3 +190,66 @@ async def test_no_text_is_removed_from_the_history_of_an_archived_project(team: 
     refused = await team["maintainer"].delete(f"{revisions_url(comment)}/1")
     assert refused.status_code == 409, refused.text
     assert (await team["viewer"].get(revisions_url(comment))).json()["items"][0]["body"] == "kept"
+
+
+async def test_a_retried_creation_shows_no_text_removed_from_the_history(team: Team) -> None:
+    key = {"Idempotency-Key": "comment-once"}
+    body = {"body": "api key: sk-live-123"}
+    created = await team["reporter"].post(COMMENTS, json=body, headers=key)
+    assert created.status_code == 201, created.text
+    url = f"/api/v1/comments/{created.json()['id']}"
+    edited = await team["reporter"].patch(url, json={"body": "api key: (removed)"})
+    assert (await team["reporter"].delete(f"{url}/revisions/1")).status_code == 200
+    # The retry still creates nothing; it answers with the comment as it is now.
+    retried = await team["reporter"].post(COMMENTS, json=body, headers=key)
+    assert retried.status_code == 201, retried.text
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    assert "sk-live" not in retried.text
+    assert retried.json() == edited.json()
+    assert retried.headers["ETag"] == edited.headers["ETag"]
+    assert retried.headers["Location"] == url
+    assert len((await team["viewer"].get(COMMENTS)).json()["items"]) == 1
+
+
+async def test_a_retried_creation_of_a_deleted_comment_is_a_410_and_creates_nothing(
+    team: Team,
+) -> None:
+    key = {"Idempotency-Key": "comment-once"}
+    body = {"body": "customer's phone: 555-0100"}
+    created = await team["reporter"].post(COMMENTS, json=body, headers=key)
+    other = await team["reporter"].post(
+        COMMENTS, json={"body": "kept"}, headers={"Idempotency-Key": "other"}
+    )
+    # Deleted by a maintainer, as moderation does.
+    deleted = await team["maintainer"].delete(f"/api/v1/comments/{created.json()['id']}")
+    assert deleted.status_code == 204
+    retried = await team["reporter"].post(COMMENTS, json=body, headers=key)
+    assert retried.status_code == 410, retried.text
+    assert retried.headers["content-type"] == "application/problem+json"
+    assert retried.json()["type"].endswith(":gone")
+    assert "555" not in retried.text
+    assert (await team["viewer"].get(COMMENTS)).json()["items"] == [other.json()]
+    # Another comment's retry is untouched.
+    again = await team["reporter"].post(
+        COMMENTS, json={"body": "kept"}, headers={"Idempotency-Key": "other"}
+    )
+    assert (again.status_code, again.json()) == (201, other.json())
+
+
+async def test_a_retried_creation_of_a_deleted_issue_is_a_410_and_creates_nothing(
+    team: Team,
+) -> None:
+    key = {"Idempotency-Key": "issue-once"}
+    issue = {"title": "Login leaks the session token"}
+    filed = await team["reporter"].post("/api/v1/projects/FLY/issues", json=issue, headers=key)
+    url = f"/api/v1/issues/{filed.json()['key']}"
+    commented = await team["reporter"].post(
+        f"{url}/comments", json={"body": "token: abc"}, headers={"Idempotency-Key": "comment"}
+    )
+    assert commented.status_code == 201
+    assert (await team["maintainer"].delete(url)).status_code == 204
+    retried = await team["reporter"].post("/api/v1/projects/FLY/issues", json=issue, headers=key)
+    assert retried.status_code == 410, retried.text
+    assert "session token" not in retried.text
+    listed = (await team["viewer"].get("/api/v1/projects/FLY/issues")).json()["items"]
+    assert [found["key"] for found in listed] == ["FLY-1"]

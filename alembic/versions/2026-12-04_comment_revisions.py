@@ -1,6 +1,8 @@
 """Comment revisions: the texts a comment's edits replaced, who wrote each and who replaced it.
 
 Comments edited before this revision have no history: their earlier texts were not kept.
+Idempotency records are found by the location of what they created, to restate their answer
+once its text is gone.
 
 Revision ID: d7b4e19cf651
 Revises: 7a3e5c9d2b14
@@ -56,6 +58,11 @@ def upgrade() -> None:
         ),
     )
 
+    op.create_index(
+        op.f("ix_idempotency_record_location"), "idempotency_record", ["location"], unique=False
+    )
+
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_idempotency_record_location"), table_name="idempotency_record")
     op.drop_table("comment_revision")

@@ -9,9 +9,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.auth.tokens import Principal
 from flyswatter.comments.models import CommentRevision, CommentRevisionPublic
-from flyswatter.comments.service import CommentAccess, load_comment_access, may_moderate
+from flyswatter.comments.service import (
+    CommentAccess,
+    comment_etag,
+    load_comment_access,
+    may_moderate,
+    public_comment,
+)
 from flyswatter.db import first_or_not_found, utcnow
 from flyswatter.events.redaction import forget_comment_text
+from flyswatter.http.headers import api_path
+from flyswatter.http.idempotency import restate_created
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.users.service import user_summaries
 
@@ -69,6 +77,13 @@ async def remove_revision_text(
         # Not the text the comment has now (edited back to it): that one is still shown.
         if text != access.comment.body:
             await forget_comment_text(session, access.comment.issue_id, comment_id, text=text)
+            # The comment's creation, replayed to a retry, showed its first text.
+            await restate_created(
+                session,
+                [api_path("comments", comment_id)],
+                await public_comment(session, access),
+                comment_etag(access.comment),
+            )
         await session.commit()
     (public,) = await _public(session, [revision])
     return public

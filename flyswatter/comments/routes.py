@@ -48,11 +48,16 @@ async def list_comments(
     return await service.comment_page(session, access, keyset)
 
 
-@router.post("/issues/{issue_key}/comments", **creates(CommentPublic, PROJECT_ERRORS))
+@router.post(
+    "/issues/{issue_key}/comments",
+    **creates(CommentPublic, problem_responses(410) | PROJECT_ERRORS),
+)
 async def create_comment(
     body: CommentCreate, session: SessionDep, access: IssueForWriting, idempotency: IdempotencyDep
 ) -> CommentPublic | JSONResponse:
-    """Comment on the issue (reporters and up)."""
+    """Comment on the issue (reporters and up). A retry with the same `Idempotency-Key`
+    replays the first answer (the comment as it is now, once a text was removed from its
+    history), or is a 410 once the comment was deleted."""
     return await idempotency.create(
         lambda: service.create_comment(session, access, body), on_created=COMMENTS_CREATED.inc
     )

@@ -23,6 +23,7 @@ from flyswatter.events.redaction import forget_comment_text
 from flyswatter.http.conditional import ConditionalWrite, etag_of
 from flyswatter.http.created import Created
 from flyswatter.http.headers import api_path
+from flyswatter.http.idempotency import restate_created
 from flyswatter.http.pagination import Keyset, Page
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.dependencies import IssueAccess, load_issue_access
@@ -214,5 +215,6 @@ async def delete_comment(
     issue_id, deleted = access.comment.issue_id, access.comment.id
     _record(session, principal, issue_id, ActivityAction.comment_deleted, old=deleted)
     await forget_comment_text(session, issue_id, comment_id)
+    await restate_created(session, [api_path("comments", comment_id)])
     await session.delete(access.comment)
     await session.commit()

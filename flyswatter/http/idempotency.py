@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import Text, delete
+from sqlalchemy import Text, delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -31,7 +31,7 @@ from flyswatter.auth.dependencies import require_scopes
 from flyswatter.auth.scopes import Scope
 from flyswatter.auth.tokens import Principal
 from flyswatter.db import SessionDep, UTCDateTime, utcnow
-from flyswatter.errors import UnprocessableEntity
+from flyswatter.errors import Gone, UnprocessableEntity
 from flyswatter.http.created import Body, Created
 from flyswatter.services import settings_of
 
@@ -60,7 +60,8 @@ class IdempotencyRecord(IdempotentRequest, table=True):
     key: str = Field(primary_key=True, max_length=255)
     status_code: int
     response_body: str = Field(sa_type=Text)
-    location: str | None = Field(default=None, max_length=500)
+    # Indexed: a deletion finds the records of what it deletes (``restate_created``).
+    location: str | None = Field(default=None, max_length=500, index=True)
     etag: str | None = Field(default=None, max_length=100)
     created_at: datetime = Field(
         default_factory=utcnow, sa_type=UTCDateTime, nullable=False, index=True
@@ -122,6 +123,11 @@ class Idempotency:
             raise UnprocessableEntity(
                 "this Idempotency-Key was used for a different request; use a new key",
                 loc=("header", "Idempotency-Key"),
+            )
+        if record.status_code == Gone.status:
+            raise Gone(
+                f"what this request created ({record.location}) was deleted since;"
+                " nothing was made again"
             )
         headers = {REPLAYED_HEADER: "true"}
         if record.location:
@@ -194,6 +200,26 @@ class Idempotency:
                 raise
             return replayed
         return None
+
+
+async def restate_created(
+    session: AsyncSession,
+    locations: Sequence[str],
+    now: BaseModel | None = None,
+    etag: str | None = None,
+) -> None:
+    """Stage new answers for the retries of the requests that created the resources at
+    ``locations``, whose stored answers show a text that is gone (a deleted comment or
+    issue, a text removed from a comment's history): the resource as it is ``now`` (with its
+    ``etag``), or, when it was deleted, a 410. A retry still creates nothing again."""
+    if not locations:
+        return
+    if now is None:
+        values = {"status_code": Gone.status, "response_body": "{}", "etag": None}
+    else:
+        values = {"response_body": now.model_dump_json(by_alias=True), "etag": etag}
+    located = col(IdempotencyRecord.location).in_(locations)
+    await session.exec(update(IdempotencyRecord).where(located).values(**values))
 
 
 IdempotencyKey = Annotated[

@@ -72,11 +72,15 @@ ISSUE_LABEL = "/issues/{issue_key}/labels/{name}"
 PersonFilter = Annotated[SingleLine, StringConstraints(min_length=1, max_length=255)] | None
 
 
-@router.post("/projects/{key}/issues", **creates(IssuePublic, PROJECT_ERRORS))
+@router.post(
+    "/projects/{key}/issues", **creates(IssuePublic, problem_responses(410) | PROJECT_ERRORS)
+)
 async def create_issue(
     body: IssueCreate, session: SessionDep, access: ProjectForReporting, idempotency: IdempotencyDep
 ) -> IssuePublic | JSONResponse:
-    """Report an issue (reporters and up). Setting another assignee needs the developer role."""
+    """Report an issue (reporters and up). Setting another assignee needs the developer role.
+    A retry with the same `Idempotency-Key` replays the first answer, or is a 410 once the
+    issue was deleted."""
     return await idempotency.create(
         lambda: service.create_issue(session, access, body), on_created=ISSUES_CREATED.inc
     )

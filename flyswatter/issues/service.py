@@ -3,14 +3,17 @@ records its history and bumps the issue's version in the request's transaction."
 
 from __future__ import annotations
 
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.attachments.service import remove_objects, stage_issue_file_removals
+from flyswatter.comments.models import Comment
 from flyswatter.errors import NotFound, UnprocessableEntity
 from flyswatter.events.redaction import forget_comment_text
 from flyswatter.http.conditional import etag_of
 from flyswatter.http.created import Created
 from flyswatter.http.headers import api_path
+from flyswatter.http.idempotency import restate_created
 from flyswatter.issues.activity import record_activity, record_deletion
 from flyswatter.issues.changes import (
     Holding,
@@ -171,8 +174,15 @@ async def delete_issue(write: IssueWrite, storage: Storage) -> None:
     write.conditional.check(write.access.etag)
     keys = await stage_issue_file_removals(write.session, write.access.issue_id)
     await record_deletion(write.session, write.access.principal, write.access.issue_id)
-    # Its comments go with it, and so does their text from its events.
+    # Its comments go with it, and so does their text from its events, and from the stored
+    # answers to retries of their creation, and of its own.
     await forget_comment_text(write.session, write.access.issue_id)
+    comments = await write.session.exec(
+        select(Comment.id).where(Comment.issue_id == write.access.issue_id)
+    )
+    created = [api_path("issues", write.access.key)]
+    created += [api_path("comments", id_) for id_ in comments if id_ is not None]
+    await restate_created(write.session, created)
     await write.session.delete(write.access.issue)
     await write.session.commit()
     await remove_objects(storage, keys)
