@@ -8,17 +8,10 @@ import json
 import pytest
 
 from flyswatter.config import Settings
-from tests.support.api import Api, Team, make_team, walk_pages
+from tests.support.api import Api, Team, walk_pages
+from tests.test_comments import COMMENTS
+from tests.test_comments import team as team  # the team, and its issue FLY-1
 from tests.test_events_outbox import stored_events
-
-COMMENTS = "/api/v1/issues/FLY-1/comments"
-
-
-@pytest.fixture
-async def team(api: Api) -> Team:
-    team = await make_team(api)
-    await team.issue()
-    return team
 
 
 async def edited_comment(team: Team, *bodies: str, editors: tuple[str, ...] = ()) -> dict:
