@@ -8,7 +8,7 @@ import json
 import pytest
 
 from flyswatter.config import Settings
-from tests.support.api import Api, Team, walk_pages
+from tests.support.api import Api, Team, make_team, walk_pages
 from tests.test_comments import COMMENTS
 from tests.test_comments import team as team  # the team, and its issue FLY-1
 from tests.test_events_outbox import stored_events
@@ -229,13 +229,20 @@ async def test_a_retried_creation_of_a_deleted_comment_is_a_410_and_creates_noth
     assert (again.status_code, again.json()) == (201, other.json())
 
 
+@pytest.mark.parametrize("moved", [False, True], ids=["in-place", "moved-first"])
 async def test_a_retried_creation_of_a_deleted_issue_is_a_410_and_creates_nothing(
-    team: Team,
+    team: Team, api: Api, moved: bool
 ) -> None:
     key = {"Idempotency-Key": "issue-once"}
     issue = {"title": "Login leaks the session token"}
     filed = await team["reporter"].post("/api/v1/projects/FLY/issues", json=issue, headers=key)
     url = f"/api/v1/issues/{filed.json()['key']}"
+    if moved:
+        # The retry names where it was created; the issue is deleted under its new key.
+        await make_team(api, key="OPS")
+        move = await team["maintainer"].post(f"{url}/move", json={"project": "OPS"})
+        assert move.status_code == 200, move.text
+        url = f"/api/v1/issues/{move.json()['key']}"
     commented = await team["reporter"].post(
         f"{url}/comments", json={"body": "token: abc"}, headers={"Idempotency-Key": "comment"}
     )

@@ -653,3 +653,33 @@ async def test_a_write_to_the_issues_of_a_label_or_milestone_locks_them_in_id_or
     finally:
         engine.dispose()
     assert response.status_code == expected, response.text
+
+
+@pytest.mark.postgres_only
+async def test_a_renamed_author_and_a_writer_of_their_comments_lock_them_in_id_order(
+    team: Team, settings: Settings
+) -> None:
+    for body in ("first", "second"):
+        posted = await team["reporter"].post(f"{ISSUE}/comments", json={"body": body})
+        assert posted.status_code == 201, posted.text
+    first = posted.json()["id"] - 1
+    # Edited last: the first comment's row now lies after the second's.
+    edited = await team["reporter"].patch(f"/api/v1/comments/{first}", json={"body": "edited"})
+    assert edited.status_code == 200, edited.text
+    engine = sa.create_engine(settings.sync_database_url)
+    try:
+        with engine.connect() as writer:
+            # A writer of both (a move of their issue) holds the first so far, the second
+            # next; slow to look for a deadlock, so that the rename would be its victim.
+            writer.execute(sa.text("SET LOCAL deadlock_timeout = '30s'"))
+            lock = "SELECT id FROM comment WHERE id = :id FOR NO KEY UPDATE"
+            writer.execute(sa.text(lock), {"id": first})
+            renamed = team.api.as_user("reporter", name="Renamed Reporter")
+            sent = asyncio.create_task(renamed.get("/api/v1/users/me"))
+            await waiting_on_a_lock(engine, sent)
+            await asyncio.to_thread(writer.execute, sa.text(lock), {"id": first + 1})
+            writer.commit()
+        response = await sent
+    finally:
+        engine.dispose()
+    assert response.status_code == 200, response.text

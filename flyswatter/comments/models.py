@@ -47,7 +47,7 @@ class CommentRevision(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     comment_id: int = Field(foreign_key="comment.id", ondelete="CASCADE")
-    # The comment's version that had this text.
+    # The last version of the comment that had this text.
     version: int
     body: str | None = Field(default=None, sa_type=Text)
     written_by_id: str = Field(foreign_key="user.id", max_length=255)
@@ -85,7 +85,10 @@ class CommentPublic(CommentBase):
 
 
 class CommentRevisionPublic(SQLModel):
-    version: int = Field(description="The comment's version that had this text.")
+    version: int = Field(
+        description="The last version of the comment that had this text (a move of its"
+        " issue gives the comment a new version too); what removing it names."
+    )
     body: str | None = Field(description="The text; `null` once removed from the history.")
     written_by: UserSummary
     written_at: datetime

@@ -28,18 +28,20 @@ async def label_changed(session: AsyncSession, label_id: int) -> None:
     """A label was renamed, recoloured or redescribed: every issue that shows it gets a new
     version."""
     labelled = select(IssueLabel.issue_id).where(IssueLabel.label_id == label_id)
-    await lock_issues(session, col(Issue.id).in_(labelled))
+    locked = await lock_issues(session, col(Issue.id).in_(labelled))
     await session.exec(
-        update(Issue).where(col(Issue.id).in_(labelled)).values(version=Issue.version + 1)
+        update(Issue).where(col(Issue.id).in_(locked)).values(version=Issue.version + 1)
     )
 
 
-async def lock_issues(session: AsyncSession, which: ColumnElement[bool]) -> None:
-    """Lock the issues, in id order, until the transaction ends: the order every writer of
-    many issues takes them in (a bulk change, a label's or milestone's change), so that two
-    of them queue instead of deadlocking. An UPDATE alone takes them in the order it finds
-    the rows, which is where they lie on disk."""
-    await session.exec(for_change(select(Issue.id).where(which).order_by(col(Issue.id))))
+async def lock_issues(session: AsyncSession, which: ColumnElement[bool]) -> list[int]:
+    """Lock the issues, in id order, until the transaction ends, and return their ids: the
+    order every writer of many issues takes them in (a bulk change, a label's or milestone's
+    change), so that two of them queue instead of deadlocking. An UPDATE alone takes them in
+    the order it finds the rows, which is where they lie on disk. Update the ids returned,
+    not ``which`` again: a row that came to match since would be taken out of order."""
+    rows = await session.exec(for_change(select(Issue.id).where(which).order_by(col(Issue.id))))
+    return [issue_id for issue_id in rows if issue_id is not None]
 
 
 async def revise(

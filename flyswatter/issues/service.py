@@ -3,7 +3,7 @@ records its history and bumps the issue's version in the request's transaction."
 
 from __future__ import annotations
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from flyswatter.attachments.service import remove_objects, stage_issue_file_removals
@@ -47,8 +47,9 @@ from flyswatter.issues.references import (
 )
 from flyswatter.labels.models import IssueLabel, label_id
 from flyswatter.milestones.models import due_rank
+from flyswatter.moves.models import IssueKeyRedirect
 from flyswatter.observability.metrics import ISSUE_TRANSITIONS
-from flyswatter.projects.models import Role
+from flyswatter.projects.models import Project, Role
 from flyswatter.projects.service import ProjectAccess
 from flyswatter.storage.service import Storage
 from flyswatter.watchers.service import auto_follow
@@ -180,7 +181,14 @@ async def delete_issue(write: IssueWrite, storage: Storage) -> None:
     comments = await write.session.exec(
         select(Comment.id).where(Comment.issue_id == write.access.issue_id)
     )
+    # Under every key it has had: a retry names where the issue was created.
+    old_keys = await write.session.exec(
+        select(Project.key, IssueKeyRedirect.number)
+        .join(Project, col(Project.id) == IssueKeyRedirect.project_id)
+        .where(IssueKeyRedirect.issue_id == write.access.issue_id)
+    )
     created = [api_path("issues", write.access.key)]
+    created += [api_path("issues", f"{key}-{number}") for key, number in old_keys]
     created += [api_path("comments", id_) for id_ in comments if id_ is not None]
     await restate_created(write.session, created)
     await write.session.delete(write.access.issue)

@@ -165,10 +165,10 @@ async def update_milestone(
     session.add(milestone)
     await _flush_or_conflict(session, milestone.title)
     if "due_on" in changes:
-        await lock_issues(session, col(Issue.milestone_id) == milestone.id)
+        locked = await lock_issues(session, col(Issue.milestone_id) == milestone.id)
         await session.exec(
             update(Issue)
-            .where(col(Issue.milestone_id) == milestone.id)
+            .where(col(Issue.id).in_(locked))
             .values(milestone_due_rank=due_rank(milestone.due_on))
         )
     return True

@@ -8,7 +8,7 @@ from sqlalchemy import delete, update
 from sqlmodel import col, select
 
 from flyswatter.comments.models import Comment
-from flyswatter.db import utcnow
+from flyswatter.db import for_change, utcnow
 from flyswatter.errors import UnprocessableEntity
 from flyswatter.issues.activity import record_activity
 from flyswatter.issues.changes import set_milestone
@@ -112,9 +112,15 @@ async def move_issue(write: IssueWrite, body: MoveRequest) -> IssuePublic:
         new=access.key,
     )
     # A comment shows its issue's key, which changed: new versions, so that its ETag does.
+    # Locked in id order first, as a renamed author's comments are (``person_changed``).
+    comments = await session.exec(
+        for_change(
+            select(Comment.id).where(Comment.issue_id == access.issue_id).order_by(col(Comment.id))
+        )
+    )
     await session.exec(
         update(Comment)
-        .where(col(Comment.issue_id) == access.issue_id)
+        .where(col(Comment.id).in_(list(comments)))
         .values(version=col(Comment.version) + 1)
     )
     issue.version += 1

@@ -108,12 +108,12 @@ async def person_changed(connection: AsyncConnection, user_id: str) -> None:
     """A user's summary (username, display name) changed: the issues they reported or are
     assigned and the comments they wrote show it, so they get new versions (and ETags)."""
     shows = or_(col(Issue.reporter_id) == user_id, col(Issue.assignee_id) == user_id)
-    # In id order first, as every writer of many issues locks them (``lock_issues``).
-    locked = select(col(Issue.id)).where(shows).order_by(col(Issue.id))
-    await connection.execute(locked.with_for_update(key_share=True))
-    await connection.execute(update(Issue).where(shows).values(version=col(Issue.version) + 1))
-    await connection.execute(
-        update(Comment)
-        .where(col(Comment.author_id) == user_id)
-        .values(version=col(Comment.version) + 1)
-    )
+    # Locked in id order first, as every writer of many issues or comments locks them
+    # (``lock_issues``), then those locked are changed (not the rows that match by then).
+    for model, which in ((Issue, shows), (Comment, col(Comment.author_id) == user_id)):
+        key = col(model.id)
+        locked = select(key).where(which).order_by(key).with_for_update(key_share=True)
+        ids = list((await connection.execute(locked)).scalars())
+        await connection.execute(
+            update(model).where(key.in_(ids)).values(version=col(model.version) + 1)
+        )
