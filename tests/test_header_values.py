@@ -271,9 +271,11 @@ async def test_every_create_locates_what_it_made_and_every_list_links_onwards(
         "/api/v1/projects/{key}/milestones": "/api/v1/projects/FLY/milestones",
         "/api/v1/jobs": "/api/v1/jobs",
     }
-    # Webhook, attachment and watcher lists page with the same helper; tests/test_webhooks.py,
-    # tests/test_attachments.py and tests/test_watchers.py walk them.
+    # Webhook, attachment, watcher and comment-history lists page with the same helper;
+    # tests/test_webhooks.py, test_attachments.py, test_watchers.py and
+    # test_comment_revisions.py walk them.
     webhook_lists = {
+        "/api/v1/comments/{id}/revisions",
         "/api/v1/projects/{key}/webhooks",
         "/api/v1/projects/{key}/webhooks/{webhook_id}/deliveries",
         "/api/v1/issues/{issue_key}/attachments",
